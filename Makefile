@@ -1,0 +1,39 @@
+# The two commands: `make demo` and `make test`. Everything else is a step they use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: install demo test lint typecheck pytest bench proto clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install wiremesh with what tests need
+
+demo: install  ## run the ipaas demo mesh (Ctrl-C drains and stops it)
+	cd examples/ipaas && ../../$(BIN)/wiremesh run
+
+lint: install  ## ruff: lint and formatting
+	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/ruff format --check src tests benchmarks examples tools
+
+typecheck: install  ## mypy --strict on the package
+	$(BIN)/mypy src
+
+pytest: install  ## the test suite
+	$(BIN)/pytest
+
+test: lint typecheck pytest  ## everything CI runs
+
+bench: install  ## every benchmark; writes docs/benchmarks.md
+	$(BIN)/python benchmarks/run_all.py
+
+proto: install  ## regenerate src/wiremesh/proto from proto/
+	$(BIN)/python tools/gen_proto.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache examples/ipaas/.wiremesh

@@ -1,0 +1,72 @@
+"""wiremesh: the communication fabric for Python microservices.
+
+>>> from wiremesh import Service, Context, rpc
+>>> class Greeter(Service):
+...     name = "greeter"
+...
+...     @rpc(idempotent=True)
+...     async def hello(self, ctx: Context, who: str) -> str:
+...         return f"hello, {who}"
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from wiremesh.client import MeshClient, connect
+from wiremesh.context import Context, current_context
+from wiremesh.core.deadline import Deadline
+from wiremesh.errors import (
+    Cancelled,
+    ConfigError,
+    DeadlineExceeded,
+    InternalError,
+    InvalidPayload,
+    MethodNotFound,
+    NodeNotFound,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    ServiceError,
+    ServiceNotFound,
+    Status,
+    Unauthenticated,
+    Unavailable,
+    WiremeshError,
+)
+from wiremesh.service import Service, ServiceProxy, rpc
+
+try:
+    __version__ = version("wiremesh")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Cancelled",
+    "ConfigError",
+    "Context",
+    "Deadline",
+    "DeadlineExceeded",
+    "InternalError",
+    "InvalidPayload",
+    "MeshClient",
+    "MethodNotFound",
+    "NodeNotFound",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RateLimited",
+    "Service",
+    "ServiceError",
+    "ServiceNotFound",
+    "ServiceProxy",
+    "Status",
+    "Unauthenticated",
+    "Unavailable",
+    "WiremeshError",
+    "__version__",
+    "connect",
+    "current_context",
+    "rpc",
+]

@@ -1,0 +1,329 @@
+"""The ``wiremesh`` command.
+
+Exit codes: 0 success; 1 the call or the mesh failed (the error type and message are
+printed); 2 bad usage or bad input (a payload that is not JSON, a broken config file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import pydantic_core
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import wiremesh
+from wiremesh.errors import ConfigError, WiremeshError
+
+app = typer.Typer(
+    name="wiremesh",
+    help=(
+        "Run and talk to a wiremesh: services as processes, talking over gRPC.\n\n"
+        "Start the mesh described by ./wiremesh.toml with 'wiremesh run', then, from "
+        "another terminal in the same folder, 'wiremesh nodes' and "
+        "'wiremesh call service.method JSON'."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+certs_app = typer.Typer(help="Development certificates for mutual TLS.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+
+err = Console(stderr=True)
+out = Console()
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"wiremesh {wiremesh.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """wiremesh command line."""
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _describe(exc: WiremeshError) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------------- run
+
+
+@app.command()
+def run(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            help="A wiremesh.toml file (default: ./wiremesh.toml), or 'module:Service' "
+            "to run one service with default settings.",
+            show_default=False,
+        ),
+    ] = None,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="Nodes to start, with a module:Service target.")
+    ] = 1,
+    plain: Annotated[
+        bool, typer.Option("--plain", help="Print plain lines even on a terminal.")
+    ] = False,
+) -> None:
+    """Start the mesh: the registry and every service's nodes, as separate processes.
+
+    Restarts nodes that die; Ctrl-C (or SIGTERM) drains: in-flight calls finish within
+    mesh.drain_grace seconds, then every node stops and the command exits 0.
+
+    Examples:
+
+      wiremesh run                        # ./wiremesh.toml
+
+      wiremesh run examples/ipaas/wiremesh.toml
+
+      wiremesh run myapp.pricing:Pricing --replicas 3
+    """
+    from wiremesh.runtime.config import config_for_target, load_config
+    from wiremesh.runtime.supervisor import Supervisor
+    from wiremesh.runtime.targets import load_service_class
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("grpc").setLevel(logging.ERROR)
+    try:
+        if target is not None and ":" in target and not Path(target).exists():
+            cwd = Path.cwd()
+            cls = load_service_class(target, [cwd])
+            config = config_for_target(target, root=cwd, replicas=replicas, name=cls.name)
+        else:
+            path = Path(target or "wiremesh.toml")
+            if target is None and not path.exists():
+                raise _fail(
+                    "no wiremesh.toml in this folder: pass a configuration file or a "
+                    "'module:Service' target (see 'wiremesh run --help')",
+                    EXIT_USAGE,
+                )
+            config = load_config(path)
+        supervisor = Supervisor(config)
+        supervisor.check()
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    code = asyncio.run(_supervise(supervisor, live=sys.stdout.isatty() and not plain))
+    raise typer.Exit(code)
+
+
+async def _supervise(supervisor: Any, *, live: bool) -> int:
+    from wiremesh.runtime.display import live_table
+
+    supervisor.install_signal_handlers()
+    try:
+        if live:
+            async with live_table(supervisor, out):
+                return int(await supervisor.run())
+        return int(await supervisor.run())
+    except ConfigError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        return EXIT_USAGE
+
+
+# --------------------------------------------------------------------------------- call
+
+
+def _read_payload(text: str | None) -> Any:
+    if text is None:
+        return None
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            message = f"cannot read the payload file {text[1:]}: {exc.strerror}"
+            raise _fail(message, EXIT_USAGE) from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise _fail(f"the payload is not valid JSON: {exc}", EXIT_USAGE) from None
+
+
+def _to_json(value: Any) -> str:
+    try:
+        return pydantic_core.to_json(value, indent=2).decode()
+    except pydantic_core.PydanticSerializationError:
+        return pydantic_core.to_json(value, indent=2, bytes_mode="base64").decode()
+
+
+@app.command()
+def call(
+    target: Annotated[
+        str, typer.Argument(help="service.method, or service@node-id.method", show_default=False)
+    ],
+    payload: Annotated[
+        str | None,
+        typer.Argument(
+            help="The payload as JSON; '-' reads stdin, '@file.json' reads a file. "
+            "Omit it for a method that takes nothing.",
+            show_default=False,
+        ),
+    ] = None,
+    node: Annotated[
+        str | None, typer.Option(help="Call this node id rather than any node.")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Deadline in seconds (default: the mesh's).")
+    ] = None,
+    mesh: Annotated[
+        Path, typer.Option(help="Folder of the running mesh, or a registry host:port.")
+    ] = Path("."),
+) -> None:
+    """Call a method and print its result as JSON.
+
+    On error, prints the error type and message and exits 1.
+
+    Examples:
+
+      wiremesh call connectors.list
+
+      wiremesh call flows.run '{"flow": "welcome", "input": {"name": "Ada"}}'
+
+      wiremesh call inventory@inventory-3f9a.stock '"A-1"' --timeout 2
+    """
+    value = _read_payload(payload)
+
+    async def go() -> Any:
+        from wiremesh.client import connect
+
+        client = await connect(str(mesh), timeout=5.0)
+        try:
+            return await client.call(target, value, node=node, timeout=timeout)
+        finally:
+            await client.close()
+
+    try:
+        result = asyncio.run(go())
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except WiremeshError as exc:
+        raise _fail(_describe(exc)) from None
+    print(_to_json(result))
+
+
+# --------------------------------------------------------------------------------- nodes
+
+
+def _uptime(started_at: float) -> str:
+    from wiremesh.runtime.display import format_uptime
+
+    return format_uptime(time.time() - started_at) if started_at else "-"
+
+
+@app.command()
+def nodes(
+    mesh: Annotated[
+        Path, typer.Option(help="Folder of the running mesh, or a registry host:port.")
+    ] = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List the live nodes: service, node id, address, pid, state, uptime."""
+
+    async def go() -> list[Any]:
+        from wiremesh.client import connect
+
+        client = await connect(str(mesh), timeout=5.0)
+        try:
+            return list(client.nodes())
+        finally:
+            await client.close()
+
+    try:
+        found = asyncio.run(go())
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except WiremeshError as exc:
+        raise _fail(_describe(exc)) from None
+    found.sort(key=lambda n: (n.service, n.node_id))
+    if as_json:
+        for n in found:
+            row = {
+                "service": n.service,
+                "node": n.node_id,
+                "address": n.address,
+                "pid": n.pid,
+                "state": n.state.value,
+                "started_at": n.started_at,
+                "methods": sorted(n.methods),
+            }
+            print(json.dumps(row))
+        return
+    table = Table()
+    for column in ("service", "node", "address", "pid", "state", "uptime"):
+        table.add_column(column)
+    for n in found:
+        table.add_row(
+            n.service, n.node_id, n.address, str(n.pid), n.state.value, _uptime(n.started_at)
+        )
+    out.print(table)
+    if not found:
+        err.print("no live nodes")
+
+
+# --------------------------------------------------------------------------------- certs
+
+
+@certs_app.command("init")
+def certs_init(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the files.")] = Path(
+        ".wiremesh/certs"
+    ),
+    host: Annotated[
+        list[str] | None,
+        typer.Option(help="A host name or IP the node certificate is valid for (repeat)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Create a development CA and certificates for mutual TLS.
+
+    Writes ca.pem, node.pem and client.pem with their keys. Turn TLS on with
+
+      [tls]
+      enabled = true
+
+    in wiremesh.toml (the default paths point at .wiremesh/certs/).
+    """
+    from wiremesh.transport.certs import create_dev_ca
+
+    hosts = tuple(host) if host else ("localhost", "127.0.0.1", "::1")
+    try:
+        paths = create_dev_ca(directory, hosts=hosts, overwrite=force)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    print(f"CA:     {paths.ca}")
+    print(f"node:   {paths.node_cert} (key {paths.node_key})")
+    print(f"client: {paths.client_cert} (key {paths.client_key})")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The per-call :class:`Context` a handler receives, and the caller it calls through."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from wiremesh.core.codec import CodecName
+from wiremesh.core.deadline import Deadline
+
+__all__ = ["Context", "MeshCaller", "current_context"]
+
+
+class MeshCaller(Protocol):
+    """What makes calls: a node's client inside the mesh, or ``wiremesh.connect()``."""
+
+    async def call(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        node: str | None = None,
+        returns: Any = None,
+        codec: CodecName = "msgpack",
+        deadline: Deadline | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Any: ...
+
+
+_current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
+    "wiremesh_context", default=None
+)
+
+
+def current_context() -> Context | None:
+    """The context of the handler running in this task, if any."""
+    return _current.get()
+
+
+class Context:
+    """What a handler knows about the call it is serving.
+
+    ``deadline`` is when the caller stops waiting; ``metadata`` the caller's custom
+    metadata (keys without the ``wm-`` prefix that gRPC did not reserve); ``caller`` the
+    calling node (``service@node-id``) or ``None`` for a client outside the mesh; ``peer``
+    the transport address; ``node_id`` and ``service`` say where the handler runs.
+    """
+
+    __slots__ = (
+        "_caller",
+        "caller",
+        "deadline",
+        "metadata",
+        "method",
+        "node_id",
+        "peer",
+        "service",
+    )
+
+    def __init__(
+        self,
+        *,
+        deadline: Deadline,
+        service: str,
+        method: str,
+        node_id: str,
+        caller_client: MeshCaller,
+        metadata: Mapping[str, str] | None = None,
+        caller: str | None = None,
+        peer: str | None = None,
+    ) -> None:
+        self.deadline = deadline
+        self.service = service
+        self.method = method
+        self.node_id = node_id
+        self.metadata: Mapping[str, str] = metadata or {}
+        self.caller = caller
+        self.peer = peer
+        self._caller = caller_client
+
+    @property
+    def remaining(self) -> float:
+        """Seconds left before the deadline."""
+        return self.deadline.remaining()
+
+    async def call(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        node: str | None = None,
+        returns: Any = None,
+        codec: CodecName = "msgpack",
+        metadata: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Call ``service.method`` (or ``service@node-id.method``) with what remains of this
+        call's deadline, capped by ``timeout`` when given. ``returns`` validates the result
+        into a type; without it the result is the plain decoded value."""
+        return await self._caller.call(
+            target,
+            payload,
+            node=node,
+            returns=returns,
+            codec=codec,
+            deadline=self.deadline.capped(timeout),
+            metadata=metadata,
+        )
+
+    def activate(self) -> contextvars.Token[Context | None]:
+        return _current.set(self)
+
+    @staticmethod
+    def deactivate(token: contextvars.Token[Context | None]) -> None:
+        _current.reset(token)

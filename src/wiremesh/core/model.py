@@ -1,0 +1,95 @@
+"""The values the mesh is made of: nodes, their methods, and snapshots of the mesh."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["MeshSnapshot", "MethodInfo", "NodeInfo", "NodeState"]
+
+
+class NodeState(enum.Enum):
+    SERVING = "serving"
+    DRAINING = "draining"
+
+
+@dataclass(frozen=True, slots=True)
+class MethodInfo:
+    name: str
+    idempotent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One running instance of a service, as the registry knows it."""
+
+    node_id: str
+    service: str
+    address: str
+    pid: int = 0
+    started_at: float = 0.0
+    state: NodeState = NodeState.SERVING
+    methods: Mapping[str, MethodInfo] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def serving(self) -> bool:
+        return self.state is NodeState.SERVING
+
+    def with_state(self, state: NodeState) -> NodeInfo:
+        return NodeInfo(
+            self.node_id,
+            self.service,
+            self.address,
+            self.pid,
+            self.started_at,
+            state,
+            self.methods,
+            self.metadata,
+        )
+
+
+@dataclass(frozen=True)
+class MeshSnapshot:
+    """Who is alive, at one registry version. Indexed once, read on every call."""
+
+    version: int
+    nodes: tuple[NodeInfo, ...]
+    #: every service that has had a node in this mesh's life, alive or not
+    services: frozenset[str]
+    by_id: Mapping[str, NodeInfo] = field(init=False, repr=False)
+    by_service: Mapping[str, tuple[NodeInfo, ...]] = field(init=False, repr=False)
+    _serving: Mapping[str, tuple[NodeInfo, ...]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        by_service: dict[str, list[NodeInfo]] = {}
+        for node in self.nodes:
+            by_service.setdefault(node.service, []).append(node)
+        object.__setattr__(self, "by_id", {n.node_id: n for n in self.nodes})
+        object.__setattr__(
+            self, "by_service", {name: tuple(nodes) for name, nodes in by_service.items()}
+        )
+        serving = {name: tuple(n for n in nodes if n.serving) for name, nodes in by_service.items()}
+        object.__setattr__(self, "_serving", serving)
+
+    @classmethod
+    def of(
+        cls, version: int, nodes: Iterable[NodeInfo], services: Iterable[str] = ()
+    ) -> MeshSnapshot:
+        node_list = tuple(nodes)
+        return cls(version, node_list, frozenset(services) | {n.service for n in node_list})
+
+    def serving(self, service: str) -> tuple[NodeInfo, ...]:
+        """The nodes of ``service`` that take new calls."""
+        return self._serving.get(service, ())
+
+    def method(self, service: str, name: str) -> MethodInfo | None:
+        for node in self.by_service.get(service, ()):
+            info = node.methods.get(name)
+            if info is not None:
+                return info
+        return None
+
+
+EMPTY = MeshSnapshot.of(0, ())

@@ -1,0 +1,53 @@
+"""Parsing the names users write: ``service.method`` and ``service@node-id.method``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from wiremesh.errors import InvalidPayload
+
+__all__ = ["SERVICE_NAME", "Target", "method_path", "parse_target"]
+
+SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_METHOD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TARGET = re.compile(
+    r"^(?P<service>[a-z][a-z0-9_-]{0,62})(?:@(?P<node>[A-Za-z0-9_:-]+))?\.(?P<method>[A-Za-z_][A-Za-z0-9_]*)$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    service: str
+    method: str
+    node: str | None = None
+
+    @property
+    def path(self) -> str:
+        return method_path(self.service, self.method)
+
+    def __str__(self) -> str:
+        where = f"{self.service}@{self.node}" if self.node else self.service
+        return f"{where}.{self.method}"
+
+
+def parse_target(text: str, *, node: str | None = None) -> Target:
+    """``"orders.create"`` or ``"orders@orders-3f9a.create"``; ``node`` overrides the node.
+
+    Raises :class:`InvalidPayload` with the accepted forms when the text is not one of them.
+    """
+    match = _TARGET.fullmatch(text)
+    if match is None:
+        raise InvalidPayload(
+            f"bad call target {text!r}: expected 'service.method' or 'service@node-id.method'"
+        )
+    return Target(match["service"], match["method"], node or match["node"])
+
+
+def method_path(service: str, method: str) -> str:
+    """The gRPC method path of a service method: ``/<service>/<method>``."""
+    return f"/{service}/{method}"
+
+
+def is_method_name(name: str) -> bool:
+    return _METHOD_NAME.fullmatch(name) is not None

@@ -1,0 +1,40 @@
+"""The registry interface every backend implements (embedded now, Redis later)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
+
+__all__ = ["Lease", "Registry"]
+
+
+class Lease(Protocol):
+    """A node's place in the mesh, kept alive by heartbeats until released."""
+
+    async def set_state(self, state: NodeState) -> None:
+        """Announce a new state (``DRAINING`` before a graceful stop)."""
+        ...
+
+    async def release(self) -> None:
+        """Leave the mesh now."""
+        ...
+
+
+class Registry(Protocol):
+    async def lease(self, node: NodeInfo) -> Lease:
+        """Register ``node`` and keep it registered until the lease is released, the
+        process dies or it stops sending heartbeats. Re-registers by itself when the
+        registry comes back after a restart."""
+        ...
+
+    async def snapshot(self) -> MeshSnapshot:
+        """The mesh as it is now."""
+        ...
+
+    def watch(self) -> AsyncIterator[MeshSnapshot]:
+        """The mesh now, then again after every change. Ends only when closed."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Running services: the node (one process per service instance) and the supervisor."""

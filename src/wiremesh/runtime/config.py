@@ -1,0 +1,739 @@
+"""Loading and validating ``wiremesh.toml``, the file that describes a mesh.
+
+The file is TOML. Every setting has a default except each service's ``target``, so an empty
+file is a valid (if service-less) mesh. A complete example, with every default spelled out::
+
+    [mesh]
+    name = "ipaas"              # default: name of the folder holding this file
+    data_dir = ".wiremesh"      # state, logs, certificates; relative to this file's folder
+    host = "127.0.0.1"          # address the nodes bind to
+    default_timeout = 10.0      # seconds; the default deadline of a call (> 0)
+    drain_grace = 10.0          # seconds in-flight calls get to finish on shutdown (>= 0)
+    max_message_bytes = 4194304 # largest gRPC message (> 0)
+    balancer = "round_robin"    # "round_robin" | "least_outstanding"
+    python_path = ["."]         # added to sys.path before importing targets; relative to
+                                # this file's folder
+
+    [registry]
+    backend = "embedded"        # the only backend for now
+    port = 0                    # 0 = any free port; 0..65535
+    heartbeat_interval = 0.5    # seconds (> 0)
+    ttl = 1.5                   # seconds a node stays registered without a heartbeat;
+                                # must be greater than heartbeat_interval
+
+    [tls]
+    enabled = false
+    ca = "certs/ca.pem"         # relative paths are relative to data_dir
+    cert = "certs/node.pem"
+    key = "certs/node-key.pem"
+
+    [restart]
+    initial_backoff = 0.5       # seconds before the first restart of a crashed node (> 0)
+    max_backoff = 30.0          # the backoff doubles up to this (>= initial_backoff)
+    reset_after = 30.0          # a node that ran this long resets its backoff (> 0)
+
+    [services.connectors]       # one table per service; the key is the service name
+    target = "examples.ipaas.connectors:Connectors"   # required, "module.path:ClassName"
+    replicas = 2                # number of nodes (>= 1), default 1
+    balancer = "least_outstanding"   # optional override of mesh.balancer
+    env = { LOG_LEVEL = "debug" }    # extra environment variables of the service's nodes
+
+Service names match ``^[a-z][a-z0-9_-]{0,62}$``. Unknown settings are errors, as are values
+of the wrong type or out of range. Every problem found is reported in one
+:class:`~wiremesh.errors.ConfigError`, one per line, sorted by line, each naming the file,
+the line and the dotted key::
+
+    wiremesh.toml:3: mesh.colour: unknown setting
+    wiremesh.toml:12: services.connectors.replicas: Input should be a valid integer, ...
+
+The error's ``details["errors"]`` holds the same problems as ``{"line", "key", "message"}``
+dictionaries.
+"""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+import json
+import keyword
+import os
+import re
+import tomllib
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from wiremesh.core.balancing import BalancerName
+from wiremesh.core.names import SERVICE_NAME
+from wiremesh.errors import ConfigError
+
+__all__ = [
+    "SERVICE_NAME_PATTERN",
+    "Balancer",
+    "MeshConfig",
+    "MeshSettings",
+    "RegistrySettings",
+    "RestartSettings",
+    "ServiceSettings",
+    "TlsSettings",
+    "config_for_target",
+    "config_from_text",
+    "default_config",
+    "load_config",
+    "locate",
+]
+
+#: How a client spreads calls over the nodes of a service.
+Balancer = BalancerName
+
+#: What a service name must look like.
+SERVICE_NAME_PATTERN = SERVICE_NAME.pattern
+_SERVICE_NAME = SERVICE_NAME
+
+_Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+def _not_empty(value: object) -> object:
+    if value == "":
+        raise PydanticCustomError("empty_path", "a path must not be empty")
+    return value
+
+
+_Path = Annotated[Path, BeforeValidator(_not_empty)]
+
+
+def _check_service_name(name: str) -> str:
+    if _SERVICE_NAME.fullmatch(name) is None:
+        raise PydanticCustomError(
+            "service_name",
+            "invalid service name {name}: a service name starts with a lowercase letter, has "
+            "only lowercase letters, digits, '_' and '-', and at most 63 characters",
+            {"name": json.dumps(name, ensure_ascii=False)},
+        )
+    return name
+
+
+def _check_target(target: str) -> str:
+    module, sep, cls = target.partition(":")
+    parts = module.split(".")
+    if not sep or not all(_is_identifier(part) for part in [*parts, cls]):
+        raise PydanticCustomError(
+            "target",
+            "target must look like 'module.path:ClassName', got {target}",
+            {"target": json.dumps(target, ensure_ascii=False)},
+        )
+    return target
+
+
+def _is_identifier(text: str) -> bool:
+    return text.isidentifier() and not keyword.iskeyword(text)
+
+
+ServiceName = Annotated[str, AfterValidator(_check_service_name)]
+
+
+class MeshSettings(BaseModel):
+    """The ``[mesh]`` table: settings of the mesh as a whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Omitted in a :class:`MeshConfig`, it becomes the name of the config file's folder.
+    name: str = Field(default="wiremesh", min_length=1)
+    data_dir: _Path = Path(".wiremesh")
+    host: str = Field(default="127.0.0.1", min_length=1)
+    default_timeout: _Seconds = 10.0
+    drain_grace: float = Field(default=10.0, ge=0, allow_inf_nan=False)
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0, le=2**31 - 1)
+    balancer: Balancer = "round_robin"
+    python_path: list[_Path] = Field(default_factory=lambda: [Path(".")])
+
+
+class RegistrySettings(BaseModel):
+    """The ``[registry]`` table: where nodes register and how long they stay registered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["embedded"] = "embedded"
+    port: int = Field(default=0, ge=0, le=65535)
+    heartbeat_interval: _Seconds = 0.5
+    ttl: _Seconds = 1.5
+
+    @model_validator(mode="after")
+    def _ttl_exceeds_heartbeat(self) -> Self:
+        if self.ttl <= self.heartbeat_interval:
+            raise PydanticCustomError(
+                "ttl_too_short",
+                "ttl ({ttl}) must be greater than heartbeat_interval ({heartbeat_interval})",
+                {"ttl": self.ttl, "heartbeat_interval": self.heartbeat_interval, "setting": "ttl"},
+            )
+        return self
+
+
+class TlsSettings(BaseModel):
+    """The ``[tls]`` table; relative paths are relative to ``mesh.data_dir``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    ca: _Path = Path("certs/ca.pem")
+    cert: _Path = Path("certs/node.pem")
+    key: _Path = Path("certs/node-key.pem")
+
+
+class RestartSettings(BaseModel):
+    """The ``[restart]`` table: how crashed nodes are restarted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    initial_backoff: _Seconds = 0.5
+    max_backoff: _Seconds = 30.0
+    reset_after: _Seconds = 30.0
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> Self:
+        if self.max_backoff < self.initial_backoff:
+            raise PydanticCustomError(
+                "backoff_order",
+                "max_backoff ({max_backoff}) must not be less than initial_backoff "
+                "({initial_backoff})",
+                {
+                    "max_backoff": self.max_backoff,
+                    "initial_backoff": self.initial_backoff,
+                    "setting": "max_backoff",
+                },
+            )
+        return self
+
+
+class ServiceSettings(BaseModel):
+    """One ``[services.<name>]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: Annotated[str, AfterValidator(_check_target)]
+    replicas: int = Field(default=1, ge=1)
+    #: Overrides ``mesh.balancer`` for this service when set.
+    balancer: Balancer | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class MeshConfig(BaseModel):
+    """A whole ``wiremesh.toml``, plus where it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mesh: MeshSettings = Field(default_factory=MeshSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    restart: RestartSettings = Field(default_factory=RestartSettings)
+    services: dict[ServiceName, ServiceSettings] = Field(default_factory=dict)
+    #: Absolute folder of the configuration file (the working directory when there is none);
+    #: relative paths are resolved against it. Set by the loader, never read from the file.
+    root: Path = Field(default_factory=Path.cwd)
+    #: Absolute path of the file this configuration was read from, if any.
+    source: Path | None = None
+
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, root: Path) -> Path:
+        return _absolute(root)
+
+    @model_validator(mode="after")
+    def _default_name(self) -> Self:
+        if "name" not in self.mesh.model_fields_set:
+            name = self.root.name or "wiremesh"
+            self.mesh = self.mesh.model_copy(update={"name": name})
+        return self
+
+    @property
+    def data_path(self) -> Path:
+        """The absolute data directory."""
+        return _absolute(self.root / self.mesh.data_dir)
+
+    def tls_paths(self) -> tuple[Path, Path, Path]:
+        """The absolute paths of the CA certificate, the node certificate and its key."""
+        data = self.data_path
+        return (
+            _absolute(data / self.tls.ca),
+            _absolute(data / self.tls.cert),
+            _absolute(data / self.tls.key),
+        )
+
+    def python_paths(self) -> list[Path]:
+        """The absolute folders to add to ``sys.path`` before importing targets."""
+        return [_absolute(self.root / path) for path in self.mesh.python_path]
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute and normalised, without resolving symbolic links."""
+    return Path(os.path.abspath(path))
+
+
+# --------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str]) -> MeshConfig:
+    """Read and validate the configuration file at ``path``.
+
+    Relative paths inside the file are resolved against the file's folder. Raises
+    :class:`ConfigError` when the file is missing, unreadable, not TOML or not valid.
+    """
+    name = os.fspath(path)
+    file = _absolute(Path(path))
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"no such configuration file: {name}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{name}: is a directory, not a configuration file") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"{name}: cannot read the configuration file: {reason}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{name}:{line}: the file is not valid UTF-8") from None
+    return _parse(text, root=file.parent, source_name=name, source=file)
+
+
+def config_from_text(text: str, *, root: Path, source_name: str = "wiremesh.toml") -> MeshConfig:
+    """Validate configuration ``text`` as if read from a file named ``source_name`` in the
+    folder ``root``. Error messages use ``source_name``; ``source`` of the result is None."""
+    return _parse(text, root=root, source_name=source_name, source=None)
+
+
+def config_for_target(
+    target: str, *, root: Path, replicas: int = 1, name: str | None = None
+) -> MeshConfig:
+    """A default configuration with one service built from a ``module:Class`` target.
+
+    The service is called ``name``, or the class name lowercased when ``name`` is None.
+    """
+    if name is None:
+        name = target.rpartition(":")[2].lower()
+    data = {"services": {name: {"target": target, "replicas": replicas}}}
+    return _validate(data, root=root, source=None, text=None, source_name=None)
+
+
+def default_config(root: Path) -> MeshConfig:
+    """A configuration with every default and no services, rooted at ``root``."""
+    return _validate({}, root=root, source=None, text=None, source_name=None)
+
+
+def _parse(text: str, *, root: Path, source_name: str, source: Path | None) -> MeshConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        line = _toml_error_line(message, text)
+        where = f"{source_name}:{line}" if line is not None else source_name
+        raise ConfigError(f"{where}: invalid TOML: {message}") from None
+    return _validate(data, root=root, source=source, text=text, source_name=source_name)
+
+
+_TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
+
+
+def _toml_error_line(message: str, text: str) -> int | None:
+    match = _TOML_POSITION.search(message)
+    if match is not None:
+        return int(match.group(1))
+    if "(at end of document)" in message:
+        return max(1, len(text.splitlines()))
+    return None
+
+
+#: Keys of :class:`MeshConfig` that the loader sets and the file may not.
+_RESERVED = ("root", "source")
+
+
+class _Problem(NamedTuple):
+    line: int | None
+    key: str
+    message: str
+
+
+def _validate(
+    data: dict[str, Any],
+    *,
+    root: Path,
+    source: Path | None,
+    text: str | None,
+    source_name: str | None,
+) -> MeshConfig:
+    payload = dict(data)
+    definitions = _definitions(text) if text is not None else {}
+    problems: list[_Problem] = []
+    for reserved in _RESERVED:
+        if reserved in payload:
+            del payload[reserved]
+            loc: tuple[str | int, ...] = (reserved,)
+            problems.append(
+                _Problem(_line_of(definitions, loc), _dotted(loc), _unknown_setting(loc))
+            )
+    payload["root"] = root
+    payload["source"] = source
+    try:
+        config = MeshConfig.model_validate(payload)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            loc = tuple(part for part in error["loc"] if part != "[key]")
+            ctx = error.get("ctx") or {}
+            setting = ctx.get("setting")
+            if isinstance(setting, str):
+                loc = (*loc, setting)
+            problems.append(
+                _Problem(_line_of(definitions, loc), _dotted(loc), _describe(error, loc))
+            )
+    else:
+        if not problems:
+            return config
+    unique = list(dict.fromkeys(problems))
+    ordered = sorted(unique, key=lambda p: (p.line is None, p.line or 0))
+    raise ConfigError(
+        _report(ordered, source_name),
+        details={"errors": [problem._asdict() for problem in ordered]},
+    )
+
+
+def _report(problems: list[_Problem], source_name: str | None) -> str:
+    lines: list[str] = []
+    for problem in problems:
+        prefix = ""
+        if source_name is not None:
+            prefix = f"{source_name}:{problem.line}: " if problem.line else f"{source_name}: "
+        key = f"{problem.key}: " if problem.key else ""
+        lines.append(f"{prefix}{key}{problem.message}")
+    return "\n".join(lines)
+
+
+def _describe(error: Any, loc: tuple[str | int, ...]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return _unknown_setting(loc)
+    if kind == "missing":
+        return "required setting is missing"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a table, got {_toml_type(error['input'])}"
+    if kind == "path_type":
+        return f"expected a path (a string), got {_toml_type(error['input'])}"
+    return str(error["msg"])
+
+
+def _unknown_setting(loc: tuple[str | int, ...]) -> str:
+    known = _known_settings(loc[:-1])
+    guesses = difflib.get_close_matches(str(loc[-1]), known, n=1) if known else []
+    if guesses:
+        return f"unknown setting (did you mean {guesses[0]!r}?)"
+    return "unknown setting"
+
+
+_TABLES: dict[str, type[BaseModel]] = {
+    "mesh": MeshSettings,
+    "registry": RegistrySettings,
+    "tls": TlsSettings,
+    "restart": RestartSettings,
+}
+
+
+def _known_settings(parent: tuple[str | int, ...]) -> list[str]:
+    if not parent:
+        return [name for name in MeshConfig.model_fields if name not in _RESERVED]
+    if len(parent) == 1 and isinstance(parent[0], str) and parent[0] in _TABLES:
+        return list(_TABLES[parent[0]].model_fields)
+    if len(parent) == 2 and parent[0] == "services":
+        return list(ServiceSettings.model_fields)
+    return []
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, (datetime, date, time)):
+        return "a date/time"
+    return type(value).__name__
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    """``loc`` written as a TOML dotted key; list indexes as ``[i]``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+            continue
+        key = part if _BARE_KEY.fullmatch(part) else json.dumps(part, ensure_ascii=False)
+        text = f"{text}.{key}" if text else key
+    return text
+
+
+# --------------------------------------------------------------------------------- locating
+
+
+def locate(text: str, loc: tuple[str | int, ...]) -> int | None:
+    """The 1-based line of ``text`` (valid TOML) where the key path ``loc`` is defined.
+
+    Understands ``[a.b]`` / ``[[a.b]]`` / ``[a."b c"]`` headers, ``key = value`` and dotted
+    ``a.b = value`` lines, inline tables and (multi-line) arrays, whose elements are found by
+    index. A path that is not defined falls back to its longest defined prefix, so a missing
+    key reports the line of its table's header. None when not even the first key is found.
+    """
+    return _line_of(_definitions(text), loc)
+
+
+def _line_of(
+    definitions: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]
+) -> int | None:
+    for size in range(len(loc), 0, -1):
+        line = definitions.get(loc[:size])
+        if line is not None:
+            return line
+    return None
+
+
+def _definitions(text: str) -> dict[tuple[str | int, ...], int]:
+    """Every key path defined in ``text``, explicitly or implicitly, with its first line."""
+    scanner = _Scanner(text)
+    scanner.run()
+    return scanner.found
+
+
+class _Stop(Exception):
+    """The scanner met something it does not understand; it skips to the next line."""
+
+
+_SCALAR = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[Zz]|[+-]\d{2}:\d{2})?"
+    r"|[^\s,\]}#]+"
+)
+_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
+
+
+class _Scanner:
+    """A forgiving TOML reader that records where keys are, not what their values are."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.found: dict[tuple[str | int, ...], int] = {}
+        self._starts = [0] + [i + 1 for i, char in enumerate(text) if char == "\n"]
+
+    def run(self) -> None:
+        table: tuple[str | int, ...] = ()
+        while True:
+            self._skip(newlines=True)
+            if self.pos >= len(self.text):
+                return
+            line = self._line()
+            try:
+                if self._peek() == "[":
+                    double = self.text.startswith("[[", self.pos)
+                    self.pos += 2 if double else 1
+                    key = self._key()
+                    self._skip()
+                    self._expect("]]" if double else "]")
+                    table = key
+                    self._define(table, line)
+                else:
+                    path = (*table, *self._key())
+                    self._skip()
+                    self._expect("=")
+                    self._define(path, line)
+                    self._value(path)
+            except _Stop:
+                pass
+            self._skip_line()
+
+    # -- helpers
+
+    def _line(self) -> int:
+        return bisect.bisect_right(self._starts, self.pos)
+
+    def _peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def _expect(self, token: str) -> None:
+        if not self.text.startswith(token, self.pos):
+            raise _Stop
+        self.pos += len(token)
+
+    def _skip(self, *, newlines: bool = False) -> None:
+        blanks = " \t\r\n" if newlines else " \t"
+        while self.pos < len(self.text):
+            char = self.text[self.pos]
+            if char in blanks:
+                self.pos += 1
+            elif char == "#" and newlines:
+                self._skip_line()
+            else:
+                return
+
+    def _skip_line(self) -> None:
+        end = self.text.find("\n", self.pos)
+        self.pos = len(self.text) if end < 0 else end + 1
+
+    def _define(self, path: tuple[str | int, ...], line: int) -> None:
+        for size in range(1, len(path) + 1):
+            self.found.setdefault(path[:size], line)
+
+    # -- keys and values
+
+    def _key(self) -> tuple[str, ...]:
+        parts: list[str] = []
+        while True:
+            self._skip()
+            char = self._peek()
+            if char == '"':
+                parts.append(self._basic_string())
+            elif char == "'":
+                parts.append(self._literal_string())
+            else:
+                match = _BARE_KEY.match(self.text, self.pos)
+                if match is None:
+                    raise _Stop
+                parts.append(match.group())
+                self.pos = match.end()
+            self._skip()
+            if self._peek() != ".":
+                return tuple(parts)
+            self.pos += 1
+
+    def _value(self, path: tuple[str | int, ...]) -> None:
+        self._skip()
+        char = self._peek()
+        if self.text.startswith('"""', self.pos):
+            self._multiline_string('"""')
+        elif self.text.startswith("'''", self.pos):
+            self._multiline_string("'''")
+        elif char == '"':
+            self._basic_string()
+        elif char == "'":
+            self._literal_string()
+        elif char == "[":
+            self._array(path)
+        elif char == "{":
+            self._inline_table(path)
+        else:
+            match = _SCALAR.match(self.text, self.pos)
+            if match is None:
+                raise _Stop
+            self.pos = match.end()
+
+    def _array(self, path: tuple[str | int, ...]) -> None:
+        self.pos += 1
+        index = 0
+        while True:
+            self._skip(newlines=True)
+            if self._peek() == "]":
+                self.pos += 1
+                return
+            item = (*path, index)
+            self._define(item, self._line())
+            self._value(item)
+            index += 1
+            self._skip(newlines=True)
+            if self._peek() == ",":
+                self.pos += 1
+            elif self._peek() == "]":
+                self.pos += 1
+                return
+            else:
+                raise _Stop
+
+    def _inline_table(self, path: tuple[str | int, ...]) -> None:
+        self.pos += 1
+        self._skip()
+        if self._peek() == "}":
+            self.pos += 1
+            return
+        while True:
+            line = self._line()
+            key = (*path, *self._key())
+            self._expect("=")
+            self._define(key, line)
+            self._value(key)
+            self._skip()
+            if self._peek() == ",":
+                self.pos += 1
+            elif self._peek() == "}":
+                self.pos += 1
+                return
+            else:
+                raise _Stop
+
+    def _basic_string(self) -> str:
+        text, i = self.text, self.pos + 1
+        out: list[str] = []
+        while i < len(text):
+            char = text[i]
+            if char == '"':
+                self.pos = i + 1
+                return "".join(out)
+            if char == "\n":
+                break
+            if char != "\\":
+                out.append(char)
+                i += 1
+                continue
+            escape = text[i + 1 : i + 2]
+            if escape in _ESCAPES:
+                out.append(_ESCAPES[escape])
+                i += 2
+            elif escape in ("u", "U"):
+                size = 4 if escape == "u" else 8
+                try:
+                    out.append(chr(int(text[i + 2 : i + 2 + size], 16)))
+                except ValueError:
+                    break
+                i += 2 + size
+            else:
+                break
+        raise _Stop
+
+    def _literal_string(self) -> str:
+        end = self.text.find("'", self.pos + 1)
+        if end < 0 or "\n" in self.text[self.pos : end]:
+            raise _Stop
+        value = self.text[self.pos + 1 : end]
+        self.pos = end + 1
+        return value
+
+    def _multiline_string(self, quotes: str) -> None:
+        text, i = self.text, self.pos + 3
+        while i < len(text):
+            if quotes == '"""' and text[i] == "\\":
+                i += 2
+            elif text.startswith(quotes, i):
+                i += 3
+                extra = 0
+                while extra < 2 and text.startswith(quotes[0], i):
+                    i += 1
+                    extra += 1
+                self.pos = i
+                return
+            else:
+                i += 1
+        raise _Stop

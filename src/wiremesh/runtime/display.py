@@ -1,0 +1,80 @@
+"""What ``wiremesh run`` shows: a live table on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from wiremesh.runtime.supervisor import ProcessState, Supervisor
+
+__all__ = ["format_uptime", "live_table", "nodes_table"]
+
+_STYLE = {
+    ProcessState.SERVING: "green",
+    ProcessState.STARTING: "yellow",
+    ProcessState.RESTARTING: "yellow",
+    ProcessState.UNRESPONSIVE: "red",
+    ProcessState.FAILED: "bold red",
+    ProcessState.STOPPING: "cyan",
+    ProcessState.STOPPED: "dim",
+}
+
+
+def format_uptime(seconds: float) -> str:
+    if seconds <= 0:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def nodes_table(supervisor: Supervisor) -> Table:
+    title = f"wiremesh · {supervisor.config.mesh.name}"
+    if supervisor.registry is not None:
+        title += f" · registry {supervisor.registry.address}"
+    table = Table(title=title, title_justify="left", expand=False)
+    for column in ("service", "node", "address", "pid", "state", "uptime", "restarts"):
+        table.add_column(column)
+    for slot in supervisor.slots:
+        style = _STYLE.get(slot.state, "")
+        table.add_row(
+            slot.service,
+            slot.node_id,
+            slot.address or "-",
+            str(slot.pid or "-"),
+            f"[{style}]{slot.state.value}[/]" if style else slot.state.value,
+            format_uptime(slot.uptime),
+            str(slot.restarts),
+        )
+    return table
+
+
+@contextlib.asynccontextmanager
+async def live_table(supervisor: Supervisor, console: Console) -> AsyncIterator[None]:
+    """Show the supervisor's nodes as a live table while the block runs; log lines print
+    above it."""
+    with Live(nodes_table(supervisor), console=console, refresh_per_second=2) as live:
+        supervisor.echo = lambda line: live.console.print(line, markup=False, highlight=False)
+
+        async def refresh() -> None:
+            while True:
+                live.update(nodes_table(supervisor))
+                await asyncio.sleep(0.5)
+
+        task = asyncio.create_task(refresh())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            live.update(nodes_table(supervisor))

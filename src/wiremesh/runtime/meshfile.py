@@ -1,0 +1,87 @@
+"""``.wiremesh/mesh.json``: how the CLI and clients find the mesh running in a folder.
+
+``wiremesh run`` writes it when the registry is up and removes it on exit; a stale file
+(its supervisor no longer runs) is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from wiremesh.errors import ConfigError, Unavailable
+from wiremesh.transport.tls import TlsFiles
+
+__all__ = ["MESH_FILE", "MeshFile"]
+
+MESH_FILE = "mesh.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class MeshFile:
+    registry: str
+    pid: int
+    name: str = "mesh"
+    started_at: float = 0.0
+    default_timeout: float = 10.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    #: absolute paths of the CA and the client pair, when TLS is on
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def client_tls(self) -> TlsFiles | None:
+        if self.tls_ca and self.tls_cert and self.tls_key:
+            return TlsFiles(Path(self.tls_ca), Path(self.tls_cert), Path(self.tls_key))
+        return None
+
+    def write(self, data_dir: Path) -> Path:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = data_dir / MESH_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> MeshFile:
+        try:
+            raw: dict[str, Any] = json.loads(path.read_text())
+            return cls(**raw)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+
+    @classmethod
+    def find(cls, folder: Path) -> MeshFile:
+        """The live mesh of ``folder`` (its ``wiremesh.toml`` says where the data is)."""
+        data_dir = folder / ".wiremesh"
+        config = folder / "wiremesh.toml"
+        if config.is_file():
+            from wiremesh.runtime.config import load_config
+
+            data_dir = load_config(config).data_path
+        path = data_dir / MESH_FILE
+        if not path.is_file():
+            raise Unavailable(
+                f"no mesh is running in {folder.resolve()} (start one there with 'wiremesh run')"
+            )
+        mesh = cls.read(path)
+        if not _alive(mesh.pid):
+            raise Unavailable(
+                f"the mesh in {folder.resolve()} is not running any more "
+                f"(its supervisor, pid {mesh.pid}, is gone); start it with 'wiremesh run'"
+            )
+        return mesh

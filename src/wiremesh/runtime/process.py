@@ -1,0 +1,138 @@
+"""The entry point of a node process: ``python -m wiremesh.runtime.process '<json>'``.
+
+The supervisor starts one such process per node with a :class:`NodeLaunch` as JSON. The
+process imports the service, serves until SIGTERM or SIGINT, drains, and exits 0. It also
+exits (draining) when its supervisor disappears, so no node outlives its mesh.
+Exit code 78 (EX_CONFIG) means the node cannot start as configured: the supervisor does
+not restart it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from wiremesh.core.balancing import BalancerName
+from wiremesh.errors import ConfigError, WiremeshError
+from wiremesh.runtime.node import Node
+from wiremesh.runtime.targets import load_service_class
+from wiremesh.transport.tls import TlsFiles
+
+__all__ = ["EXIT_CONFIG", "NodeLaunch", "main"]
+
+EXIT_CONFIG = 78
+
+log = logging.getLogger("wiremesh.node")
+
+
+@dataclass
+class NodeLaunch:
+    """Everything a node process needs to know, handed over by the supervisor."""
+
+    target: str
+    service: str
+    node_id: str
+    registry: str
+    data_dir: str
+    host: str = "127.0.0.1"
+    default_timeout: float = 10.0
+    drain_grace: float = 10.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    heartbeat_interval: float = 0.5
+    balancer: BalancerName = "round_robin"
+    balancers: dict[str, BalancerName] = field(default_factory=dict)
+    python_path: list[str] = field(default_factory=list)
+    tls: list[str] | None = None  # ca, cert, key
+    supervisor_pid: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> NodeLaunch:
+        return cls(**json.loads(text))
+
+
+async def run(launch: NodeLaunch) -> int:
+    cls = load_service_class(launch.target, [Path(p) for p in launch.python_path])
+    if getattr(cls, "name", None) != launch.service:
+        raise ConfigError(
+            f"target {launch.target!r} is service {getattr(cls, 'name', None)!r}, "
+            f"but the configuration calls it {launch.service!r}"
+        )
+    tls = TlsFiles(*(Path(p) for p in launch.tls)) if launch.tls else None
+    node = Node(
+        cls,
+        registry_address=launch.registry,
+        node_id=launch.node_id,
+        host=launch.host,
+        data_dir=Path(launch.data_dir),
+        default_timeout=launch.default_timeout,
+        drain_grace=launch.drain_grace,
+        max_message_bytes=launch.max_message_bytes,
+        heartbeat_interval=launch.heartbeat_interval,
+        balancer=launch.balancer,
+        balancers=launch.balancers,
+        tls=tls,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    watcher = asyncio.create_task(_watch_supervisor(launch.supervisor_pid, stop))
+    try:
+        await stop.wait()
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await node.stop()
+    return 0
+
+
+async def _watch_supervisor(pid: int, stop: asyncio.Event) -> None:
+    """Stop when the supervisor that started us is gone (we were re-parented)."""
+    if not pid:
+        return
+    while os.getppid() == pid:  # noqa: ASYNC110 - nothing to wait on but the pid
+        await asyncio.sleep(1.0)
+    log.warning("supervisor %d is gone; draining", pid)
+    stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(
+        level=os.environ.get("WIREMESH_LOG_LEVEL", "INFO").upper(),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("grpc").setLevel(logging.ERROR)
+    if len(args) != 1:
+        print("usage: python -m wiremesh.runtime.process '<launch json>'", file=sys.stderr)
+        return 2
+    try:
+        launch = NodeLaunch.from_json(args[0])
+    except (ValueError, TypeError) as exc:
+        print(f"bad launch description: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(run(launch))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    except WiremeshError as exc:
+        log.error("node %s could not start: %s", launch.node_id, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""``wiremesh run``: the supervisor of one machine's mesh.
+
+It hosts the embedded registry, starts every node as its own process, restarts a node
+that dies (exponential backoff with jitter, reset after a healthy run), kills and
+restarts a node that hangs (alive but silent to the registry), and drains on SIGINT or
+SIGTERM: every node gets SIGTERM, finishes its in-flight calls within the grace period,
+and the supervisor exits 0. A second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from wiremesh.core.retry import Backoff
+from wiremesh.errors import ConfigError
+from wiremesh.registry.embedded import RegistryServer
+from wiremesh.runtime.config import MeshConfig
+from wiremesh.runtime.meshfile import MESH_FILE, MeshFile
+from wiremesh.runtime.node import new_node_id
+from wiremesh.runtime.process import EXIT_CONFIG, NodeLaunch
+from wiremesh.runtime.targets import load_service_class
+from wiremesh.transport.tls import TlsFiles
+
+__all__ = ["NodeProcess", "ProcessState", "Supervisor"]
+
+log = logging.getLogger("wiremesh.supervisor")
+
+#: a registered node that stays out of the registry this long while its process lives is hung
+HUNG_AFTER = 3.0
+
+
+class ProcessState(enum.Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    UNRESPONSIVE = "unresponsive"
+    RESTARTING = "restarting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass
+class NodeProcess:
+    """One slot of a service: the node process that fills it now, and its history."""
+
+    service: str
+    slot: int
+    backoff: Backoff
+    node_id: str = ""
+    address: str = ""
+    pid: int = 0
+    state: ProcessState = ProcessState.STARTING
+    started_at: float = 0.0
+    restarts: int = 0
+    last_exit: int | None = None
+    process: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    silent_since: float | None = None
+    was_registered: bool = False
+
+    @property
+    def uptime(self) -> float:
+        return time.time() - self.started_at if self.started_at and self.pid else 0.0
+
+
+Listener = Callable[[str], None]
+
+
+class Supervisor:
+    def __init__(self, config: MeshConfig, *, echo: Listener | None = None) -> None:
+        self.config = config
+        self.echo: Listener = echo or (lambda line: print(line, flush=True))
+        self.slots: list[NodeProcess] = []
+        self.registry: RegistryServer | None = None
+        self.stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tls = TlsFiles(*config.tls_paths()) if config.tls.enabled else None
+        self.changed: Callable[[], None] = lambda: None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def check(self) -> None:
+        """Import every target now, so that a mistake is reported before anything starts."""
+        for name, settings in self.config.services.items():
+            cls = load_service_class(settings.target, self.config.python_paths())
+            if cls.name != name:
+                raise ConfigError(
+                    f"services.{name}.target: {settings.target} is the service "
+                    f"{cls.name!r}; name the table [services.{cls.name}]"
+                )
+        if self._tls is not None:
+            self._tls.server_credentials()  # reads every file: fails now, clearly
+
+    async def run(self) -> int:
+        """Run until :meth:`stop` (or a signal) and the drain are done. Returns 0."""
+        self.check()
+        mesh = self.config.mesh
+        self.registry = RegistryServer(
+            host=mesh.host,
+            port=self.config.registry.port,
+            ttl=self.config.registry.ttl,
+            credentials=self._tls.server_credentials() if self._tls else None,
+        )
+        await self.registry.start()
+        data = self.config.data_path
+        client_tls = self._client_tls()
+        MeshFile(
+            registry=self.registry.address,
+            pid=os.getpid(),
+            name=mesh.name,
+            started_at=time.time(),
+            default_timeout=mesh.default_timeout,
+            max_message_bytes=mesh.max_message_bytes,
+            tls_ca=str(client_tls.ca) if client_tls else None,
+            tls_cert=str(client_tls.cert) if client_tls else None,
+            tls_key=str(client_tls.key) if client_tls else None,
+        ).write(data)
+        self.echo(f"mesh {mesh.name}: registry at {self.registry.address}, data in {data}")
+        restart = self.config.restart
+        for name, settings in self.config.services.items():
+            for slot in range(settings.replicas):
+                backoff = Backoff(restart.initial_backoff, restart.max_backoff, restart.reset_after)
+                self.slots.append(NodeProcess(name, slot, backoff))
+        self._tasks = [asyncio.create_task(self._keep_running(s)) for s in self.slots]
+        self._tasks.append(asyncio.create_task(self._watch_registry()))
+        try:
+            await self.stopping.wait()
+            await self._drain()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.registry.stop()
+            with contextlib.suppress(FileNotFoundError):
+                (data / MESH_FILE).unlink()
+        self.echo(f"mesh {mesh.name}: stopped")
+        return 0
+
+    def stop(self) -> None:
+        """Begin the drain (what SIGINT and SIGTERM do)."""
+        if self.stopping.is_set():
+            self.kill_all()
+        self.stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+
+    def kill_all(self) -> None:
+        self.echo("stopping at once")
+        for slot in self.slots:
+            if slot.process is not None and slot.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.process.kill()
+
+    async def _drain(self) -> None:
+        grace = self.config.mesh.drain_grace
+        self.echo(f"draining {len(self.slots)} node(s), grace {grace:g}s")
+        for slot in self.slots:
+            if slot.process is not None and slot.process.returncode is None:
+                slot.state = ProcessState.STOPPING
+                with contextlib.suppress(ProcessLookupError):
+                    slot.process.send_signal(signal.SIGTERM)
+        self.changed()
+        waits = [s.process.wait() for s in self.slots if s.process is not None]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), grace + 5.0)
+        except TimeoutError:
+            self.echo("some nodes did not stop within the grace period; killing them")
+            self.kill_all()
+            await asyncio.gather(*waits)
+
+    # ------------------------------------------------------------------ one slot
+
+    def _launch(self, slot: NodeProcess) -> NodeLaunch:
+        mesh = self.config.mesh
+        assert self.registry is not None
+        return NodeLaunch(
+            target=self.config.services[slot.service].target,
+            service=slot.service,
+            node_id=slot.node_id,
+            registry=self.registry.address,
+            data_dir=str(self.config.data_path / "data" / slot.service),
+            host=mesh.host,
+            default_timeout=mesh.default_timeout,
+            drain_grace=mesh.drain_grace,
+            max_message_bytes=mesh.max_message_bytes,
+            heartbeat_interval=self.config.registry.heartbeat_interval,
+            balancer=mesh.balancer,
+            balancers={name: s.balancer for name, s in self.config.services.items() if s.balancer},
+            python_path=[str(p) for p in self.config.python_paths()],
+            tls=[str(p) for p in self.config.tls_paths()] if self._tls else None,
+            supervisor_pid=os.getpid(),
+        )
+
+    async def _keep_running(self, slot: NodeProcess) -> None:
+        settings = self.config.services[slot.service]
+        while not self.stopping.is_set():
+            slot.node_id = new_node_id(slot.service)
+            slot.state = ProcessState.STARTING
+            slot.was_registered = False
+            slot.silent_since = None
+            env = {**os.environ, **settings.env}
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "wiremesh.runtime.process",
+                self._launch(slot).to_json(),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+            slot.process, slot.pid, slot.started_at = process, process.pid, time.time()
+            self.echo(f"{slot.node_id}: started (pid {process.pid})")
+            self.changed()
+            assert process.stdout is not None
+            await self._relay_output(slot.node_id, process.stdout)
+            code = await process.wait()
+            ran_for = time.time() - slot.started_at
+            slot.last_exit, slot.pid = code, 0
+            if self.stopping.is_set() and code in (0, -signal.SIGTERM, -signal.SIGKILL):
+                slot.state = ProcessState.STOPPED
+                self.echo(f"{slot.node_id}: stopped")
+                self.changed()
+                return
+            if code == EXIT_CONFIG:
+                slot.state = ProcessState.FAILED
+                self.echo(f"{slot.node_id}: cannot start as configured; not restarting")
+                self.changed()
+                return
+            delay = slot.backoff.next_delay(ran_for)
+            slot.state = ProcessState.RESTARTING
+            slot.restarts += 1
+            self.echo(
+                f"{slot.node_id}: exited with {_describe_exit(code)}; restart in {delay:.1f}s"
+            )
+            self.changed()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+        slot.state = ProcessState.STOPPED
+
+    async def _relay_output(self, node_id: str, stream: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the reader's limit
+                continue
+            if not line:
+                return
+            self.echo(f"{node_id} | {line.decode(errors='replace').rstrip()}")
+
+    async def _watch_registry(self) -> None:
+        """Follow each process's node in the registry; kill one that hangs."""
+        assert self.registry is not None
+        while True:
+            await asyncio.sleep(0.25)
+            snapshot = self.registry.membership.snapshot()
+            now = time.monotonic()
+            for slot in self.slots:
+                if slot.process is None or slot.process.returncode is not None:
+                    continue
+                node = snapshot.by_id.get(slot.node_id)
+                before = slot.state
+                if node is not None:
+                    slot.address = node.address
+                    slot.was_registered = True
+                    slot.silent_since = None
+                    if slot.state is not ProcessState.STOPPING:
+                        slot.state = ProcessState.SERVING if node.serving else ProcessState.STOPPING
+                elif slot.was_registered and slot.state is not ProcessState.STOPPING:
+                    slot.state = ProcessState.UNRESPONSIVE
+                    slot.silent_since = slot.silent_since or now
+                    if now - slot.silent_since > HUNG_AFTER:
+                        self.echo(f"{slot.node_id}: unresponsive; killing it")
+                        with contextlib.suppress(ProcessLookupError):
+                            slot.process.kill()
+                if slot.state is not before:
+                    if slot.state is ProcessState.SERVING:
+                        self.echo(f"{slot.node_id}: serving at {slot.address}")
+                    self.changed()
+
+    def _client_tls(self) -> TlsFiles | None:
+        if self._tls is None:
+            return None
+        certs = self._tls.ca.parent
+        client_cert, client_key = certs / "client.pem", certs / "client-key.pem"
+        if client_cert.is_file() and client_key.is_file():
+            return TlsFiles(self._tls.ca, client_cert, client_key)
+        return self._tls
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
