@@ -27,9 +27,14 @@ app = typer.Typer(
     name="wiremesh",
     help=(
         "Run and talk to a wiremesh: services as processes, talking over gRPC.\n\n"
-        "Start the mesh described by ./wiremesh.toml with 'wiremesh run', then, from "
-        "another terminal in the same folder, 'wiremesh nodes' and "
-        "'wiremesh call service.method JSON'."
+        "Start the mesh of ./wiremesh.toml with 'wiremesh run', then talk to it\n"
+        "from another terminal in the same folder.\n\n"
+        "Examples:\n\n"
+        "  wiremesh run                  # the mesh of ./wiremesh.toml\n\n"
+        "  wiremesh nodes                # which nodes run, and where\n\n"
+        '  wiremesh call flows.run \'{"flow": "welcome", "input": {"name": "Ada"}}\'\n\n'
+        "  wiremesh certs init           # development certificates for TLS\n\n"
+        "Every command has its own --help, with examples."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -92,8 +97,9 @@ def run(
 ) -> None:
     """Start the mesh: the registry and every service's nodes, as separate processes.
 
-    Restarts nodes that die; Ctrl-C (or SIGTERM) drains: in-flight calls finish within
-    mesh.drain_grace seconds, then every node stops and the command exits 0.
+    Restarts nodes that die. Ctrl-C (or SIGTERM) drains the mesh: in-flight
+    calls finish within mesh.drain_grace seconds, then every node stops and
+    the command exits 0. A second Ctrl-C stops everything at once.
 
     Examples:
 
@@ -141,8 +147,11 @@ async def _supervise(supervisor: Any, *, live: bool) -> int:
                 return int(await supervisor.run())
         return int(await supervisor.run())
     except ConfigError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
+    except WiremeshError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return EXIT_FAILED
 
 
 # --------------------------------------------------------------------------------- call
@@ -230,6 +239,9 @@ def call(
 # --------------------------------------------------------------------------------- nodes
 
 
+_PIPE_WIDTH = 1000
+
+
 def _uptime(started_at: float) -> str:
     from wiremesh.runtime.display import format_uptime
 
@@ -243,7 +255,16 @@ def nodes(
     ] = Path("."),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
-    """List the live nodes: service, node id, address, pid, state, uptime."""
+    """List the live nodes: service, node id, address, pid, state, uptime.
+
+    Examples:
+
+      wiremesh nodes
+
+      wiremesh nodes --json
+
+      wiremesh nodes --mesh 127.0.0.1:7400
+    """
 
     async def go() -> list[Any]:
         from wiremesh.client import connect
@@ -276,12 +297,14 @@ def nodes(
         return
     table = Table()
     for column in ("service", "node", "address", "pid", "state", "uptime"):
-        table.add_column(column)
+        # a narrow terminal folds a cell onto more lines, never cuts a node id or address
+        table.add_column(column, overflow="fold")
     for n in found:
         table.add_row(
             n.service, n.node_id, n.address, str(n.pid), n.state.value, _uptime(n.started_at)
         )
-    out.print(table)
+    # a pipe has no width: print each row whole, for grep and friends
+    (out if out.is_terminal else Console(width=_PIPE_WIDTH)).print(table)
     if not found:
         err.print("no live nodes")
 

@@ -20,6 +20,7 @@ from wiremesh.core.balancing import BalancerName
 from wiremesh.core.codec import CodecName
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.model import MeshSnapshot, NodeInfo
+from wiremesh.errors import Unavailable
 from wiremesh.registry.embedded import EmbeddedRegistry
 from wiremesh.registry.view import MeshView
 from wiremesh.runtime.meshfile import MeshFile
@@ -128,7 +129,14 @@ async def connect(
             max_message_bytes=mesh.max_message_bytes,
             tls=tls or mesh.client_tls(),
         )
-    return await client.start(timeout)
+    try:
+        return await client.start(timeout)
+    except Unavailable as exc:
+        await client.close()  # its registry channel, opened for nothing
+        raise Unavailable(f"no registry at {client.registry.address}: {exc.message}") from None
+    except BaseException:
+        await client.close()
+        raise
 
 
 def _looks_like_address(text: str) -> bool:

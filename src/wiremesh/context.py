@@ -43,7 +43,8 @@ class Context:
     """What a handler knows about the call it is serving.
 
     ``deadline`` is when the caller stops waiting; ``metadata`` the caller's custom
-    metadata (keys without the ``wm-`` prefix that gRPC did not reserve); ``caller`` the
+    metadata (keys without the ``wm-`` prefix that gRPC did not reserve; values of binary
+    ``-bin`` keys, which only foreign clients send, are bytes); ``caller`` the
     calling node (``service@node-id``) or ``None`` for a client outside the mesh; ``peer``
     the transport address; ``node_id`` and ``service`` say where the handler runs.
     """
@@ -67,7 +68,7 @@ class Context:
         method: str,
         node_id: str,
         caller_client: MeshCaller,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str | bytes] | None = None,
         caller: str | None = None,
         peer: str | None = None,
     ) -> None:
@@ -75,7 +76,7 @@ class Context:
         self.service = service
         self.method = method
         self.node_id = node_id
-        self.metadata: Mapping[str, str] = metadata or {}
+        self.metadata: Mapping[str, str | bytes] = metadata or {}
         self.caller = caller
         self.peer = peer
         self._caller = caller_client

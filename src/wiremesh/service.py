@@ -77,7 +77,7 @@ class MethodSpec:
 
     @property
     def info(self) -> MethodInfo:
-        return MethodInfo(self.name, self.idempotent)
+        return MethodInfo(self.name, self.idempotent, self.shapes.returns_protobuf)
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,12 @@ class ServiceSpec:
                 shapes = signature_shapes(member, skip=2)
             except TypeError as exc:
                 raise ConfigError(str(exc)) from exc
+            taken = methods.get(wire_name)
+            if taken is not None:  # one of them would silently never be served
+                raise ConfigError(
+                    f"{service_cls.__qualname__}: methods {taken.attribute!r} and "
+                    f"{attribute!r} are both served as {wire_name!r}"
+                )
             methods[wire_name] = MethodSpec(wire_name, attribute, options.idempotent, shapes)
         return cls(name, service_cls, methods)
 

@@ -19,19 +19,22 @@ Two levels, as in Nameko (``worker_factory``, ``entrypoint_hook``):
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from wiremesh.client import MeshClient
 from wiremesh.context import Context
 from wiremesh.core.codec import CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
-from wiremesh.errors import Unavailable
+from wiremesh.core.model import MeshSnapshot
+from wiremesh.errors import ConfigError, NodeNotFound, Unavailable
 from wiremesh.registry.embedded import RegistryServer
 from wiremesh.runtime.node import Node
-from wiremesh.service import Service, ServiceSpec
+from wiremesh.service import Service, ServiceProxy, ServiceSpec
 
 __all__ = ["TestMesh", "call_handler", "worker"]
 
@@ -39,14 +42,23 @@ __all__ = ["TestMesh", "call_handler", "worker"]
 class _NoMesh:
     """What a service calls when a test gave it no mesh: a clear error, not a hang."""
 
-    def __init__(self, service: str) -> None:
-        self.service = service
+    def __init__(self, cls: type[Service]) -> None:
+        self.cls = cls
 
     async def call(self, target: str, payload: Any = None, **options: Any) -> Any:
+        service = target.split("@", 1)[0].split(".", 1)[0]
+        attributes = sorted(
+            name
+            for klass in reversed(self.cls.__mro__)
+            for name, value in vars(klass).items()
+            if isinstance(value, ServiceProxy) and value.service == service
+        )
+        name = self.cls.__qualname__
+        fake = f"{attributes[0]}=fake" if attributes else "<dependency>=fake"
         raise Unavailable(
-            f"{self.service} called {target!r}, but this test runs it without a mesh: "
-            f"pass a replacement to worker() (e.g. worker(Cls, {target.split('.')[0]}=fake)) "
-            "or use TestMesh"
+            f"{ServiceSpec.of(self.cls).name} called {target!r}, but this test runs it "
+            f"without a mesh: replace the dependency, e.g. worker({name}, {fake}), "
+            "or run the services in a TestMesh"
         )
 
 
@@ -62,7 +74,7 @@ def worker(cls: type[Service], *, data_dir: Path | None = None, **dependencies: 
         setattr(instance, name, replacement)
     instance.node_id = f"{spec.name}-test"
     instance.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"wiremesh-{spec.name}-"))
-    instance.mesh = _NoMesh(spec.name)
+    instance.mesh = _NoMesh(cls)
     return instance
 
 
@@ -93,15 +105,18 @@ async def call_handler(
         service=spec.name,
         method=method,
         node_id=instance.node_id or f"{spec.name}-test",
-        caller_client=getattr(instance, "mesh", None) or _NoMesh(spec.name),
+        caller_client=getattr(instance, "mesh", None) or _NoMesh(type(instance)),
         metadata=metadata,
         caller=caller,
     )
     token = ctx.activate()
     try:
-        return await getattr(instance, method_spec.attribute)(ctx, *args, **kwargs)
+        result = await getattr(instance, method_spec.attribute)(ctx, *args, **kwargs)
     finally:
         Context.deactivate(token)
+    # a result that could not travel back fails here as it would on a real call
+    encode(result, "proto" if shapes.returns_protobuf else codec)
+    return result
 
 
 class TestMesh:
@@ -127,18 +142,25 @@ class TestMesh:
         self.services = services
         self.replicas = dict(replicas or {})
         self.replace = {k: dict(v) for k, v in (replace or {}).items()}
+        names = {ServiceSpec.of(cls).name for cls in services}
+        for option, keys in (("replicas", self.replicas), ("replace", self.replace)):
+            unknown = sorted(set(keys) - names)
+            if unknown:
+                raise ConfigError(
+                    f"TestMesh({option}=...) names {', '.join(map(repr, unknown))}, which "
+                    f"this mesh does not run (services: {', '.join(sorted(names))})"
+                )
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="wiremesh-test-"))
         self.default_timeout = default_timeout
         self.drain_grace = drain_grace
         self.node_options = node_options
-        self.registry = RegistryServer(ttl=1.5)
+        self._registry: RegistryServer | None = None  # made in the test's event loop
         self.nodes: list[Node] = []
-        self._client: Any = None
+        self._client: MeshClient | None = None
 
     async def __aenter__(self) -> TestMesh:
-        from wiremesh.client import MeshClient
-
-        await self.registry.start()
+        self._registry = RegistryServer(ttl=1.5)
+        await self._registry.start()
         try:
             for cls in self.services:
                 name = ServiceSpec.of(cls).name
@@ -183,15 +205,35 @@ class TestMesh:
         return node
 
     async def wait_for_nodes(self, timeout: float = 5.0) -> None:
-        """Wait until the client sees exactly the nodes this mesh runs."""
+        """Wait until the client and every node see exactly the nodes this mesh runs, so
+        that a call made next, from outside or from a handler, finds them all."""
         expected = {n.node_id for n in self.nodes}
-        await self._client.view.wait_for(
-            lambda s: {n.node_id for n in s.nodes if n.serving} == expected, timeout
-        )
+
+        def settled(snapshot: MeshSnapshot) -> bool:
+            # a stopped node is gone, not merely draining: it may still be listed as such
+            listed = {n.node_id for n in snapshot.nodes}
+            return listed == expected and all(n.serving for n in snapshot.nodes)
+
+        views = [self.client.view, *(node.view for node in self.nodes)]
+        await asyncio.gather(*(view.wait_for(settled, timeout) for view in views))
+
+    @property
+    def registry(self) -> RegistryServer:
+        """The mesh's embedded registry (``mesh.registry.address`` for your own clients)."""
+        if self._registry is None:
+            raise RuntimeError("the TestMesh is not running: use 'async with TestMesh(...)'")
+        return self._registry
+
+    @property
+    def client(self) -> MeshClient:
+        """The mesh's client from outside, e.g. ``mesh.client.nodes("orders")``."""
+        if self._client is None:
+            raise RuntimeError("the TestMesh is not running: use 'async with TestMesh(...)'")
+        return self._client
 
     async def call(self, target: str, payload: Any = None, **options: Any) -> Any:
         """Call like any client outside the mesh would (see ``MeshClient.call``)."""
-        return await self._client.call(target, payload, **options)
+        return await self.client.call(target, payload, **options)
 
     def nodes_of(self, service: str) -> list[Node]:
         return [n for n in self.nodes if n.spec.name == service]
@@ -202,17 +244,33 @@ class TestMesh:
 
     async def stop_node(self, node: Node | str, grace: float | None = None) -> None:
         """Drain and stop one node (by object or node id); the mesh sees it leave."""
-        found = node if isinstance(node, Node) else next(n for n in self.nodes if n.node_id == node)
+        if isinstance(node, Node):
+            found = node
+        else:
+            match = [n for n in self.nodes if n.node_id == node]
+            if not match:
+                running = ", ".join(n.node_id for n in self.nodes) or "none"
+                raise NodeNotFound(f"this mesh runs no node {node!r} (nodes: {running})")
+            found = match[0]
         self.nodes.remove(found)
         await found.stop(self.drain_grace if grace is None else grace)
         if self._client is not None:
             await self.wait_for_nodes()
 
     async def close(self) -> None:
+        """Stop every node, the client and the registry, even when one of them fails."""
+        errors: list[BaseException] = []
         for node in list(reversed(self.nodes)):
-            await node.stop(self.drain_grace)
+            try:
+                await node.stop(self.drain_grace)
+            except Exception as exc:  # the others still have to stop
+                errors.append(exc)
         self.nodes.clear()
         if self._client is not None:
             await self._client.close()
             self._client = None
-        await self.registry.stop()
+        if self._registry is not None:
+            await self._registry.stop()
+            self._registry = None
+        if errors:
+            raise errors[0]

@@ -26,7 +26,7 @@ CODECS: tuple[CodecName, ...] = ("msgpack", "json", "raw", "proto")
 def to_plain(value: Any) -> Any:
     """Flatten one value msgpack cannot encode by itself (used as msgpack's ``default``)."""
     if isinstance(value, pydantic.BaseModel):
-        return value.model_dump(mode="python")
+        return value.model_dump(mode="python", by_alias=True)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return pydantic_core.to_jsonable_python(value)
@@ -62,7 +62,8 @@ def encode(value: Any, codec: CodecName = "msgpack") -> bytes:
 def decode(data: bytes, codec: CodecName = "msgpack") -> Any:
     """The plain value in ``data``. Raises :class:`InvalidPayload` when it does not decode.
 
-    An empty body is ``None`` in every codec (a call with no payload).
+    An empty body is ``None`` (a call with no payload) in ``msgpack`` and ``json``; the
+    ``raw`` and ``proto`` codecs hand the bytes over as they are, empty or not.
     """
     if codec not in CODECS:
         raise InvalidPayload(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")

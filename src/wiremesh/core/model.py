@@ -18,6 +18,8 @@ class NodeState(enum.Enum):
 class MethodInfo:
     name: str
     idempotent: bool = False
+    #: the method answers with a protobuf message, in protobuf whatever the request codec
+    returns_protobuf: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,11 +27,33 @@ def is_protobuf_type(tp: Any) -> bool:
     return isinstance(tp, type) and hasattr(tp, "FromString") and hasattr(tp, "DESCRIPTOR")
 
 
+#: Failing fields named in one message; a payload with thousands of bad items would
+#: otherwise give a message of hundreds of kilobytes.
+MAX_LISTED_ERRORS = 10
+
+
+def invalid_payload(error: pydantic.ValidationError, prefix: str = "") -> InvalidPayload:
+    """The :class:`InvalidPayload` for a validation error: the message names each failing
+    field, and ``details["errors"]`` lists them as ``{"field", "message"}`` (first few)."""
+    fields = [
+        {
+            "field": ".".join(str(p) for p in (prefix, *item["loc"]) if p != "") or "payload",
+            "message": item["msg"],
+        }
+        for item in error.errors(include_url=False)[:MAX_LISTED_ERRORS]
+    ]
+    return InvalidPayload(format_validation_error(error, prefix), details={"errors": fields})
+
+
 def format_validation_error(error: pydantic.ValidationError, prefix: str = "") -> str:
+    """``field.path: what is wrong`` for each failing field, the first few of them."""
     parts = []
-    for item in error.errors(include_url=False):
+    items = error.errors(include_url=False)
+    for item in items[:MAX_LISTED_ERRORS]:
         loc = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "")
         parts.append(f"{loc or 'payload'}: {item['msg']}")
+    if len(items) > MAX_LISTED_ERRORS:
+        parts.append(f"and {len(items) - MAX_LISTED_ERRORS} more errors")
     return "; ".join(parts)
 
 
@@ -64,7 +86,7 @@ class Shape:
         try:
             return self._adapter.validate_python(value)
         except pydantic.ValidationError as exc:
-            raise InvalidPayload(format_validation_error(exc, self.name)) from exc
+            raise invalid_payload(exc, self.name) from exc
 
 
 class _Params:
@@ -89,7 +111,7 @@ class _Params:
         try:
             model = self._model.model_validate(value)
         except pydantic.ValidationError as exc:
-            raise InvalidPayload(format_validation_error(exc)) from exc
+            raise invalid_payload(exc) from exc
         return {name: getattr(model, name) for name in self.names}
 
 

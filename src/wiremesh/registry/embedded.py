@@ -41,7 +41,10 @@ def node_to_proto(node: NodeInfo) -> pb.Node:
         pid=node.pid,
         started_at=node.started_at,
         state=node.state.value,
-        methods=[pb.Method(name=m.name, idempotent=m.idempotent) for m in node.methods.values()],
+        methods=[
+            pb.Method(name=m.name, idempotent=m.idempotent, returns_protobuf=m.returns_protobuf)
+            for m in node.methods.values()
+        ],
         metadata=dict(node.metadata),
     )
 
@@ -58,7 +61,7 @@ def node_from_proto(msg: pb.Node) -> NodeInfo:
         pid=msg.pid,
         started_at=msg.started_at,
         state=state,
-        methods={m.name: MethodInfo(m.name, m.idempotent) for m in msg.methods},
+        methods={m.name: MethodInfo(m.name, m.idempotent, m.returns_protobuf) for m in msg.methods},
         metadata=dict(msg.metadata),
     )
 
@@ -93,6 +96,7 @@ class RegistryServer:
         self.sweep_interval = sweep_interval
         self.credentials = credentials
         self._changed = asyncio.Event()
+        self._owners: dict[str, object] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         handlers = {
@@ -118,14 +122,22 @@ class RegistryServer:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     async def start(self) -> None:
-        bind = f"{self.host}:{self.port}"
-        if self.credentials is None:
-            self.port = self.server.add_insecure_port(bind)
-        else:
-            self.port = self.server.add_secure_port(bind, self.credentials)
+        """Listen and serve; :class:`Unavailable` when the address cannot be bound."""
+        bind = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        try:
+            if self.credentials is None:
+                self.port = self.server.add_insecure_port(bind)
+            else:
+                self.port = self.server.add_secure_port(bind, self.credentials)
+        except RuntimeError:  # grpcio's only word for "bind failed"
+            raise Unavailable(
+                f"the registry cannot listen on {bind}: the address is in use or not "
+                "available here (choose another registry.port, or 0 for any free port)"
+            ) from None
         await self.server.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="wiremesh-registry-sweep")
 
@@ -149,12 +161,14 @@ class RegistryServer:
 
     async def _lease(self, requests: AsyncIterator[pb.LeaseRequest], context: Any) -> pb.LeaseReply:
         node: NodeInfo | None = None
+        stream = object()  # this lease stream; the latest one to register a node owns it
         try:
             async for request in requests:
                 now = time.monotonic()
                 if request.HasField("register"):
                     node = node_from_proto(request.register)
                     self.membership.register(node, now)
+                    self._owners[node.node_id] = stream
                     self._notify()
                 elif node is not None:
                     state = NodeState(request.heartbeat.state) if request.heartbeat.state else None
@@ -164,13 +178,18 @@ class RegistryServer:
                     if not self.membership.renew(node.node_id, now, state):
                         # it hung past its ttl and came back: it is alive again
                         self.membership.register(node, now)
+                        self._owners[node.node_id] = stream
                     if self.membership.version != before:
                         self._notify()
         except (grpc.aio.AioRpcError, ValueError) as exc:
             log.debug("lease stream ended: %s", exc)
         finally:
-            if node is not None and self.membership.remove(node.node_id) is not None:
-                self._notify()
+            # a node that registered again on a newer stream (its old one broke on its
+            # side first) stays: only the stream that owns the node takes it away
+            if node is not None and self._owners.get(node.node_id) is stream:
+                del self._owners[node.node_id]
+                if self.membership.remove(node.node_id) is not None:
+                    self._notify()
         return pb.LeaseReply()
 
     async def _watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.Snapshot]:
@@ -199,7 +218,14 @@ class EmbeddedRegistry:
     ) -> None:
         self.address = address
         self.heartbeat_interval = heartbeat_interval
-        options = [("grpc.enable_retries", 0)]
+        options = [
+            ("grpc.enable_retries", 0),
+            # a registry that restarts must be found again within about a second, not
+            # after grpc's default reconnect backoff (which grows to two minutes)
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
         self.channel = (
             grpc.aio.insecure_channel(address, options=options)
             if credentials is None

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from wiremesh.runtime.supervisor import ProcessState, Supervisor
 
@@ -43,7 +44,8 @@ def nodes_table(supervisor: Supervisor) -> Table:
         title += f" · registry {supervisor.registry.address}"
     table = Table(title=title, title_justify="left", expand=False)
     for column in ("service", "node", "address", "pid", "state", "uptime", "restarts"):
-        table.add_column(column)
+        # a narrow terminal folds a cell onto two lines, never cuts a node id or address
+        table.add_column(column, overflow="fold")
     for slot in supervisor.slots:
         style = _STYLE.get(slot.state, "")
         table.add_row(
@@ -51,7 +53,7 @@ def nodes_table(supervisor: Supervisor) -> Table:
             slot.node_id,
             slot.address or "-",
             str(slot.pid or "-"),
-            f"[{style}]{slot.state.value}[/]" if style else slot.state.value,
+            Text(slot.state.value, style=style),
             format_uptime(slot.uptime),
             str(slot.restarts),
         )
@@ -63,7 +65,8 @@ async def live_table(supervisor: Supervisor, console: Console) -> AsyncIterator[
     """Show the supervisor's nodes as a live table while the block runs; log lines print
     above it."""
     with Live(nodes_table(supervisor), console=console, refresh_per_second=2) as live:
-        supervisor.echo = lambda line: live.console.print(line, markup=False, highlight=False)
+        # Text, not markup=False: the live table is re-rendered with the options of each print
+        supervisor.echo = lambda line: live.console.print(Text(line))
 
         async def refresh() -> None:
             while True:

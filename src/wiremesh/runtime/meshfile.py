@@ -43,6 +43,11 @@ class MeshFile:
     tls_cert: str | None = None
     tls_key: str | None = None
 
+    @property
+    def running(self) -> bool:
+        """Whether the supervisor that wrote this file still runs."""
+        return _alive(self.pid)
+
     def client_tls(self) -> TlsFiles | None:
         if self.tls_ca and self.tls_cert and self.tls_key:
             return TlsFiles(Path(self.tls_ca), Path(self.tls_cert), Path(self.tls_key))
@@ -79,7 +84,7 @@ class MeshFile:
                 f"no mesh is running in {folder.resolve()} (start one there with 'wiremesh run')"
             )
         mesh = cls.read(path)
-        if not _alive(mesh.pid):
+        if not mesh.running:
             raise Unavailable(
                 f"the mesh in {folder.resolve()} is not running any more "
                 f"(its supervisor, pid {mesh.pid}, is gone); start it with 'wiremesh run'"

@@ -3,11 +3,15 @@
 Start order: the service's ``on_start``, the gRPC server, the mesh view, then the lease
 (so nobody is sent a call before the node can take it). Stop order, the drain: mark the
 node draining (callers stop choosing it), release the lease, let in-flight calls finish
-within the grace period, then ``on_stop`` and close.
+within the grace period, then ``on_stop`` and close. A node process first waits, still
+serving, until the mesh knows it drains (:meth:`Node.announce_drain`), so that no caller
+is refused a call on its way.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -16,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from wiremesh.core.balancing import BalancerName
-from wiremesh.core.model import NodeInfo, NodeState
+from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.registry.base import Lease
 from wiremesh.registry.embedded import EmbeddedRegistry
 from wiremesh.registry.view import MeshView
@@ -28,6 +32,11 @@ from wiremesh.transport.tls import TlsFiles
 __all__ = ["Node", "new_node_id"]
 
 log = logging.getLogger("wiremesh.node")
+
+#: longest :meth:`Node.announce_drain` waits for the mesh to learn that the node drains
+ANNOUNCE_WAIT = 2.0
+#: after its own view shows it draining: time for other callers to read the same news
+ANNOUNCE_MARGIN = 0.1
 
 
 def new_node_id(service: str) -> str:
@@ -115,6 +124,29 @@ class Node:
         await self.view.start()
         self._lease = await self.registry.lease(self.info)
         log.info("node %s serving %s at %s", self.node_id, self.spec.name, self.address)
+
+    async def announce_drain(self, timeout: float = ANNOUNCE_WAIT) -> None:
+        """Tell the mesh this node drains, and keep serving until callers know it.
+
+        Callers stop choosing a node once their view shows it draining; until then they
+        may still send it calls, which the server, still up, serves. This node's own view
+        gets the news in the same broadcast as every caller's, so once it shows here (plus
+        a moment for callers to read it) no new call is on its way. Call it before
+        :meth:`stop` for a drain that costs callers nothing (the node process does);
+        ``timeout`` bounds the wait when the registry does not answer.
+        """
+        if self._lease is None:
+            return
+        await self._lease.set_state(NodeState.DRAINING)
+        node_id = self.node_id
+
+        def announced(snapshot: MeshSnapshot) -> bool:
+            node = snapshot.by_id.get(node_id)
+            return node is None or not node.serving
+
+        with contextlib.suppress(TimeoutError):
+            await self.view.wait_for(announced, timeout)
+            await asyncio.sleep(ANNOUNCE_MARGIN)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: no new calls, in-flight calls finish within ``grace`` seconds."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from wiremesh.core.balancing import BalancerName
 from wiremesh.errors import ConfigError, WiremeshError
-from wiremesh.runtime.node import Node
+from wiremesh.runtime.node import ANNOUNCE_WAIT, Node
 from wiremesh.runtime.targets import load_service_class
 from wiremesh.transport.tls import TlsFiles
 
@@ -94,6 +94,7 @@ async def run(launch: NodeLaunch) -> int:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        await node.announce_drain(min(launch.drain_grace, ANNOUNCE_WAIT))
         await node.stop()
     return 0
 

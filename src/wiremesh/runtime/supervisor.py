@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from wiremesh.core.retry import Backoff
 from wiremesh.errors import ConfigError
@@ -82,6 +83,7 @@ class Supervisor:
         self.registry: RegistryServer | None = None
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._slot_tasks: list[asyncio.Task[None]] = []
         self._tls = TlsFiles(*config.tls_paths()) if config.tls.enabled else None
         self.changed: Callable[[], None] = lambda: None
 
@@ -103,6 +105,8 @@ class Supervisor:
         """Run until :meth:`stop` (or a signal) and the drain are done. Returns 0."""
         self.check()
         mesh = self.config.mesh
+        data = self.config.data_path
+        self._refuse_a_second_mesh(data)
         self.registry = RegistryServer(
             host=mesh.host,
             port=self.config.registry.port,
@@ -110,7 +114,6 @@ class Supervisor:
             credentials=self._tls.server_credentials() if self._tls else None,
         )
         await self.registry.start()
-        data = self.config.data_path
         client_tls = self._client_tls()
         MeshFile(
             registry=self.registry.address,
@@ -129,8 +132,8 @@ class Supervisor:
             for slot in range(settings.replicas):
                 backoff = Backoff(restart.initial_backoff, restart.max_backoff, restart.reset_after)
                 self.slots.append(NodeProcess(name, slot, backoff))
-        self._tasks = [asyncio.create_task(self._keep_running(s)) for s in self.slots]
-        self._tasks.append(asyncio.create_task(self._watch_registry()))
+        self._slot_tasks = [asyncio.create_task(self._keep_running(s)) for s in self.slots]
+        self._tasks = [*self._slot_tasks, asyncio.create_task(self._watch_registry())]
         try:
             await self.stopping.wait()
             await self._drain()
@@ -138,11 +141,29 @@ class Supervisor:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._kill_leftovers()
             await self.registry.stop()
             with contextlib.suppress(FileNotFoundError):
                 (data / MESH_FILE).unlink()
         self.echo(f"mesh {mesh.name}: stopped")
         return 0
+
+    @staticmethod
+    def _refuse_a_second_mesh(data: Path) -> None:
+        """Two supervisors on one data folder would share (and then delete) one mesh.json
+        and one set of service data: the second one does not start."""
+        path = data / MESH_FILE
+        if not path.is_file():
+            return
+        try:
+            other = MeshFile.read(path)
+        except ConfigError:  # unreadable: a stale file, to be overwritten
+            return
+        if other.running and other.pid != os.getpid():
+            raise ConfigError(
+                f"a mesh already runs on {data} (supervisor pid {other.pid}, registry "
+                f"{other.registry}): stop it first, or give this one another mesh.data_dir"
+            )
 
     def stop(self) -> None:
         """Begin the drain (what SIGINT and SIGTERM do)."""
@@ -171,13 +192,24 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     slot.process.send_signal(signal.SIGTERM)
         self.changed()
-        waits = [s.process.wait() for s in self.slots if s.process is not None]
-        try:
-            await asyncio.wait_for(asyncio.gather(*waits), grace + 5.0)
-        except TimeoutError:
+        # each slot's task returns once its process has exited (one being spawned right
+        # now gets its SIGTERM in _keep_running), or at once when it was waiting to restart
+        if not self._slot_tasks:
+            return
+        _, pending = await asyncio.wait(self._slot_tasks, timeout=grace + 5.0)
+        if pending:
             self.echo("some nodes did not stop within the grace period; killing them")
             self.kill_all()
-            await asyncio.gather(*waits)
+            await asyncio.wait(pending, timeout=5.0)
+
+    async def _kill_leftovers(self) -> None:
+        """Kill any node process still running once the slots' tasks are gone, e.g. one
+        spawned while the drain began, so that no node outlives ``run()``."""
+        left = [s.process for s in self.slots if s.process and s.process.returncode is None]
+        for process in left:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        await asyncio.gather(*(p.wait() for p in left), return_exceptions=True)
 
     # ------------------------------------------------------------------ one slot
 
@@ -206,6 +238,7 @@ class Supervisor:
         settings = self.config.services[slot.service]
         while not self.stopping.is_set():
             slot.node_id = new_node_id(slot.service)
+            slot.address = ""
             slot.state = ProcessState.STARTING
             slot.was_registered = False
             slot.silent_since = None
@@ -222,15 +255,25 @@ class Supervisor:
             )
             slot.process, slot.pid, slot.started_at = process, process.pid, time.time()
             self.echo(f"{slot.node_id}: started (pid {process.pid})")
+            if self.stopping.is_set():
+                # the drain began while this process was being spawned: it missed the
+                # SIGTERM the others got
+                slot.state = ProcessState.STOPPING
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
             self.changed()
             assert process.stdout is not None
             await self._relay_output(slot.node_id, process.stdout)
             code = await process.wait()
             ran_for = time.time() - slot.started_at
             slot.last_exit, slot.pid = code, 0
-            if self.stopping.is_set() and code in (0, -signal.SIGTERM, -signal.SIGKILL):
+            if self.stopping.is_set():
+                # draining: whatever the exit, the node is not started again
                 slot.state = ProcessState.STOPPED
-                self.echo(f"{slot.node_id}: stopped")
+                if code in (0, -signal.SIGTERM, -signal.SIGKILL):
+                    self.echo(f"{slot.node_id}: stopped")
+                else:
+                    self.echo(f"{slot.node_id}: stopped, exited with {_describe_exit(code)}")
                 self.changed()
                 return
             if code == EXIT_CONFIG:

@@ -3,11 +3,17 @@
 :class:`Caller` is what ``ctx.call`` and ``wiremesh.connect()`` use. It reads the mesh
 from a :class:`~wiremesh.registry.MeshView` (no registry round trip per call), keeps one
 gRPC channel per node address, and closes a channel when its node leaves the mesh.
+
+Per call it does only what a call needs: the parsed target, the route to a service (its
+serving nodes, whether the method is idempotent, its balancer and gRPC path) and the wire
+metadata are cached, the route per mesh snapshot, so that a call is a pick, an encode,
+the gRPC call and a decode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +23,7 @@ from wiremesh.core.balancing import Balancer, BalancerName, make_balancer
 from wiremesh.core.codec import CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.model import MeshSnapshot, NodeInfo
-from wiremesh.core.names import Target, parse_target
+from wiremesh.core.names import Target, method_path, parse_target
 from wiremesh.core.retry import should_retry
 from wiremesh.core.shape import Shape, is_protobuf_type
 from wiremesh.errors import (
@@ -26,14 +32,41 @@ from wiremesh.errors import (
     NodeNotFound,
     ServiceNotFound,
     Unavailable,
-    WiremeshError,
 )
 from wiremesh.registry.view import MeshView
-from wiremesh.transport.wire import CALLER_KEY, CODEC_KEY, error_from_rpc_error
+from wiremesh.transport.wire import (
+    CALLER_KEY,
+    CODEC_KEY,
+    custom_metadata,
+    error_from_rpc_error,
+    raised_by_handler,
+)
 
 __all__ = ["Caller", "channel_options"]
 
 _Stub = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
+_CACHE_LIMIT = 4096
+
+
+class _Route:
+    """How to reach one target in one snapshot: its candidate nodes, whether its method is
+    idempotent, the service's balancer and the gRPC path."""
+
+    __slots__ = ("balancer", "idempotent", "nodes", "path", "proto_reply")
+
+    def __init__(
+        self,
+        nodes: tuple[NodeInfo, ...],
+        idempotent: bool,
+        balancer: Balancer,
+        path: str,
+        proto_reply: bool,
+    ) -> None:
+        self.nodes = nodes
+        self.idempotent = idempotent
+        self.balancer = balancer
+        self.path = path
+        self.proto_reply = proto_reply
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -69,10 +102,17 @@ class Caller:
         self._options = channel_options(max_message_bytes)
         self._credentials = credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
+        #: per node address, the latest deadline of a call sent there (monotonic seconds)
+        self._latest_deadline: dict[str, float] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._stubs: dict[tuple[str, str], _Stub] = {}
-        self._targets: dict[str, Target] = {}
+        self._targets: dict[str | tuple[str, str], Target] = {}
+        # by id() of a Target from _targets; the entry holds the Target, so the id is its own
+        self._routes: dict[int, tuple[Target, _Route]] = {}
+        self._routes_of: MeshSnapshot | None = None
+        self._protobuf_types: dict[type, bool] = {}
         self._returns: dict[Any, Shape] = {}
-        self._metadata: dict[tuple[str, ...], tuple[tuple[str, str], ...] | None] = {}
+        self._metadata: dict[str, tuple[tuple[str, str], ...] | None] = {}
         view.on_change(self._forget_gone_nodes)
 
     async def call(
@@ -89,19 +129,41 @@ class Caller:
     ) -> Any:
         """Call ``target`` (``service.method`` or ``service@node-id.method``) and return its
         result, validated into ``returns`` when given. Raises a :class:`WiremeshError`."""
-        where = self._target(target, node)
+        where = self._targets.get(target) if node is None else None
+        if where is None:
+            where = self._target(target, node)
         if timeout is not None and timeout <= 0:
             raise DeadlineExceeded(f"timeout must be positive, got {timeout:g}s for {target}")
+        # the deadline as a point on time.monotonic(): no Deadline object on the hot path
         if deadline is None:
-            deadline = Deadline.after(self.default_timeout if timeout is None else timeout)
-        elif timeout is not None:
-            deadline = deadline.capped(timeout)
-        if is_protobuf_type(type(payload)):
+            at = time.monotonic() + (self.default_timeout if timeout is None else timeout)
+        else:
+            at = deadline.at
+            if timeout is not None:
+                at = min(at, time.monotonic() + timeout)
+        kind = type(payload)
+        protobuf = self._protobuf_types.get(kind)
+        if protobuf is None:
+            protobuf = is_protobuf_type(kind)
+            if len(self._protobuf_types) < _CACHE_LIMIT:
+                self._protobuf_types[kind] = protobuf
+        if protobuf:
             codec = "proto"
         body = encode(payload, codec)
-        wire_metadata = self._wire_metadata(codec, metadata)
-        response, _ = await self._send(where, body, deadline, wire_metadata)
-        return self._result(response, codec, returns)
+        if metadata or codec not in self._metadata:
+            wire_metadata = self._wire_metadata(codec, metadata)
+        else:
+            wire_metadata = self._metadata[codec]
+        response, route = await self._send_until(where, body, at, wire_metadata)
+        # the answer's codec: protobuf for a method that returns a message, else the
+        # request's (msgpack when the request itself was a protobuf message)
+        if route.proto_reply:
+            reply_codec: CodecName = "proto"
+        else:
+            reply_codec = "msgpack" if codec == "proto" else codec
+        if returns is None:
+            return decode(response, reply_codec)
+        return self._result(response, reply_codec, returns)
 
     async def _send(
         self,
@@ -109,31 +171,50 @@ class Caller:
         body: bytes,
         deadline: Deadline,
         metadata: tuple[tuple[str, str], ...] | None,
-    ) -> tuple[bytes, NodeInfo]:
+    ) -> tuple[bytes, _Route]:
+        """Send ``body`` to a node for ``where`` before ``deadline``, retrying when allowed;
+        the response and the route it took."""
+        return await self._send_until(where, body, deadline.at, metadata)
+
+    async def _send_until(
+        self,
+        where: Target,
+        body: bytes,
+        at: float,
+        metadata: tuple[tuple[str, str], ...] | None,
+    ) -> tuple[bytes, _Route]:
+        """:meth:`_send` with the deadline as a point on ``time.monotonic()``."""
+        monotonic = time.monotonic
         attempt = 0
         tried: set[str] = set()
         while True:
             attempt += 1
-            remaining = deadline.remaining()
+            remaining = at - monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded(f"the deadline passed before {where} was sent")
-            snapshot = self.view.snapshot
-            node, idempotent, candidates = self._choose(snapshot, where, tried)
-            balancer = self._balancer(where.service)
-            stub = self._stub(node.address, where.path)
+            route = self._route(self.view.snapshot, where)
+            balancer = route.balancer
+            node = balancer.pick(route.nodes, tried)
+            if node is None:
+                raise Unavailable(f"every node of service {where.service!r} failed")
+            stub = self._stub(node.address, route.path)
+            if at > self._latest_deadline.get(node.address, 0.0):
+                self._latest_deadline[node.address] = at
             balancer.started(node.node_id)
             try:
                 response: bytes = await stub(body, timeout=remaining, metadata=metadata)
-                return response, node
+                return response, route
             except grpc.aio.AioRpcError as exc:
                 error = error_from_rpc_error(exc, node=node.node_id)
                 tried.add(node.node_id)
                 if not should_retry(
                     error.status,
-                    idempotent=idempotent and where.node is None,
+                    idempotent=(
+                        route.idempotent and where.node is None and not raised_by_handler(exc)
+                    ),
                     attempt=attempt,
-                    remaining=deadline.remaining(),
-                    nodes_left=candidates - len(tried),
+                    remaining=at - monotonic(),
+                    nodes_left=len(route.nodes) - len(tried),
                 ):
                     raise error from None
             except asyncio.CancelledError:
@@ -141,10 +222,21 @@ class Caller:
             finally:
                 balancer.finished(node.node_id)
 
-    def _choose(
-        self, snapshot: MeshSnapshot, where: Target, tried: set[str]
-    ) -> tuple[NodeInfo, bool, int]:
-        """The node to try, whether the method is idempotent, and how many candidates."""
+    def _route(self, snapshot: MeshSnapshot, where: Target) -> _Route:
+        """The route to ``where`` in ``snapshot``, cached until the snapshot changes."""
+        if snapshot is not self._routes_of:
+            self._routes = {}
+            self._routes_of = snapshot
+        entry = self._routes.get(id(where))
+        if entry is not None and entry[0] is where:
+            return entry[1]
+        route = self._new_route(snapshot, where)
+        if len(self._routes) < _CACHE_LIMIT:
+            self._routes[id(where)] = (where, route)
+        return route
+
+    def _new_route(self, snapshot: MeshSnapshot, where: Target) -> _Route:
+        """The candidate nodes for ``where``, or the error that says why there are none."""
         service = where.service
         if where.node is not None:
             node = snapshot.by_id.get(where.node)
@@ -165,10 +257,8 @@ class Caller:
             raise MethodNotFound(
                 f"service {service!r} has no method {where.method!r} (methods: {known})"
             )
-        chosen = self._balancer(service).pick(nodes, tried)
-        if chosen is None:
-            raise Unavailable(f"every node of service {service!r} failed")
-        return chosen, info.idempotent, len(nodes)
+        path = method_path(service, where.method)
+        return _Route(nodes, info.idempotent, self._balancer(service), path, info.returns_protobuf)
 
     def _result(self, response: bytes, codec: CodecName, returns: Any) -> Any:
         if returns is None:
@@ -181,34 +271,29 @@ class Caller:
         return shape.validate(decode(response, codec))
 
     def _target(self, target: str, node: str | None) -> Target:
-        if node is None:
-            parsed = self._targets.get(target)
-            if parsed is None:
-                parsed = parse_target(target)
-                if len(self._targets) < 4096:
-                    self._targets[target] = parsed
-            return parsed
-        return parse_target(target, node=node)
+        key: str | tuple[str, str] = target if node is None else (target, node)
+        parsed = self._targets.get(key)
+        if parsed is None:
+            parsed = parse_target(target, node=node)
+            if len(self._targets) < _CACHE_LIMIT:
+                self._targets[key] = parsed
+        return parsed
 
     def _wire_metadata(
         self, codec: CodecName, extra: Mapping[str, str] | None
     ) -> tuple[tuple[str, str], ...] | None:
         if extra:
-            pairs = [(k.lower(), v) for k, v in extra.items()]
-            for key, _ in pairs:
-                if key.startswith(("wm-", "grpc-", ":")):
-                    raise WiremeshError(f"metadata key {key!r} is reserved")
+            pairs = custom_metadata(extra)
             return (*(self._wire_metadata(codec, None) or ()), *pairs)
-        cached = self._metadata.get((codec,), ())
-        if cached != ():
-            return cached
+        if codec in self._metadata:
+            return self._metadata[codec]
         base: list[tuple[str, str]] = []
         if codec != "msgpack":
             base.append((CODEC_KEY, codec))
         if self.identity:
             base.append((CALLER_KEY, self.identity))
         result = tuple(base) or None
-        self._metadata[(codec,)] = result
+        self._metadata[codec] = result
         return result
 
     def _balancer(self, service: str) -> Balancer:
@@ -237,7 +322,11 @@ class Caller:
             channel = self._channels.pop(address)
             for key in [k for k in self._stubs if k[0] == address]:
                 del self._stubs[key]
-            asyncio.get_running_loop().create_task(channel.close(grace=1.0))
+            # no new call takes this channel; the ones in flight end by their deadline
+            grace = max(0.0, self._latest_deadline.pop(address, 0.0) - time.monotonic())
+            task = asyncio.get_running_loop().create_task(channel.close(grace=grace))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}

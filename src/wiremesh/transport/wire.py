@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import grpc
@@ -13,6 +15,7 @@ import grpc
 from wiremesh.errors import (
     STATUS_TABLE,
     DeadlineExceeded,
+    InvalidPayload,
     MethodNotFound,
     PayloadTooLarge,
     Status,
@@ -27,9 +30,13 @@ __all__ = [
     "CALLER_KEY",
     "CODEC_KEY",
     "ERROR_KEY",
+    "MAX_ERROR_TEXT",
+    "custom_metadata",
     "error_from_rpc_error",
     "error_metadata",
+    "error_status_message",
     "exception_type_name",
+    "raised_by_handler",
 ]
 
 #: request metadata: the payload codec (``msgpack`` when absent)
@@ -42,6 +49,44 @@ ERROR_KEY = "wm-error"
 RESERVED_PREFIXES = ("wm-", "grpc-", ":")
 RESERVED_KEYS = frozenset({"user-agent", "te", "content-type", "authority"})
 
+#: Bytes an error's text may take once encoded, in ``grpc-message`` and again in
+#: ``wm-error``. gRPC refuses response metadata past its size limits (already a single
+#: value over 16 KiB, by default) and the caller would see RESOURCE_EXHAUSTED, i.e.
+#: ``PayloadTooLarge``, instead of the error; so a long message (a validation error over a
+#: big list, an exception quoting a large value) is cut, never the call.
+MAX_ERROR_TEXT = 2048
+#: Bytes the ``details`` of an error may take in ``wm-error``; larger details are dropped.
+MAX_ERROR_DETAILS = 1024
+_CUT = "... (cut)"
+
+#: what HTTP/2 and gRPC accept as a (non-binary) metadata key
+_METADATA_KEY = re.compile(r"^[0-9a-z_.-]+$")
+
+
+def custom_metadata(extra: Mapping[str, str]) -> list[tuple[str, str]]:
+    """A caller's custom metadata as wire pairs (keys lowercased).
+
+    Raises :class:`InvalidPayload` naming the first key that is reserved or that gRPC
+    would refuse (which it does with an exception of its own, or by failing the call).
+    """
+    pairs: list[tuple[str, str]] = []
+    for key, value in extra.items():
+        name = key.lower()
+        if name.startswith(RESERVED_PREFIXES) or name in RESERVED_KEYS:
+            raise InvalidPayload(
+                f"metadata key {key!r} is reserved: keys starting with wm-, grpc- or ':' "
+                f"and {', '.join(sorted(RESERVED_KEYS))} are wiremesh's and gRPC's own"
+            )
+        if not _METADATA_KEY.match(name) or name.endswith("-bin"):
+            raise InvalidPayload(
+                f"metadata key {key!r} is not a valid one: use letters, digits, '-', '_' "
+                "and '.', and no '-bin' suffix (binary metadata is not supported)"
+            )
+        if not isinstance(value, str) or not all(" " <= char <= "~" for char in value):
+            raise InvalidPayload(f"the value of metadata key {key!r} must be printable ASCII")
+        pairs.append((name, value))
+    return pairs
+
 
 def exception_type_name(exc: BaseException) -> str:
     cls = type(exc)
@@ -50,20 +95,67 @@ def exception_type_name(exc: BaseException) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else qualified_name(cls)
 
 
+def _json_cost(char: str) -> int:
+    """Bytes ``json.dumps`` (ASCII) spends on one character."""
+    code = ord(char)
+    if 0x20 <= code < 0x7F:
+        return 2 if char in '"\\' else 1
+    return 6 if code < 0x10000 else 12
+
+
+def _percent_cost(char: str) -> int:
+    """Bytes gRPC's percent-encoding of ``grpc-message`` spends on one character."""
+    code = ord(char)
+    if 0x20 <= code < 0x7F and char != "%":
+        return 1
+    return 3 * len(char.encode("utf-8", "surrogatepass"))
+
+
+def _clip(text: str, budget: int, cost: Callable[[str], int]) -> str:
+    """``text``, cut so that it costs at most ``budget`` bytes on the wire."""
+    if len(text) * 12 <= budget:  # fits even if every character were the dearest kind
+        return text
+    spent = 0
+    cut_at = len(text)
+    for index, char in enumerate(text):
+        spent += cost(char)
+        if cut_at == len(text) and spent > budget - len(_CUT):
+            cut_at = index
+        if spent > budget:
+            return text[:cut_at] + _CUT
+    return text
+
+
+def error_status_message(exc: WiremeshError) -> str:
+    """The ``grpc-message`` of a failed call: the error's message, cut to the budget."""
+    return _clip(exc.message or type(exc).__name__, MAX_ERROR_TEXT, _percent_cost)
+
+
 def error_metadata(exc: WiremeshError, node_id: str) -> tuple[tuple[str, str], ...]:
+    """The ``wm-error`` trailer of a failed call, never larger than gRPC lets through."""
     body: dict[str, Any] = {
         "type": exception_type_name(exc),
         "status": exc.status.value,
-        "message": exc.message,
+        "message": _clip(exc.message, MAX_ERROR_TEXT, _json_cost),
         "node": exc.node or node_id,
     }
     if exc.details:
-        body["details"] = exc.details
+        details = json.dumps(exc.details, default=str, separators=(",", ":"))
+        if len(details) <= MAX_ERROR_DETAILS:
+            body["details"] = exc.details
     return ((ERROR_KEY, json.dumps(body, default=str, separators=(",", ":"))),)
 
 
 def grpc_code(exc: WiremeshError) -> grpc.StatusCode:
     return STATUS_TABLE[exc.status].grpc_code
+
+
+def raised_by_handler(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call was answered by a node's code (it carries ``wm-error``), as
+    opposed to failing in gRPC itself (connection refused, deadline, node shutting down).
+    A call a handler answered has run: it must not be retried, whatever its status."""
+    trailers = cast("tuple[tuple[str, str | bytes], ...]", error.trailing_metadata() or ())
+    return any(key == ERROR_KEY for key, _ in trailers)
 
 
 def error_from_rpc_error(error: grpc.aio.AioRpcError, *, node: str | None) -> WiremeshError:

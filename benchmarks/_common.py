@@ -1,0 +1,278 @@
+"""Helpers shared by the benchmarks under ``benchmarks/``.
+
+- statistics: :func:`median`, :func:`percentile`, :func:`ratio`;
+- output: :func:`print_table` (rich when it is installed and stdout is a terminal, plain
+  text otherwise) and :func:`print_result`, the machine-readable last line
+  ``RESULT {json}``;
+- server processes: :class:`ServerProcess` spawns ``sys.executable`` with arguments, waits
+  for its ``READY {json}`` line and always stops it (``stop()``, context manager, and an
+  ``atexit`` hook); :func:`announce_ready` and :func:`serve_until_stopped` are the server
+  side of that handshake.
+
+A benchmark is not a test: nothing here asserts timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "ServerProcess",
+    "announce_ready",
+    "install_signal_exit",
+    "median",
+    "percentile",
+    "print_result",
+    "print_table",
+    "ratio",
+    "serve_until_stopped",
+]
+
+READY_PREFIX = "READY "
+RESULT_PREFIX = "RESULT "
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+def median(values: Iterable[float]) -> float:
+    """The median (mean of the two middle values for an even count); NaN when empty."""
+    data = sorted(values)
+    n = len(data)
+    if n == 0:
+        return math.nan
+    mid = n // 2
+    return data[mid] if n % 2 else (data[mid - 1] + data[mid]) / 2
+
+
+def percentile(values: Sequence[float], q: float, *, presorted: bool = False) -> float:
+    """The ``q``-th percentile (0..100), linear interpolation between closest ranks."""
+    data = values if presorted else sorted(values)
+    n = len(data)
+    if n == 0:
+        return math.nan
+    if n == 1:
+        return float(data[0])
+    pos = (n - 1) * q / 100.0
+    low = math.floor(pos)
+    high = min(low + 1, n - 1)
+    return float(data[low] + (data[high] - data[low]) * (pos - low))
+
+
+def ratio(a: float, b: float) -> float:
+    """``a / b``, NaN when ``b`` is zero or either is NaN."""
+    if b == 0 or math.isnan(a) or math.isnan(b):
+        return math.nan
+    return a / b
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def _use_rich() -> bool:
+    if os.environ.get("NO_RICH") or not sys.stdout.isatty():
+        return False
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def print_table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, note: str = ""
+) -> None:
+    """Print a human table; the first column is left-aligned, the others right-aligned."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    if _use_rich():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, caption=note or None)
+        for i, column in enumerate(columns):
+            table.add_column(column, justify="left" if i == 0 else "right")
+        for row in cells:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    widths = [max(len(str(columns[i])), *(len(r[i]) for r in cells)) for i in range(len(columns))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.ljust(widths[i]) if i == 0 else v.rjust(widths[i]) for i, v in enumerate(values)
+        )
+
+    print(title)
+    print(line([str(c) for c in columns]))
+    print(line(["-" * w for w in widths]))
+    for row in cells:
+        print(line(row))
+    if note:
+        print(note)
+    sys.stdout.flush()
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def print_result(result: dict[str, Any]) -> None:
+    """Print ``RESULT {json}``: the benchmark's last line, for programs to read."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
+    sys.stdout.flush()
+    print(RESULT_PREFIX + json.dumps(clean, sort_keys=True), flush=True)
+
+
+# ---------------------------------------------------------------------------- processes
+
+_live: set[ServerProcess] = set()
+
+
+def _stop_all() -> None:
+    for proc in list(_live):
+        proc.stop()
+
+
+atexit.register(_stop_all)
+
+
+def install_signal_exit() -> None:
+    """Turn SIGTERM/SIGHUP into ``SystemExit`` so that ``finally`` blocks and atexit run."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, handler)
+
+
+class ServerProcess:
+    """A server subprocess: ``python <args>`` that prints ``READY {json}`` when it serves.
+
+    Its stdin is a pipe that stays open while this object lives; a server written with
+    :func:`serve_until_stopped` exits when it closes, so a server never outlives its
+    benchmark, even one killed with SIGKILL.
+    """
+
+    def __init__(self, args: Sequence[str], *, name: str = "server", timeout: float = 30.0):
+        self.args = [sys.executable, *args]
+        self.name = name
+        self.timeout = timeout
+        self.info: dict[str, Any] = {}
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> dict[str, Any]:
+        """Spawn and wait for the ``READY`` line; returns the JSON it carried."""
+        self.proc = subprocess.Popen(
+            self.args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,  # the server's errors show in the benchmark's stderr
+            text=True,
+            bufsize=1,
+        )
+        _live.add(self)
+        ready: dict[str, Any] = {}
+        got = threading.Event()
+        stdout = self.proc.stdout
+        assert stdout is not None
+
+        def reader() -> None:
+            # read the READY line, then keep draining so the server never blocks on a pipe
+            for text in stdout:
+                if not got.is_set() and text.startswith(READY_PREFIX):
+                    ready.update(json.loads(text[len(READY_PREFIX) :]))
+                    got.set()
+            got.set()
+
+        threading.Thread(target=reader, name=f"{self.name}-stdout", daemon=True).start()
+        if not got.wait(self.timeout) or not ready:
+            code = self.proc.poll()
+            self.stop()
+            why = f"exited with {code}" if code is not None else f"not ready in {self.timeout}s"
+            raise RuntimeError(f"{self.name} ({' '.join(self.args)}) {why}")
+        self.info = ready
+        return ready
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close its stdin, then SIGTERM, then SIGKILL: it is gone when this returns."""
+        proc, self.proc = self.proc, None
+        _live.discard(self)
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for action in (None, proc.terminate, proc.kill):
+            if action is not None:
+                with contextlib.suppress(OSError):
+                    action()
+            try:
+                proc.wait(timeout)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def announce_ready(info: dict[str, Any]) -> None:
+    """Server side: tell the parent :class:`ServerProcess` that we serve, and where."""
+    print(READY_PREFIX + json.dumps(info), flush=True)
+
+
+async def serve_until_stopped(
+    start: Callable[[], Awaitable[dict[str, Any]]],
+    stop: Callable[[], Awaitable[None]],
+) -> None:
+    """Server side: ``await start()`` (returns the READY info), announce it, then wait for
+    stdin to close (the parent is gone or done) or SIGTERM/SIGINT, and ``await stop()``."""
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, done.set)
+
+    def watch_stdin() -> None:
+        with contextlib.suppress(Exception):
+            while sys.stdin.read(65536):
+                pass
+        loop.call_soon_threadsafe(done.set)
+
+    try:
+        info = await start()
+        announce_ready(info)
+        threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
+        await done.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(stop(), 5.0)
