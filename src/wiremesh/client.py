@@ -11,6 +11,7 @@ balances over live nodes and sees nodes come and go without a lookup per call.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -24,7 +25,8 @@ from wiremesh.errors import Unavailable
 from wiremesh.registry.embedded import EmbeddedRegistry
 from wiremesh.registry.view import MeshView
 from wiremesh.runtime.meshfile import MeshFile
-from wiremesh.transport.client import Caller
+from wiremesh.transport.client import Caller, channel_options
+from wiremesh.transport.links import Links
 from wiremesh.transport.tls import TlsFiles
 
 __all__ = ["MeshClient", "connect"]
@@ -42,8 +44,19 @@ class MeshClient:
         max_message_bytes: int = 4 * 1024 * 1024,
         tls: TlsFiles | None = None,
         identity: str | None = None,
+        links: bool = True,
     ) -> None:
         credentials = tls.channel_credentials() if tls else None
+        self.links = (
+            Links(
+                local_id=f"client-{secrets.token_hex(3)}",
+                credentials=credentials,
+                options=channel_options(max_message_bytes),
+                max_message_bytes=max_message_bytes,
+            )
+            if links
+            else None
+        )
         self.registry = EmbeddedRegistry(registry_address, credentials=credentials)
         self.view = MeshView(self.registry)
         self.caller = Caller(
@@ -53,6 +66,7 @@ class MeshClient:
             balancer=balancer,
             max_message_bytes=max_message_bytes,
             credentials=credentials,
+            links=self.links,
         )
 
     async def start(self, timeout: float = 10.0) -> MeshClient:
@@ -94,6 +108,8 @@ class MeshClient:
 
     async def close(self) -> None:
         await self.view.close()
+        if self.links is not None:
+            await self.links.close()
         await self.caller.close()
         await self.registry.close()
 

@@ -112,7 +112,7 @@ async def test_flow_runs_keep_succeeding_while_a_connectors_node_is_killed(
 
     await asyncio.gather(runs(), runs(), runs())
     assert killed
-    assert errors == []
+    assert errors == [], [(type(e).__name__, str(e), e.node) for e in errors]  # type: ignore[attr-defined]
     assert len(results) >= 200
     assert all(r["output"]["text"] == "HELLO, ADA!" for r in results)  # type: ignore[index]
     # the supervisor starts a new connectors node in the dead one's place

@@ -14,7 +14,7 @@ class Batch(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("kind", "id", "service", "method", "payload", "timeout_ms", "codec", "caller", "metadata", "topic", "error", "node_id")
+    __slots__ = ("kind", "id", "service", "method", "payload", "timeout_ms", "codec", "caller", "metadata", "topic", "error", "node_id", "not_run")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Frame.Kind]
@@ -50,6 +50,7 @@ class Frame(_message.Message):
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NOT_RUN_FIELD_NUMBER: _ClassVar[int]
     kind: Frame.Kind
     id: int
     service: str
@@ -62,4 +63,5 @@ class Frame(_message.Message):
     topic: str
     error: str
     node_id: str
-    def __init__(self, kind: _Optional[_Union[Frame.Kind, str]] = ..., id: _Optional[int] = ..., service: _Optional[str] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., codec: _Optional[str] = ..., caller: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., topic: _Optional[str] = ..., error: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+    not_run: bool
+    def __init__(self, kind: _Optional[_Union[Frame.Kind, str]] = ..., id: _Optional[int] = ..., service: _Optional[str] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., codec: _Optional[str] = ..., caller: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., topic: _Optional[str] = ..., error: _Optional[str] = ..., node_id: _Optional[str] = ..., not_run: _Optional[bool] = ...) -> None: ...

@@ -25,7 +25,8 @@ from wiremesh.registry.base import Lease
 from wiremesh.registry.embedded import EmbeddedRegistry
 from wiremesh.registry.view import MeshView
 from wiremesh.service import Service, ServiceSpec
-from wiremesh.transport.client import Caller
+from wiremesh.transport.client import Caller, channel_options
+from wiremesh.transport.links import MAX_MESSAGE_KEY, Links, NodeLinks
 from wiremesh.transport.server import NodeServer
 from wiremesh.transport.tls import TlsFiles
 
@@ -61,19 +62,35 @@ class Node:
         balancers: Mapping[str, BalancerName] | None = None,
         tls: TlsFiles | None = None,
         metadata: Mapping[str, str] | None = None,
+        links: bool = True,
     ) -> None:
         instance = service if isinstance(service, Service) else service()
         self.spec = ServiceSpec.of(type(instance))
         self.service = instance
         self.node_id = node_id or new_node_id(self.spec.name)
         self.drain_grace = drain_grace
-        self.metadata = dict(metadata or {})
+        self.metadata = {**(metadata or {}), MAX_MESSAGE_KEY: str(max_message_bytes)}
         self.registry = EmbeddedRegistry(
             registry_address,
             credentials=tls.channel_credentials() if tls else None,
             heartbeat_interval=heartbeat_interval,
         )
         self.view = MeshView(self.registry)
+        credentials = tls.channel_credentials() if tls else None
+        self.node_links = NodeLinks(
+            service=self.spec.name,
+            node_id=self.node_id,
+            methods={},
+            default_timeout=default_timeout,
+        )
+        self.links = Links(
+            local_id=self.node_id,
+            local_service=self.spec.name,
+            handler=self.node_links,
+            credentials=credentials,
+            options=channel_options(max_message_bytes),
+            max_message_bytes=max_message_bytes,
+        )
         self.caller = Caller(
             self.view,
             identity=f"{self.spec.name}@{self.node_id}",
@@ -81,7 +98,8 @@ class Node:
             balancer=balancer,
             balancers=balancers,
             max_message_bytes=max_message_bytes,
-            credentials=tls.channel_credentials() if tls else None,
+            credentials=credentials,
+            links=self.links if links else None,
         )
         self.server = NodeServer(
             self.spec,
@@ -93,7 +111,9 @@ class Node:
             default_timeout=default_timeout,
             max_message_bytes=max_message_bytes,
             credentials=tls.server_credentials() if tls else None,
+            links=self.links,
         )
+        self.node_links.methods = self.server.methods
         instance.node_id = self.node_id
         instance.data_dir = data_dir or Path(".wiremesh") / "data" / self.spec.name
         instance.mesh = self.caller
@@ -154,7 +174,13 @@ class Node:
         if self._lease is not None:
             await self._lease.set_state(NodeState.DRAINING)
         log.info("node %s draining (grace %.1fs)", self.node_id, grace)
-        await self.server.stop(grace)
+        started = time.monotonic()
+        # calls on links: refuse new ones (callers retry them elsewhere), finish the rest
+        self.node_links.draining = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.node_links.idle.wait(), grace)
+        await self.links.close()
+        await self.server.stop(max(0.0, grace - (time.monotonic() - started)))
         if self._lease is not None:
             await self._lease.release()
             self._lease = None

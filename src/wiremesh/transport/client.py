@@ -32,8 +32,12 @@ from wiremesh.errors import (
     NodeNotFound,
     ServiceNotFound,
     Unavailable,
+    WiremeshError,
 )
+from wiremesh.proto.link_pb2 import Frame as CallFrame
 from wiremesh.registry.view import MeshView
+from wiremesh.transport.link import CALL, ERROR, error_of
+from wiremesh.transport.links import Links
 from wiremesh.transport.wire import (
     CALLER_KEY,
     CODEC_KEY,
@@ -92,8 +96,11 @@ class Caller:
         balancers: Mapping[str, BalancerName] | None = None,
         max_message_bytes: int = 4 * 1024 * 1024,
         credentials: grpc.ChannelCredentials | None = None,
+        links: Links | None = None,
     ) -> None:
         self.view = view
+        #: mesh links to call over; None: one unary gRPC call per call
+        self.links = links
         self.identity = identity
         self.default_timeout = default_timeout
         self._balancer_name: BalancerName = balancer
@@ -150,11 +157,15 @@ class Caller:
         if protobuf:
             codec = "proto"
         body = encode(payload, codec)
-        if metadata or codec not in self._metadata:
-            wire_metadata = self._wire_metadata(codec, metadata)
+        if self.links is not None:
+            extra = dict(custom_metadata(metadata)) if metadata else None
+            response, route = await self._send_link(where, body, at, codec, extra)
         else:
-            wire_metadata = self._metadata[codec]
-        response, route = await self._send_until(where, body, at, wire_metadata)
+            if metadata or codec not in self._metadata:
+                wire_metadata = self._wire_metadata(codec, metadata)
+            else:
+                wire_metadata = self._metadata[codec]
+            response, route = await self._send_until(where, body, at, wire_metadata)
         # the answer's codec: protobuf for a method that returns a message, else the
         # request's (msgpack when the request itself was a protobuf message)
         if route.proto_reply:
@@ -219,6 +230,60 @@ class Caller:
                     raise error from None
             except asyncio.CancelledError:
                 raise
+            finally:
+                balancer.finished(node.node_id)
+
+    async def _send_link(
+        self,
+        where: Target,
+        body: bytes,
+        at: float,
+        codec: CodecName,
+        metadata: Mapping[str, str] | None,
+    ) -> tuple[bytes, _Route]:
+        """Send ``body`` over the mesh link to a node for ``where``, retrying when allowed."""
+        assert self.links is not None
+        monotonic = time.monotonic
+        attempt = 0
+        tried: set[str] = set()
+        while True:
+            attempt += 1
+            remaining = at - monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"the deadline passed before {where} was sent")
+            route = self._route(self.view.snapshot, where)
+            balancer = route.balancer
+            node = balancer.pick(route.nodes, tried)
+            if node is None:
+                raise Unavailable(f"every node of service {where.service!r} failed")
+            frame = CallFrame(
+                kind=CALL,
+                service=where.service,
+                method=where.method,
+                payload=body,
+                timeout_ms=max(1, int(remaining * 1000)),
+                codec="" if codec == "msgpack" else codec,
+                caller=self.identity or "",
+                metadata=metadata,
+            )
+            balancer.started(node.node_id)
+            handler_ran = False
+            try:
+                reply = await self.links.to(node).call(frame, at)
+                if reply.kind == ERROR:
+                    handler_ran = not reply.not_run
+                    raise error_of(reply, node.node_id)
+                return reply.payload, route
+            except WiremeshError as error:
+                tried.add(node.node_id)
+                if not should_retry(
+                    error.status,
+                    idempotent=route.idempotent and where.node is None and not handler_ran,
+                    attempt=attempt,
+                    remaining=at - monotonic(),
+                    nodes_left=len(route.nodes) - len(tried),
+                ):
+                    raise
             finally:
                 balancer.finished(node.node_id)
 
@@ -327,6 +392,9 @@ class Caller:
             task = asyncio.get_running_loop().create_task(channel.close(grace=grace))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+        if self.links is not None:
+            for address in {n.address for n in old.nodes} - live:
+                self.links.forget_address(address)
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}

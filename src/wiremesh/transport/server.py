@@ -17,7 +17,6 @@ The hot path, per call (grpc.aio itself costs far more; see ``benchmarks/rpc.py`
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,11 +27,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from wiremesh.context import Context, MeshCaller, _current
-from wiremesh.core.codec import CODECS, CodecName, decode, encode
+from wiremesh.context import MeshCaller
 from wiremesh.core.deadline import Deadline
-from wiremesh.errors import DeadlineExceeded, InternalError, InvalidPayload, WiremeshError
-from wiremesh.service import MethodSpec, Service, ServiceSpec
+from wiremesh.errors import WiremeshError
+from wiremesh.service import Service, ServiceSpec
+from wiremesh.transport.dispatch import Method, methods_of
+from wiremesh.transport.link import LINK_SERVICE
+from wiremesh.transport.links import Links, link_method_handler
 from wiremesh.transport.wire import (
     CALLER_KEY,
     CODEC_KEY,
@@ -40,7 +41,6 @@ from wiremesh.transport.wire import (
     RESERVED_PREFIXES,
     error_metadata,
     error_status_message,
-    exception_type_name,
     grpc_code,
 )
 
@@ -77,6 +77,7 @@ class NodeServer:
         default_timeout: float = 10.0,
         max_message_bytes: int = 4 * 1024 * 1024,
         credentials: grpc.ServerCredentials | None = None,
+        links: Links | None = None,
     ) -> None:
         self.spec = spec
         self.service = service
@@ -88,10 +89,18 @@ class NodeServer:
         self.credentials = credentials
         self.health = HealthServicer()
         self.server = grpc.aio.server(options=server_options(max_message_bytes))
-        handlers = {f"/{spec.name}/{name}": self._handler(m) for name, m in spec.methods.items()}
+        self.methods = methods_of(spec, service, node_id, caller)
+        handlers = {f"/{spec.name}/{name}": self._handler(m) for name, m in self.methods.items()}
         health = _GenericOnly()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
-        self.server.add_generic_rpc_handlers((_Methods(handlers), *health.handlers()))
+        generic: list[grpc.GenericRpcHandler[Any, Any]] = [_Methods(handlers)]
+        if links is not None:
+            generic.append(
+                grpc.method_handlers_generic_handler(
+                    LINK_SERVICE, {"Open": link_method_handler(links)}
+                )
+            )
+        self.server.add_generic_rpc_handlers((*generic, *health.handlers()))
 
     @property
     def address(self) -> str:
@@ -113,16 +122,10 @@ class NodeServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
 
-    def _handler(self, method: MethodSpec) -> Handler:
-        func: Callable[..., Awaitable[Any]] = getattr(self.service, method.attribute)
-        shapes = method.shapes
-        service_name = self.spec.name
-        method_name = method.name
-        node_id = self.node_id
-        caller_client = self.caller
+    def _handler(self, method: Method) -> Handler:
+        run = method.run
         default_timeout = self.default_timeout
-        takes_protobuf = shapes.takes_protobuf
-        returns_protobuf = shapes.returns_protobuf
+        abort = self._abort
 
         async def handle(
             metadata: Metadata, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
@@ -145,47 +148,20 @@ class NodeServer:
             deadline = Deadline(
                 time.monotonic() + (default_timeout if remaining is None else remaining)
             )
-            ctx = Context(
-                deadline=deadline,
-                service=service_name,
-                method=method_name,
-                node_id=node_id,
-                caller_client=caller_client,
-                metadata=extra,
-                caller=caller,
-                peer=context.peer(),
-            )
-            token = _current.set(ctx)
             try:
-                if codec not in CODECS:
-                    raise InvalidPayload(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
-                payload = request if takes_protobuf else decode(request, codec)
-                args, kwargs = shapes.arguments(payload)
-                if remaining is None:
-                    # a foreign client sent no deadline: the node's default one applies
-                    result = await _within(default_timeout, func(ctx, *args, **kwargs))
-                else:
-                    result = await func(ctx, *args, **kwargs)
-                if returns_protobuf:
-                    reply_codec: CodecName = "proto"
-                else:
-                    reply_codec = "msgpack" if codec == "proto" else codec
-                try:
-                    return encode(result, reply_codec)
-                except InvalidPayload as exc:  # the handler ran: not the caller's fault
-                    raise InternalError(
-                        f"{service_name}.{method_name} returned what cannot travel: {exc.message}"
-                    ) from None
+                # gRPC cancels the handler at the caller's deadline; with none, we do
+                answer: bytes = await run(
+                    request,
+                    codec,
+                    deadline,
+                    caller=caller,
+                    metadata=extra,
+                    peer=context.peer(),
+                    enforce_deadline=remaining is None,
+                )
+                return answer
             except WiremeshError as exc:
-                await self._abort(context, exc)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
-                raise
-            except Exception as exc:
-                log.exception("%s.%s raised %s", service_name, method_name, type(exc).__name__)
-                error = InternalError(str(exc), remote_type=exception_type_name(exc))
-                await self._abort(context, error)
-            finally:
-                _current.reset(token)
+                await abort(context, exc)
             raise AssertionError("unreachable")  # abort() always raises
 
         return handle
@@ -206,17 +182,6 @@ if TYPE_CHECKING:
 else:  # not subscriptable at run time
     _GenericRpcHandler = grpc.GenericRpcHandler
     _RpcMethodHandler = grpc.RpcMethodHandler
-
-
-async def _within(seconds: float, handler: Awaitable[Any]) -> Any:
-    """Await ``handler``, cancelling it with :class:`DeadlineExceeded` after ``seconds``."""
-    try:
-        async with asyncio.timeout(seconds) as scope:
-            return await handler
-    except TimeoutError:
-        if scope.expired():
-            raise DeadlineExceeded(f"the node's default deadline of {seconds:g}s passed") from None
-        raise
 
 
 class _Methods(_GenericRpcHandler):

@@ -133,6 +133,11 @@ def error_status_message(exc: WiremeshError) -> str:
 
 def error_metadata(exc: WiremeshError, node_id: str) -> tuple[tuple[str, str], ...]:
     """The ``wm-error`` trailer of a failed call, never larger than gRPC lets through."""
+    return ((ERROR_KEY, error_body(exc, node_id)),)
+
+
+def error_body(exc: WiremeshError, node_id: str) -> str:
+    """An error as the JSON object of ``wm-error`` (and of a link's ERROR frame)."""
     body: dict[str, Any] = {
         "type": exception_type_name(exc),
         "status": exc.status.value,
@@ -143,7 +148,31 @@ def error_metadata(exc: WiremeshError, node_id: str) -> tuple[tuple[str, str], .
         details = json.dumps(exc.details, default=str, separators=(",", ":"))
         if len(details) <= MAX_ERROR_DETAILS:
             body["details"] = exc.details
-    return ((ERROR_KEY, json.dumps(body, default=str, separators=(",", ":"))),)
+    return json.dumps(body, default=str, separators=(",", ":"))
+
+
+def error_from_body(text: str, *, node: str | None) -> WiremeshError:
+    """Rebuild the error a ``wm-error`` JSON object describes (:func:`error_body`)."""
+    parsed = _parse_error_body(text, node)
+    if parsed is None:
+        return WiremeshError(f"a malformed error came back: {text[:200]!r}", node=node)
+    return parsed
+
+
+def _parse_error_body(text: str, node: str | None) -> WiremeshError | None:
+    try:
+        body = json.loads(text)
+        status = Status(body["status"])
+        details = body.get("details")
+        return rebuild(
+            body.get("type"),
+            status,
+            str(body.get("message", "")),
+            node=body.get("node") or node,
+            details=details if isinstance(details, dict) else None,
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def grpc_code(exc: WiremeshError) -> grpc.StatusCode:
@@ -167,18 +196,10 @@ def error_from_rpc_error(error: grpc.aio.AioRpcError, *, node: str | None) -> Wi
     trailers = cast("tuple[tuple[str, str | bytes], ...]", error.trailing_metadata() or ())
     for key, value in trailers:
         if key == ERROR_KEY and isinstance(value, str):
-            try:
-                body = json.loads(value)
-                status = Status(body["status"])
-                return rebuild(
-                    body.get("type"),
-                    status,
-                    str(body.get("message", "")),
-                    node=body.get("node") or node,
-                    details=body.get("details") if isinstance(body.get("details"), dict) else None,
-                )
-            except (ValueError, KeyError, TypeError):
-                break  # a malformed trailer: fall back to the status code
+            parsed = _parse_error_body(value, node)
+            if parsed is not None:
+                return parsed
+            break  # a malformed trailer: fall back to the status code
     code = error.code()
     details = error.details() or code.name.lower()
     if code is grpc.StatusCode.UNIMPLEMENTED:

@@ -1,0 +1,128 @@
+"""Running one ``@rpc`` method for a request, whatever transport brought it.
+
+The unary gRPC path (:mod:`.server`) and mesh links (:mod:`.link`) both hand a request's
+bytes, codec and deadline to a :class:`Method` and get the answer's bytes back, or a
+:class:`~wiremesh.errors.WiremeshError` — never another exception: a handler's own
+exception is logged here and becomes :class:`~wiremesh.errors.InternalError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from wiremesh.context import Context, MeshCaller, _current
+from wiremesh.core.codec import CODECS, CodecName, decode, encode
+from wiremesh.core.deadline import Deadline
+from wiremesh.errors import DeadlineExceeded, InternalError, InvalidPayload, WiremeshError
+from wiremesh.service import MethodSpec, Service, ServiceSpec
+from wiremesh.transport.wire import exception_type_name
+
+__all__ = ["Method", "methods_of"]
+
+log = logging.getLogger("wiremesh.node")
+
+
+class Method:
+    """One method of one service instance, ready to run requests."""
+
+    __slots__ = (
+        "_caller",
+        "_func",
+        "_node_id",
+        "_returns_protobuf",
+        "_shapes",
+        "_takes_protobuf",
+        "name",
+        "service",
+    )
+
+    def __init__(
+        self,
+        spec: MethodSpec,
+        service: Service,
+        service_name: str,
+        node_id: str,
+        caller: MeshCaller,
+    ) -> None:
+        self.name = spec.name
+        self.service = service_name
+        self._func: Callable[..., Awaitable[Any]] = getattr(service, spec.attribute)
+        self._shapes = spec.shapes
+        self._takes_protobuf = spec.shapes.takes_protobuf
+        self._returns_protobuf = spec.shapes.returns_protobuf
+        self._node_id = node_id
+        self._caller = caller
+
+    async def run(
+        self,
+        request: bytes,
+        codec: str,
+        deadline: Deadline,
+        *,
+        caller: str | None = None,
+        metadata: Mapping[str, str | bytes] | None = None,
+        peer: str | None = None,
+        enforce_deadline: bool = False,
+    ) -> bytes:
+        """The encoded answer to ``request``. ``enforce_deadline`` cancels the handler when
+        ``deadline`` passes (for transports that do not cancel it themselves)."""
+        ctx = Context(
+            deadline=deadline,
+            service=self.service,
+            method=self.name,
+            node_id=self._node_id,
+            caller_client=self._caller,
+            metadata=metadata,
+            caller=caller,
+            peer=peer,
+        )
+        token = _current.set(ctx)
+        try:
+            if codec not in CODECS:
+                raise InvalidPayload(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
+            payload = request if self._takes_protobuf else decode(request, codec)
+            args, kwargs = self._shapes.arguments(payload)
+            if enforce_deadline:
+                result = await _within(deadline.remaining(), self._func(ctx, *args, **kwargs))
+            else:
+                result = await self._func(ctx, *args, **kwargs)
+            if self._returns_protobuf:
+                reply_codec: CodecName = "proto"
+            else:
+                reply_codec = "msgpack" if codec == "proto" else codec
+            try:
+                return encode(result, reply_codec)
+            except InvalidPayload as exc:  # the handler ran: not the caller's fault
+                raise InternalError(
+                    f"{self.service}.{self.name} returned what cannot travel: {exc.message}"
+                ) from None
+        except (WiremeshError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("%s.%s raised %s", self.service, self.name, type(exc).__name__)
+            raise InternalError(str(exc), remote_type=exception_type_name(exc)) from None
+        finally:
+            _current.reset(token)
+
+
+def methods_of(
+    spec: ServiceSpec, service: Service, node_id: str, caller: MeshCaller
+) -> dict[str, Method]:
+    """Every method of ``service`` by its wire name."""
+    return {
+        name: Method(m, service, spec.name, node_id, caller) for name, m in spec.methods.items()
+    }
+
+
+async def _within(seconds: float, handler: Awaitable[Any]) -> Any:
+    """Await ``handler``, cancelling it with :class:`DeadlineExceeded` after ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds) as scope:
+            return await handler
+    except TimeoutError:
+        if scope.expired():
+            raise DeadlineExceeded(f"the deadline of {seconds:.3g}s passed") from None
+        raise

@@ -1,0 +1,267 @@
+"""The links of one process: opened on demand, accepted from peers, served by the node.
+
+:class:`Links` keeps at most one link per peer node: the first call to a node opens one
+(``Link/Open`` on the node's gRPC address) and every later call reuses it, as does the
+peer for its calls back when it accepted our link. A link that ends (its peer stopped or
+restarted) is forgotten, and the next call opens a new one.
+
+:class:`NodeLinks` is what a node serves on its links: ``@rpc`` methods (one task per
+call, cancelled by a CANCEL frame or when the link closes) and publishes (delivered in
+order, per link, by one task that drains a bounded queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+
+from wiremesh.core.deadline import Deadline
+from wiremesh.core.model import NodeInfo
+from wiremesh.errors import MethodNotFound, Unavailable, WiremeshError
+from wiremesh.proto import link_pb2 as pb
+from wiremesh.transport.dispatch import Method
+from wiremesh.transport.link import LINK_OPEN, Link, LinkHandler
+from wiremesh.transport.wire import error_body
+
+__all__ = ["MAX_MESSAGE_KEY", "Links", "NodeLinks", "link_method_handler"]
+
+#: registry metadata of a node: the largest gRPC message it accepts
+MAX_MESSAGE_KEY = "wm.max_message_bytes"
+
+log = logging.getLogger("wiremesh.link")
+
+
+class Links:
+    """Every link of this process, by peer node id."""
+
+    def __init__(
+        self,
+        *,
+        local_id: str,
+        local_service: str = "",
+        handler: LinkHandler | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: list[tuple[str, Any]] | None = None,
+        max_frames: int = 4096,
+        max_message_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self._max_message_bytes = max_message_bytes
+        self.local_id = local_id
+        self.local_service = local_service
+        self.handler = handler
+        self._credentials = credentials
+        self._options = options or []
+        self._max_frames = max_frames
+        self._by_node: dict[str, Link] = {}
+        self._by_address: dict[str, Link] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.accepted: set[Link] = set()
+        self.closed = False
+
+    def to(self, node: NodeInfo) -> Link:
+        """The link to ``node``, opened now if there is none (it never waits)."""
+        link = self._by_node.get(node.node_id)
+        if link is not None and not link.closed:
+            return link
+        channel = self._channels.get(node.address)
+        if channel is None:
+            channel = self._channels[node.address] = (
+                grpc.aio.insecure_channel(node.address, options=self._options)
+                if self._credentials is None
+                else grpc.aio.secure_channel(node.address, self._credentials, options=self._options)
+            )
+        # the peer's own limit counts too: one frame over it would break the whole link
+        limit = self._max_message_bytes
+        advertised = node.metadata.get(MAX_MESSAGE_KEY, "")
+        if advertised.isdigit():
+            limit = min(limit, int(advertised))
+        stream = channel.stream_stream(
+            LINK_OPEN,
+            request_serializer=pb.Batch.SerializeToString,
+            response_deserializer=pb.Batch.FromString,
+        )(None)  # no request iterator: the link writes with stream.write()
+        link = Link(
+            stream,
+            local_id=self.local_id,
+            local_service=self.local_service,
+            handler=self.handler,
+            max_frames=self._max_frames,
+            max_message_bytes=limit,
+        )
+        link.remote_id = node.node_id
+        self._by_node[node.node_id] = link
+        self._by_address[node.address] = link
+        link.on_close(self._forget)
+        self._spawn(link.run(), f"wiremesh-link-{node.node_id}")
+        return link
+
+    async def accept(self, context: Any) -> None:
+        """Serve a link a peer opened (the ``Link/Open`` handler); returns when it ends."""
+        link = Link(
+            context,
+            local_id=self.local_id,
+            local_service=self.local_service,
+            handler=self.handler,
+            max_frames=self._max_frames,
+            max_message_bytes=self._max_message_bytes,
+        )
+        self.accepted.add(link)
+        link.on_close(self._forget)
+        hello = asyncio.ensure_future(link.hello.wait())
+        hello.add_done_callback(lambda _: self._adopt(link))
+        try:
+            await link.run()
+        finally:
+            hello.cancel()
+            self.accepted.discard(link)
+
+    def _adopt(self, link: Link) -> None:
+        """A peer node that linked to us is reached through its link too."""
+        if link.remote_service and not link.closed:
+            current = self._by_node.get(link.remote_id)
+            if current is None or current.closed:
+                self._by_node[link.remote_id] = link
+
+    def _forget(self, link: Link) -> None:
+        if self._by_node.get(link.remote_id) is link:
+            del self._by_node[link.remote_id]
+
+    def forget_address(self, address: str) -> None:
+        """The node at ``address`` left the mesh: drop its channel once its link ends (the
+        calls in flight on it still get their answers, or fail when the peer goes)."""
+        link = self._by_address.get(address)
+        if link is not None and not link.closed:
+            link.on_close(lambda _: self._close_channel(address))
+        else:
+            self._close_channel(address)
+
+    def _close_channel(self, address: str) -> None:
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            self._spawn(channel.close(grace=1.0), "wiremesh-link-channel-close")
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per peer: frames queued, batches and frames sent, publishes dropped."""
+        return {
+            node_id: {
+                "queued": link.queued,
+                "batches": link.sent_batches,
+                "frames": link.sent_frames,
+                "dropped": link.dropped,
+            }
+            for node_id, link in self._by_node.items()
+        }
+
+    @property
+    def dropped(self) -> int:
+        return sum(link.dropped for link in (*self._by_node.values(), *self.accepted))
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        self.closed = True
+        for link in [*self._by_node.values(), *self.accepted]:
+            link.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()
+
+
+class NodeLinks:
+    """A node's side of its links: runs the calls and publishes peers send it."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        node_id: str,
+        methods: Mapping[str, Method],
+        default_timeout: float,
+    ) -> None:
+        self.service = service
+        self.node_id = node_id
+        self.methods = methods
+        self.default_timeout = default_timeout
+        self._in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        #: set by the node: delivers a publish frame (topic, payload, codec) in order
+        self.deliver: Any = None
+        #: refuse new calls (with ``not_run``, so callers go elsewhere) while draining
+        self.draining = False
+
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def on_call(self, link: Link, frame: pb.Frame) -> None:
+        if self.draining:
+            refused = Unavailable(f"node {self.node_id} is draining", node=self.node_id)
+            link.fail(frame.id, error_body(refused, self.node_id), not_run=True)
+            return
+        method = self.methods.get(frame.method) if frame.service == self.service else None
+        if method is None:
+            error = MethodNotFound(
+                f"node {self.node_id} ({self.service}) has no method {frame.service}.{frame.method}"
+            )
+            link.fail(frame.id, error_body(error, self.node_id))
+            return
+        task = asyncio.get_running_loop().create_task(self._serve(link, frame, method))
+        link.serving[frame.id] = task
+
+    async def _serve(self, link: Link, frame: pb.Frame, method: Method) -> None:
+        call_id = frame.id
+        timeout = frame.timeout_ms / 1000 if frame.timeout_ms else self.default_timeout
+        self._in_flight += 1
+        self.idle.clear()
+        try:
+            answer = await method.run(
+                frame.payload,
+                frame.codec or "msgpack",
+                Deadline(time.monotonic() + timeout),
+                caller=frame.caller or None,
+                metadata=dict(frame.metadata) if frame.metadata else None,
+                peer=link.remote_id,
+                # the caller cancels at its deadline; a foreign peer may not
+                enforce_deadline=not frame.timeout_ms,
+            )
+            link.reply(call_id, answer, self.node_id)
+        except WiremeshError as exc:
+            link.fail(call_id, error_body(exc, self.node_id))
+        finally:
+            link.serving.pop(call_id, None)
+            self._in_flight -= 1
+            if not self._in_flight:
+                self.idle.set()
+
+    def on_publish(self, link: Link, frame: pb.Frame) -> None:
+        if self.deliver is not None:
+            self.deliver(link, frame)
+
+
+def link_method_handler(links: Links) -> grpc.RpcMethodHandler[Any, Any]:
+    """The gRPC handler of ``Link/Open`` for a server whose links ``links`` holds."""
+
+    async def open_link(requests: Any, context: Any) -> None:
+        await links.accept(context)
+
+    return grpc.stream_stream_rpc_method_handler(
+        open_link,
+        request_deserializer=pb.Batch.FromString,
+        response_serializer=pb.Batch.SerializeToString,
+    )
