@@ -8,7 +8,7 @@ Time is passed in, never read, so the rules are tested without clocks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 
@@ -46,6 +46,12 @@ class Membership:
             lease.node = lease.node.with_state(state)
             self.version += 1
         return True
+
+    def set_stats(self, node_id: str, stats: dict[str, int]) -> None:
+        """Store a node's counters; a quiet change: no version bump, no watcher told."""
+        lease = self._leases.get(node_id)
+        if lease is not None and stats != lease.node.stats:
+            lease.node = replace(lease.node, stats=stats)
 
     def remove(self, node_id: str) -> NodeInfo | None:
         lease = self._leases.pop(node_id, None)

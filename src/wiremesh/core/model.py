@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = ["MeshSnapshot", "MethodInfo", "NodeInfo", "NodeState"]
 
@@ -34,22 +34,19 @@ class NodeInfo:
     state: NodeState = NodeState.SERVING
     methods: Mapping[str, MethodInfo] = field(default_factory=dict)
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: named groups the node belongs to
+    groups: tuple[str, ...] = ()
+    #: topic patterns the node subscribes to (publish)
+    subscriptions: tuple[str, ...] = ()
+    #: counters the node reports (``publish_dropped``, ...)
+    stats: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def serving(self) -> bool:
         return self.state is NodeState.SERVING
 
     def with_state(self, state: NodeState) -> NodeInfo:
-        return NodeInfo(
-            self.node_id,
-            self.service,
-            self.address,
-            self.pid,
-            self.started_at,
-            state,
-            self.methods,
-            self.metadata,
-        )
+        return replace(self, state=state)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,18 @@ def parse_target(text: str, *, node: str | None = None) -> Target:
     return Target(match["service"], match["method"], node or match["node"])
 
 
+_GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+
+
+def check_group(name: str) -> str:
+    """``name`` if it is a valid group name, else :class:`InvalidPayload`."""
+    if not isinstance(name, str) or not _GROUP.fullmatch(name):
+        raise InvalidPayload(
+            f"bad group name {name!r}: letters, digits, '_', '.', ':' and '-', at most 63"
+        )
+    return name
+
+
 def method_path(service: str, method: str) -> str:
     """The gRPC method path of a service method: ``/<service>/<method>``."""
     return f"/{service}/{method}"

@@ -17,7 +17,7 @@ class Method(_message.Message):
     def __init__(self, name: _Optional[str] = ..., idempotent: _Optional[bool] = ..., returns_protobuf: _Optional[bool] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("node_id", "service", "address", "pid", "started_at", "state", "methods", "metadata")
+    __slots__ = ("node_id", "service", "address", "pid", "started_at", "state", "methods", "metadata", "groups", "subscriptions", "stats")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,13 @@ class Node(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class StatsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +40,9 @@ class Node(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     service: str
     address: str
@@ -41,21 +51,35 @@ class Node(_message.Message):
     state: str
     methods: _containers.RepeatedCompositeFieldContainer[Method]
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, node_id: _Optional[str] = ..., service: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., state: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[Method, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    groups: _containers.RepeatedScalarFieldContainer[str]
+    subscriptions: _containers.RepeatedScalarFieldContainer[str]
+    stats: _containers.ScalarMap[str, int]
+    def __init__(self, node_id: _Optional[str] = ..., service: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., state: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[Method, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., groups: _Optional[_Iterable[str]] = ..., subscriptions: _Optional[_Iterable[str]] = ..., stats: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("state",)
+    __slots__ = ("state", "stats")
+    class StatsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     STATE_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
     state: str
-    def __init__(self, state: _Optional[str] = ...) -> None: ...
+    stats: _containers.ScalarMap[str, int]
+    def __init__(self, state: _Optional[str] = ..., stats: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
-    __slots__ = ("register", "heartbeat")
+    __slots__ = ("register", "heartbeat", "update")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
     register: Node
     heartbeat: Heartbeat
-    def __init__(self, register: _Optional[_Union[Node, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    update: Node
+    def __init__(self, register: _Optional[_Union[Node, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., update: _Optional[_Union[Node, _Mapping]] = ...) -> None: ...
 
 class LeaseReply(_message.Message):
     __slots__ = ()

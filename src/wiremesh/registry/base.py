@@ -17,6 +17,10 @@ class Lease(Protocol):
         """Announce a new state (``DRAINING`` before a graceful stop)."""
         ...
 
+    async def update(self, node: NodeInfo) -> None:
+        """Replace the node's record (groups joined or left); watchers are told."""
+        ...
+
     async def release(self) -> None:
         """Leave the mesh now."""
         ...

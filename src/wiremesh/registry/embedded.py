@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -46,6 +47,9 @@ def node_to_proto(node: NodeInfo) -> pb.Node:
             for m in node.methods.values()
         ],
         metadata=dict(node.metadata),
+        groups=list(node.groups),
+        subscriptions=list(node.subscriptions),
+        stats=dict(node.stats),
     )
 
 
@@ -63,6 +67,9 @@ def node_from_proto(msg: pb.Node) -> NodeInfo:
         state=state,
         methods={m.name: MethodInfo(m.name, m.idempotent, m.returns_protobuf) for m in msg.methods},
         metadata=dict(msg.metadata),
+        groups=tuple(msg.groups),
+        subscriptions=tuple(msg.subscriptions),
+        stats=dict(msg.stats),
     )
 
 
@@ -165,8 +172,10 @@ class RegistryServer:
         try:
             async for request in requests:
                 now = time.monotonic()
-                if request.HasField("register"):
-                    node = node_from_proto(request.register)
+                if request.HasField("register") or request.HasField("update"):
+                    node = node_from_proto(
+                        request.register if request.HasField("register") else request.update
+                    )
                     self.membership.register(node, now)
                     self._owners[node.node_id] = stream
                     self._notify()
@@ -179,6 +188,8 @@ class RegistryServer:
                         # it hung past its ttl and came back: it is alive again
                         self.membership.register(node, now)
                         self._owners[node.node_id] = stream
+                    if request.heartbeat.stats:
+                        self.membership.set_stats(node.node_id, dict(request.heartbeat.stats))
                     if self.membership.version != before:
                         self._notify()
         except (grpc.aio.AioRpcError, ValueError) as exc:
@@ -285,7 +296,10 @@ class _EmbeddedLease:
     def __init__(self, registry: EmbeddedRegistry, node: NodeInfo) -> None:
         self.registry = registry
         self.node = node
-        self._states: asyncio.Queue[NodeState] = asyncio.Queue(maxsize=16)
+        #: what to tell the registry before the next heartbeat: a new state or a new record
+        self._news: asyncio.Queue[NodeState | NodeInfo] = asyncio.Queue(maxsize=64)
+        #: the counters sent with every heartbeat
+        self.stats: Callable[[], dict[str, int]] = dict
         self._task: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
 
@@ -302,7 +316,13 @@ class _EmbeddedLease:
     async def set_state(self, state: NodeState) -> None:
         self.node = self.node.with_state(state)
         with contextlib.suppress(asyncio.QueueFull):
-            self._states.put_nowait(state)
+            self._news.put_nowait(state)
+
+    async def update(self, node: NodeInfo) -> None:
+        """Replace the node's record (its groups changed); watchers are told."""
+        self.node = replace(node, state=self.node.state)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._news.put_nowait(self.node)
 
     async def release(self) -> None:
         if self._task is not None:
@@ -316,10 +336,15 @@ class _EmbeddedLease:
         self._registered.set()
         interval = self.registry.heartbeat_interval
         while True:
-            state: NodeState | None = None
+            news: NodeState | NodeInfo | None = None
             with contextlib.suppress(TimeoutError):
-                state = await asyncio.wait_for(self._states.get(), interval)
-            heartbeat = pb.Heartbeat(state=state.value if state is not None else "")
+                news = await asyncio.wait_for(self._news.get(), interval)
+            if isinstance(news, NodeInfo):
+                yield pb.LeaseRequest(update=node_to_proto(news))
+                continue
+            heartbeat = pb.Heartbeat(
+                state=news.value if news is not None else "", stats=self.stats()
+            )
             yield pb.LeaseRequest(heartbeat=heartbeat)
 
     async def _hold(self) -> None:

@@ -16,11 +16,12 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from wiremesh.core.balancing import BalancerName
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
+from wiremesh.core.names import check_group
 from wiremesh.registry.base import Lease
 from wiremesh.registry.embedded import EmbeddedRegistry
 from wiremesh.registry.view import MeshView
@@ -63,12 +64,15 @@ class Node:
         tls: TlsFiles | None = None,
         metadata: Mapping[str, str] | None = None,
         links: bool = True,
+        groups: Iterable[str] = (),
     ) -> None:
         instance = service if isinstance(service, Service) else service()
         self.spec = ServiceSpec.of(type(instance))
         self.service = instance
         self.node_id = node_id or new_node_id(self.spec.name)
         self.drain_grace = drain_grace
+        #: the named groups this node belongs to (multicast targets a group)
+        self.groups: set[str] = {check_group(g) for g in groups}
         self.metadata = {**(metadata or {}), MAX_MESSAGE_KEY: str(max_message_bytes)}
         self.registry = EmbeddedRegistry(
             registry_address,
@@ -134,7 +138,24 @@ class Node:
             started_at=self.started_at,
             methods={name: m.info for name, m in self.spec.methods.items()},
             metadata=self.metadata,
+            groups=tuple(sorted(self.groups)),
         )
+
+    def stats(self) -> dict[str, int]:
+        """The counters this node reports with its heartbeats (``wiremesh nodes`` shows them)."""
+        return {"publish_dropped": self.links.dropped}
+
+    async def join_group(self, group: str) -> None:
+        """Join a named group now; multicasts to the group reach this node from then on."""
+        self.groups.add(check_group(group))
+        if self._lease is not None:
+            await self._lease.update(self.info)
+
+    async def leave_group(self, group: str) -> None:
+        """Leave a named group now."""
+        self.groups.discard(group)
+        if self._lease is not None:
+            await self._lease.update(self.info)
 
     async def start(self) -> None:
         self.started_at = time.time()
@@ -143,6 +164,7 @@ class Node:
         await self.server.start()
         await self.view.start()
         self._lease = await self.registry.lease(self.info)
+        self._lease.stats = self.stats
         log.info("node %s serving %s at %s", self.node_id, self.spec.name, self.address)
 
     async def announce_drain(self, timeout: float = ANNOUNCE_WAIT) -> None:

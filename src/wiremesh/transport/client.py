@@ -267,18 +267,21 @@ class Caller:
                 metadata=metadata,
             )
             balancer.started(node.node_id)
-            handler_ran = False
+            answered = refused = False
             try:
                 reply = await self.links.to(node).call(frame, at)
                 if reply.kind == ERROR:
-                    handler_ran = not reply.not_run
+                    # a handler's own error is final; a call refused unrun may go elsewhere
+                    refused = reply.not_run
+                    answered = not refused
                     raise error_of(reply, node.node_id)
                 return reply.payload, route
             except WiremeshError as error:
                 tried.add(node.node_id)
                 if not should_retry(
                     error.status,
-                    idempotent=route.idempotent and where.node is None and not handler_ran,
+                    idempotent=((route.idempotent and not answered) or refused)
+                    and where.node is None,
                     attempt=attempt,
                     remaining=at - monotonic(),
                     nodes_left=len(route.nodes) - len(tried),
