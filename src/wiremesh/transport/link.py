@@ -237,10 +237,10 @@ class Link:
             if not self.closed:  # cancelled from outside, not by close()
                 raise
         finally:
+            self.close()  # first: whatever the writer ends with, nothing pending may hang
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer
-            self.close()
 
     def close(self) -> None:
         if self.closed:
@@ -269,6 +269,15 @@ class Link:
                 log.exception("link close callback failed")
 
     async def _write_loop(self) -> None:
+        try:
+            await self._write_batches()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the stream failed under a write: the link is over
+            log.debug("%r: write failed: %r", self, exc)
+            self.close()
+
+    async def _write_batches(self) -> None:
         stream = self._stream
         wake = self._wake
         while True:
