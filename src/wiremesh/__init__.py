@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from wiremesh.client import MeshClient, connect
 from wiremesh.context import Context, current_context
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.gather import Mode, MulticastResult, quorum
 from wiremesh.errors import (
     Cancelled,
     ConfigError,
@@ -35,7 +36,7 @@ from wiremesh.errors import (
     Unavailable,
     WiremeshError,
 )
-from wiremesh.service import Service, ServiceProxy, rpc
+from wiremesh.service import Service, ServiceProxy, rpc, subscribe
 
 try:
     __version__ = version("wiremesh")
@@ -52,6 +53,8 @@ __all__ = [
     "InvalidPayload",
     "MeshClient",
     "MethodNotFound",
+    "Mode",
+    "MulticastResult",
     "NodeNotFound",
     "NotFound",
     "PayloadTooLarge",
@@ -68,5 +71,7 @@ __all__ = [
     "__version__",
     "connect",
     "current_context",
+    "quorum",
     "rpc",
+    "subscribe",
 ]

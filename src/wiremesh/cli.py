@@ -184,7 +184,12 @@ def _to_json(value: Any) -> str:
 @app.command()
 def call(
     target: Annotated[
-        str, typer.Argument(help="service.method, or service@node-id.method", show_default=False)
+        str,
+        typer.Argument(
+            help="service.method, or service@node-id.method (only service.method with "
+            "--all or --group)",
+            show_default=False,
+        ),
     ],
     payload: Annotated[
         str | None,
@@ -200,6 +205,26 @@ def call(
     timeout: Annotated[
         float | None, typer.Option(help="Deadline in seconds (default: the mesh's).")
     ] = None,
+    all_nodes: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Multicast: call every serving node of the service, not just one."
+        ),
+    ] = False,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="Multicast to the nodes of the service in this named group.",
+            show_default=False,
+        ),
+    ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="With --all or --group: wait for 'all' replies, the 'first' value, or "
+            "'quorum(n)' values."
+        ),
+    ] = "all",
     mesh: Annotated[
         Path, typer.Option(help="Folder of the running mesh, or a registry host:port.")
     ] = Path("."),
@@ -208,6 +233,12 @@ def call(
 
     On error, prints the error type and message and exits 1.
 
+    With --all (or --group NAME) the call is a multicast: it goes to every
+    serving node of the service (or those in the group) under one deadline,
+    and prints one JSON object, node id -> its result, or
+    {"error": {"type": ..., "status": ..., "message": ...}} for a node that
+    failed or did not answer in time. It exits 0 when --mode was met, else 1.
+
     Examples:
 
       wiremesh call connectors.list
@@ -215,7 +246,26 @@ def call(
       wiremesh call flows.run '{"flow": "welcome", "input": {"name": "Ada"}}'
 
       wiremesh call inventory@inventory-3f9a.stock '"A-1"' --timeout 2
+
+      wiremesh call cache.invalidate '"A-1"' --all --timeout 1
+
+      wiremesh call warehouse.load --group eu --mode 'quorum(2)'
     """
+    multicast = all_nodes or group is not None
+    if not multicast and mode != "all":
+        raise _fail("--mode applies to a multicast: add --all or --group", EXIT_USAGE)
+    if multicast and node is not None:
+        raise _fail(
+            "--node calls one node; --all and --group call many: use one or the other",
+            EXIT_USAGE,
+        )
+    if multicast:
+        from wiremesh.core.gather import parse_mode
+
+        try:
+            parse_mode(mode)
+        except WiremeshError as exc:
+            raise _fail(f"--mode: {exc}", EXIT_USAGE) from None
     value = _read_payload(payload)
 
     async def go() -> Any:
@@ -223,6 +273,10 @@ def call(
 
         client = await connect(str(mesh), timeout=5.0)
         try:
+            if multicast:
+                return await client.multicast(
+                    target, value, mode=mode, timeout=timeout, group=group
+                )
             return await client.call(target, value, node=node, timeout=timeout)
         finally:
             await client.close()
@@ -233,7 +287,30 @@ def call(
         raise _fail(str(exc), EXIT_USAGE) from None
     except WiremeshError as exc:
         raise _fail(_describe(exc)) from None
-    print(_to_json(result))
+    if not multicast:
+        print(_to_json(result))
+        return
+    print(_to_json({node_id: _slot(result[node_id]) for node_id in sorted(result)}))
+    if not result:
+        where = f"in group {group!r}" if group is not None else "serving"
+        raise _fail(f"no node of the service is {where}: nobody was called")
+    if not result.satisfied:
+        got = len(result.values)
+        raise _fail(f"mode {result.mode} not met: {got} of {len(result)} node(s) answered a value")
+
+
+def _slot(outcome: Any) -> Any:
+    """One node's entry in a multicast's JSON: its value, or its error as an object."""
+    if isinstance(outcome, WiremeshError):
+        return {
+            "error": {
+                "type": type(outcome).__name__,
+                "status": outcome.status.value,
+                "message": outcome.message,
+                **({"remote_type": outcome.remote_type} if outcome.remote_type else {}),
+            }
+        }
+    return outcome
 
 
 # --------------------------------------------------------------------------------- nodes
@@ -255,7 +332,13 @@ def nodes(
     ] = Path("."),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
-    """List the live nodes: service, node id, address, pid, state, uptime.
+    """List the live nodes: service, node id, address, pid, state, uptime, and the
+    published messages each dropped.
+
+    "dropped" counts publishes lost at that node since it started: "out" were not sent
+    because the link to a subscriber was full (the subscriber or the network is slow),
+    "in" arrived but were dropped because the node's own handlers could not keep up. The
+    counts come with the nodes' heartbeats; --json prints every counter under "stats".
 
     Examples:
 
@@ -292,16 +375,33 @@ def nodes(
                 "state": n.state.value,
                 "started_at": n.started_at,
                 "methods": sorted(n.methods),
+                "groups": list(n.groups),
+                "subscriptions": list(n.subscriptions),
+                "stats": dict(n.stats),
             }
             print(json.dumps(row))
         return
     table = Table()
-    for column in ("service", "node", "address", "pid", "state", "uptime"):
+    for column in ("service", "node", "address", "pid", "state", "uptime", "groups", "dropped"):
         # a narrow terminal folds a cell onto more lines, never cuts a node id or address
         table.add_column(column, overflow="fold")
+
+    def dropped(stats: Any) -> str:
+        if "publish_dropped" not in stats and "publish_delivery_dropped" not in stats:
+            return "-"  # no heartbeat with counters yet
+        sent, arrived = stats.get("publish_dropped", 0), stats.get("publish_delivery_dropped", 0)
+        return f"out {sent} / in {arrived}" if sent or arrived else "0"
+
     for n in found:
         table.add_row(
-            n.service, n.node_id, n.address, str(n.pid), n.state.value, _uptime(n.started_at)
+            n.service,
+            n.node_id,
+            n.address,
+            str(n.pid),
+            n.state.value,
+            _uptime(n.started_at),
+            ",".join(n.groups) or "-",
+            dropped(n.stats),
         )
     # a pipe has no width: print each row whole, for grep and friends
     (out if out.is_terminal else Console(width=_PIPE_WIDTH)).print(table)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from wiremesh.core.balancing import BalancerName
 from wiremesh.core.codec import CodecName
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.gather import Mode, MulticastResult
 from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.errors import Unavailable
 from wiremesh.registry.embedded import EmbeddedRegistry
@@ -96,6 +97,41 @@ class MeshClient:
             deadline=deadline,
             metadata=metadata,
         )
+
+    async def multicast(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        mode: str | Mode = "all",
+        timeout: float | None = None,
+        deadline: Deadline | None = None,
+        group: str | None = None,
+        nodes: Sequence[str] | None = None,
+        codec: CodecName = "msgpack",
+        returns: Any = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> MulticastResult:
+        """Call ``service.method`` on many nodes at once (all of the service's, a ``group``,
+        or the ``nodes`` listed) and gather the replies; see ``docs/multicast.md``."""
+        return await self.caller.multicast(
+            target,
+            payload,
+            mode=mode,
+            timeout=timeout,
+            deadline=deadline,
+            group=group,
+            nodes=nodes,
+            codec=codec,
+            returns=returns,
+            metadata=metadata,
+        )
+
+    async def publish(
+        self, topic: str, payload: Any = None, *, codec: CodecName = "msgpack"
+    ) -> int:
+        """Fire-and-forget ``payload`` to every node subscribed to ``topic``."""
+        return await self.caller.publish(topic, payload, codec=codec)
 
     @property
     def snapshot(self) -> MeshSnapshot:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from wiremesh.core.codec import CodecName
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.gather import Mode, MulticastResult
 
 __all__ = ["Context", "MeshCaller", "current_context"]
 
@@ -27,6 +28,25 @@ class MeshCaller(Protocol):
         deadline: Deadline | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> Any: ...
+
+    async def multicast(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        mode: str | Mode = "all",
+        timeout: float | None = None,
+        deadline: Deadline | None = None,
+        group: str | None = None,
+        nodes: Sequence[str] | None = None,
+        codec: CodecName = "msgpack",
+        returns: Any = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> MulticastResult: ...
+
+    async def publish(
+        self, topic: str, payload: Any = None, *, codec: CodecName = "msgpack"
+    ) -> int: ...
 
 
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
@@ -109,6 +129,40 @@ class Context:
             deadline=self.deadline.capped(timeout),
             metadata=metadata,
         )
+
+    async def multicast(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        mode: str | Mode = "all",
+        timeout: float | None = None,
+        group: str | None = None,
+        nodes: Sequence[str] | None = None,
+        codec: CodecName = "msgpack",
+        returns: Any = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> MulticastResult:
+        """Call ``service.method`` on many nodes (all of the service's, a ``group``, or the
+        ``nodes`` listed) within what remains of this call's deadline; the result maps each
+        node id to its value or its error."""
+        return await self._caller.multicast(
+            target,
+            payload,
+            mode=mode,
+            deadline=self.deadline.capped(timeout),
+            group=group,
+            nodes=nodes,
+            codec=codec,
+            returns=returns,
+            metadata=metadata,
+        )
+
+    async def publish(
+        self, topic: str, payload: Any = None, *, codec: CodecName = "msgpack"
+    ) -> int:
+        """Fire-and-forget ``payload`` to every node subscribed to ``topic``."""
+        return await self._caller.publish(topic, payload, codec=codec)
 
     def activate(self) -> contextvars.Token[Context | None]:
         return _current.set(self)

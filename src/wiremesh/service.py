@@ -8,8 +8,10 @@
 ...         return 3
 
 Each ``@rpc`` method becomes a real gRPC method at ``/<service>/<method>``. Its payload
-type is read from its annotations (see :mod:`wiremesh.core.shape`). ``on_start`` and
-``on_stop`` are the service's own lifecycle hooks, for the resources it owns.
+type is read from its annotations (see :mod:`wiremesh.core.shape`). Each ``@subscribe``
+method receives the messages published to the topics its patterns match (see
+``docs/publish.md``). ``on_start`` and ``on_stop`` are the service's own lifecycle hooks,
+for the resources it owns.
 """
 
 from __future__ import annotations
@@ -23,16 +25,26 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 from wiremesh.core.model import MethodInfo
 from wiremesh.core.names import SERVICE_NAME, is_method_name
 from wiremesh.core.shape import SignatureShapes, signature_shapes
-from wiremesh.errors import ConfigError
+from wiremesh.core.topics import check_pattern
+from wiremesh.errors import ConfigError, InvalidPayload
 
 if TYPE_CHECKING:
     from wiremesh.context import MeshCaller
 
-__all__ = ["MethodSpec", "Service", "ServiceProxy", "ServiceSpec", "rpc"]
+__all__ = [
+    "MethodSpec",
+    "Service",
+    "ServiceProxy",
+    "ServiceSpec",
+    "SubscriptionSpec",
+    "rpc",
+    "subscribe",
+]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _RPC_MARK = "__wiremesh_rpc__"
+_SUBSCRIBE_MARK = "__wiremesh_subscribe__"
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,41 @@ def rpc(
     return mark
 
 
+def subscribe(pattern: str, /, *patterns: str) -> Callable[[F], F]:
+    """Mark an ``async def`` method of a :class:`Service` as a handler of published messages.
+
+    The method receives every message published to a topic that one of the patterns
+    matches (``*`` is exactly one word, ``#`` any number of words), at most once per
+    message, in order per sender. Its payload is typed and validated like an ``@rpc``
+    payload; a message that does not validate is logged and counted, never delivered::
+
+        @subscribe("prices.*", "stock.eu.#")
+        async def on_price(self, ctx: Context, price: Price) -> None: ...
+    """
+    checked = tuple(_checked_pattern(p, "@subscribe") for p in (pattern, *patterns))
+
+    def mark(f: F) -> F:
+        is_async = inspect.iscoroutinefunction(f)  # (no TypeGuard narrowing of F)
+        if not is_async:
+            raise TypeError(f"@subscribe method {f.__qualname__} must be 'async def'")
+        # stacked decorators add up: @subscribe("a") @subscribe("b") takes both
+        before: tuple[str, ...] = getattr(f, _SUBSCRIBE_MARK, ())
+        setattr(f, _SUBSCRIBE_MARK, tuple(dict.fromkeys((*before, *checked))))
+        return f
+
+    return mark
+
+
+def _checked_pattern(pattern: object, where: str) -> str:
+    if not isinstance(pattern, str):
+        hint = ' (write @subscribe("topic.pattern"), with the pattern)' if callable(pattern) else ""
+        raise ConfigError(f"{where}: a topic pattern is a string, not {pattern!r}{hint}")
+    try:
+        return check_pattern(pattern)
+    except InvalidPayload as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -81,10 +128,27 @@ class MethodSpec:
 
 
 @dataclass(frozen=True)
+class SubscriptionSpec:
+    """One ``@subscribe`` method: its attribute, its patterns and its payload shape."""
+
+    attribute: str
+    patterns: tuple[str, ...]
+    shapes: SignatureShapes
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     cls: type[Service]
     methods: dict[str, MethodSpec]
+    #: ``(pattern, handler)`` for every pattern of every ``@subscribe`` method, in the
+    #: order the methods are defined (base classes first)
+    subscriptions: tuple[tuple[str, SubscriptionSpec], ...] = ()
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """Every topic pattern the service subscribes to, once each, sorted."""
+        return tuple(sorted({pattern for pattern, _ in self.subscriptions}))
 
     @classmethod
     def of(cls, service_cls: type[Service]) -> ServiceSpec:
@@ -113,11 +177,39 @@ class ServiceSpec:
                     f"{attribute!r} are both served as {wire_name!r}"
                 )
             methods[wire_name] = MethodSpec(wire_name, attribute, options.idempotent, shapes)
-        return cls(name, service_cls, methods)
+        return cls(name, service_cls, methods, _subscriptions_of(service_cls))
+
+
+def _subscriptions_of(service_cls: type[Service]) -> tuple[tuple[str, SubscriptionSpec], ...]:
+    """The ``@subscribe`` methods of ``service_cls`` in definition order, base classes first;
+    a method overridden without ``@subscribe`` subscribes to nothing."""
+    attributes: dict[str, None] = {}
+    for klass in reversed(service_cls.__mro__):
+        for attribute, value in vars(klass).items():
+            if inspect.isfunction(value):
+                attributes[attribute] = None
+    found: list[tuple[str, SubscriptionSpec]] = []
+    for attribute in attributes:
+        member = getattr(service_cls, attribute, None)
+        marked = getattr(member, _SUBSCRIBE_MARK, None)
+        if member is None or not isinstance(marked, tuple):
+            continue
+        where = f"{service_cls.__qualname__}.{attribute}"
+        if not marked:
+            raise ConfigError(f"{where}: @subscribe needs at least one topic pattern")
+        patterns = tuple(_checked_pattern(p, where) for p in marked)
+        try:
+            shapes = signature_shapes(member, skip=2)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc
+        spec = SubscriptionSpec(attribute, patterns, shapes)
+        found.extend((pattern, spec) for pattern in patterns)
+    return tuple(found)
 
 
 class Service:
-    """Base class of every service. Set ``name``; mark methods with :func:`rpc`.
+    """Base class of every service. Set ``name``; mark methods with :func:`rpc` and
+    :func:`subscribe`.
 
     Set by the runtime before ``on_start``: ``node_id``, ``data_dir`` (this service's own
     folder under the mesh's data folder) and ``mesh`` (a caller for calls made outside a

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,6 +30,7 @@ from wiremesh.client import MeshClient
 from wiremesh.context import Context
 from wiremesh.core.codec import CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.gather import MulticastResult
 from wiremesh.core.model import MeshSnapshot
 from wiremesh.errors import ConfigError, NodeNotFound, Unavailable
 from wiremesh.registry.embedded import RegistryServer
@@ -60,6 +61,13 @@ class _NoMesh:
             f"without a mesh: replace the dependency, e.g. worker({name}, {fake}), "
             "or run the services in a TestMesh"
         )
+
+    async def multicast(self, target: str, payload: Any = None, **options: Any) -> Any:
+        return await self.call(target, payload)
+
+    async def publish(self, topic: str, payload: Any = None, **options: Any) -> int:
+        """With no mesh, nobody is subscribed: nothing is delivered."""
+        return 0
 
 
 def worker(cls: type[Service], *, data_dir: Path | None = None, **dependencies: Any) -> Service:
@@ -123,7 +131,9 @@ class TestMesh:
     """Real services on loopback inside the test's event loop.
 
     ``replicas`` maps a service name to its node count (default 1); ``replace`` maps a
-    service name to ``{attribute: replacement}`` for its dependencies. Nodes are real
+    service name to ``{attribute: replacement}`` for its dependencies; ``groups`` maps a
+    service name to the named groups its nodes join at start (``Node.join_group`` and
+    ``leave_group`` change one node's groups later). Nodes are real
     :class:`~wiremesh.runtime.node.Node` objects serving gRPC on 127.0.0.1.
     """
 
@@ -134,6 +144,7 @@ class TestMesh:
         *services: type[Service],
         replicas: Mapping[str, int] | None = None,
         replace: Mapping[str, Mapping[str, Any]] | None = None,
+        groups: Mapping[str, Sequence[str]] | None = None,
         data_dir: Path | None = None,
         default_timeout: float = 10.0,
         drain_grace: float = 1.0,
@@ -142,8 +153,10 @@ class TestMesh:
         self.services = services
         self.replicas = dict(replicas or {})
         self.replace = {k: dict(v) for k, v in (replace or {}).items()}
+        self.groups = {k: tuple(v) for k, v in (groups or {}).items()}
         names = {ServiceSpec.of(cls).name for cls in services}
-        for option, keys in (("replicas", self.replicas), ("replace", self.replace)):
+        options = (("replicas", self.replicas), ("replace", self.replace), ("groups", self.groups))
+        for option, keys in options:
             unknown = sorted(set(keys) - names)
             if unknown:
                 raise ConfigError(
@@ -196,6 +209,7 @@ class TestMesh:
             data_dir=self.data_dir / spec.name,
             default_timeout=self.default_timeout,
             drain_grace=self.drain_grace,
+            groups=self.groups.get(spec.name, ()),
             **self.node_options,
         )
         await node.start()
@@ -234,6 +248,10 @@ class TestMesh:
     async def call(self, target: str, payload: Any = None, **options: Any) -> Any:
         """Call like any client outside the mesh would (see ``MeshClient.call``)."""
         return await self.client.call(target, payload, **options)
+
+    async def multicast(self, target: str, payload: Any = None, **options: Any) -> MulticastResult:
+        """Multicast like any client outside the mesh would (see ``Caller.multicast``)."""
+        return await self.client.multicast(target, payload, **options)
 
     def nodes_of(self, service: str) -> list[Node]:
         return [n for n in self.nodes if n.spec.name == service]

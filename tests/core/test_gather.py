@@ -48,7 +48,9 @@ def test_quorum_ends_when_reached() -> None:
 def test_quorum_ends_early_when_it_can_no_longer_be_reached() -> None:
     g = Gather(NODES, quorum(3))
     assert g.add("a", InternalError("down"))  # 3 successes now impossible
-    assert not g.result(deadline_passed=False).satisfied
+    result = g.result(deadline_passed=False)
+    assert not result.satisfied
+    assert "could no longer be met" in result["b"].message
 
 
 def test_the_deadline_marks_the_silent_nodes() -> None:

@@ -149,11 +149,16 @@ class Gather:
     def result(self, *, deadline_passed: bool) -> MulticastResult:
         """The outcome of every node asked; the silent ones get the error that says why."""
         outcomes = dict(self.outcomes)
+        why = (
+            f"reply not needed: {self.mode} was met"
+            if self.satisfied
+            else f"reply not awaited: {self.mode} could no longer be met"
+        )
         for node_id in self.asked:
             if node_id not in outcomes:
                 outcomes[node_id] = (
                     DeadlineExceeded("no reply before the multicast deadline", node=node_id)
                     if deadline_passed
-                    else Cancelled(f"reply not needed: {self.mode} was met", node=node_id)
+                    else Cancelled(why, node=node_id)
                 )
         return MulticastResult(self.mode, outcomes, self.satisfied)

@@ -37,8 +37,12 @@ file is a valid (if service-less) mesh. A complete example, with every default s
     replicas = 2                # number of nodes (>= 1), default 1
     balancer = "least_outstanding"   # optional override of mesh.balancer
     env = { LOG_LEVEL = "debug" }    # extra environment variables of the service's nodes
+    groups = ["eu", "cache"]    # named groups every node of the service joins at start
+                                # (multicast can target a group; nodes may also join and
+                                # leave at run time), default []
 
-Service names match ``^[a-z][a-z0-9_-]{0,62}$``. Unknown settings are errors, as are values
+Service names match ``^[a-z][a-z0-9_-]{0,62}$``; group names are letters, digits, ``_``,
+``.``, ``:`` and ``-``, at most 63 characters. Unknown settings are errors, as are values
 of the wrong type or out of range. Every problem found is reported in one
 :class:`~wiremesh.errors.ConfigError`, one per line, sorted by line, each naming the file,
 the line and the dotted key::
@@ -76,8 +80,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from wiremesh.core.balancing import BalancerName
-from wiremesh.core.names import SERVICE_NAME
-from wiremesh.errors import ConfigError
+from wiremesh.core.names import SERVICE_NAME, check_group
+from wiremesh.errors import ConfigError, InvalidPayload
 
 __all__ = [
     "SERVICE_NAME_PATTERN",
@@ -142,6 +146,21 @@ def _is_identifier(text: str) -> bool:
 
 
 ServiceName = Annotated[str, AfterValidator(_check_service_name)]
+
+
+def _check_group_name(name: str) -> str:
+    try:
+        return check_group(name)
+    except InvalidPayload:
+        raise PydanticCustomError(
+            "group_name",
+            "invalid group name {name}: a group name has only letters, digits, '_', '.', ':' "
+            "and '-', and at most 63 characters",
+            {"name": json.dumps(name, ensure_ascii=False)},
+        ) from None
+
+
+GroupName = Annotated[str, AfterValidator(_check_group_name)]
 
 
 class MeshSettings(BaseModel):
@@ -227,6 +246,8 @@ class ServiceSettings(BaseModel):
     #: Overrides ``mesh.balancer`` for this service when set.
     balancer: Balancer | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    #: Named groups every node of this service joins when it starts (see multicast).
+    groups: list[GroupName] = Field(default_factory=list)
 
 
 class MeshConfig(BaseModel):

@@ -28,6 +28,7 @@ from wiremesh.registry.view import MeshView
 from wiremesh.service import Service, ServiceSpec
 from wiremesh.transport.client import Caller, channel_options
 from wiremesh.transport.links import MAX_MESSAGE_KEY, Links, NodeLinks
+from wiremesh.transport.publish import DEFAULT_QUEUE, Subscriptions, publisher_of
 from wiremesh.transport.server import NodeServer
 from wiremesh.transport.tls import TlsFiles
 
@@ -65,6 +66,7 @@ class Node:
         metadata: Mapping[str, str] | None = None,
         links: bool = True,
         groups: Iterable[str] = (),
+        publish_queue: int = DEFAULT_QUEUE,
     ) -> None:
         instance = service if isinstance(service, Service) else service()
         self.spec = ServiceSpec.of(type(instance))
@@ -118,6 +120,17 @@ class Node:
             links=self.links,
         )
         self.node_links.methods = self.server.methods
+        #: the ``@subscribe`` handlers: messages published to this node, per link in order,
+        #: at most ``publish_queue`` waiting per link (more are dropped and counted)
+        self.subscriptions = Subscriptions(
+            self.spec,
+            instance,
+            node_id=self.node_id,
+            caller=self.caller,
+            default_timeout=default_timeout,
+            max_queued=publish_queue,
+        )
+        self.node_links.deliver = self.subscriptions.deliver
         instance.node_id = self.node_id
         instance.data_dir = data_dir or Path(".wiremesh") / "data" / self.spec.name
         instance.mesh = self.caller
@@ -139,11 +152,20 @@ class Node:
             methods={name: m.info for name, m in self.spec.methods.items()},
             metadata=self.metadata,
             groups=tuple(sorted(self.groups)),
+            subscriptions=self.spec.patterns,
         )
 
     def stats(self) -> dict[str, int]:
-        """The counters this node reports with its heartbeats (``wiremesh nodes`` shows them)."""
-        return {"publish_dropped": self.links.dropped}
+        """The counters this node reports with its heartbeats (``wiremesh nodes`` shows them).
+
+        Sending (publishes from this node): ``published``, ``publish_sent`` (frames queued,
+        one per subscriber) and ``publish_dropped`` (frames dropped because the link to a
+        subscriber was full). Receiving: ``publish_received``, ``publish_delivered``,
+        ``publish_delivery_dropped`` (this node's handlers could not keep up),
+        ``publish_delivery_queued``, ``publish_unmatched``, ``publish_invalid`` (payloads
+        that did not validate) and ``publish_failed`` (handlers that raised).
+        """
+        return {**publisher_of(self.caller).stats(), **self.subscriptions.stats()}
 
     async def join_group(self, group: str) -> None:
         """Join a named group now; multicasts to the group reach this node from then on."""
@@ -202,6 +224,8 @@ class Node:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.node_links.idle.wait(), grace)
         await self.links.close()
+        # the messages that arrived before the links closed run within what is left
+        await self.subscriptions.close(max(0.0, grace - (time.monotonic() - started)))
         await self.server.stop(max(0.0, grace - (time.monotonic() - started)))
         if self._lease is not None:
             await self._lease.release()

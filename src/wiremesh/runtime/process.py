@@ -50,6 +50,7 @@ class NodeLaunch:
     balancers: dict[str, BalancerName] = field(default_factory=dict)
     python_path: list[str] = field(default_factory=list)
     tls: list[str] | None = None  # ca, cert, key
+    groups: list[str] = field(default_factory=list)
     supervisor_pid: int = 0
 
     def to_json(self) -> str:
@@ -81,6 +82,7 @@ async def run(launch: NodeLaunch) -> int:
         balancer=launch.balancer,
         balancers=launch.balancers,
         tls=tls,
+        groups=launch.groups,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -232,6 +232,7 @@ class Supervisor:
             python_path=[str(p) for p in self.config.python_paths()],
             tls=[str(p) for p in self.config.tls_paths()] if self._tls else None,
             supervisor_pid=os.getpid(),
+            groups=list(self.config.services[slot.service].groups),
         )
 
     async def _keep_running(self, slot: NodeProcess) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -22,6 +22,7 @@ import grpc
 from wiremesh.core.balancing import Balancer, BalancerName, make_balancer
 from wiremesh.core.codec import CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.gather import Mode, MulticastResult
 from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.core.names import Target, method_path, parse_target
 from wiremesh.core.retry import should_retry
@@ -120,6 +121,7 @@ class Caller:
         self._protobuf_types: dict[type, bool] = {}
         self._returns: dict[Any, Shape] = {}
         self._metadata: dict[str, tuple[tuple[str, str], ...] | None] = {}
+        self._publisher: Any = None
         view.on_change(self._forget_gone_nodes)
 
     async def call(
@@ -175,6 +177,52 @@ class Caller:
         if returns is None:
             return decode(response, reply_codec)
         return self._result(response, reply_codec, returns)
+
+    async def multicast(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        mode: str | Mode = "all",
+        timeout: float | None = None,
+        deadline: Deadline | None = None,
+        group: str | None = None,
+        nodes: Sequence[str] | None = None,
+        codec: CodecName = "msgpack",
+        returns: Any = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> MulticastResult:
+        """Call ``service.method`` on many nodes at once: every serving node of the service,
+        those in ``group``, or the node ids in ``nodes``; gather the replies by ``mode``
+        (``all``, ``first``, ``quorum(n)``) until the deadline. See :mod:`.multicast`."""
+        from wiremesh.transport.multicast import multicast
+
+        return await multicast(
+            self,
+            target,
+            payload,
+            mode=mode,
+            timeout=timeout,
+            deadline=deadline,
+            group=group,
+            nodes=nodes,
+            codec=codec,
+            returns=returns,
+            metadata=metadata,
+        )
+
+    async def publish(
+        self, topic: str, payload: Any = None, *, codec: CodecName = "msgpack"
+    ) -> int:
+        """Send ``payload`` at most once to every node subscribed to ``topic``; returns how
+        many nodes it was queued for. See :mod:`.publish`."""
+        publisher = self._publisher
+        if publisher is None:
+            from wiremesh.transport.publish import publisher_of
+
+            publisher = self._publisher = publisher_of(self)
+        queued: int = publisher.publish(topic, payload, codec)
+        return queued
 
     async def _send(
         self,

@@ -1,11 +1,22 @@
 """Mesh links: one long-lived gRPC stream between two wiremesh processes.
 
 grpc.aio costs about the same per message whatever its size, so a link carries many
-small frames — calls, replies, errors, cancels, publishes — in one gRPC message: frames
-queued in the same event-loop turn leave together as one ``Batch``
-(``proto/wiremesh/link/v1/link.proto``). When the link is idle a frame leaves at the
-next turn, so batching adds no latency; under load batches grow by themselves while the
-previous write is in flight.
+small frames — calls, replies, errors, cancels, publishes — in one gRPC message
+(``Batch``, ``proto/wiremesh/link/v1/link.proto``). The hot path, per frame, is a list
+append; per batch, one gRPC write and one gRPC read:
+
+- **Batching.** Each link has one writer task. While it sleeps, the first frame queued
+  wakes it for the next event-loop turn, and every frame queued before that turn leaves
+  with it, in the same batch; while a write is in flight, frames pile up for the next
+  one. So under load batches grow by themselves.
+- **No latency when idle.** A call that is the only one in flight on its link (or the
+  answer to such a call) does not wait for the next turn: its write starts at once, in
+  the caller's own turn, and the writer task only awaits its completion.
+- **Reading.** After handing a batch's frames out, the reader lets what they woke (the
+  callers, the handlers, then the writer with their answers) run before it asks gRPC for
+  the next message, which costs about as much as running a handler.
+- **Deadlines.** One timer per link, armed for the earliest deadline of the calls in
+  flight (a heap), instead of a timer per call; answered calls leave the heap lazily.
 
 Both ends of a link are alike (:class:`Link`): either may call the other, and each
 answers the other's calls on the same stream. The process that opened the stream is
@@ -21,7 +32,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import types
 from collections.abc import Callable
+from heapq import heapify, heappop, heappush
 from typing import Any, Protocol
 
 import grpc
@@ -44,7 +58,9 @@ LINK_SERVICE = "wiremesh.link.v1.Link"
 FRAME_HEADROOM = 16 * 1024
 LINK_OPEN = f"/{LINK_SERVICE}/Open"
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009 - the stubs do not know it
-Frame = pb.Frame
+Frame = _Frame = pb.Frame
+#: loop turns a link's reader lets pass, at most, after a batch, before it reads again
+_READ_DEFER_TURNS = 3
 HELLO, CALL, REPLY, ERROR, CANCEL, PUBLISH = (
     pb.Frame.HELLO,
     pb.Frame.CALL,
@@ -99,11 +115,18 @@ class Link:
         self._max_frames = max_frames
         self._out: list[pb.Frame] = [pb.Frame(kind=HELLO, node_id=local_id, service=local_service)]
         self._out_bytes = 0
-        self._wake = asyncio.Event()
-        self._wake.set()
+        #: what wakes the writer when it waits for frames (None while it writes)
+        self._writer_idle: asyncio.Future[_Resume | BaseException | None] | None = None
+        #: the reader is handing a batch's frames out (answers to them coalesce)
+        self._dispatching = False
         self._room = asyncio.Event()
         self._room.set()
         self._pending: dict[int, asyncio.Future[pb.Frame]] = {}
+        #: (deadline, call id) of the calls sent, earliest first; one timer, armed for the
+        #: earliest, serves them all. Answered calls leave lazily (see :meth:`_on_deadline`).
+        self._deadlines: list[tuple[float, int]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer_at = math.inf
         #: incoming calls being served, by id: a CANCEL frame cancels one
         self.serving: dict[int, asyncio.Task[None]] = {}
         self._next_id = 0
@@ -114,6 +137,7 @@ class Link:
         self.sent_batches = 0
         self.sent_frames = 0
         self._on_close: list[Callable[[Link], None]] = []
+        self._on_hello: list[Callable[[Link], None]] = []
         self._runner: asyncio.Task[Any] | None = None
 
     def __repr__(self) -> str:
@@ -122,27 +146,63 @@ class Link:
     def on_close(self, callback: Callable[[Link], None]) -> None:
         self._on_close.append(callback)
 
+    def on_hello(self, callback: Callable[[Link], None]) -> None:
+        """Run ``callback(link)`` when the peer's HELLO arrives, before any frame after it
+        is handled (so that a call it sends next can already be answered over this link)."""
+        self._on_hello.append(callback)
+
     @property
     def queued(self) -> int:
         return len(self._out)
 
     # ------------------------------------------------------------------ sending
 
-    def _push(self, frame: pb.Frame) -> None:
+    @property
+    def full(self) -> bool:
+        """Whether the queue of frames to write is at its bound (a call would wait)."""
+        return not self._room.is_set()
+
+    def _push(self, frame: pb.Frame, size: int, alone: bool = False) -> None:
+        """Queue ``frame`` (whose payload is ``size`` bytes) for the writer. ``alone``: it
+        is the only call in flight on this link, so nothing would join it in a batch."""
         out = self._out
         out.append(frame)
-        self._out_bytes += len(frame.payload) + 64
-        if len(out) == 1:
-            self._wake.set()
+        self._out_bytes += size + 64
         if len(out) >= self._max_frames:
             self._room.clear()
+        waiter = self._writer_idle
+        if waiter is not None:  # the writer sleeps
+            self._writer_idle = None
+            if not waiter.done():
+                # a lone call (or its answer) on an idle link leaves now: gRPC has it before
+                # this loop turn ends. Otherwise the writer runs at the next turn, with what
+                # else was queued in this one.
+                lone = alone and len(out) == 1 and not self._dispatching
+                waiter.set_result(self._start_write() if lone else None)
+
+    def _start_write(self) -> _Resume | BaseException | None:
+        """Begin the write of what is queued: run it up to its first wait (gRPC has the
+        message then); the writer awaits the rest."""
+        frames = self._out
+        self._out = []
+        self._out_bytes = 0
+        self.sent_frames += len(frames)
+        self.sent_batches += 1
+        write = self._stream.write(pb.Batch(frames=frames))
+        try:
+            first = write.send(None)
+        except StopIteration:
+            return None
+        except Exception as exc:  # the writer raises it, and the link ends
+            return exc
+        return _Resume(write, first)
 
     async def call(self, frame: pb.Frame, at: float) -> pb.Frame:
         """Send a CALL frame (its ``id`` is set here) and wait for its REPLY or ERROR frame
         until ``at`` (``loop.time()``). Raises :class:`DeadlineExceeded` at the deadline
         and :class:`Unavailable` when the link closes first; cancelling the caller sends
         CANCEL to the remote handler. Waits for room in the queue first."""
-        if not self._room.is_set():
+        if len(self._out) >= self._max_frames:
             await self._wait_for_room()
         future = self.start_call(frame, at)
         try:
@@ -157,35 +217,67 @@ class Link:
         :class:`Unavailable` when the link closes. Never waits (multicast uses it)."""
         if self.closed:
             raise Unavailable(f"the link to {self.remote_id or 'its peer'} is closed")
-        if len(frame.payload) > self.max_payload:
+        size = len(frame.payload)
+        if size > self.max_payload:
             raise PayloadTooLarge(
-                f"the payload is {len(frame.payload)} bytes; a message may carry "
+                f"the payload is {size} bytes; a message may carry "
                 f"{self.max_payload} (mesh.max_message_bytes)"
             )
-        loop = asyncio.get_running_loop()
-        self._next_id += 1
-        call_id = frame.id = self._next_id
-        future: asyncio.Future[pb.Frame] = loop.create_future()
-        self._pending[call_id] = future
-        timer = loop.call_at(at, self._expire, call_id)
-        future.add_done_callback(lambda _: timer.cancel())
-        self._push(frame)
+        self._next_id = call_id = self._next_id + 1
+        frame.id = call_id
+        future: asyncio.Future[pb.Frame] = asyncio.get_running_loop().create_future()
+        pending = self._pending
+        pending[call_id] = future
+        # no timer per call: one per link, for the earliest deadline
+        deadlines = self._deadlines
+        heappush(deadlines, (at, call_id))
+        if at < self._deadline_timer_at:
+            self._arm_deadline_timer(at)
+        elif len(deadlines) > 2 * len(pending) + 256:
+            # answered calls linger in the heap until their deadline: drop them now
+            self._deadlines = [entry for entry in deadlines if entry[1] in pending]
+            heapify(self._deadlines)
+        self._push(frame, size, len(pending) == 1)
         return future
 
     def cancel(self, call_id: int) -> None:
         """Give up on call ``call_id``: forget it and tell the remote end."""
         future = self._pending.pop(call_id, None)
         if future is not None and not self.closed:
-            self._push(pb.Frame(kind=CANCEL, id=call_id))
+            self._push(pb.Frame(kind=CANCEL, id=call_id), 0)
         if future is not None and not future.done():
             future.cancel()
+
+    def _arm_deadline_timer(self, at: float) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_timer_at = at
+        self._deadline_timer = asyncio.get_running_loop().call_at(at, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        """Expire every call whose deadline passed; arm the timer for the next one."""
+        self._deadline_timer = None
+        self._deadline_timer_at = math.inf
+        deadlines = self._deadlines
+        pending = self._pending
+        now = asyncio.get_running_loop().time()
+        while deadlines:
+            at, call_id = deadlines[0]
+            if call_id not in pending:  # answered, cancelled or expired already
+                heappop(deadlines)
+            elif at <= now:
+                heappop(deadlines)
+                self._expire(call_id)
+            else:
+                self._arm_deadline_timer(at)
+                return
 
     def _expire(self, call_id: int) -> None:
         future = self._pending.pop(call_id, None)
         if future is None or future.done():
             return
         if not self.closed:
-            self._push(pb.Frame(kind=CANCEL, id=call_id))
+            self._push(pb.Frame(kind=CANCEL, id=call_id), 0)
         future.set_exception(DeadlineExceeded("deadline exceeded", node=self.remote_id or None))
 
     async def _wait_for_room(self) -> None:
@@ -195,32 +287,35 @@ class Link:
     def reply(self, call_id: int, payload: bytes, node_id: str = "") -> None:
         if self.closed:
             return
-        if len(payload) > self.max_payload:
+        size = len(payload)
+        if size > self.max_payload:
             from wiremesh.transport.wire import error_body
 
             error = PayloadTooLarge(
-                f"the answer is {len(payload)} bytes; a message may carry {self.max_payload} "
+                f"the answer is {size} bytes; a message may carry {self.max_payload} "
                 "(mesh.max_message_bytes)"
             )
             self.fail(call_id, error_body(error, node_id or self.local_id))
             return
-        self._push(pb.Frame(kind=REPLY, id=call_id, payload=payload))
+        self._push(_Frame(kind=REPLY, id=call_id, payload=payload), size, len(self.serving) <= 1)
 
     def fail(self, call_id: int, error_json: str, *, not_run: bool = False) -> None:
         if not self.closed:
-            self._push(pb.Frame(kind=ERROR, id=call_id, error=error_json, not_run=not_run))
+            frame = _Frame(kind=ERROR, id=call_id, error=error_json, not_run=not_run)
+            self._push(frame, len(error_json))
 
     def publish(self, frame: pb.Frame) -> bool:
         """Queue a PUBLISH frame; False (and counted as dropped) when there is no room."""
-        if len(frame.payload) > self.max_payload:
+        size = len(frame.payload)
+        if size > self.max_payload:
             raise PayloadTooLarge(
-                f"the payload is {len(frame.payload)} bytes; a message may carry "
+                f"the payload is {size} bytes; a message may carry "
                 f"{self.max_payload} (mesh.max_message_bytes)"
             )
         if self.closed or len(self._out) >= self._max_frames:
             self.dropped += 1
             return False
-        self._push(frame)
+        self._push(frame, size)
         return True
 
     # ------------------------------------------------------------------ running
@@ -247,6 +342,11 @@ class Link:
             return
         self.closed = True
         self._room.set()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadline_timer_at = math.inf
+        self._deadlines.clear()
         error = Unavailable(
             f"the link to {self.remote_id or 'its peer'} closed", node=self.remote_id or None
         )
@@ -279,45 +379,59 @@ class Link:
 
     async def _write_batches(self) -> None:
         stream = self._stream
-        wake = self._wake
+        loop = asyncio.get_running_loop()
+        room = self._room
+        batch_of = pb.Batch
         while True:
-            await wake.wait()
-            wake.clear()
-            frames, self._out = self._out, []
-            size, self._out_bytes = self._out_bytes, 0
-            if not frames:
+            if not self._out:
+                # sleep until a frame is queued; whatever else is queued in the same loop
+                # turn leaves with it, in one batch (or it was written at once: see _push)
+                waiter = self._writer_idle = loop.create_future()
+                started = await waiter
+                if isinstance(started, BaseException):
+                    raise started
+                if started is not None:
+                    await started
                 continue
-            self._room.set()
+            frames = self._out
+            size = self._out_bytes
+            self._out = []
+            self._out_bytes = 0
+            if not room.is_set():
+                room.set()
             self.sent_frames += len(frames)
             if size <= self._max_batch_bytes:
                 self.sent_batches += 1
-                await stream.write(pb.Batch(frames=frames))
+                await stream.write(batch_of(frames=frames))
                 continue
             for batch in _split(frames, self._max_batch_bytes):  # big payloads: several
                 self.sent_batches += 1
-                await stream.write(pb.Batch(frames=batch))
+                await stream.write(batch_of(frames=batch))
 
     async def _read_loop(self) -> None:
         stream = self._stream
         pending = self._pending
+        handler = self._handler
         while True:
             batch = await stream.read()
             if batch is _EOF or batch is None:
                 return
-            for frame in batch.frames:
+            frames = batch.frames
+            self._dispatching = len(frames) > 1
+            for frame in frames:
                 kind = frame.kind
                 if kind in (REPLY, ERROR):
                     future = pending.pop(frame.id, None)
                     if future is not None and not future.done():
                         future.set_result(frame)
                 elif kind == CALL:
-                    if self._handler is None:
+                    if handler is None:
                         self.fail(frame.id, _no_handler(self.local_id))
                     else:
-                        self._handler.on_call(self, frame)
+                        handler.on_call(self, frame)
                 elif kind == PUBLISH:
-                    if self._handler is not None:
-                        self._handler.on_publish(self, frame)
+                    if handler is not None:
+                        handler.on_publish(self, frame)
                 elif kind == CANCEL:
                     task = self.serving.pop(frame.id, None)
                     if task is not None:
@@ -326,6 +440,54 @@ class Link:
                     self.remote_id = frame.node_id
                     self.remote_service = frame.service
                     self.hello.set()
+                    for callback in self._on_hello:
+                        try:
+                            callback(self)
+                        except Exception:
+                            log.exception("link hello callback failed")
+            self._dispatching = False
+            # Before asking gRPC for the next message (as costly as running a handler),
+            # let what this batch woke run first (the callers and handlers), then the
+            # writer with what they queued: the answers leave sooner, and nothing is lost
+            # meanwhile (the next message waits in gRPC's buffers).
+            for _ in range(_READ_DEFER_TURNS):
+                await _yield()
+                if not self._out:
+                    break
+
+
+@types.coroutine
+def _yield() -> Any:
+    """One trip through the event loop (``asyncio.sleep(0)`` without its checks)."""
+    yield
+
+
+class _Resume:
+    """Awaits what is left of a coroutine already run up to its first wait (``first`` is
+    what it yielded there): a write begun in one task and finished in another."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def __await__(self) -> Any:
+        coro = self._coro
+        value = self._first
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:  # thrown in: the writer is cancelled
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
 
 
 def _split(frames: list[pb.Frame], budget: int) -> list[list[pb.Frame]]:

@@ -5,9 +5,13 @@
 peer for its calls back when it accepted our link. A link that ends (its peer stopped or
 restarted) is forgotten, and the next call opens a new one.
 
-:class:`NodeLinks` is what a node serves on its links: ``@rpc`` methods (one task per
-call, cancelled by a CANCEL frame or when the link closes) and publishes (delivered in
-order, per link, by one task that drains a bounded queue).
+:class:`NodeLinks` is what a node serves on its links: ``@rpc`` methods and publishes
+(handed to ``NodeLinks.deliver``). Each call runs in a task of its own, so that a CANCEL
+frame or the link closing cancels that handler alone, and so that each handler has its
+own context (``contextvars``, ``asyncio.current_task()``). On Python 3.12+ that task
+starts eagerly: a handler that answers without waiting runs to its end in the reader's
+turn and its task is never scheduled (on 3.11, creating and scheduling the task is a few
+per cent of a call's CPU; see ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -114,12 +119,12 @@ class Links:
         )
         self.accepted.add(link)
         link.on_close(self._forget)
-        hello = asyncio.ensure_future(link.hello.wait())
-        hello.add_done_callback(lambda _: self._adopt(link))
+        # adopted as the peer's HELLO is read, before the call that follows it runs: a
+        # call back to that peer from its handler already finds this link
+        link.on_hello(self._adopt)
         try:
             await link.run()
         finally:
-            hello.cancel()
             self.accepted.discard(link)
 
     def _adopt(self, link: Link) -> None:
@@ -221,24 +226,36 @@ class NodeLinks:
             )
             link.fail(frame.id, error_body(error, self.node_id))
             return
-        task = asyncio.get_running_loop().create_task(self._serve(link, frame, method))
+        # one task per call, so that a CANCEL frame (or the link closing) cancels just that
+        # handler; on Python 3.12+ it starts at once (eager): a handler that answers without
+        # waiting is done before its task would have been scheduled, and is never listed
+        loop = asyncio.get_running_loop()
+        if sys.version_info >= (3, 12):
+            task = asyncio.Task(self._serve(link, frame, method), loop=loop, eager_start=True)
+            if task.done():
+                return
+        else:
+            task = loop.create_task(self._serve(link, frame, method))
         link.serving[frame.id] = task
 
     async def _serve(self, link: Link, frame: pb.Frame, method: Method) -> None:
         call_id = frame.id
-        timeout = frame.timeout_ms / 1000 if frame.timeout_ms else self.default_timeout
+        timeout_ms = frame.timeout_ms
+        timeout = timeout_ms / 1000 if timeout_ms else self.default_timeout
+        if not self._in_flight:
+            self.idle.clear()
         self._in_flight += 1
-        self.idle.clear()
         try:
+            metadata = frame.metadata
             answer = await method.run(
                 frame.payload,
                 frame.codec or "msgpack",
                 Deadline(time.monotonic() + timeout),
                 caller=frame.caller or None,
-                metadata=dict(frame.metadata) if frame.metadata else None,
+                metadata=dict(metadata) if metadata else None,
                 peer=link.remote_id,
                 # the caller cancels at its deadline; a foreign peer may not
-                enforce_deadline=not frame.timeout_ms,
+                enforce_deadline=not timeout_ms,
             )
             link.reply(call_id, answer, self.node_id)
         except WiremeshError as exc:

@@ -1,0 +1,766 @@
+"""wiremesh mesh links against raw grpc.aio, side by side in the same run.
+
+    .venv/bin/python benchmarks/links.py            # the full run (under 2 minutes)
+    .venv/bin/python benchmarks/links.py --quick    # a short run (smoke test, < 25 s)
+
+Three kinds of server process, spawned with ``sys.executable`` (the default asyncio
+event loop and grpc.aio in each):
+
+- *wiremesh*: an embedded registry, a node of ``Echo`` and a node of ``Sink`` (which
+  subscribes to the benchmark's topic and counts what arrives);
+- *fan*: the eight nodes of ``Fan`` that multicasts go to (one process by default,
+  ``--fan-processes`` spreads them);
+- *raw*: one grpc.aio server, on eight ports, with generic handlers and no
+  (de)serializers: unary ``/bench.Raw/Echo``, bidi ``/bench.Raw/Pong`` (answers each
+  message) and bidi ``/bench.Raw/Sink`` (counts the messages it reads).
+
+This process is the client of all of them, and hosts the publishing node. With 64 B
+payloads it measures:
+
+1. **calls**: ``MeshClient.call`` (over its mesh link, the default) against raw unary
+   grpc.aio: p50 of sequential calls, and calls/s with 64 in flight;
+2. **publish**: the publishing node's ``publish`` to the ``Sink`` node against a raw
+   grpc.aio bidi stream written one message per ``write``: messages received per second
+   (counted by the receiver, up to the arrival of the last one);
+3. **multicast**: ``MeshClient.multicast(..., mode="all")`` to the eight ``Fan`` nodes
+   against one ``MeshClient.call`` to one of them: p50 of sequential requests.
+
+For context (no target): a raw bidi ping-pong (the least any request/reply over one
+gRPC stream costs), and the same ping-pong on eight streams at once against one (what a
+gather-all over eight streams costs in grpc.aio itself, before wiremesh adds anything).
+
+Each round measures every pair in A-B-B-A slices; every figure is the median over the
+rounds, every ratio the median of the per-round ratios. The last line printed is
+``RESULT {json}``; see ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import functools
+import gc
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    ServerProcess,
+    install_signal_exit,
+    median,
+    percentile,
+    print_result,
+    print_table,
+    ratio,
+    serve_until_stopped,
+)
+from rpc import latency_slice, symmetric, throughput_slice
+
+from wiremesh import Context, Service, rpc, subscribe
+
+RAW_SERVICE = "bench.Raw"
+RAW_ECHO = f"/{RAW_SERVICE}/Echo"
+RAW_PONG = f"/{RAW_SERVICE}/Pong"
+RAW_SINK = f"/{RAW_SERVICE}/Sink"
+PAYLOAD_BYTES = 64
+FAN_NODES = 8
+#: the processes the fan nodes run in by default (FAN_NODES / processes nodes each)
+FAN_PROCESSES = 1
+TOPIC = "bench.sink"
+INFLIGHT = 64  # calls in flight for throughput (as in rpc.py)
+#: the publisher yields to the event loop after this many publishes ...
+PUBLISH_BURST = 64
+#: ... and waits while its link holds this many frames not yet written (at most once)
+PUBLISH_HIGH_WATER = 1024
+#: a raw receiver's answer: messages counted, ``time.monotonic()`` of the last one
+_COUNT = struct.Struct("!Qd")
+
+Call = Callable[[bytes], Awaitable[Any]]
+
+
+class Echo(Service):
+    name = "echo"
+
+    @rpc(idempotent=True)
+    async def echo(self, ctx: Context, data: bytes) -> bytes:
+        return data
+
+
+class Fan(Service):
+    name = "fan"
+
+    @rpc(idempotent=True)
+    async def echo(self, ctx: Context, data: bytes) -> bytes:
+        return data
+
+
+class Counter:
+    """Messages received: how many, and when the last one arrived (``time.monotonic``:
+    one clock for every process of the machine, so the sender can subtract its own)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_at = 0.0
+
+    def hit(self) -> None:
+        self.count += 1
+        self.last_at = time.monotonic()
+
+    def take(self) -> tuple[int, float]:
+        answer = (self.count, self.last_at)
+        self.count, self.last_at = 0, 0.0
+        return answer
+
+    async def settle(self, expected: int, quiet: float = 0.05, limit: float = 5.0) -> list[Any]:
+        """Once ``expected`` arrived (or nothing more for ``quiet`` s): the count and the
+        time of the last one, and start counting again."""
+        began = since = time.monotonic()
+        seen = self.count
+        while self.count < expected and time.monotonic() - began < limit:
+            await asyncio.sleep(0.001)
+            if self.count != seen:
+                seen, since = self.count, time.monotonic()
+            elif time.monotonic() - since > quiet:
+                break
+        return list(self.take())
+
+
+RECEIVED = Counter()
+
+
+class Sink(Service):
+    name = "sink"
+
+    @subscribe(TOPIC)
+    async def on_message(self, ctx: Context, data: bytes) -> None:
+        RECEIVED.hit()
+
+    @rpc
+    async def received(self, ctx: Context, expected: int) -> list[Any]:
+        """``[count, last_at]`` of the messages received since the last ask."""
+        return await RECEIVED.settle(expected)
+
+
+class Pub(Service):
+    """The publishing node (it serves nothing the benchmark calls)."""
+
+    name = "pub"
+
+    @rpc
+    async def ping(self, ctx: Context) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+async def serve_wiremesh() -> None:
+    from wiremesh.registry.embedded import RegistryServer
+    from wiremesh.runtime.node import Node
+
+    data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-"))
+    registry = RegistryServer()
+    nodes: list[Node] = []
+
+    async def start() -> dict[str, Any]:
+        await registry.start()
+        for cls in (Echo, Sink):
+            node = Node(cls, registry_address=registry.address, data_dir=data_dir)
+            await node.start()
+            nodes.append(node)
+        return {"registry": registry.address, "pid": os.getpid()}
+
+    async def stop() -> None:
+        try:
+            for node in nodes:
+                await node.stop(0.5)
+            await registry.stop(0.2)
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+    await serve_until_stopped(start, stop)
+
+
+async def serve_fan(registry: str, count: int) -> None:
+    from wiremesh.runtime.node import Node
+
+    data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-fan-"))
+    nodes: list[Node] = []
+
+    async def start() -> dict[str, Any]:
+        for _ in range(count):
+            node = Node(Fan, registry_address=registry, data_dir=data_dir)
+            await node.start()
+            nodes.append(node)
+        return {"nodes": [n.node_id for n in nodes], "pid": os.getpid()}
+
+    async def stop() -> None:
+        try:
+            await asyncio.gather(*(node.stop(0.5) for node in nodes), return_exceptions=True)
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+    await serve_until_stopped(start, stop)
+
+
+async def serve_raw() -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    async def pong(requests: Any, context: Any) -> Any:
+        async for message in requests:
+            yield message
+
+    async def sink(requests: Any, context: Any) -> Any:
+        # one message per read; an empty one asks for the count (and resets it)
+        counter = Counter()
+        async for message in requests:
+            if message:
+                counter.hit()
+            else:
+                yield _COUNT.pack(*counter.take())
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                RAW_SERVICE,
+                {
+                    "Echo": grpc.unary_unary_rpc_method_handler(echo),
+                    "Pong": grpc.stream_stream_rpc_method_handler(pong),
+                    "Sink": grpc.stream_stream_rpc_method_handler(sink),
+                },
+            ),
+        )
+    )
+
+    async def start() -> dict[str, Any]:
+        # one port per fan node: eight connections, as a client has to eight nodes
+        ports = [server.add_insecure_port("127.0.0.1:0") for _ in range(FAN_NODES)]
+        await server.start()
+        return {"addresses": [f"127.0.0.1:{port}" for port in ports], "pid": os.getpid()}
+
+    async def stop() -> None:
+        await server.stop(0.2)
+
+    await serve_until_stopped(start, stop)
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    rounds: int
+    calls: int  # sequential calls per system and round (in two slices)
+    warmup_calls: int  # before each latency slice
+    duration: float  # throughput seconds counted per system and round (in two slices)
+    warmup_seconds: float  # before each throughput slice, not counted
+    messages: int  # publishes per system and round (in two slices)
+    fan_calls: int  # sequential multicasts (and unicasts) per round (in two slices)
+    budget: float  # seconds of measuring: no round starts that would likely end past it
+
+
+FULL = Settings(
+    rounds=8,
+    calls=600,
+    warmup_calls=30,
+    duration=0.8,
+    warmup_seconds=0.1,
+    messages=8_000,
+    fan_calls=300,
+    budget=90.0,
+)
+QUICK = Settings(
+    rounds=2,
+    calls=160,
+    warmup_calls=20,
+    duration=0.3,
+    warmup_seconds=0.08,
+    messages=3_000,
+    fan_calls=80,
+    budget=10.0,
+)
+
+LINKS, RAW = "links", "raw"
+MULTICAST, UNICAST = "multicast", "unicast"
+PING = "ping"  # context: raw bidi ping-pong on one stream
+PING8 = "ping8"  # context: the same on eight streams at once
+PING_FAN = "ping_fan"  # the one-stream ping again, measured beside PING8
+
+
+@dataclass
+class Figures:
+    """Per-round figures of one system."""
+
+    p50_us: list[float] = field(default_factory=list)
+    p99_us: list[float] = field(default_factory=list)
+    rate: list[float] = field(default_factory=list)  # calls/s or messages/s
+
+
+# ---------------------------------------------------------------------------- systems
+
+
+class Publisher:
+    """A node of this process that publishes to the ``Sink`` node, as fast as it can."""
+
+    def __init__(self, node: Any, sink: Any) -> None:
+        self.node = node
+        self.sink = sink  # the sink's NodeInfo
+        self.dropped = 0
+
+    async def send(self, payload: bytes, count: int) -> tuple[int, float]:
+        """Publish ``count`` messages; how many the sink received, and the seconds from
+        the first publish to the arrival of the last one."""
+        link = self.node.links.to(self.sink)
+        await link.hello.wait()
+        publish = self.node.caller.publish
+        began = time.monotonic()
+        for i in range(count):
+            if not await publish(TOPIC, payload, codec="raw"):
+                self.dropped += 1
+            if i % PUBLISH_BURST == PUBLISH_BURST - 1:
+                # let the link write; a fast publisher waits for it rather than drop (the
+                # link's queue has no event below its bound: poll it, one loop turn each)
+                await asyncio.sleep(0)
+                while link.queued >= PUBLISH_HIGH_WATER and not link.closed:  # noqa: ASYNC110
+                    await asyncio.sleep(0)
+        # asked over the same link, after the messages (order is kept per link)
+        received, last_at = await self.node.caller.call(
+            "sink.received", count, node=self.sink.node_id
+        )
+        return received, max(last_at - began, 1e-9)
+
+
+class RawSink:
+    """A raw grpc.aio bidi stream, written one message per ``write``."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.call = channel.stream_stream(RAW_SINK, None, None)()
+
+    async def send(self, payload: bytes, count: int) -> tuple[int, float]:
+        write = self.call.write
+        began = time.monotonic()
+        for _ in range(count):
+            await write(payload)
+        await write(b"")  # how many arrived, and when the last one did
+        received, last_at = _COUNT.unpack(await self.call.read())
+        return received, max(last_at - began, 1e-9)
+
+    def close(self) -> None:
+        self.call.cancel()
+
+
+class RawPing:
+    """Raw bidi ping-pong: write one message on each stream, wait for every answer."""
+
+    def __init__(self, channels: list[grpc.aio.Channel]) -> None:
+        self.streams = [channel.stream_stream(RAW_PONG, None, None)() for channel in channels]
+
+    async def _one(self, stream: Any, payload: bytes) -> bytes:
+        await stream.write(payload)
+        answer: bytes = await stream.read()
+        return answer
+
+    async def __call__(self, payload: bytes) -> Any:
+        if len(self.streams) == 1:
+            return await self._one(self.streams[0], payload)
+        return await asyncio.gather(*(self._one(stream, payload) for stream in self.streams))
+
+    def close(self) -> None:
+        for stream in self.streams:
+            stream.cancel()
+
+
+async def multicast_all(client: Any, payload: bytes) -> dict[str, Any]:
+    result = await client.multicast("fan.echo", payload, mode="all")
+    values: dict[str, Any] = result.values
+    if len(values) != FAN_NODES:
+        raise RuntimeError(f"multicast: {len(values)} answers of {FAN_NODES}: {result!r}")
+    return values
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def add_latency(figures: Figures, samples: list[int]) -> None:
+    samples.sort()
+    figures.p50_us.append(percentile(samples, 50, presorted=True) / 1000)
+    figures.p99_us.append(percentile(samples, 99, presorted=True) / 1000)
+
+
+async def latency_pair(
+    calls: dict[str, Call],
+    names: list[str],
+    figures: dict[str, Figures],
+    payload: bytes,
+    count: int,
+    warmup: int,
+    flip: bool,
+) -> None:
+    samples: dict[str, list[int]] = {name: [] for name in names}
+    for name in symmetric(names, flip):
+        gc.collect()
+        samples[name] += await latency_slice(calls[name], payload, count // 2, warmup)
+    for name, values in samples.items():
+        add_latency(figures[name], values)
+
+
+async def one_round(
+    calls: dict[str, Call],
+    publishers: dict[str, Any],
+    payload: bytes,
+    settings: Settings,
+    round_no: int,
+    figures: dict[str, Figures],
+) -> None:
+    flip = round_no % 2 == 1
+    # calls: latency (and, for context, a raw ping-pong over one stream), then throughput
+    await latency_pair(
+        calls, [LINKS, RAW, PING], figures, payload, settings.calls, settings.warmup_calls, flip
+    )
+    counted: dict[str, tuple[int, float]] = {LINKS: (0, 0.0), RAW: (0, 0.0)}
+    for name in symmetric([LINKS, RAW], flip):
+        gc.collect()
+        n, seconds = await throughput_slice(
+            calls[name], payload, settings.duration / 2, settings.warmup_seconds
+        )
+        counted[name] = (counted[name][0] + n, counted[name][1] + seconds)
+    for name, (n, seconds) in counted.items():
+        figures[name].rate.append(n / seconds)
+    # publish: messages received per second
+    received: dict[str, tuple[int, float]] = {LINKS: (0, 0.0), RAW: (0, 0.0)}
+    for name in symmetric([LINKS, RAW], flip):
+        gc.collect()
+        n, seconds = await publishers[name].send(payload, settings.messages // 2)
+        received[name] = (received[name][0] + n, received[name][1] + seconds)
+    for name, (n, seconds) in received.items():
+        figures[f"publish_{name}"].rate.append(n / seconds)
+    # multicast to every fan node against one unicast call; raw eight streams against one
+    await latency_pair(
+        calls,
+        [MULTICAST, UNICAST, PING8, PING_FAN],
+        figures,
+        payload,
+        settings.fan_calls,
+        settings.warmup_calls // 2,
+        flip,
+    )
+
+
+async def measure(
+    mesh_info: dict[str, Any], raw_info: dict[str, Any], settings: Settings
+) -> dict[str, Any]:
+    from wiremesh.client import MeshClient
+    from wiremesh.runtime.node import Node
+
+    client = MeshClient(mesh_info["registry"])
+    data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-pub-"))
+    publisher = Node(Pub, registry_address=mesh_info["registry"], data_dir=data_dir)
+    channels = [grpc.aio.insecure_channel(address) for address in raw_info["addresses"]]
+    raw_sink = RawSink(channels[0])
+    ping, ping8 = RawPing(channels[:1]), RawPing(channels)
+    figures = {
+        name: Figures()
+        for name in (
+            LINKS,
+            RAW,
+            PING,
+            "publish_links",
+            "publish_raw",
+            MULTICAST,
+            UNICAST,
+            PING8,
+            PING_FAN,
+        )
+    }
+    rounds = 0
+    try:
+        await client.start()
+        await publisher.start()
+
+        def ready(snapshot: Any) -> bool:
+            return (
+                len(snapshot.serving("fan")) == FAN_NODES
+                and len(snapshot.serving("echo")) == 1
+                and len(snapshot.serving("sink")) == 1
+            )
+
+        await asyncio.gather(
+            client.view.wait_for(ready, 30.0), publisher.view.wait_for(ready, 30.0)
+        )
+        sink = publisher.view.snapshot.serving("sink")[0]
+        stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channels[0].unary_unary(
+            RAW_ECHO, None, None
+        )
+        calls: dict[str, Call] = {
+            LINKS: functools.partial(client.call, "echo.echo"),
+            RAW: stub,
+            PING: ping,
+            MULTICAST: functools.partial(multicast_all, client),
+            UNICAST: functools.partial(client.call, "fan.echo"),
+            PING8: ping8,
+            PING_FAN: ping,
+        }
+        publishers: dict[str, Any] = {LINKS: Publisher(publisher, sink), RAW: raw_sink}
+        payload = os.urandom(PAYLOAD_BYTES)
+
+        # each answers, and answers right; then warm up
+        for name, call in calls.items():
+            answer = await call(payload)
+            answers = (
+                list(answer.values())
+                if isinstance(answer, dict)
+                else answer
+                if isinstance(answer, list)
+                else [answer]
+            )
+            if any(a != payload for a in answers):
+                raise RuntimeError(f"{name} did not echo the payload")
+            for _ in range(50):
+                await call(payload)
+        for name, pub in publishers.items():
+            n, _ = await pub.send(payload, 500)
+            if n != 500:
+                raise RuntimeError(f"{name}: {n} of 500 published messages arrived")
+
+        began = time.perf_counter()
+        for round_no in range(settings.rounds):
+            elapsed = time.perf_counter() - began
+            if rounds >= 2 and elapsed * (rounds + 1) / rounds > settings.budget:
+                print(
+                    f"stopping after {rounds} rounds: the machine is slow or busy "
+                    f"(budget {settings.budget:g}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                break
+            await one_round(calls, publishers, payload, settings, round_no, figures)
+            rounds += 1
+            f = figures
+            print(
+                f"round {round_no + 1}/{settings.rounds}: call p50 "
+                f"{f[LINKS].p50_us[-1]:.0f} vs {f[RAW].p50_us[-1]:.0f} µs, "
+                f"{f[LINKS].rate[-1]:,.0f} vs {f[RAW].rate[-1]:,.0f} calls/s; publish "
+                f"{f['publish_links'].rate[-1]:,.0f} vs {f['publish_raw'].rate[-1]:,.0f} "
+                f"msg/s; multicast p50 {f[MULTICAST].p50_us[-1]:.0f} vs unicast "
+                f"{f[UNICAST].p50_us[-1]:.0f} µs ({time.perf_counter() - began:.1f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        dropped = publishers[LINKS].dropped
+    finally:
+        raw_sink.close()
+        ping.close()
+        ping8.close()
+        for channel in channels:
+            await channel.close(None)
+        await client.close()
+        await publisher.stop(0.5)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    result = summarize(figures, settings, rounds)
+    result["publish_dropped"] = dropped
+    return result
+
+
+def paired(ours: list[float], theirs: list[float]) -> float:
+    return round(median(ratio(a, b) for a, b in zip(ours, theirs, strict=True)), 3)
+
+
+def summarize(figures: dict[str, Figures], settings: Settings, rounds: int) -> dict[str, Any]:
+    f = figures
+    pub, raw_pub = f["publish_links"], f["publish_raw"]
+
+    def mid(values: list[float]) -> float:
+        return round(median(values), 1)
+
+    result: dict[str, Any] = {
+        "rounds": rounds,
+        "calls": settings.calls,
+        "inflight": INFLIGHT,
+        "duration_s": settings.duration,
+        "messages": settings.messages,
+        "fan_calls": settings.fan_calls,
+        "fan_nodes": FAN_NODES,
+        # the targets
+        "call_p50_ratio": paired(f[LINKS].p50_us, f[RAW].p50_us),
+        "call_throughput_ratio": paired(f[LINKS].rate, f[RAW].rate),
+        "publish_ratio": paired(pub.rate, raw_pub.rate),
+        "multicast_p50_vs_unicast": paired(f[MULTICAST].p50_us, f[UNICAST].p50_us),
+        # the figures behind them
+        "links_call_p50_us": mid(f[LINKS].p50_us),
+        "raw_call_p50_us": mid(f[RAW].p50_us),
+        "links_call_p99_us": mid(f[LINKS].p99_us),
+        "raw_call_p99_us": mid(f[RAW].p99_us),
+        "links_call_rps": mid(f[LINKS].rate),
+        "raw_call_rps": mid(f[RAW].rate),
+        "links_publish_mps": mid(pub.rate),
+        "raw_publish_mps": mid(raw_pub.rate),
+        "multicast_p50_us": mid(f[MULTICAST].p50_us),
+        "unicast_p50_us": mid(f[UNICAST].p50_us),
+        "multicast_p99_us": mid(f[MULTICAST].p99_us),
+        "unicast_p99_us": mid(f[UNICAST].p99_us),
+        # context: what grpc.aio itself costs over one stream, and over eight at once
+        "raw_ping_p50_us": mid(f[PING].p50_us),
+        "call_p50_vs_raw_ping": paired(f[LINKS].p50_us, f[PING].p50_us),
+        "raw_ping8_p50_us": mid(f[PING8].p50_us),
+        "raw_ping8_vs_ping": paired(f[PING8].p50_us, f[PING_FAN].p50_us),
+    }
+    fan = f"{FAN_NODES} nodes"
+    rows: list[list[Any]] = [
+        [
+            "call p50 (µs)",
+            "links",
+            mid(f[LINKS].p50_us),
+            "raw unary",
+            mid(f[RAW].p50_us),
+            result["call_p50_ratio"],
+        ],
+        [
+            "call p99 (µs)",
+            "links",
+            mid(f[LINKS].p99_us),
+            "raw unary",
+            mid(f[RAW].p99_us),
+            paired(f[LINKS].p99_us, f[RAW].p99_us),
+        ],
+        [
+            f"calls/s, {INFLIGHT} in flight",
+            "links",
+            mid(f[LINKS].rate),
+            "raw unary",
+            mid(f[RAW].rate),
+            result["call_throughput_ratio"],
+        ],
+        [
+            "publish, msg/s received",
+            "node → node",
+            mid(pub.rate),
+            "raw bidi stream",
+            mid(raw_pub.rate),
+            result["publish_ratio"],
+        ],
+        [
+            f"multicast p50 (µs), {fan}",
+            "gather all",
+            mid(f[MULTICAST].p50_us),
+            "one unicast",
+            mid(f[UNICAST].p50_us),
+            result["multicast_p50_vs_unicast"],
+        ],
+        [
+            f"multicast p99 (µs), {fan}",
+            "gather all",
+            mid(f[MULTICAST].p99_us),
+            "one unicast",
+            mid(f[UNICAST].p99_us),
+            paired(f[MULTICAST].p99_us, f[UNICAST].p99_us),
+        ],
+        [
+            "[context] call p50 (µs)",
+            "links",
+            mid(f[LINKS].p50_us),
+            "raw bidi ping",
+            mid(f[PING].p50_us),
+            result["call_p50_vs_raw_ping"],
+        ],
+        [
+            f"[context] raw ping p50 (µs), {FAN_NODES} streams",
+            "raw",
+            mid(f[PING8].p50_us),
+            "raw, 1 stream",
+            mid(f[PING_FAN].p50_us),
+            result["raw_ping8_vs_ping"],
+        ],
+    ]
+    print_table(
+        f"wiremesh mesh links vs raw grpc.aio ({PAYLOAD_BYTES} B payloads, loopback)",
+        ["figure", "wiremesh", "", "peer", "", "ratio"],
+        rows,
+        note=(
+            f"medians over {rounds} rounds, each pair measured in A-B-B-A slices; per round "
+            f"{settings.calls} sequential calls, {settings.duration:g}s of throughput, "
+            f"{settings.messages} publishes, {settings.fan_calls} multicasts; "
+            "ratio = median of the per-round wiremesh/peer ratios"
+        ),
+    )
+    return result
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (< 25 s)")
+    parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument(
+        "--fan-processes",
+        type=int,
+        default=FAN_PROCESSES,
+        choices=[n for n in range(1, FAN_NODES + 1) if FAN_NODES % n == 0],
+        help=f"processes the {FAN_NODES} multicast nodes run in (default {FAN_PROCESSES})",
+    )
+    # internal: run as a server process
+    parser.add_argument("--serve", choices=("wiremesh", "fan", "raw"), help=argparse.SUPPRESS)
+    parser.add_argument("--registry", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=FAN_NODES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.serve == "wiremesh":
+        asyncio.run(serve_wiremesh())
+        return 0
+    if args.serve == "fan":
+        asyncio.run(serve_fan(args.registry, args.count))
+        return 0
+    if args.serve == "raw":
+        asyncio.run(serve_raw())
+        return 0
+
+    install_signal_exit()
+    settings = QUICK if args.quick else FULL
+    if args.rounds:
+        budget = settings.budget * args.rounds / settings.rounds
+        settings = dataclasses.replace(settings, rounds=args.rounds, budget=budget)
+    script = str(Path(__file__).resolve())
+    servers: list[ServerProcess] = []
+    try:
+        mesh = ServerProcess([script, "--serve", "wiremesh"], name="wiremesh server")
+        servers.append(mesh)
+        mesh_info = mesh.start()
+        per_process = FAN_NODES // args.fan_processes
+        for i in range(args.fan_processes):
+            fan_args = ["--serve", "fan", "--registry", mesh_info["registry"]]
+            fan = ServerProcess(
+                [script, *fan_args, "--count", str(per_process)], name=f"fan server {i + 1}"
+            )
+            servers.append(fan)
+            fan.start()
+        raw = ServerProcess([script, "--serve", "raw"], name="raw server")
+        servers.append(raw)
+        raw_info = raw.start()
+        result = asyncio.run(measure(mesh_info, raw_info, settings))
+    finally:
+        for server in servers:
+            server.stop()
+    result["quick"] = bool(args.quick)
+    result["fan_processes"] = args.fan_processes
+    print_result(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The benchmarks run: each ``--quick`` run exits 0, prints ``RESULT {json}`` last with the
+figures programs read, and leaves no server process behind.
+
+A benchmark is not a test: nothing here looks at how good a figure is, only that it was
+measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+#: per benchmark: the keys of its RESULT line that must hold a measured, positive figure
+REQUIRED = {
+    "rpc.py": [
+        "p50_ratio",
+        "throughput_ratio",
+        "wiremesh_p50_us",
+        "raw_p50_us",
+        "wiremesh_rps",
+        "raw_rps",
+    ],
+    "links.py": [
+        "call_p50_ratio",
+        "call_throughput_ratio",
+        "publish_ratio",
+        "multicast_p50_vs_unicast",
+        "links_call_p50_us",
+        "raw_call_p50_us",
+        "links_call_rps",
+        "raw_call_rps",
+        "links_publish_mps",
+        "raw_publish_mps",
+        "multicast_p50_us",
+        "unicast_p50_us",
+    ],
+}
+
+
+def processes_marked(marker: str) -> list[int]:
+    """Live processes whose environment carries ``marker`` (Linux: read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        if marker.encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("script", sorted(REQUIRED))
+def test_a_quick_run_prints_its_result_last(script: str) -> None:
+    marker = f"WIREMESH_BENCH_SMOKE={uuid.uuid4().hex}"
+    name, value = marker.split("=")
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+        env={**os.environ, name: value, "NO_RICH": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.rstrip().splitlines()
+    assert lines, done.stderr[-3000:]
+    assert lines[-1].startswith("RESULT "), lines[-5:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+
+    assert result["quick"] is True
+    assert result["rounds"] >= 2
+    for key in REQUIRED[script]:
+        value = result.get(key)
+        assert isinstance(value, int | float), f"{key} = {value!r}"
+        assert math.isfinite(value) and value > 0, f"{key} = {value!r}"
+    # a human table came before it
+    assert any("ratio" in line for line in lines[:-1])
+
+    if Path("/proc/self/environ").exists():
+        assert processes_marked(marker) == [], "server processes outlived the benchmark"
