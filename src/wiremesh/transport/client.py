@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -51,6 +51,19 @@ __all__ = ["Caller", "channel_options"]
 
 _Stub = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
 _CACHE_LIMIT = 4096
+
+
+class _Failed(Exception):
+    """One attempt failed with ``error``; ``answered``: a handler ran and raised it (never
+    retried); ``refused``: the node refused the call before running it (may go elsewhere)."""
+
+    def __init__(
+        self, error: WiremeshError, *, answered: bool = False, refused: bool = False
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.answered = answered
+        self.refused = refused
 
 
 class _Route:
@@ -161,13 +174,14 @@ class Caller:
         body = encode(payload, codec)
         if self.links is not None:
             extra = dict(custom_metadata(metadata)) if metadata else None
-            response, route = await self._send_link(where, body, at, codec, extra)
+            send = self._link_send(where, body, at, codec, extra)
         else:
             if metadata or codec not in self._metadata:
                 wire_metadata = self._wire_metadata(codec, metadata)
             else:
                 wire_metadata = self._metadata[codec]
-            response, route = await self._send_until(where, body, at, wire_metadata)
+            send = self._unary_send(where, body, at, wire_metadata)
+        response, route = await self._send(where, at, send)
         # the answer's codec: protobuf for a method that returns a message, else the
         # request's (msgpack when the request itself was a protobuf message)
         if route.proto_reply:
@@ -227,22 +241,13 @@ class Caller:
     async def _send(
         self,
         where: Target,
-        body: bytes,
-        deadline: Deadline,
-        metadata: tuple[tuple[str, str], ...] | None,
-    ) -> tuple[bytes, _Route]:
-        """Send ``body`` to a node for ``where`` before ``deadline``, retrying when allowed;
-        the response and the route it took."""
-        return await self._send_until(where, body, deadline.at, metadata)
-
-    async def _send_until(
-        self,
-        where: Target,
-        body: bytes,
         at: float,
-        metadata: tuple[tuple[str, str], ...] | None,
+        send: Callable[[NodeInfo, _Route, float], Awaitable[bytes]],
     ) -> tuple[bytes, _Route]:
-        """:meth:`_send` with the deadline as a point on ``time.monotonic()``."""
+        """Choose a node for ``where`` and ``send`` to it before ``at`` (on
+        ``time.monotonic()``), trying another node when the rules of :mod:`..core.retry`
+        allow; the answer and the route it took. ``send(node, route, remaining)`` raises
+        :class:`_Failed` to say what happened."""
         monotonic = time.monotonic
         attempt = 0
         tried: set[str] = set()
@@ -256,54 +261,55 @@ class Caller:
             node = balancer.pick(route.nodes, tried)
             if node is None:
                 raise Unavailable(f"every node of service {where.service!r} failed")
-            stub = self._stub(node.address, route.path)
-            if at > self._latest_deadline.get(node.address, 0.0):
-                self._latest_deadline[node.address] = at
             balancer.started(node.node_id)
             try:
-                response: bytes = await stub(body, timeout=remaining, metadata=metadata)
-                return response, route
-            except grpc.aio.AioRpcError as exc:
-                error = error_from_rpc_error(exc, node=node.node_id)
+                return await send(node, route, remaining), route
+            except _Failed as failed:
                 tried.add(node.node_id)
                 if not should_retry(
-                    error.status,
-                    idempotent=(
-                        route.idempotent and where.node is None and not raised_by_handler(exc)
-                    ),
+                    failed.error.status,
+                    # a handler's own error is final; a call refused unrun may go elsewhere
+                    idempotent=((route.idempotent and not failed.answered) or failed.refused)
+                    and where.node is None,
                     attempt=attempt,
                     remaining=at - monotonic(),
                     nodes_left=len(route.nodes) - len(tried),
                 ):
-                    raise error from None
-            except asyncio.CancelledError:
-                raise
+                    raise failed.error from None
             finally:
                 balancer.finished(node.node_id)
 
-    async def _send_link(
+    def _unary_send(
+        self, where: Target, body: bytes, at: float, metadata: tuple[tuple[str, str], ...] | None
+    ) -> Callable[[NodeInfo, _Route, float], Awaitable[bytes]]:
+        """One attempt as a unary gRPC call (when this caller has no links)."""
+
+        async def send(node: NodeInfo, route: _Route, remaining: float) -> bytes:
+            stub = self._stub(node.address, route.path)
+            if at > self._latest_deadline.get(node.address, 0.0):
+                self._latest_deadline[node.address] = at
+            try:
+                response: bytes = await stub(body, timeout=remaining, metadata=metadata)
+                return response
+            except grpc.aio.AioRpcError as exc:
+                error = error_from_rpc_error(exc, node=node.node_id)
+                raise _Failed(error, answered=raised_by_handler(exc)) from None
+
+        return send
+
+    def _link_send(
         self,
         where: Target,
         body: bytes,
         at: float,
         codec: CodecName,
         metadata: Mapping[str, str] | None,
-    ) -> tuple[bytes, _Route]:
-        """Send ``body`` over the mesh link to a node for ``where``, retrying when allowed."""
-        assert self.links is not None
-        monotonic = time.monotonic
-        attempt = 0
-        tried: set[str] = set()
-        while True:
-            attempt += 1
-            remaining = at - monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"the deadline passed before {where} was sent")
-            route = self._route(self.view.snapshot, where)
-            balancer = route.balancer
-            node = balancer.pick(route.nodes, tried)
-            if node is None:
-                raise Unavailable(f"every node of service {where.service!r} failed")
+    ) -> Callable[[NodeInfo, _Route, float], Awaitable[bytes]]:
+        """One attempt over the mesh link to the node."""
+        links = self.links
+        assert links is not None
+
+        async def send(node: NodeInfo, route: _Route, remaining: float) -> bytes:
             frame = CallFrame(
                 kind=CALL,
                 service=where.service,
@@ -314,29 +320,17 @@ class Caller:
                 caller=self.identity or "",
                 metadata=metadata,
             )
-            balancer.started(node.node_id)
-            answered = refused = False
             try:
-                reply = await self.links.to(node).call(frame, at)
-                if reply.kind == ERROR:
-                    # a handler's own error is final; a call refused unrun may go elsewhere
-                    refused = reply.not_run
-                    answered = not refused
-                    raise error_of(reply, node.node_id)
-                return reply.payload, route
-            except WiremeshError as error:
-                tried.add(node.node_id)
-                if not should_retry(
-                    error.status,
-                    idempotent=((route.idempotent and not answered) or refused)
-                    and where.node is None,
-                    attempt=attempt,
-                    remaining=at - monotonic(),
-                    nodes_left=len(route.nodes) - len(tried),
-                ):
-                    raise
-            finally:
-                balancer.finished(node.node_id)
+                reply = await links.to(node).call(frame, at)
+            except WiremeshError as error:  # the link closed, or the deadline passed
+                raise _Failed(error) from None
+            if reply.kind == ERROR:
+                refused = reply.not_run
+                raise _Failed(error_of(reply, node.node_id), answered=not refused, refused=refused)
+            payload: bytes = reply.payload
+            return payload
+
+        return send
 
     def _route(self, snapshot: MeshSnapshot, where: Target) -> _Route:
         """The route to ``where`` in ``snapshot``, cached until the snapshot changes."""
