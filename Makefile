@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install demo test lint typecheck pytest bench proto clean
+.PHONY: install browser demo test lint typecheck pytest bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ lint: install  ## ruff: lint and formatting
 typecheck: install  ## mypy --strict on the package
 	$(BIN)/mypy src
 
-pytest: install  ## the test suite
+browser:  ## Debian's chromium for the browser tests (installed when missing and run as root)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq chromium >/dev/null; } || \
+	    echo "make: chromium is missing and cannot be installed here (needs root): browser tests will be skipped"
+
+pytest: install browser  ## the test suite
 	$(BIN)/pytest
 
 test: lint typecheck pytest  ## everything CI runs
