@@ -28,7 +28,8 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from wiremesh.context import Context, MeshCaller, _current
@@ -53,6 +54,8 @@ log = logging.getLogger("wiremesh.publish")
 #: link queues on its sending side, so that one full batch from a peer always fits
 DEFAULT_QUEUE = 4096
 _CACHE_LIMIT = 4096
+#: messages taken up within this many seconds of each other share one deadline
+_DEADLINE_REUSE = 0.001
 #: seconds between two warnings about bad payloads for the same handler
 _WARN_EVERY = 10.0
 
@@ -229,6 +232,8 @@ class Subscriptions:
                 handlers[sub.attribute] = _Handler(sub.attribute, func, sub.patterns, sub.shapes)
         self._handlers = tuple(handlers.values())
         self._by_topic: dict[str, tuple[_Handler, ...]] = {}
+        #: the read-only ``ctx.metadata`` of the messages to each topic
+        self._metadata: dict[str, Mapping[str, str | bytes]] = {}
         self._inboxes: dict[Link, _Inbox] = {}
         self._running: dict[asyncio.Task[None], _Inbox] = {}
         self._warned: dict[str, float] = {}
@@ -311,16 +316,28 @@ class Subscriptions:
     async def _drain(self, inbox: _Inbox) -> None:
         frames = inbox.frames
         link = inbox.link
+        remote = link.remote_service
+        caller = f"{remote}@{link.remote_id}" if remote else None
+        timeout = self.default_timeout
+        taken_at = -1.0
+        deadline = Deadline(0.0)
         try:
             while frames:
                 frame, handlers = frames.popleft()
+                now = time.monotonic()
+                if now - taken_at > _DEADLINE_REUSE:  # a Deadline costs more than a clock read
+                    taken_at = now
+                    deadline = Deadline(now + timeout)
                 for handler in handlers:
-                    await self._run(handler, link, frame)
+                    await self._run(handler, link, frame, deadline, caller)
         finally:
             inbox.task = None
 
-    async def _run(self, handler: _Handler, link: Link, frame: pb.Frame) -> None:
+    async def _run(
+        self, handler: _Handler, link: Link, frame: pb.Frame, deadline: Deadline, caller: str | None
+    ) -> None:
         """Run one handler for one message; nothing it raises leaves here."""
+        topic = frame.topic
         try:
             if handler.takes_protobuf:
                 value: Any = frame.payload
@@ -329,17 +346,21 @@ class Subscriptions:
             args, kwargs = handler.shapes.arguments(value)
         except WiremeshError as exc:
             self.invalid += 1
-            self._warn(handler, frame.topic, link, exc)
+            self._warn(handler, topic, link, exc)
             return
-        remote = link.remote_service
+        metadata = self._metadata.get(topic)
+        if metadata is None:
+            if len(self._metadata) >= _CACHE_LIMIT:
+                self._metadata.clear()
+            metadata = self._metadata[topic] = MappingProxyType({"topic": topic})
         ctx = Context(
-            deadline=Deadline(time.monotonic() + self.default_timeout),
+            deadline=deadline,
             service=self.service,
             method=handler.name,
             node_id=self.node_id,
             caller_client=self.caller,
-            metadata={"topic": frame.topic},
-            caller=f"{remote}@{link.remote_id}" if remote else None,
+            metadata=metadata,
+            caller=caller,
             peer=link.remote_id,
         )
         token = _current.set(ctx)
@@ -353,7 +374,7 @@ class Subscriptions:
                 self.service,
                 handler.name,
                 type(exc).__name__,
-                frame.topic,
+                topic,
             )
         finally:
             _current.reset(token)
