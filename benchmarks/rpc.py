@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -28,7 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,36 @@ class Echo(Service):
 # ---------------------------------------------------------------------------- servers
 
 
-async def serve_wiremesh() -> None:
+def start_tracing() -> None:
+    """Trace every call of this process, as a deployment would: spans batched by the
+    OpenTelemetry SDK and handed to an exporter (one that discards them: the export itself
+    is the collector's cost, not the process's)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from wiremesh.observability import tracing
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    tracing.use_provider(provider)
+
+
+def stop_tracing() -> None:
+    from wiremesh.observability import tracing
+
+    tracing.use_provider(None)
+
+
+async def serve_wiremesh(traced: bool = False) -> None:
     from wiremesh.registry.embedded import RegistryServer
     from wiremesh.runtime.node import Node
+
+    if traced:
+        start_tracing()
 
     data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-"))
     registry = RegistryServer()
@@ -142,6 +170,8 @@ QUICK = Settings(
 WIREMESH, RAW = "wiremesh", "raw"
 #: latency only, 64 B only: raw grpc.aio with a deadline, as every wiremesh call has one
 RAW_DEADLINE = "raw_deadline"
+#: 64 B only: wiremesh with tracing on in both processes (its own server process)
+TRACED = "traced"
 RAW_DEADLINE_TIMEOUT = 10.0  # wiremesh's default timeout
 
 
@@ -203,6 +233,19 @@ async def throughput_slice(
     return last - first, end - start
 
 
+@contextlib.contextmanager
+def traced_if(name: str) -> Iterator[None]:
+    """Tracing on in this process while ``name`` is the traced system's slice."""
+    if name != TRACED:
+        yield
+        return
+    start_tracing()
+    try:
+        yield
+    finally:
+        stop_tracing()  # flushes: outside the slice's clock
+
+
 async def one_round(
     calls: dict[str, Call],
     payloads: dict[str, bytes],
@@ -212,23 +255,26 @@ async def one_round(
 ) -> None:
     for size_no, (label, payload) in enumerate(payloads.items()):
         flip = (round_no + size_no) % 2 == 1
-        names = [WIREMESH, RAW] + ([RAW_DEADLINE] if label == "64B" else [])
+        names = [WIREMESH, RAW] + ([RAW_DEADLINE, TRACED] if label == "64B" else [])
         samples: dict[str, list[int]] = {name: [] for name in names}
         for name in symmetric(names, flip):
             gc.collect()
-            samples[name] += await latency_slice(
-                calls[name], payload, settings.calls // 2, settings.warmup_calls
-            )
+            with traced_if(name):
+                samples[name] += await latency_slice(
+                    calls[name], payload, settings.calls // 2, settings.warmup_calls
+                )
         for name, values in samples.items():
             values.sort()
             figures[name, label].p50_us.append(percentile(values, 50, presorted=True) / 1000)
             figures[name, label].p99_us.append(percentile(values, 99, presorted=True) / 1000)
-        counted: dict[str, tuple[int, float]] = {WIREMESH: (0, 0.0), RAW: (0, 0.0)}
-        for name in symmetric([WIREMESH, RAW], flip):
+        busy = [WIREMESH, RAW] + ([TRACED] if label == "64B" else [])
+        counted: dict[str, tuple[int, float]] = {name: (0, 0.0) for name in busy}
+        for name in symmetric(busy, flip):
             gc.collect()
-            n, seconds = await throughput_slice(
-                calls[name], payload, settings.duration / 2, settings.warmup_seconds
-            )
+            with traced_if(name):
+                n, seconds = await throughput_slice(
+                    calls[name], payload, settings.duration / 2, settings.warmup_seconds
+                )
             total_n, total_seconds = counted[name]
             counted[name] = (total_n + n, total_seconds + seconds)
         for name, (n, seconds) in counted.items():
@@ -236,12 +282,17 @@ async def one_round(
 
 
 async def measure(
-    wiremesh_info: dict[str, Any], raw_info: dict[str, Any], settings: Settings
+    wiremesh_info: dict[str, Any],
+    raw_info: dict[str, Any],
+    traced_info: dict[str, Any],
+    settings: Settings,
 ) -> dict[str, Any]:
     from wiremesh.client import MeshClient
 
     client = MeshClient(wiremesh_info["registry"])
     await client.start()
+    traced_client = MeshClient(traced_info["registry"])
+    await traced_client.start()
     channel = grpc.aio.insecure_channel(raw_info["address"])
     try:
         stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
@@ -251,6 +302,7 @@ async def measure(
             WIREMESH: functools.partial(client.call, TARGET),
             RAW: stub,
             RAW_DEADLINE: functools.partial(stub, timeout=RAW_DEADLINE_TIMEOUT),
+            TRACED: functools.partial(traced_client.call, TARGET),
         }
         payloads = {label: os.urandom(size) for label, size in SIZES.items()}
         for name, call in calls.items():  # each answers, and answers right; then warm up
@@ -287,6 +339,7 @@ async def measure(
             )
     finally:
         await client.close()
+        await traced_client.close()
         await channel.close(None)
     return summarize(figures, settings, rounds)
 
@@ -333,6 +386,23 @@ def summarize(
                 paired,
             ]
         )
+    # tracing on: the share of the throughput it costs, and its latency for context
+    traced, plain = figures[TRACED, "64B"], figures[WIREMESH, "64B"]
+    kept = median(ratio(a, b) for a, b in zip(traced.rps, plain.rps, strict=True))
+    result["traced_rps"] = round(median(traced.rps), 1)
+    result["traced_p50_us"] = round(median(traced.p50_us), 1)
+    result["tracing_on_overhead"] = round(1 - kept, 3)
+    rows.append(
+        ["64B throughput (calls/s) [tracing on]", median(traced.rps), median(plain.rps), kept]
+    )
+    rows.append(
+        [
+            "64B p50 (µs) [tracing on]",
+            median(traced.p50_us),
+            median(plain.p50_us),
+            median(ratio(a, b) for a, b in zip(traced.p50_us, plain.p50_us, strict=True)),
+        ]
+    )
     print_table(
         "wiremesh call vs raw grpc.aio (loopback, one server process each)",
         ["payload / figure", "wiremesh", "raw grpc.aio", "ratio"],
@@ -355,12 +425,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short run (< 20 s)")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument(
-        "--serve", choices=("wiremesh", "raw"), help=argparse.SUPPRESS
+        "--serve", choices=("wiremesh", "traced", "raw"), help=argparse.SUPPRESS
     )  # internal: run as a server process
     args = parser.parse_args(argv)
 
     if args.serve == "wiremesh":
         asyncio.run(serve_wiremesh())
+        return 0
+    if args.serve == "traced":
+        asyncio.run(serve_wiremesh(traced=True))
         return 0
     if args.serve == "raw":
         asyncio.run(serve_raw())
@@ -374,13 +447,16 @@ def main(argv: list[str] | None = None) -> int:
     script = str(Path(__file__).resolve())
     wiremesh_server = ServerProcess([script, "--serve", "wiremesh"], name="wiremesh server")
     raw_server = ServerProcess([script, "--serve", "raw"], name="raw server")
+    traced_server = ServerProcess([script, "--serve", "traced"], name="traced server")
     try:
         wiremesh_info = wiremesh_server.start()
         raw_info = raw_server.start()
-        result = asyncio.run(measure(wiremesh_info, raw_info, settings))
+        traced_info = traced_server.start()
+        result = asyncio.run(measure(wiremesh_info, raw_info, traced_info, settings))
     finally:
         wiremesh_server.stop()
         raw_server.stop()
+        traced_server.stop()
     result["quick"] = bool(args.quick)
     print_result(result)
     return 0

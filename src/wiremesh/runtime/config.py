@@ -88,6 +88,7 @@ __all__ = [
     "Balancer",
     "MeshConfig",
     "MeshSettings",
+    "ObservabilitySettings",
     "RegistrySettings",
     "RestartSettings",
     "ServiceSettings",
@@ -236,6 +237,25 @@ class RestartSettings(BaseModel):
         return self
 
 
+class ObservabilitySettings(BaseModel):
+    """The ``[observability]`` table: metrics, tracing and logs (``docs/observability.md``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Each node serves Prometheus text at ``/metrics`` (on a free port, advertised in the
+    #: registry; ``wiremesh top`` and ``wiremesh nodes --json`` show it).
+    metrics: bool = True
+    #: The host the ``/metrics`` endpoints listen on (``mesh.host`` when empty).
+    metrics_host: str = ""
+    #: ``none``, ``console`` (spans printed) or ``otlp`` (needs ``wiremesh[otel]``).
+    tracing: Literal["none", "console", "otlp"] = "none"
+    #: Where the OTLP exporter sends spans (gRPC); the exporter's default when empty.
+    otlp_endpoint: str = ""
+    #: ``plain`` lines or ``json`` (one object per line, with trace ids).
+    log_format: Literal["plain", "json"] = "plain"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 class ServiceSettings(BaseModel):
     """One ``[services.<name>]`` table."""
 
@@ -259,6 +279,7 @@ class MeshConfig(BaseModel):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     restart: RestartSettings = Field(default_factory=RestartSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     services: dict[ServiceName, ServiceSettings] = Field(default_factory=dict)
     #: Absolute folder of the configuration file (the working directory when there is none);
     #: relative paths are resolved against it. Set by the loader, never read from the file.

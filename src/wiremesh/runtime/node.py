@@ -22,6 +22,7 @@ from pathlib import Path
 from wiremesh.core.balancing import BalancerName
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.core.names import check_group
+from wiremesh.observability.metrics import METRICS_KEY, MeshMetrics, MetricsEndpoint, StatsCollector
 from wiremesh.registry.base import Lease
 from wiremesh.registry.embedded import EmbeddedRegistry
 from wiremesh.registry.view import MeshView
@@ -67,6 +68,8 @@ class Node:
         links: bool = True,
         groups: Iterable[str] = (),
         publish_queue: int = DEFAULT_QUEUE,
+        metrics_port: int | None = 0,
+        metrics_host: str | None = None,
     ) -> None:
         instance = service if isinstance(service, Service) else service()
         self.spec = ServiceSpec.of(type(instance))
@@ -82,6 +85,14 @@ class Node:
             heartbeat_interval=heartbeat_interval,
         )
         self.view = MeshView(self.registry)
+        #: this node's Prometheus metrics, served at ``/metrics`` on ``metrics_port`` (0: a
+        #: free port; None: not served); the address is in the node's registry metadata
+        self.metrics = MeshMetrics()
+        self.metrics_endpoint = (
+            MetricsEndpoint(self.metrics.registry, metrics_host or host, metrics_port)
+            if metrics_port is not None
+            else None
+        )
         credentials = tls.channel_credentials() if tls else None
         self.node_links = NodeLinks(
             service=self.spec.name,
@@ -106,6 +117,7 @@ class Node:
             max_message_bytes=max_message_bytes,
             credentials=credentials,
             links=self.links if links else None,
+            metrics=self.metrics,
         )
         self.server = NodeServer(
             self.spec,
@@ -118,6 +130,7 @@ class Node:
             max_message_bytes=max_message_bytes,
             credentials=tls.server_credentials() if tls else None,
             links=self.links,
+            metrics=self.metrics,
         )
         self.node_links.methods = self.server.methods
         #: the ``@subscribe`` handlers: messages published to this node, per link in order,
@@ -179,11 +192,25 @@ class Node:
         if self._lease is not None:
             await self._lease.update(self.info)
 
+    def _stats_and_queues(self) -> tuple[dict[str, int], list[tuple[str, int]]]:
+        queues = [(peer, figures["queued"]) for peer, figures in self.links.stats().items()]
+        return self.stats(), queues
+
     async def start(self) -> None:
         self.started_at = time.time()
         self.service.data_dir.mkdir(parents=True, exist_ok=True)
         await self.service.on_start()
         await self.server.start()
+        if self.metrics_endpoint is not None:
+            self.metrics.add_collector(
+                StatsCollector(
+                    self._stats_and_queues,
+                    loop=asyncio.get_running_loop(),
+                    gauges=("publish_delivery_queued",),
+                )
+            )
+            self.metrics_endpoint.start()
+            self.metadata[METRICS_KEY] = self.metrics_endpoint.address
         await self.view.start()
         self._lease = await self.registry.lease(self.info)
         self._lease.stats = self.stats
@@ -236,4 +263,6 @@ class Node:
             await self.view.close()
             await self.caller.close()
             await self.registry.close()
+            if self.metrics_endpoint is not None:
+                self.metrics_endpoint.stop()
         log.info("node %s stopped", self.node_id)

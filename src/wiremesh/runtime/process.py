@@ -18,9 +18,14 @@ import signal
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from wiremesh.core.balancing import BalancerName
 from wiremesh.errors import ConfigError, WiremeshError
+from wiremesh.observability import tracing
+from wiremesh.observability.logs import configure_logging
+from wiremesh.observability.tracing import configure as configure_tracing
+from wiremesh.runtime.config import ObservabilitySettings
 from wiremesh.runtime.node import ANNOUNCE_WAIT, Node
 from wiremesh.runtime.targets import load_service_class
 from wiremesh.transport.tls import TlsFiles
@@ -52,6 +57,8 @@ class NodeLaunch:
     tls: list[str] | None = None  # ca, cert, key
     groups: list[str] = field(default_factory=list)
     supervisor_pid: int = 0
+    #: the ``[observability]`` settings (:class:`ObservabilitySettings` as a dict)
+    observability: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -69,6 +76,13 @@ async def run(launch: NodeLaunch) -> int:
             f"but the configuration calls it {launch.service!r}"
         )
     tls = TlsFiles(*(Path(p) for p in launch.tls)) if launch.tls else None
+    seen = ObservabilitySettings(**launch.observability)
+    configure_tracing(
+        seen.tracing,
+        service_name=launch.service,
+        endpoint=seen.otlp_endpoint or None,
+        node_id=launch.node_id,
+    )
     node = Node(
         cls,
         registry_address=launch.registry,
@@ -83,6 +97,8 @@ async def run(launch: NodeLaunch) -> int:
         balancers=launch.balancers,
         tls=tls,
         groups=launch.groups,
+        metrics_port=0 if seen.metrics else None,
+        metrics_host=seen.metrics_host or None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -98,6 +114,7 @@ async def run(launch: NodeLaunch) -> int:
             await watcher
         await node.announce_drain(min(launch.drain_grace, ANNOUNCE_WAIT))
         await node.stop()
+        tracing.shutdown()  # flushes the spans still batched
     return 0
 
 
@@ -113,20 +130,22 @@ async def _watch_supervisor(pid: int, stop: asyncio.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(
-        level=os.environ.get("WIREMESH_LOG_LEVEL", "INFO").upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("grpc").setLevel(logging.ERROR)
+    configure_logging()
     if len(args) != 1:
         print("usage: python -m wiremesh.runtime.process '<launch json>'", file=sys.stderr)
         return 2
     try:
         launch = NodeLaunch.from_json(args[0])
+        seen = ObservabilitySettings(**launch.observability)
     except (ValueError, TypeError) as exc:
         print(f"bad launch description: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if launch.observability:
+        configure_logging(
+            seen.log_format,
+            level=os.environ.get("WIREMESH_LOG_LEVEL", seen.log_level),
+            node=launch.node_id,
+        )
     try:
         return asyncio.run(run(launch))
     except ConfigError as exc:

@@ -233,6 +233,7 @@ class Supervisor:
             tls=[str(p) for p in self.config.tls_paths()] if self._tls else None,
             supervisor_pid=os.getpid(),
             groups=list(self.config.services[slot.service].groups),
+            observability=self.config.observability.model_dump(),
         )
 
     async def _keep_running(self, slot: NodeProcess) -> None:
@@ -301,7 +302,9 @@ class Supervisor:
                 continue
             if not line:
                 return
-            self.echo(f"{node_id} | {line.decode(errors='replace').rstrip()}")
+            text = line.decode(errors="replace").rstrip()
+            # a JSON log line names its node itself: passed on as it is, still one JSON object
+            self.echo(text if text.startswith("{") else f"{node_id} | {text}")
 
     async def _watch_registry(self) -> None:
         """Follow each process's node in the registry; kill one that hangs."""

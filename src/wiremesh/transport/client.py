@@ -35,6 +35,8 @@ from wiremesh.errors import (
     Unavailable,
     WiremeshError,
 )
+from wiremesh.observability import tracing
+from wiremesh.observability.metrics import MeshMetrics
 from wiremesh.proto.link_pb2 import Frame as CallFrame
 from wiremesh.registry.view import MeshView
 from wiremesh.transport.link import CALL, ERROR, error_of
@@ -111,8 +113,11 @@ class Caller:
         max_message_bytes: int = 4 * 1024 * 1024,
         credentials: grpc.ChannelCredentials | None = None,
         links: Links | None = None,
+        metrics: MeshMetrics | None = None,
     ) -> None:
         self.view = view
+        #: where the calls made from here are counted (None: not counted)
+        self.metrics = metrics
         #: mesh links to call over; None: one unary gRPC call per call
         self.links = links
         self.identity = identity
@@ -172,16 +177,28 @@ class Caller:
         if protobuf:
             codec = "proto"
         body = encode(payload, codec)
+        span = None
+        if tracing.enabled():
+            span = tracing.client_span(
+                f"{where.service}.{where.method}", node=where.node, size=len(body)
+            )
         if self.links is not None:
             extra = dict(custom_metadata(metadata)) if metadata else None
+            if span is not None:  # the trace context, after the caller's own keys are checked
+                extra = {**extra, **span.carrier} if extra else dict(span.carrier)
             send = self._link_send(where, body, at, codec, extra)
         else:
             if metadata or codec not in self._metadata:
                 wire_metadata = self._wire_metadata(codec, metadata)
             else:
                 wire_metadata = self._metadata[codec]
+            if span is not None:
+                wire_metadata = (*(wire_metadata or ()), *span.carrier.items())
             send = self._unary_send(where, body, at, wire_metadata)
-        response, route = await self._send(where, at, send)
+        if span is None and self.metrics is None:
+            response, route = await self._send(where, at, send)
+        else:
+            response, route = await self._observed(where, at, send, span)
         # the answer's codec: protobuf for a method that returns a message, else the
         # request's (msgpack when the request itself was a protobuf message)
         if route.proto_reply:
@@ -237,6 +254,33 @@ class Caller:
             publisher = self._publisher = publisher_of(self)
         queued: int = publisher.publish(topic, payload, codec)
         return queued
+
+    async def _observed(
+        self,
+        where: Target,
+        at: float,
+        send: Callable[[NodeInfo, _Route, float], Awaitable[bytes]],
+        span: tracing.Span | None,
+    ) -> tuple[bytes, _Route]:
+        """:meth:`_send`, counted in :attr:`metrics` and closing ``span``."""
+        started = time.perf_counter()
+        status = "ok"
+        try:
+            response, route = await self._send(where, at, send)
+        except WiremeshError as exc:
+            status = exc.status.value
+            raise
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.made(where.service, where.method).observe(
+                    status, time.perf_counter() - started
+                )
+            if span is not None:
+                span.end(status)
+        return response, route
 
     async def _send(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -17,6 +18,8 @@ from wiremesh.context import Context, MeshCaller, _current
 from wiremesh.core.codec import CODECS, CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
 from wiremesh.errors import DeadlineExceeded, InternalError, InvalidPayload, WiremeshError
+from wiremesh.observability import tracing
+from wiremesh.observability.metrics import MeshMetrics, MethodMetrics
 from wiremesh.service import MethodSpec, Service, ServiceSpec
 from wiremesh.transport.wire import exception_type_name
 
@@ -31,10 +34,12 @@ class Method:
     __slots__ = (
         "_caller",
         "_func",
+        "_metrics",
         "_node_id",
         "_returns_protobuf",
         "_shapes",
         "_takes_protobuf",
+        "_trace_name",
         "name",
         "service",
     )
@@ -46,6 +51,7 @@ class Method:
         service_name: str,
         node_id: str,
         caller: MeshCaller,
+        metrics: MeshMetrics | None = None,
     ) -> None:
         self.name = spec.name
         self.service = service_name
@@ -55,6 +61,10 @@ class Method:
         self._returns_protobuf = spec.shapes.returns_protobuf
         self._node_id = node_id
         self._caller = caller
+        self._metrics: MethodMetrics | None = (
+            metrics.handled(service_name, spec.name) if metrics is not None else None
+        )
+        self._trace_name = f"{service_name}.{spec.name}"
 
     async def run(
         self,
@@ -80,6 +90,15 @@ class Method:
             peer=peer,
         )
         token = _current.set(ctx)
+        started = time.perf_counter()
+        status = "ok"
+        span = (
+            tracing.server_span(
+                self._trace_name, metadata, node=self._node_id, peer=caller, size=len(request)
+            )
+            if tracing.enabled()
+            else None
+        )
         try:
             if codec not in CODECS:
                 raise InvalidPayload(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
@@ -99,21 +118,35 @@ class Method:
                 raise InternalError(
                     f"{self.service}.{self.name} returned what cannot travel: {exc.message}"
                 ) from None
-        except (WiremeshError, asyncio.CancelledError):
+        except WiremeshError as exc:
+            status = exc.status.value
+            raise
+        except asyncio.CancelledError:
+            status = "cancelled"
             raise
         except Exception as exc:
+            status = "internal"
             log.exception("%s.%s raised %s", self.service, self.name, type(exc).__name__)
             raise InternalError(str(exc), remote_type=exception_type_name(exc)) from None
         finally:
             _current.reset(token)
+            if self._metrics is not None:
+                self._metrics.observe(status, time.perf_counter() - started)
+            if span is not None:
+                span.end(status)
 
 
 def methods_of(
-    spec: ServiceSpec, service: Service, node_id: str, caller: MeshCaller
+    spec: ServiceSpec,
+    service: Service,
+    node_id: str,
+    caller: MeshCaller,
+    metrics: MeshMetrics | None = None,
 ) -> dict[str, Method]:
     """Every method of ``service`` by its wire name."""
     return {
-        name: Method(m, service, spec.name, node_id, caller) for name, m in spec.methods.items()
+        name: Method(m, service, spec.name, node_id, caller, metrics)
+        for name, m in spec.methods.items()
     }
 
 

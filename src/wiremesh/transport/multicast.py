@@ -44,6 +44,7 @@ from wiremesh.errors import (
     Unavailable,
     WiremeshError,
 )
+from wiremesh.observability import tracing
 from wiremesh.proto.link_pb2 import Frame as CallFrame
 from wiremesh.transport.link import CALL, ERROR, Link, error_of
 from wiremesh.transport.wire import custom_metadata, error_from_rpc_error, raised_by_handler
@@ -125,17 +126,61 @@ async def multicast(
             return _tagged(exc, node_id)
 
     if not chosen:
-        return gather.result(deadline_passed=False)
+        return _counted(caller, where, wanted, gather.result(deadline_passed=False))
     if gather.done:  # e.g. quorum(3) of two nodes: it cannot be met, so nobody is called
         for node in chosen:
             reason = f"not called: {wanted} cannot be met by the {len(gather.asked)} node(s) asked"
             gather.add(node.node_id, Cancelled(reason, node=node.node_id))
-        return gather.result(deadline_passed=False)
+        return _counted(caller, where, wanted, gather.result(deadline_passed=False))
     if at <= time.monotonic():
-        return gather.result(deadline_passed=True)
+        return _counted(caller, where, wanted, gather.result(deadline_passed=True))
+    span = None
+    if tracing.enabled():
+        span = tracing.client_span(f"{where.service}.{where.method}", size=len(body))
+        if span is not None:
+            span.set("wiremesh.multicast.mode", str(wanted))
+            span.set("wiremesh.multicast.nodes", len(chosen))
+            extra = {**extra, **span.carrier} if extra else dict(span.carrier)
+            metadata = extra
     if caller.links is None:
-        return await _over_unary(caller, where, chosen, gather, body, at, codec, metadata, outcome)
-    return await _over_links(caller, where, chosen, gather, body, at, codec, extra, outcome)
+        send = _over_unary(caller, where, chosen, gather, body, at, codec, metadata, outcome)
+    else:
+        send = _over_links(caller, where, chosen, gather, body, at, codec, extra, outcome)
+    try:
+        result = await send
+    except BaseException:
+        if span is not None:
+            span.end("cancelled")
+        raise
+    return _counted(caller, where, wanted, result, span)
+
+
+def _counted(
+    caller: Caller,
+    where: Target,
+    mode: Mode,
+    result: MulticastResult,
+    span: tracing.Span | None = None,
+) -> MulticastResult:
+    """``result``, once counted in the caller's metrics and its span closed."""
+    outcomes = {"ok": 0, "error": 0, "deadline": 0, "skipped": 0}
+    for node_id in result:
+        value = result[node_id]
+        if isinstance(value, DeadlineExceeded):
+            outcomes["deadline"] += 1
+        elif isinstance(value, Cancelled):
+            outcomes["skipped"] += 1
+        elif isinstance(value, WiremeshError):
+            outcomes["error"] += 1
+        else:
+            outcomes["ok"] += 1
+    if caller.metrics is not None:
+        caller.metrics.multicast(where.service, where.method, str(mode), outcomes)
+    if span is not None:
+        for outcome, count in outcomes.items():
+            span.set(f"wiremesh.multicast.{outcome}", count)
+        span.end("ok" if result.satisfied else "deadline_exceeded")
+    return result
 
 
 def _choose(

@@ -39,6 +39,7 @@ from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.core.shape import SignatureShapes, is_protobuf_type
 from wiremesh.core.topics import check_topic, matches
 from wiremesh.errors import ConfigError, PayloadTooLarge, WiremeshError
+from wiremesh.observability import tracing
 from wiremesh.proto import link_pb2 as pb
 from wiremesh.transport.link import PUBLISH, Link
 
@@ -159,6 +160,12 @@ class Publisher:
         frame = pb.Frame(
             kind=PUBLISH, topic=topic, payload=body, codec="" if codec == "msgpack" else codec
         )
+        if tracing.enabled():
+            span = tracing.client_span(f"publish {topic}", size=len(body), kind="producer")
+            if span is not None:
+                frame.metadata.update(span.carrier)
+                span.set("wiremesh.subscribers", len(targets))
+                span.end()
         accepted = 0
         for link in targets:
             if link.publish(frame):
@@ -364,10 +371,24 @@ class Subscriptions:
             peer=link.remote_id,
         )
         token = _current.set(ctx)
+        span = (
+            tracing.server_span(
+                f"{self.service}.{handler.name}",
+                frame.metadata,
+                node=self.node_id,
+                peer=caller,
+                size=len(frame.payload),
+                kind="consumer",
+            )
+            if tracing.enabled()
+            else None
+        )
+        status = "ok"
         try:
             await handler.func(ctx, *args, **kwargs)
             self.delivered += 1
         except Exception as exc:
+            status = "internal"
             self.failed += 1
             log.exception(
                 "%s.%s raised %s on a message to %r",
@@ -378,6 +399,8 @@ class Subscriptions:
             )
         finally:
             _current.reset(token)
+            if span is not None:
+                span.end(status)
 
     def _warn(self, handler: _Handler, topic: str, link: Link, error: WiremeshError) -> None:
         now = time.monotonic()

@@ -30,6 +30,7 @@ from grpc_health.v1._async import HealthServicer
 from wiremesh.context import MeshCaller
 from wiremesh.core.deadline import Deadline
 from wiremesh.errors import WiremeshError
+from wiremesh.observability.metrics import MeshMetrics
 from wiremesh.service import Service, ServiceSpec
 from wiremesh.transport.dispatch import Method, methods_of
 from wiremesh.transport.link import LINK_SERVICE
@@ -78,6 +79,7 @@ class NodeServer:
         max_message_bytes: int = 4 * 1024 * 1024,
         credentials: grpc.ServerCredentials | None = None,
         links: Links | None = None,
+        metrics: MeshMetrics | None = None,
     ) -> None:
         self.spec = spec
         self.service = service
@@ -89,7 +91,7 @@ class NodeServer:
         self.credentials = credentials
         self.health = HealthServicer()
         self.server = grpc.aio.server(options=server_options(max_message_bytes))
-        self.methods = methods_of(spec, service, node_id, caller)
+        self.methods = methods_of(spec, service, node_id, caller, metrics)
         handlers = {f"/{spec.name}/{name}": self._handler(m) for name, m in self.methods.items()}
         health = _GenericOnly()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health)

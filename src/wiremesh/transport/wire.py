@@ -61,6 +61,8 @@ _CUT = "... (cut)"
 
 #: what HTTP/2 and gRPC accept as a (non-binary) metadata key
 _METADATA_KEY = re.compile(r"^[0-9a-z_.-]+$")
+#: what a (non-binary) metadata value may hold: printable ASCII
+_METADATA_VALUE = re.compile(r"[ -~]*")
 
 
 def custom_metadata(extra: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -82,7 +84,7 @@ def custom_metadata(extra: Mapping[str, str]) -> list[tuple[str, str]]:
                 f"metadata key {key!r} is not a valid one: use letters, digits, '-', '_' "
                 "and '.', and no '-bin' suffix (binary metadata is not supported)"
             )
-        if not isinstance(value, str) or not all(" " <= char <= "~" for char in value):
+        if not isinstance(value, str) or not _METADATA_VALUE.fullmatch(value):
             raise InvalidPayload(f"the value of metadata key {key!r} must be printable ASCII")
         pairs.append((name, value))
     return pairs

@@ -1,0 +1,13 @@
+"""Observability: metrics (Prometheus), tracing (OpenTelemetry) and structured logs.
+
+The mechanism is built once here; every transport uses it the same way (see
+``docs/observability.md``).
+"""
+
+from __future__ import annotations
+
+from wiremesh.observability.logs import configure_logging
+from wiremesh.observability.metrics import MeshMetrics, MetricsEndpoint
+from wiremesh.observability.tracing import configure as configure_tracing
+
+__all__ = ["MeshMetrics", "MetricsEndpoint", "configure_logging", "configure_tracing"]

@@ -1,0 +1,258 @@
+"""Prometheus metrics: what a node (or a gateway) counts, and the ``/metrics`` endpoint.
+
+Every process part that serves or calls owns one :class:`MeshMetrics`, with a registry of
+its own, so that several nodes in one process (tests, benchmarks) never mix their figures.
+Hot paths touch only pre-bound children: a :class:`MethodMetrics` per method and side
+(handled here, or called from here), fetched once and kept by whoever calls.
+
+Counters a node already keeps as plain integers (publish, links, ...) are not counted
+twice: :class:`StatsCollector` reads them when Prometheus scrapes.
+
+Names (all prefixed ``wiremesh_``; ``docs/observability.md`` lists them with their labels):
+
+- ``calls_handled_total{service,method,status}``, ``call_handle_seconds{service,method}``
+- ``calls_made_total{service,method,status}``, ``call_seconds{service,method}``
+- ``multicasts_total{service,method,mode}``, ``multicast_replies_total{service,method,outcome}``
+- ``node_<stat>`` for each of the node's counters (``node_publish_dropped_total``, ...)
+- ``link_queued_frames{peer}``: frames waiting on each mesh link
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "METRICS_KEY",
+    "MeshMetrics",
+    "MethodMetrics",
+    "MetricsEndpoint",
+    "StatsCollector",
+]
+
+#: NodeInfo metadata key: the node's ``/metrics`` address, ``host:port``
+METRICS_KEY = "wm-metrics"
+
+#: seconds; from well under a loopback round trip to past the default 10 s deadline
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class MethodMetrics:
+    """The bound children for one method on one side: count by status, and latency."""
+
+    __slots__ = ("_counter", "_counts", "_labels", "_seconds")
+
+    def __init__(self, counter: Counter, seconds: Histogram, service: str, method: str) -> None:
+        self._counter = counter
+        self._labels = (service, method)
+        self._counts: dict[str, Any] = {}
+        self._seconds = seconds.labels(service, method)
+
+    def observe(self, status: str, seconds: float) -> None:
+        """One call ended with ``status`` (``ok`` or an error status) after ``seconds``."""
+        child = self._counts.get(status)
+        if child is None:
+            child = self._counts[status] = self._counter.labels(*self._labels, status)
+        child.inc()
+        self._seconds.observe(seconds)
+
+
+class MeshMetrics:
+    """The metrics of one node, gateway or client, in a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.calls_handled = Counter(
+            "wiremesh_calls_handled",
+            "Calls this node's handlers answered, by outcome",
+            ["service", "method", "status"],
+            registry=r,
+        )
+        self.handle_seconds = Histogram(
+            "wiremesh_call_handle_seconds",
+            "Time from a request's arrival to its answer, on the serving node",
+            ["service", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.calls_made = Counter(
+            "wiremesh_calls_made",
+            "Calls made from here, by outcome (after retries)",
+            ["service", "method", "status"],
+            registry=r,
+        )
+        self.call_seconds = Histogram(
+            "wiremesh_call_seconds",
+            "Time a call took, seen by the caller (retries included)",
+            ["service", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.multicasts = Counter(
+            "wiremesh_multicasts",
+            "Multicasts made from here",
+            ["service", "method", "mode"],
+            registry=r,
+        )
+        self.multicast_replies = Counter(
+            "wiremesh_multicast_replies",
+            "Per-node outcomes of multicasts: ok, error, deadline or skipped",
+            ["service", "method", "outcome"],
+            registry=r,
+        )
+        self._handled: dict[tuple[str, str], MethodMetrics] = {}
+        self._made: dict[tuple[str, str], MethodMetrics] = {}
+
+    def handled(self, service: str, method: str) -> MethodMetrics:
+        """The serving side's children for ``service.method`` (made once)."""
+        found = self._handled.get((service, method))
+        if found is None:
+            found = MethodMetrics(self.calls_handled, self.handle_seconds, service, method)
+            self._handled[(service, method)] = found
+        return found
+
+    def made(self, service: str, method: str) -> MethodMetrics:
+        """The calling side's children for ``service.method`` (made once)."""
+        found = self._made.get((service, method))
+        if found is None:
+            found = MethodMetrics(self.calls_made, self.call_seconds, service, method)
+            self._made[(service, method)] = found
+        return found
+
+    def multicast(self, service: str, method: str, mode: str, outcomes: Mapping[str, int]) -> None:
+        """One multicast ended; ``outcomes`` counts its nodes by outcome."""
+        self.multicasts.labels(service, method, mode).inc()
+        for outcome, count in outcomes.items():
+            if count:
+                self.multicast_replies.labels(service, method, outcome).inc(count)
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+
+class StatsCollector(Collector):
+    """Counters a node keeps as plain integers, read when Prometheus scrapes.
+
+    ``read()`` gives the node's counters (each becomes ``wiremesh_node_<name>``, a gauge
+    when its name is in ``gauges``) and the frames waiting on each mesh link, by peer.
+    With ``loop``, ``read`` runs on that event loop (the scrape comes from the endpoint's
+    thread, and the node's structures belong to the loop).
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], tuple[Mapping[str, int], Iterable[tuple[str, int]]]],
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        gauges: Iterable[str] = (),
+    ) -> None:
+        self._read = read
+        self._loop = loop
+        self._gauges = frozenset(gauges)
+
+    def _snapshot(self) -> tuple[Mapping[str, int], list[tuple[str, int]]]:
+        loop = self._loop
+        if loop is None or _running_loop() is loop:
+            stats, queues = self._read()
+            return stats, list(queues)
+        if loop.is_closed():
+            return {}, []
+
+        async def read() -> tuple[Mapping[str, int], list[tuple[str, int]]]:
+            stats, queues = self._read()
+            return dict(stats), list(queues)
+
+        try:
+            return asyncio.run_coroutine_threadsafe(read(), loop).result(timeout=2.0)
+        except Exception:  # the loop is stopping or too busy: report what is sure
+            return {}, []
+
+    def collect(self) -> Iterator[Metric]:
+        stats, queues = self._snapshot()
+        for name, value in sorted(stats.items()):
+            metric = f"wiremesh_node_{name}"
+            if name in self._gauges:
+                gauge = GaugeMetricFamily(metric, f"node counter {name} (now)")
+                gauge.add_metric([], value)
+                yield gauge
+            else:
+                counter = CounterMetricFamily(metric, f"node counter {name}")
+                counter.add_metric([], value)
+                yield counter
+        queued = GaugeMetricFamily(
+            "wiremesh_link_queued_frames",
+            "Frames waiting to be written on a mesh link",
+            labels=["peer"],
+        )
+        for peer, depth in queues:
+            queued.add_metric([peer], depth)
+        yield queued
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # dynamic: nothing to check at registration
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class MetricsEndpoint:
+    """``GET /metrics`` in Prometheus text, served from a thread of this process."""
+
+    def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.registry = registry
+        self.host = host
+        self.port = port
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> None:
+        server, thread = start_http_server(self.port, self.host, self.registry)
+        self._server, self._thread = server, thread
+        self.port = server.server_port
+
+    def stop(self) -> None:
+        """Stop serving, without waiting: the server's thread notices within half a
+        second and closes its socket."""
+        server, self._server, self._thread = self._server, None, None
+        if server is not None:
+            threading.Thread(target=_shut, args=(server,), daemon=True).start()
+
+
+def _shut(server: WSGIServer) -> None:
+    server.shutdown()
+    server.server_close()

@@ -1,0 +1,167 @@
+"""One trace across every hop: a call, the nested call and the publish it makes, and the
+subscriber that gets it, on real nodes, with OpenTelemetry's in-memory exporter."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import grpc
+import msgpack
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from wiremesh import Context, Service, rpc, subscribe
+from wiremesh.observability import tracing
+from wiremesh.testing import TestMesh
+
+SECRET = "s3cret-payload-never-in-a-span"
+
+
+class Front(Service):
+    name = "front"
+
+    @rpc
+    async def order(self, ctx: Context, item: str) -> int:
+        left = await ctx.call("stock.take", item)
+        await ctx.publish("orders.placed", item)
+        return int(left)
+
+    @rpc
+    async def fail(self, ctx: Context) -> None:
+        raise RuntimeError("broken on purpose")
+
+
+class Stock(Service):
+    name = "stock"
+
+    @rpc
+    async def take(self, ctx: Context, item: str) -> int:
+        return 41
+
+
+class Audit(Service):
+    name = "audit"
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @subscribe("orders.*")
+    async def on_order(self, ctx: Context, item: str) -> None:
+        self.seen.append(item)
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.use_provider(None)
+
+
+def by_name(found: tuple[ReadableSpan, ...], name: str, kind: SpanKind) -> ReadableSpan:
+    matching = [s for s in found if s.name == name and s.kind == kind]
+    assert len(matching) == 1, [(s.name, s.kind) for s in found]
+    return matching[0]
+
+
+async def wait_for_spans(exporter: InMemorySpanExporter, count: int) -> tuple[ReadableSpan, ...]:
+    deadline = time.monotonic() + 5
+    while len(exporter.get_finished_spans()) < count:
+        assert time.monotonic() < deadline, exporter.get_finished_spans()
+        await asyncio.sleep(0.01)
+    return exporter.get_finished_spans()
+
+
+async def test_one_trace_covers_call_nested_call_publish_and_subscriber(
+    spans: InMemorySpanExporter,
+) -> None:
+    async with TestMesh(Front, Stock, Audit) as mesh:
+        assert await mesh.call("front.order", SECRET) == 41
+        found = await wait_for_spans(spans, 6)
+        stock_node = mesh.client.nodes("stock")[0].node_id
+    outer_client = by_name(found, "front.order", SpanKind.CLIENT)
+    outer_server = by_name(found, "front.order", SpanKind.SERVER)
+    inner_client = by_name(found, "stock.take", SpanKind.CLIENT)
+    inner_server = by_name(found, "stock.take", SpanKind.SERVER)
+    producer = by_name(found, "publish orders.placed", SpanKind.PRODUCER)
+    consumer = by_name(found, "audit.on_order", SpanKind.CONSUMER)
+    chain = [outer_client, outer_server, inner_client, inner_server, producer, consumer]
+    assert len({s.context.trace_id for s in chain}) == 1
+    # each hop is the child of the one that sent it
+    assert outer_server.parent is not None
+    assert outer_server.parent.span_id == outer_client.context.span_id
+    assert inner_client.parent is not None
+    assert inner_client.parent.span_id == outer_server.context.span_id
+    assert inner_server.parent is not None
+    assert inner_server.parent.span_id == inner_client.context.span_id
+    assert producer.parent is not None
+    assert producer.parent.span_id == outer_server.context.span_id
+    assert consumer.parent is not None
+    assert consumer.parent.span_id == producer.context.span_id
+    # spans say where and how, never what was sent
+    assert inner_server.attributes is not None
+    assert inner_server.attributes["wiremesh.node"] == stock_node
+    assert inner_server.attributes["wiremesh.status"] == "ok"
+    for span in found:
+        for value in (span.attributes or {}).values():
+            assert SECRET not in str(value), span.name
+
+
+async def test_a_failed_call_is_an_error_span_on_both_sides(spans: InMemorySpanExporter) -> None:
+    async with TestMesh(Front) as mesh:
+        with pytest.raises(Exception, match="broken on purpose"):
+            await mesh.call("front.fail")
+        found = await wait_for_spans(spans, 2)
+    for kind in (SpanKind.CLIENT, SpanKind.SERVER):
+        span = by_name(found, "front.fail", kind)
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.attributes is not None
+        assert span.attributes["wiremesh.status"] == "internal"
+
+
+async def test_a_foreign_grpc_client_trace_context_is_continued(
+    spans: InMemorySpanExporter,
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent_id = "00f067aa0ba902b7"
+    async with TestMesh(Stock) as mesh:
+        node = mesh.nodes[0]
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            take = channel.unary_unary("/stock/take")
+            answer = await take(
+                msgpack.packb("bolt"),
+                timeout=5,
+                metadata=(("traceparent", f"00-{trace_id}-{parent_id}-01"),),
+            )
+        assert msgpack.unpackb(answer) == 41
+        found = await wait_for_spans(spans, 1)
+    server = by_name(found, "stock.take", SpanKind.SERVER)
+    assert f"{server.context.trace_id:032x}" == trace_id
+    assert server.parent is not None
+    assert f"{server.parent.span_id:016x}" == parent_id
+
+
+async def test_tracing_off_records_nothing_and_sends_no_trace_context() -> None:
+    assert not tracing.enabled()
+    async with TestMesh(Front, Stock, Audit) as mesh:
+        seen: list[object] = []
+
+        class Probe(Service):
+            name = "probe"
+
+            @rpc
+            async def metadata(self, ctx: Context) -> None:
+                seen.append(dict(ctx.metadata))
+
+        await mesh.add_node(Probe)
+        await mesh.call("probe.metadata")
+    assert seen == [{}]
