@@ -33,6 +33,8 @@ class Reading:
     buckets: dict[float, float] = field(default_factory=dict)
     publish_dropped: float = 0.0
     link_queued: float = 0.0
+    #: the node's mesh links: peer node id -> frames waiting on that link
+    peers: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ def reading(text: str, at: float) -> Reading:
                 found.publish_dropped += value
             elif name == "wiremesh_link_queued_frames":
                 found.link_queued += value
+                found.peers[labels.get("peer", "")] = value
     return found
 
 

@@ -59,6 +59,11 @@ class Sampler:
             del self._last[gone]
         return rows
 
+    def peers(self, node_id: str) -> dict[str, float]:
+        """The node's mesh links at its last reading: peer -> frames waiting."""
+        last = self._last.get(node_id)
+        return dict(last.peers) if last is not None else {}
+
     async def _read(self, node: NodeInfo) -> Reading | None:
         address = node.metadata.get(METRICS_KEY)
         if not address:
