@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from wiremesh.core.balancing import BalancerName
+from wiremesh.core.delivery import DeliveryPolicy
 from wiremesh.errors import ConfigError, WiremeshError
+from wiremesh.messaging.base import open_broker
 from wiremesh.runtime.node import ANNOUNCE_WAIT, Node
 from wiremesh.runtime.targets import load_service_class
 from wiremesh.transport.tls import TlsFiles
@@ -52,6 +54,18 @@ class NodeLaunch:
     tls: list[str] | None = None  # ca, cert, key
     groups: list[str] = field(default_factory=list)
     supervisor_pid: int = 0
+    mesh: str = "wiremesh"
+    #: ``embedded://host:port`` or ``amqp://…``; None: no durable messaging
+    broker: str | None = None
+    #: the service's store url; None: SQLite in ``data_dir``
+    store: str | None = None
+    prefetch: int = 32
+    attempts: int = 5
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
+    handler_timeout: float = 60.0
+    publish_timeout: float = 10.0
+    quorum_queues: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -69,6 +83,17 @@ async def run(launch: NodeLaunch) -> int:
             f"but the configuration calls it {launch.service!r}"
         )
     tls = TlsFiles(*(Path(p) for p in launch.tls)) if launch.tls else None
+    broker = (
+        open_broker(
+            launch.broker,
+            data_dir=Path(launch.data_dir),
+            mesh=launch.mesh,
+            tls=tls,
+            quorum_queues=launch.quorum_queues,
+        )
+        if launch.broker
+        else None
+    )
     node = Node(
         cls,
         registry_address=launch.registry,
@@ -83,6 +108,12 @@ async def run(launch: NodeLaunch) -> int:
         balancers=launch.balancers,
         tls=tls,
         groups=launch.groups,
+        broker=broker,
+        store_url=launch.store,
+        delivery=DeliveryPolicy(launch.attempts, launch.initial_backoff, launch.max_backoff),
+        prefetch=launch.prefetch,
+        handler_timeout=launch.handler_timeout,
+        publish_timeout=launch.publish_timeout,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
