@@ -18,6 +18,7 @@ from wiremesh.context import Context, current_context
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.gather import Mode, MulticastResult, quorum
 from wiremesh.errors import (
+    BrokerUnavailable,
     Cancelled,
     ConfigError,
     DeadlineExceeded,
@@ -36,7 +37,7 @@ from wiremesh.errors import (
     Unavailable,
     WiremeshError,
 )
-from wiremesh.service import Service, ServiceProxy, rpc, subscribe
+from wiremesh.service import Service, ServiceProxy, command, on_event, rpc, subscribe
 
 try:
     __version__ = version("wiremesh")
@@ -44,6 +45,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 __all__ = [
+    "BrokerUnavailable",
     "Cancelled",
     "ConfigError",
     "Context",
@@ -69,8 +71,10 @@ __all__ = [
     "Unavailable",
     "WiremeshError",
     "__version__",
+    "command",
     "connect",
     "current_context",
+    "on_event",
     "quorum",
     "rpc",
     "subscribe",

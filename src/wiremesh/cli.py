@@ -33,6 +33,7 @@ app = typer.Typer(
         "  wiremesh run                  # the mesh of ./wiremesh.toml\n\n"
         "  wiremesh nodes                # which nodes run, and where\n\n"
         '  wiremesh call flows.run \'{"flow": "welcome", "input": {"name": "Ada"}}\'\n\n'
+        "  wiremesh dlq list             # messages whose handlers gave up\n\n"
         "  wiremesh certs init           # development certificates for TLS\n\n"
         "Every command has its own --help, with examples."
     ),
@@ -42,6 +43,21 @@ app = typer.Typer(
 )
 certs_app = typer.Typer(help="Development certificates for mutual TLS.", no_args_is_help=True)
 app.add_typer(certs_app, name="certs")
+dlq_app = typer.Typer(
+    help=(
+        "Dead letters: durable messages that did not decode or validate, or whose handler "
+        "failed every attempt.\n\n"
+        "The broker is the one of the mesh running in --mesh (default: this folder), or the "
+        "amqp url of its wiremesh.toml.\n\n"
+        "Examples:\n\n"
+        "  wiremesh dlq list\n\n"
+        "  wiremesh dlq show 3f2a9c...\n\n"
+        "  wiremesh dlq replay 3f2a9c... 77b0e1...\n\n"
+        "  wiremesh dlq purge --all"
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(dlq_app, name="dlq")
 
 err = Console(stderr=True)
 out = Console()
@@ -408,6 +424,197 @@ def nodes(
     (out if out.is_terminal else Console(width=_PIPE_WIDTH)).print(table)
     if not found:
         err.print("no live nodes")
+
+
+# --------------------------------------------------------------------------------- dlq
+
+_MeshOption = Annotated[
+    Path, typer.Option(help="Folder of the mesh (its wiremesh.toml and running mesh).")
+]
+_IdsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(help="Message ids (as 'wiremesh dlq list' shows them).", show_default=False),
+]
+_AllOption = Annotated[bool, typer.Option("--all", help="Every dead letter.")]
+
+
+def _dead_letters(folder: Path, work: Any) -> Any:
+    """Run ``work(broker)`` against the broker of the mesh in ``folder``."""
+
+    async def go() -> Any:
+        from wiremesh.messaging.base import open_broker
+
+        url, data_dir, name, tls, quorum = _broker_of(folder)
+        broker = open_broker(url, data_dir=data_dir, mesh=name, tls=tls, quorum_queues=quorum)
+        try:
+            await broker.start()
+            return await work(broker)
+        finally:
+            await broker.close()
+
+    try:
+        return asyncio.run(go())
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except WiremeshError as exc:
+        raise _fail(_describe(exc)) from None
+
+
+def _broker_of(folder: Path) -> tuple[str, Path, str, Any, bool]:
+    from wiremesh.errors import Unavailable
+    from wiremesh.runtime.config import default_config, load_config
+    from wiremesh.runtime.meshfile import MeshFile
+
+    path = folder / "wiremesh.toml"
+    config = load_config(path) if path.is_file() else default_config(folder.resolve())
+    try:
+        running = MeshFile.find(folder)
+    except Unavailable as exc:
+        if config.broker.embedded:
+            raise Unavailable(
+                f"{exc.message} (the embedded broker runs inside 'wiremesh run')"
+            ) from None
+        broker = config.broker
+        return broker.url, config.data_path, config.mesh.name, None, broker.quorum_queues
+    url = running.broker or config.broker.url
+    return url, config.data_path, running.name, running.client_tls(), running.quorum_queues
+
+
+def _ids_or_all(ids: list[str] | None, every: bool) -> list[str] | None:
+    if every and ids:
+        raise _fail("give message ids or --all, not both", EXIT_USAGE)
+    if not every and not ids:
+        raise _fail("give the message ids, or --all", EXIT_USAGE)
+    return None if every else list(dict.fromkeys(ids or []))
+
+
+def _dead_as_json(dead: Any) -> dict[str, Any]:
+    from wiremesh.core.codec import decode
+
+    envelope = dead.envelope
+    row: dict[str, Any] = {
+        "id": envelope.id,
+        "kind": envelope.kind,
+        "topic": envelope.topic,
+        "queue": dead.queue,
+        "attempt": envelope.attempt,
+        "reason": dead.reason,
+        "died_at": dead.died_at,
+        "codec": envelope.codec,
+        "headers": dict(envelope.headers),
+        "size": len(envelope.body),
+    }
+    try:
+        if envelope.codec in ("msgpack", "json"):
+            row["payload"] = decode(envelope.body, envelope.codec)
+        else:
+            raise WiremeshError("opaque")
+    except WiremeshError:
+        import base64
+
+        row["payload_base64"] = base64.b64encode(envelope.body).decode()
+    return row
+
+
+@dlq_app.command("list")
+def dlq_list(
+    mesh: _MeshOption = Path("."),
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List dead letters, oldest first: id, queue (service/handler), topic, attempts,
+    when it died and why.
+
+    Examples:
+
+      wiremesh dlq list
+
+      wiremesh dlq list --json --limit 1000
+    """
+    found = _dead_letters(mesh, lambda broker: broker.dead_letters(limit=limit))
+    if as_json:
+        for dead in found:
+            row = _dead_as_json(dead)
+            row.pop("payload", None)
+            row.pop("payload_base64", None)
+            print(_to_json(row).replace("\n", "").replace("  ", " "))
+        return
+    table = Table()
+    for column in ("id", "queue", "topic", "attempts", "died", "reason"):
+        table.add_column(column, overflow="fold")
+    for dead in found:
+        table.add_row(
+            dead.envelope.id,
+            dead.queue,
+            dead.envelope.topic,
+            str(dead.envelope.attempt),
+            _uptime(dead.died_at) + " ago",
+            dead.reason if len(dead.reason) <= 120 else dead.reason[:119] + "…",
+        )
+    (out if out.is_terminal else Console(width=_PIPE_WIDTH)).print(table)
+    if not found:
+        err.print("no dead letters")
+
+
+@dlq_app.command("show")
+def dlq_show(
+    message_id: Annotated[str, typer.Argument(help="The message id.", show_default=False)],
+    mesh: _MeshOption = Path("."),
+) -> None:
+    """Print one dead letter as JSON: its envelope, headers, full reason and payload
+    (decoded for msgpack and json, base64 otherwise). Exits 1 when there is none.
+
+    Example:
+
+      wiremesh dlq show 3f2a9c0d8e1b4a5f9c7d6e5f4a3b2c1d
+    """
+    found = _dead_letters(mesh, lambda broker: broker.dead_letter(message_id))
+    if found is None:
+        raise _fail(f"no dead letter {message_id!r}")
+    print(_to_json(_dead_as_json(found)))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ids: _IdsArgument = None,
+    every: _AllOption = False,
+    mesh: _MeshOption = Path("."),
+) -> None:
+    """Put dead letters back on the queue they died on, with their attempts reset; their
+    handler gets them again. Exits 1 when an id was not found.
+
+    Examples:
+
+      wiremesh dlq replay 3f2a9c0d8e1b4a5f9c7d6e5f4a3b2c1d
+
+      wiremesh dlq replay --all
+    """
+    wanted = _ids_or_all(ids, every)
+    count = _dead_letters(mesh, lambda broker: broker.replay(wanted))
+    print(f"replayed {count} message(s)")
+    if wanted is not None and count < len(wanted):
+        raise _fail(f"{len(wanted) - count} of the {len(wanted)} id(s) are not dead letters")
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    ids: _IdsArgument = None,
+    every: _AllOption = False,
+    mesh: _MeshOption = Path("."),
+) -> None:
+    """Delete dead letters for good. Exits 1 when an id was not found.
+
+    Examples:
+
+      wiremesh dlq purge 3f2a9c0d8e1b4a5f9c7d6e5f4a3b2c1d
+
+      wiremesh dlq purge --all
+    """
+    wanted = _ids_or_all(ids, every)
+    count = _dead_letters(mesh, lambda broker: broker.purge(wanted))
+    print(f"purged {count} message(s)")
+    if wanted is not None and count < len(wanted):
+        raise _fail(f"{len(wanted) - count} of the {len(wanted)} id(s) are not dead letters")
 
 
 # --------------------------------------------------------------------------------- certs

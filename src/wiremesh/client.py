@@ -4,7 +4,8 @@
 ...     total = await mesh.call("pricing.quote", {"sku": "A-1", "qty": 3})
 
 ``connect()`` finds the running mesh through ``.wiremesh/mesh.json`` (written by
-``wiremesh run``), or takes a registry address. The client watches the registry, so it
+``wiremesh run``), or takes a registry address. ``emit`` and ``send`` put durable
+messages on the mesh's broker. The client watches the registry, so it
 balances over live nodes and sees nodes come and go without a lookup per call.
 """
 
@@ -22,7 +23,9 @@ from wiremesh.core.codec import CodecName
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.gather import Mode, MulticastResult
 from wiremesh.core.model import MeshSnapshot, NodeInfo
-from wiremesh.errors import Unavailable
+from wiremesh.errors import BrokerUnavailable, Unavailable
+from wiremesh.messaging.base import Broker, open_broker
+from wiremesh.messaging.outbound import Outbound
 from wiremesh.registry.embedded import EmbeddedRegistry
 from wiremesh.registry.view import MeshView
 from wiremesh.runtime.meshfile import MeshFile
@@ -46,8 +49,27 @@ class MeshClient:
         tls: TlsFiles | None = None,
         identity: str | None = None,
         links: bool = True,
+        broker: str | Broker | None = None,
+        mesh: str = "wiremesh",
+        data_dir: Path | None = None,
+        quorum_queues: bool = False,
     ) -> None:
         credentials = tls.channel_credentials() if tls else None
+        if isinstance(broker, str):
+            broker = open_broker(
+                broker,
+                data_dir=data_dir or Path(".wiremesh"),
+                mesh=mesh,
+                tls=tls,
+                quorum_queues=quorum_queues,
+            )
+        #: the broker ``emit`` and ``send`` go through (None: the mesh has none known here)
+        self.broker: Broker | None = broker
+        self.outbound = (
+            Outbound(broker, sender=identity or "client", default_timeout=default_timeout)
+            if broker is not None
+            else None
+        )
         self.links = (
             Links(
                 local_id=f"client-{secrets.token_hex(3)}",
@@ -133,6 +155,43 @@ class MeshClient:
         """Fire-and-forget ``payload`` to every node subscribed to ``topic``."""
         return await self.caller.publish(topic, payload, codec=codec)
 
+    async def emit(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        codec: CodecName = "msgpack",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Emit a durable event; returns its id once the broker durably accepted it (see
+        ``Context.emit``)."""
+        return await self._outbound().emit(
+            topic, payload, codec=codec, headers=headers, timeout=timeout
+        )
+
+    async def send(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        codec: CodecName = "msgpack",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Send a durable command to ``service.command``; see ``Context.send``."""
+        return await self._outbound().send(
+            target, payload, codec=codec, headers=headers, timeout=timeout
+        )
+
+    def _outbound(self) -> Outbound:
+        if self.outbound is None:
+            raise BrokerUnavailable(
+                "this client knows no broker: connect() to a running mesh folder, or give "
+                "MeshClient(broker=...)"
+            )
+        return self.outbound
+
     @property
     def snapshot(self) -> MeshSnapshot:
         return self.view.snapshot
@@ -148,6 +207,8 @@ class MeshClient:
             await self.links.close()
         await self.caller.close()
         await self.registry.close()
+        if self.broker is not None:
+            await self.broker.close()
 
     async def __aenter__(self) -> MeshClient:
         return self
@@ -180,6 +241,9 @@ async def connect(
             default_timeout=default_timeout or mesh.default_timeout,
             max_message_bytes=mesh.max_message_bytes,
             tls=tls or mesh.client_tls(),
+            broker=mesh.broker,
+            mesh=mesh.name,
+            quorum_queues=mesh.quorum_queues,
         )
     try:
         return await client.start(timeout)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wiremesh.core.codec import CodecName
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.gather import Mode, MulticastResult
+from wiremesh.errors import BrokerUnavailable
+
+if TYPE_CHECKING:
+    from wiremesh.messaging.base import Envelope
+    from wiremesh.messaging.outbound import Outbound
 
 __all__ = ["Context", "MeshCaller", "current_context"]
 
@@ -67,12 +72,16 @@ class Context:
     ``-bin`` keys, which only foreign clients send, are bytes); ``caller`` the
     calling node (``service@node-id``) or ``None`` for a client outside the mesh; ``peer``
     the transport address; ``node_id`` and ``service`` say where the handler runs.
+    In an ``@on_event`` or ``@command`` handler, ``message`` is the envelope being
+    handled (its ``id``, ``topic``, ``attempt`` and ``headers``), ``metadata`` its headers
+    and ``caller`` the sending node; elsewhere ``message`` is None.
     """
 
     __slots__ = (
         "_caller",
         "caller",
         "deadline",
+        "message",
         "metadata",
         "method",
         "node_id",
@@ -91,8 +100,10 @@ class Context:
         metadata: Mapping[str, str | bytes] | None = None,
         caller: str | None = None,
         peer: str | None = None,
+        message: Envelope | None = None,
     ) -> None:
         self.deadline = deadline
+        self.message = message
         self.service = service
         self.method = method
         self.node_id = node_id
@@ -163,6 +174,54 @@ class Context:
     ) -> int:
         """Fire-and-forget ``payload`` to every node subscribed to ``topic``."""
         return await self._caller.publish(topic, payload, codec=codec)
+
+    async def emit(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        codec: CodecName = "msgpack",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Emit a durable event to every service with a handler for ``topic``; returns its
+        message id once the broker has durably accepted it (never waiting for a
+        consumer). Waits for the broker at most what remains of this call's deadline
+        (capped by ``timeout``), then raises :class:`~wiremesh.errors.BrokerUnavailable`.
+        To emit only if a database transaction commits, use ``tx.emit`` (the outbox)."""
+        outbound = self._outbound()
+        return await outbound.emit(
+            topic, payload, codec=codec, headers=headers, timeout=timeout, deadline=self.deadline
+        )
+
+    async def send(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        codec: CodecName = "msgpack",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Send a durable command to one node of a service (``"billing.charge"``); returns
+        its message id once the broker has durably accepted it; see :meth:`emit`."""
+        outbound = self._outbound()
+        return await outbound.send(
+            target, payload, codec=codec, headers=headers, timeout=timeout, deadline=self.deadline
+        )
+
+    def _outbound(self) -> Outbound:
+        from wiremesh.messaging.outbound import outbound_of
+
+        found = outbound_of(self._caller)
+        if found is None:
+            held: Outbound | None = getattr(self._caller, "outbound", None)  # a test double
+            if held is not None:
+                return held
+            raise BrokerUnavailable(
+                f"{self.service} has no broker to emit through (this node runs without one)"
+            )
+        return found
 
     def activate(self) -> contextvars.Token[Context | None]:
         return _current.set(self)

@@ -12,6 +12,7 @@ The tree::
     ├── DeadlineExceeded           the call's deadline passed
     ├── Cancelled                  the caller went away
     ├── Unavailable                no live node could take the call
+    │   └── BrokerUnavailable      the broker did not accept a message within its deadline
     ├── PayloadTooLarge            a message went over the size limit
     ├── RateLimited                a rate limit refused the request
     ├── Unauthenticated            no or bad credentials
@@ -35,6 +36,7 @@ import grpc
 
 __all__ = [
     "STATUS_TABLE",
+    "BrokerUnavailable",
     "Cancelled",
     "ConfigError",
     "DeadlineExceeded",
@@ -176,6 +178,11 @@ class Unavailable(WiremeshError):
     status = Status.UNAVAILABLE
 
 
+class BrokerUnavailable(Unavailable):
+    """The broker did not durably accept a message within the deadline (down, unreachable
+    or refusing); nothing was half sent: sending again is safe."""
+
+
 class PayloadTooLarge(WiremeshError):
     status = Status.PAYLOAD_TOO_LARGE
 
@@ -246,6 +253,7 @@ _BUILTIN: dict[str, type[WiremeshError]] = {
         DeadlineExceeded,
         Cancelled,
         Unavailable,
+        BrokerUnavailable,
         PayloadTooLarge,
         RateLimited,
         Unauthenticated,

@@ -10,8 +10,10 @@
 Each ``@rpc`` method becomes a real gRPC method at ``/<service>/<method>``. Its payload
 type is read from its annotations (see :mod:`wiremesh.core.shape`). Each ``@subscribe``
 method receives the messages published to the topics its patterns match (see
-``docs/publish.md``). ``on_start`` and ``on_stop`` are the service's own lifecycle hooks,
-for the resources it owns.
+``docs/publish.md``). Each ``@on_event`` method consumes the durable events whose topics
+its patterns match, and each ``@command`` method the commands sent to
+``<service>.<command>`` (see ``docs/messaging.md``). ``on_start`` and ``on_stop`` are the
+service's own lifecycle hooks, for the resources it owns.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, overload
 
 from wiremesh.core.model import MethodInfo
 from wiremesh.core.names import SERVICE_NAME, is_method_name
@@ -30,13 +32,17 @@ from wiremesh.errors import ConfigError, InvalidPayload
 
 if TYPE_CHECKING:
     from wiremesh.context import MeshCaller
+    from wiremesh.messaging.store import Store
 
 __all__ = [
+    "HandlerSpec",
     "MethodSpec",
     "Service",
     "ServiceProxy",
     "ServiceSpec",
     "SubscriptionSpec",
+    "command",
+    "on_event",
     "rpc",
     "subscribe",
 ]
@@ -45,6 +51,12 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _RPC_MARK = "__wiremesh_rpc__"
 _SUBSCRIBE_MARK = "__wiremesh_subscribe__"
+_HANDLER_MARK = "__wiremesh_handler__"
+
+DeliveryMode = Literal["pool", "broadcast", "singleton"]
+_DELIVERIES = ("pool", "broadcast", "singleton")
+#: handler runs at once per node when a decorator does not say
+DEFAULT_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,88 @@ def subscribe(pattern: str, /, *patterns: str) -> Callable[[F], F]:
     return mark
 
 
+@dataclass(frozen=True)
+class _HandlerOptions:
+    kind: Literal["event", "command"]
+    patterns: tuple[str, ...]
+    delivery: DeliveryMode
+    concurrency: int
+    name: str | None = None
+
+
+def on_event(
+    pattern: str,
+    /,
+    *patterns: str,
+    delivery: DeliveryMode = "pool",
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> Callable[[F], F]:
+    """Mark an ``async def`` method of a :class:`Service` as a handler of durable events.
+
+    It receives every event emitted to a topic that one of the patterns matches (``*`` is
+    one word, ``#`` any number of words), at least once: the message is acknowledged
+    after the method returns, retried with backoff when it raises, and dead-lettered
+    after the configured attempts. ``delivery``: ``"pool"`` (one node of the service
+    handles each event), ``"broadcast"`` (every node of the service does) or
+    ``"singleton"`` (one node at a time handles them all). ``concurrency``: most events
+    this method handles at once on one node::
+
+        @on_event("orders.created", "orders.updated", concurrency=4)
+        async def order_changed(self, ctx: Context, order: Order) -> None: ...
+    """
+    checked = tuple(_checked_pattern(p, "@on_event") for p in (pattern, *patterns))
+    if delivery not in _DELIVERIES:
+        raise ConfigError(f"@on_event: delivery must be one of {', '.join(_DELIVERIES)}")
+    _check_concurrency(concurrency, "@on_event")
+    return _mark_handler(_HandlerOptions("event", checked, delivery, concurrency), "@on_event")
+
+
+@overload
+def command(func: F, /) -> F: ...
+@overload
+def command(
+    *, name: str | None = None, concurrency: int = DEFAULT_CONCURRENCY
+) -> Callable[[F], F]: ...
+
+
+def command(
+    func: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> F | Callable[[F], F]:
+    """Mark an ``async def`` method of a :class:`Service` as the handler of a durable
+    command: ``await ctx.send("<service>.<name>", payload)`` reaches one node of the
+    service, at least once, with the same retries and dead letters as events. ``name``
+    defaults to the method's name."""
+    if name is not None and not is_method_name(name):
+        raise ConfigError(f"@command: bad command name {name!r}")
+    _check_concurrency(concurrency, "@command")
+    mark = _mark_handler(_HandlerOptions("command", (), "pool", concurrency, name), "@command")
+    if func is not None:
+        return mark(func)
+    return mark
+
+
+def _check_concurrency(concurrency: object, where: str) -> None:
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ConfigError(f"{where}: concurrency must be a positive integer, not {concurrency!r}")
+
+
+def _mark_handler(options: _HandlerOptions, where: str) -> Callable[[F], F]:
+    def mark(f: F) -> F:
+        is_async = inspect.iscoroutinefunction(f)
+        if not is_async:
+            raise TypeError(f"{where} method {f.__qualname__} must be 'async def'")
+        if getattr(f, _HANDLER_MARK, None) is not None:
+            raise ConfigError(f"{f.__qualname__}: one @on_event or @command per method")
+        setattr(f, _HANDLER_MARK, options)
+        return f
+
+    return mark
+
+
 def _checked_pattern(pattern: object, where: str) -> str:
     if not isinstance(pattern, str):
         hint = ' (write @subscribe("topic.pattern"), with the pattern)' if callable(pattern) else ""
@@ -137,6 +231,20 @@ class SubscriptionSpec:
 
 
 @dataclass(frozen=True)
+class HandlerSpec:
+    """One ``@on_event`` or ``@command`` method: what it consumes and how."""
+
+    #: the method's name, also the handler's name in its queue (``service/handler``)
+    attribute: str
+    kind: Literal["event", "command"]
+    #: event topic patterns, or ``("<service>.<command>",)``
+    patterns: tuple[str, ...]
+    delivery: DeliveryMode
+    concurrency: int
+    shapes: SignatureShapes
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     cls: type[Service]
@@ -144,6 +252,8 @@ class ServiceSpec:
     #: ``(pattern, handler)`` for every pattern of every ``@subscribe`` method, in the
     #: order the methods are defined (base classes first)
     subscriptions: tuple[tuple[str, SubscriptionSpec], ...] = ()
+    #: the ``@on_event`` and ``@command`` methods
+    handlers: tuple[HandlerSpec, ...] = ()
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -177,7 +287,8 @@ class ServiceSpec:
                     f"{attribute!r} are both served as {wire_name!r}"
                 )
             methods[wire_name] = MethodSpec(wire_name, attribute, options.idempotent, shapes)
-        return cls(name, service_cls, methods, _subscriptions_of(service_cls))
+        handlers = _handlers_of(service_cls, name)
+        return cls(name, service_cls, methods, _subscriptions_of(service_cls), handlers)
 
 
 def _subscriptions_of(service_cls: type[Service]) -> tuple[tuple[str, SubscriptionSpec], ...]:
@@ -207,19 +318,51 @@ def _subscriptions_of(service_cls: type[Service]) -> tuple[tuple[str, Subscripti
     return tuple(found)
 
 
+def _handlers_of(service_cls: type[Service], service: str) -> tuple[HandlerSpec, ...]:
+    found: list[HandlerSpec] = []
+    commands: dict[str, str] = {}
+    for attribute, member in inspect.getmembers(service_cls, inspect.isfunction):
+        options = getattr(member, _HANDLER_MARK, None)
+        if not isinstance(options, _HandlerOptions):
+            continue
+        try:
+            shapes = signature_shapes(member, skip=2)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc
+        patterns = options.patterns
+        if options.kind == "command":
+            command_name = options.name or attribute
+            taken = commands.get(command_name)
+            if taken is not None:
+                raise ConfigError(
+                    f"{service_cls.__qualname__}: methods {taken!r} and {attribute!r} both "
+                    f"handle the command {command_name!r}"
+                )
+            commands[command_name] = attribute
+            patterns = (f"{service}.{command_name}",)
+        found.append(
+            HandlerSpec(
+                attribute, options.kind, patterns, options.delivery, options.concurrency, shapes
+            )
+        )
+    return tuple(found)
+
+
 class Service:
     """Base class of every service. Set ``name``; mark methods with :func:`rpc` and
     :func:`subscribe`.
 
     Set by the runtime before ``on_start``: ``node_id``, ``data_dir`` (this service's own
-    folder under the mesh's data folder) and ``mesh`` (a caller for calls made outside a
-    handler, e.g. from a background task; inside a handler prefer ``ctx.call``).
+    folder under the mesh's data folder), ``mesh`` (a caller for calls made outside a
+    handler, e.g. from a background task; inside a handler prefer ``ctx.call``) and
+    ``store`` (the service's own database, see :class:`wiremesh.messaging.store.Store`).
     """
 
     name: ClassVar[str]
     node_id: str = ""
     data_dir: Path = Path(".")
     mesh: MeshCaller
+    store: Store
 
     async def on_start(self) -> None:
         """Called once before the node takes calls: open what the service owns."""

@@ -9,9 +9,18 @@ Two levels, as in Nameko (``worker_factory``, ``entrypoint_hook``):
       flows = worker(Flows, connectors=FakeConnectors())
       result = await call_handler(flows, "run", {"flow": "welcome"})
 
+  :func:`deliver` does the same for an ``@on_event`` or ``@command`` method; what the
+  handler emits or sends (``ctx.emit``, or ``tx.emit`` once its transaction commits) is
+  recorded in ``instance.mesh.sent`` (no broker needed)::
+
+      await deliver(flows, "order_created", {"id": 7})
+      assert [e.topic for e in flows.mesh.sent] == ["flows.started"]
+
 * **Real services on loopback.** :class:`TestMesh` starts an embedded registry and real
   gRPC nodes inside the test's event loop, calls them like any client, and can replace a
-  service's dependencies or stop a node::
+  service's dependencies or stop a node. When a service has message handlers, an
+  embedded broker runs too (``broker="embedded"``; give an ``amqp://`` url for RabbitMQ),
+  and ``mesh.emit`` / ``mesh.send`` reach the handlers::
 
       async with TestMesh(Connectors, Flows, replicas={"connectors": 2}) as mesh:
           result = await mesh.call("flows.run", {"flow": "welcome"})
@@ -20,6 +29,7 @@ Two levels, as in Nameko (``worker_factory``, ``entrypoint_hook``):
 from __future__ import annotations
 
 import asyncio
+import secrets
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,11 +43,42 @@ from wiremesh.core.deadline import Deadline
 from wiremesh.core.gather import MulticastResult
 from wiremesh.core.model import MeshSnapshot
 from wiremesh.errors import ConfigError, NodeNotFound, Unavailable
+from wiremesh.messaging.base import Broker, Envelope, open_broker
+from wiremesh.messaging.broker_server import BrokerServer
+from wiremesh.messaging.outbound import make_envelope
+from wiremesh.messaging.store import Store
 from wiremesh.registry.embedded import RegistryServer
 from wiremesh.runtime.node import Node
 from wiremesh.service import Service, ServiceProxy, ServiceSpec
 
-__all__ = ["TestMesh", "call_handler", "worker"]
+__all__ = ["Recorder", "TestMesh", "call_handler", "deliver", "worker"]
+
+
+class Recorder:
+    """Stands in for the broker in :func:`worker` instances: ``ctx.emit`` and ``ctx.send``
+    are recorded in :attr:`sent`, in order, instead of being sent."""
+
+    def __init__(self, sender: str) -> None:
+        self.sender = sender
+        self.sent: list[Envelope] = []
+
+    async def emit(
+        self, topic: str, payload: Any = None, *, codec: CodecName = "msgpack", **options: Any
+    ) -> str:
+        envelope = make_envelope(
+            "event", topic, payload, codec, options.get("headers"), sender=self.sender
+        )
+        self.sent.append(envelope)
+        return envelope.id
+
+    async def send(
+        self, target: str, payload: Any = None, *, codec: CodecName = "msgpack", **options: Any
+    ) -> str:
+        envelope = make_envelope(
+            "command", target, payload, codec, options.get("headers"), sender=self.sender
+        )
+        self.sent.append(envelope)
+        return envelope.id
 
 
 class _NoMesh:
@@ -45,6 +86,12 @@ class _NoMesh:
 
     def __init__(self, cls: type[Service]) -> None:
         self.cls = cls
+        self.outbound = Recorder(f"{ServiceSpec.of(cls).name}-test")
+
+    @property
+    def sent(self) -> list[Envelope]:
+        """What the service emitted and sent, in order."""
+        return self.outbound.sent
 
     async def call(self, target: str, payload: Any = None, **options: Any) -> Any:
         service = target.split("@", 1)[0].split(".", 1)[0]
@@ -73,7 +120,8 @@ class _NoMesh:
 def worker(cls: type[Service], *, data_dir: Path | None = None, **dependencies: Any) -> Service:
     """An instance of ``cls`` with each named attribute (a :class:`ServiceProxy` or any other
     dependency) replaced by the given object. ``on_start`` is not called: call it yourself
-    when the test needs the service's own resources."""
+    when the test needs the service's own resources. ``instance.store`` is a SQLite store
+    in ``data_dir`` (a fresh temporary folder by default)."""
     spec = ServiceSpec.of(cls)
     instance = cls()
     for name, replacement in dependencies.items():
@@ -83,7 +131,60 @@ def worker(cls: type[Service], *, data_dir: Path | None = None, **dependencies: 
     instance.node_id = f"{spec.name}-test"
     instance.data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"wiremesh-{spec.name}-"))
     instance.mesh = _NoMesh(cls)
+    instance.store = Store(None, path=instance.data_dir / "store.db", service=spec.name)
+    # what a transaction emits is "sent" when it commits, as the outbox relay would do
+    instance.store.committed = instance.mesh.sent.extend
     return instance
+
+
+async def deliver(
+    instance: Service,
+    handler: str,
+    payload: Any = None,
+    *,
+    topic: str | None = None,
+    codec: CodecName = "msgpack",
+    headers: Mapping[str, str] | None = None,
+    attempt: int = 1,
+    timeout: float = 60.0,
+) -> Envelope:
+    """Run ``instance``'s ``@on_event`` or ``@command`` method ``handler`` for one message,
+    as the broker would: the payload is encoded and decoded with ``codec`` and validated
+    (a bad payload raises :class:`~wiremesh.InvalidPayload`, which in a running mesh makes
+    it a dead letter), the handler gets a real :class:`Context` whose ``message`` is the
+    envelope, and whatever it raises is raised here. ``topic`` defaults to the handler's
+    first pattern (a command's ``service.command``). Returns the envelope delivered."""
+    spec = ServiceSpec.of(type(instance))
+    found = [h for h in spec.handlers if h.attribute == handler]
+    if not found:
+        known = ", ".join(sorted(h.attribute for h in spec.handlers)) or "none"
+        raise AttributeError(f"{spec.name} has no message handler {handler!r} (handlers: {known})")
+    handler_spec = found[0]
+    topic = topic or handler_spec.patterns[0].replace("#", "any").replace("*", "any")
+    envelope = make_envelope(handler_spec.kind, topic, payload, codec, headers, sender="test")
+    if attempt != 1:
+        from dataclasses import replace as replaced
+
+        envelope = replaced(envelope, attempt=attempt)
+    shapes = handler_spec.shapes
+    wire = envelope.body if shapes.takes_protobuf else decode(envelope.body, codec)
+    args, kwargs = shapes.arguments(wire)
+    ctx = Context(
+        deadline=Deadline.after(timeout),
+        service=spec.name,
+        method=handler,
+        node_id=instance.node_id or f"{spec.name}-test",
+        caller_client=getattr(instance, "mesh", None) or _NoMesh(type(instance)),
+        metadata=dict(envelope.headers),
+        caller="test",
+        message=envelope,
+    )
+    token = ctx.activate()
+    try:
+        await getattr(instance, handler_spec.attribute)(ctx, *args, **kwargs)
+    finally:
+        Context.deactivate(token)
+    return envelope
 
 
 async def call_handler(
@@ -148,9 +249,18 @@ class TestMesh:
         data_dir: Path | None = None,
         default_timeout: float = 10.0,
         drain_grace: float = 1.0,
+        broker: str | None = None,
+        mesh_name: str | None = None,
         **node_options: Any,
     ) -> None:
         self.services = services
+        #: "embedded", an amqp url, or None: embedded when a service has message handlers
+        self.broker_url = broker
+        if broker is None and any(ServiceSpec.of(cls).handlers for cls in services):
+            self.broker_url = "embedded"
+        self.broker_server: BrokerServer | None = None
+        #: names the mesh's queues on a shared broker (RabbitMQ): unique per TestMesh
+        self.mesh_name = mesh_name or f"test-{secrets.token_hex(4)}"
         self.replicas = dict(replicas or {})
         self.replace = {k: dict(v) for k, v in (replace or {}).items()}
         self.groups = {k: tuple(v) for k, v in (groups or {}).items()}
@@ -175,11 +285,18 @@ class TestMesh:
         self._registry = RegistryServer(ttl=1.5)
         await self._registry.start()
         try:
+            if self.broker_url == "embedded":
+                self.broker_server = BrokerServer(self.data_dir / "broker" / "broker.db")
+                await self.broker_server.start()
             for cls in self.services:
                 name = ServiceSpec.of(cls).name
                 for _ in range(self.replicas.get(name, 1)):
                     await self.add_node(cls)
-            self._client = MeshClient(self.registry.address, default_timeout=self.default_timeout)
+            self._client = MeshClient(
+                self.registry.address,
+                default_timeout=self.default_timeout,
+                broker=self._new_broker(),
+            )
             await self._client.start()
             await self.wait_for_nodes()
         except BaseException:
@@ -194,6 +311,23 @@ class TestMesh:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    def _new_broker(self) -> Broker | None:
+        if self.broker_server is not None:
+            url = self.broker_server.url
+        elif self.broker_url is not None:
+            url = self.broker_url
+        else:
+            return None
+        return open_broker(url, data_dir=self.data_dir, mesh=self.mesh_name)
+
+    async def emit(self, topic: str, payload: Any = None, **options: Any) -> str:
+        """Emit a durable event from outside the mesh (see ``MeshClient.emit``)."""
+        return await self.client.emit(topic, payload, **options)
+
+    async def send(self, target: str, payload: Any = None, **options: Any) -> str:
+        """Send a durable command from outside the mesh (see ``MeshClient.send``)."""
+        return await self.client.send(target, payload, **options)
 
     async def add_node(self, cls: type[Service]) -> Node:
         """Start one more node of ``cls`` (with the replacements given for its service)."""
@@ -210,7 +344,7 @@ class TestMesh:
             default_timeout=self.default_timeout,
             drain_grace=self.drain_grace,
             groups=self.groups.get(spec.name, ()),
-            **self.node_options,
+            **{"broker": self._new_broker(), **self.node_options},
         )
         await node.start()
         self.nodes.append(node)
@@ -290,5 +424,8 @@ class TestMesh:
         if self._registry is not None:
             await self._registry.stop()
             self._registry = None
+        if self.broker_server is not None:
+            await self.broker_server.stop()
+            self.broker_server = None
         if errors:
             raise errors[0]

@@ -21,6 +21,19 @@ file is a valid (if service-less) mesh. A complete example, with every default s
     ttl = 1.5                   # seconds a node stays registered without a heartbeat;
                                 # must be greater than heartbeat_interval
 
+    [broker]
+    url = "embedded"            # "embedded" (hosted by `wiremesh run`, data on disk) or
+                                # "amqp://user:password@host:5672/vhost" (RabbitMQ)
+    port = 0                    # the embedded broker's port; 0 = any free port
+    prefetch = 32               # most unacknowledged messages per handler and node (>= 1)
+    attempts = 5                # deliveries of a failing message before it is a dead
+                                # letter (>= 1)
+    initial_backoff = 0.5       # seconds before the first retry (> 0); doubles per retry,
+    max_backoff = 30.0          # up to this (>= initial_backoff), with full jitter
+    handler_timeout = 60.0      # seconds a handler may run before it counts as failed (> 0)
+    publish_timeout = 10.0      # seconds emit/send wait for the broker by default (> 0)
+    quorum_queues = false       # amqp: declare quorum queues instead of classic ones
+
     [tls]
     enabled = false
     ca = "certs/ca.pem"         # relative paths are relative to data_dir
@@ -40,6 +53,9 @@ file is a valid (if service-less) mesh. A complete example, with every default s
     groups = ["eu", "cache"]    # named groups every node of the service joins at start
                                 # (multicast can target a group; nodes may also join and
                                 # leave at run time), default []
+    store = "postgresql+asyncpg://app@db.internal/connectors"   # the service's own
+                                # database (a SQLAlchemy async url); default: the SQLite
+                                # file <data_dir>/data/<service>/store.db
 
 Service names match ``^[a-z][a-z0-9_-]{0,62}$``; group names are letters, digits, ``_``,
 ``.``, ``:`` and ``-``, at most 63 characters. Unknown settings are errors, as are values
@@ -86,6 +102,7 @@ from wiremesh.errors import ConfigError, InvalidPayload
 __all__ = [
     "SERVICE_NAME_PATTERN",
     "Balancer",
+    "BrokerSettings",
     "MeshConfig",
     "MeshSettings",
     "ObservabilitySettings",
@@ -201,6 +218,63 @@ class RegistrySettings(BaseModel):
         return self
 
 
+def _check_broker_url(url: str) -> str:
+    if url != "embedded" and not url.startswith(("amqp://", "amqps://")):
+        raise PydanticCustomError(
+            "broker_url",
+            'broker url must be "embedded" or an "amqp://user:password@host:port/" url, got {url}',
+            {"url": json.dumps(url, ensure_ascii=False)},
+        )
+    return url
+
+
+def _check_store_url(url: str) -> str:
+    driver = url.partition("://")[0]
+    if not driver or "://" not in url:
+        raise PydanticCustomError(
+            "store_url",
+            "store must be a SQLAlchemy async database url such as "
+            '"postgresql+asyncpg://user@host/db" or "sqlite+aiosqlite:///path.db", got {url}',
+            {"url": json.dumps(url, ensure_ascii=False)},
+        )
+    return url
+
+
+class BrokerSettings(BaseModel):
+    """The ``[broker]`` table: where durable messages go and how failures are retried."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, AfterValidator(_check_broker_url)] = "embedded"
+    port: int = Field(default=0, ge=0, le=65535)
+    prefetch: int = Field(default=32, ge=1, le=65535)
+    attempts: int = Field(default=5, ge=1)
+    initial_backoff: _Seconds = 0.5
+    max_backoff: _Seconds = 30.0
+    handler_timeout: _Seconds = 60.0
+    publish_timeout: _Seconds = 10.0
+    quorum_queues: bool = False
+
+    @property
+    def embedded(self) -> bool:
+        return self.url == "embedded"
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> Self:
+        if self.max_backoff < self.initial_backoff:
+            raise PydanticCustomError(
+                "backoff_order",
+                "max_backoff ({max_backoff}) must not be less than initial_backoff "
+                "({initial_backoff})",
+                {
+                    "max_backoff": self.max_backoff,
+                    "initial_backoff": self.initial_backoff,
+                    "setting": "max_backoff",
+                },
+            )
+        return self
+
+
 class TlsSettings(BaseModel):
     """The ``[tls]`` table; relative paths are relative to ``mesh.data_dir``."""
 
@@ -268,6 +342,8 @@ class ServiceSettings(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     #: Named groups every node of this service joins when it starts (see multicast).
     groups: list[GroupName] = Field(default_factory=list)
+    #: The service's own database; None: a SQLite file in the service's data folder.
+    store: Annotated[str, AfterValidator(_check_store_url)] | None = None
 
 
 class MeshConfig(BaseModel):
@@ -277,6 +353,7 @@ class MeshConfig(BaseModel):
 
     mesh: MeshSettings = Field(default_factory=MeshSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     restart: RestartSettings = Field(default_factory=RestartSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
@@ -486,6 +563,7 @@ def _unknown_setting(loc: tuple[str | int, ...]) -> str:
 _TABLES: dict[str, type[BaseModel]] = {
     "mesh": MeshSettings,
     "registry": RegistrySettings,
+    "broker": BrokerSettings,
     "tls": TlsSettings,
     "restart": RestartSettings,
 }

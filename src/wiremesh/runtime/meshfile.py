@@ -42,6 +42,10 @@ class MeshFile:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: the broker's url: ``embedded://host:port`` (hosted by the supervisor) or ``amqp://…``
+    broker: str | None = None
+    #: ``[broker] quorum_queues``: how the amqp queues are declared
+    quorum_queues: bool = False
 
     @property
     def running(self) -> bool:

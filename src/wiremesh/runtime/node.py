@@ -1,11 +1,12 @@
 """A node: one running instance of a service, serving gRPC and registered in the mesh.
 
-Start order: the service's ``on_start``, the gRPC server, the mesh view, then the lease
-(so nobody is sent a call before the node can take it). Stop order, the drain: mark the
-node draining (callers stop choosing it), release the lease, let in-flight calls finish
-within the grace period, then ``on_stop`` and close. A node process first waits, still
-serving, until the mesh knows it drains (:meth:`Node.announce_drain`), so that no caller
-is refused a call on its way.
+Start order: the broker client and the outbox relay, the service's ``on_start``, the gRPC
+server, the mesh view, the lease (so nobody is sent a call before the node can take it),
+then the message handlers. Stop order, the drain: mark the node draining (callers stop
+choosing it), stop taking messages and let running handlers finish, let in-flight calls
+finish within the grace period, hand the outbox over, then ``on_stop`` and close. A node
+process first waits, still serving, until the mesh knows it drains
+(:meth:`Node.announce_drain`), so that no caller is refused a call on its way.
 """
 
 from __future__ import annotations
@@ -20,8 +21,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from wiremesh.core.balancing import BalancerName
+from wiremesh.core.delivery import DeliveryPolicy
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.core.names import check_group
+from wiremesh.messaging.base import Binding, Broker
+from wiremesh.messaging.consumer import HandlerRunner, MessageHandler
+from wiremesh.messaging.outbound import Outbound, attach, detach
+from wiremesh.messaging.outbox import Relay
+from wiremesh.messaging.store import Store
 from wiremesh.observability.metrics import METRICS_KEY, MeshMetrics, MetricsEndpoint, StatsCollector
 from wiremesh.registry.base import Lease
 from wiremesh.registry.embedded import EmbeddedRegistry
@@ -70,6 +77,12 @@ class Node:
         publish_queue: int = DEFAULT_QUEUE,
         metrics_port: int | None = 0,
         metrics_host: str | None = None,
+        broker: Broker | None = None,
+        store_url: str | None = None,
+        delivery: DeliveryPolicy | None = None,
+        prefetch: int = 32,
+        handler_timeout: float = 60.0,
+        publish_timeout: float | None = None,
     ) -> None:
         instance = service if isinstance(service, Service) else service()
         self.spec = ServiceSpec.of(type(instance))
@@ -147,6 +160,51 @@ class Node:
         instance.node_id = self.node_id
         instance.data_dir = data_dir or Path(".wiremesh") / "data" / self.spec.name
         instance.mesh = self.caller
+        #: the service's own database (opened on first use)
+        self.store = Store(
+            store_url,
+            path=instance.data_dir / "store.db",
+            service=self.spec.name,
+            sender=self.node_id,
+        )
+        instance.store = self.store
+        #: the durable messaging side: None when the node runs without a broker
+        self.broker = broker
+        self.relay: Relay | None = None
+        self.handlers: list[HandlerRunner] = []
+        if broker is not None:
+            publish_timeout = publish_timeout or default_timeout
+            attach(
+                self.caller,
+                Outbound(broker, sender=self.node_id, default_timeout=publish_timeout),
+            )
+            self.relay = Relay(self.store, broker, timeout=publish_timeout)
+            for handler_spec in self.spec.handlers:
+                handler = MessageHandler(
+                    handler_spec,
+                    instance,
+                    self.spec.name,
+                    self.node_id,
+                    self.caller,
+                    store=self.store,
+                    policy=delivery,
+                    timeout=handler_timeout,
+                )
+                binding = Binding(
+                    service=self.spec.name,
+                    handler=handler_spec.attribute,
+                    kind=handler_spec.kind,
+                    patterns=handler_spec.patterns,
+                    delivery=handler_spec.delivery,
+                    node_id=self.node_id,
+                    prefetch=max(prefetch, handler_spec.concurrency),
+                )
+                self.handlers.append(HandlerRunner(handler, broker, binding))
+        elif self.spec.handlers:
+            log.warning(
+                "%s has message handlers but this node runs without a broker: they get nothing",
+                self.spec.name,
+            )
         self._lease: Lease | None = None
         self.started_at = 0.0
 
@@ -176,9 +234,16 @@ class Node:
         subscriber was full). Receiving: ``publish_received``, ``publish_delivered``,
         ``publish_delivery_dropped`` (this node's handlers could not keep up),
         ``publish_delivery_queued``, ``publish_unmatched``, ``publish_invalid`` (payloads
-        that did not validate) and ``publish_failed`` (handlers that raised).
+        that did not validate) and ``publish_failed`` (handlers that raised). Durable
+        messages handled here: ``messages_handled``, ``messages_duplicates`` (dropped by the
+        inbox), ``messages_retried`` and ``messages_dead``.
         """
-        return {**publisher_of(self.caller).stats(), **self.subscriptions.stats()}
+        counts = {**publisher_of(self.caller).stats(), **self.subscriptions.stats()}
+        for runner in self.handlers:
+            for name, value in runner.handler.counts.items():
+                key = f"messages_{name}"
+                counts[key] = counts.get(key, 0) + value
+        return counts
 
     async def join_group(self, group: str) -> None:
         """Join a named group now; multicasts to the group reach this node from then on."""
@@ -199,7 +264,11 @@ class Node:
     async def start(self) -> None:
         self.started_at = time.time()
         self.service.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.broker is not None:
+            await self.broker.start()
         await self.service.on_start()
+        if self.relay is not None:
+            await self.relay.start()
         await self.server.start()
         if self.metrics_endpoint is not None:
             self.metrics.add_collector(
@@ -214,6 +283,7 @@ class Node:
         await self.view.start()
         self._lease = await self.registry.lease(self.info)
         self._lease.stats = self.stats
+        await asyncio.gather(*(runner.start() for runner in self.handlers))
         log.info("node %s serving %s at %s", self.node_id, self.spec.name, self.address)
 
     async def announce_drain(self, timeout: float = ANNOUNCE_WAIT) -> None:
@@ -246,6 +316,8 @@ class Node:
             await self._lease.set_state(NodeState.DRAINING)
         log.info("node %s draining (grace %.1fs)", self.node_id, grace)
         started = time.monotonic()
+        # message handlers: take no new message, finish the running ones
+        await asyncio.gather(*(runner.close(grace) for runner in self.handlers))
         # calls on links: refuse new ones (callers retry them elsewhere), finish the rest
         self.node_links.draining = True
         with contextlib.suppress(TimeoutError):
@@ -257,9 +329,15 @@ class Node:
         if self._lease is not None:
             await self._lease.release()
             self._lease = None
+        if self.relay is not None:
+            await self.relay.close(max(0.5, grace - (time.monotonic() - started)))
         try:
             await self.service.on_stop()
         finally:
+            detach(self.caller)
+            if self.broker is not None:
+                await self.broker.close()
+            await self.store.close()
             await self.view.close()
             await self.caller.close()
             await self.registry.close()

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from wiremesh.core.balancing import BalancerName
+from wiremesh.core.delivery import DeliveryPolicy
 from wiremesh.errors import ConfigError, WiremeshError
+from wiremesh.messaging.base import open_broker
 from wiremesh.observability import tracing
 from wiremesh.observability.logs import configure_logging
 from wiremesh.observability.tracing import configure as configure_tracing
@@ -59,6 +61,18 @@ class NodeLaunch:
     supervisor_pid: int = 0
     #: the ``[observability]`` settings (:class:`ObservabilitySettings` as a dict)
     observability: dict[str, Any] = field(default_factory=dict)
+    mesh: str = "wiremesh"
+    #: ``embedded://host:port`` or ``amqp://…``; None: no durable messaging
+    broker: str | None = None
+    #: the service's store url; None: SQLite in ``data_dir``
+    store: str | None = None
+    prefetch: int = 32
+    attempts: int = 5
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
+    handler_timeout: float = 60.0
+    publish_timeout: float = 10.0
+    quorum_queues: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -83,6 +97,17 @@ async def run(launch: NodeLaunch) -> int:
         endpoint=seen.otlp_endpoint or None,
         node_id=launch.node_id,
     )
+    broker = (
+        open_broker(
+            launch.broker,
+            data_dir=Path(launch.data_dir),
+            mesh=launch.mesh,
+            tls=tls,
+            quorum_queues=launch.quorum_queues,
+        )
+        if launch.broker
+        else None
+    )
     node = Node(
         cls,
         registry_address=launch.registry,
@@ -99,6 +124,12 @@ async def run(launch: NodeLaunch) -> int:
         groups=launch.groups,
         metrics_port=0 if seen.metrics else None,
         metrics_host=seen.metrics_host or None,
+        broker=broker,
+        store_url=launch.store,
+        delivery=DeliveryPolicy(launch.attempts, launch.initial_backoff, launch.max_backoff),
+        prefetch=launch.prefetch,
+        handler_timeout=launch.handler_timeout,
+        publish_timeout=launch.publish_timeout,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,6 +1,7 @@
 """``wiremesh run``: the supervisor of one machine's mesh.
 
-It hosts the embedded registry, starts every node as its own process, restarts a node
+It hosts the embedded registry and (with ``broker.url = "embedded"``) the embedded
+broker, starts every node as its own process, restarts a node
 that dies (exponential backoff with jitter, reset after a healthy run), kills and
 restarts a node that hangs (alive but silent to the registry), and drains on SIGINT or
 SIGTERM: every node gets SIGTERM, finishes its in-flight calls within the grace period,
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from wiremesh.core.retry import Backoff
 from wiremesh.errors import ConfigError
+from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.registry.embedded import RegistryServer
 from wiremesh.runtime.config import MeshConfig
 from wiremesh.runtime.meshfile import MESH_FILE, MeshFile
@@ -81,6 +83,9 @@ class Supervisor:
         self.echo: Listener = echo or (lambda line: print(line, flush=True))
         self.slots: list[NodeProcess] = []
         self.registry: RegistryServer | None = None
+        self.broker: BrokerServer | None = None
+        #: what nodes are told to use: ``embedded://host:port`` or the amqp url
+        self.broker_url = config.broker.url
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._slot_tasks: list[asyncio.Task[None]] = []
@@ -114,6 +119,20 @@ class Supervisor:
             credentials=self._tls.server_credentials() if self._tls else None,
         )
         await self.registry.start()
+        if self.config.broker.embedded:
+            self.broker = BrokerServer(
+                data / "broker" / "broker.db",
+                host=mesh.host,
+                port=self.config.broker.port,
+                credentials=self._tls.server_credentials() if self._tls else None,
+                max_message_bytes=mesh.max_message_bytes,
+            )
+            try:
+                await self.broker.start()
+            except BaseException:
+                await self.registry.stop()
+                raise
+            self.broker_url = self.broker.url
         client_tls = self._client_tls()
         MeshFile(
             registry=self.registry.address,
@@ -125,8 +144,14 @@ class Supervisor:
             tls_ca=str(client_tls.ca) if client_tls else None,
             tls_cert=str(client_tls.cert) if client_tls else None,
             tls_key=str(client_tls.key) if client_tls else None,
+            broker=self.broker_url,
+            quorum_queues=self.config.broker.quorum_queues,
         ).write(data)
-        self.echo(f"mesh {mesh.name}: registry at {self.registry.address}, data in {data}")
+        where = self.broker.address if self.broker else _without_password(self.broker_url)
+        self.echo(
+            f"mesh {mesh.name}: registry at {self.registry.address}, broker at {where}, "
+            f"data in {data}"
+        )
         restart = self.config.restart
         for name, settings in self.config.services.items():
             for slot in range(settings.replicas):
@@ -142,6 +167,8 @@ class Supervisor:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._kill_leftovers()
+            if self.broker is not None:
+                await self.broker.stop()
             await self.registry.stop()
             with contextlib.suppress(FileNotFoundError):
                 (data / MESH_FILE).unlink()
@@ -215,6 +242,7 @@ class Supervisor:
 
     def _launch(self, slot: NodeProcess) -> NodeLaunch:
         mesh = self.config.mesh
+        broker = self.config.broker
         assert self.registry is not None
         return NodeLaunch(
             target=self.config.services[slot.service].target,
@@ -234,6 +262,16 @@ class Supervisor:
             supervisor_pid=os.getpid(),
             groups=list(self.config.services[slot.service].groups),
             observability=self.config.observability.model_dump(),
+            mesh=mesh.name,
+            broker=self.broker_url,
+            store=self.config.services[slot.service].store,
+            prefetch=broker.prefetch,
+            attempts=broker.attempts,
+            initial_backoff=broker.initial_backoff,
+            max_backoff=broker.max_backoff,
+            handler_timeout=broker.handler_timeout,
+            publish_timeout=broker.publish_timeout,
+            quorum_queues=broker.quorum_queues,
         )
 
     async def _keep_running(self, slot: NodeProcess) -> None:
@@ -344,6 +382,15 @@ class Supervisor:
         if client_cert.is_file() and client_key.is_file():
             return TlsFiles(self._tls.ca, client_cert, client_key)
         return self._tls
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 def _describe_exit(code: int) -> str:

@@ -1,0 +1,193 @@
+"""The seam between the messaging core and its broker backends.
+
+A backend (:mod:`wiremesh.messaging.embedded`, :mod:`wiremesh.messaging.amqp`) carries
+:class:`Envelope` values durably: it accepts them (:meth:`Broker.publish`), hands them to
+the handlers bound to them (:meth:`Broker.consume`) and keeps each one until the consumer
+says :meth:`Received.ack`, :meth:`Received.retry` or :meth:`Received.dead`. Every decision
+(decode, validate, run the handler, retry or dead-letter, drop a duplicate) is the core's
+(:mod:`wiremesh.messaging.consumer`, :mod:`wiremesh.core.delivery`); a backend only carries
+it out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from wiremesh.errors import ConfigError
+
+if TYPE_CHECKING:
+    from wiremesh.transport.tls import TlsFiles
+
+__all__ = [
+    "HEADER_SENDER",
+    "HEADER_SENT_AT",
+    "HEADER_TRACEPARENT",
+    "Binding",
+    "Broker",
+    "DeadLetter",
+    "Delivery",
+    "Envelope",
+    "Kind",
+    "Received",
+    "Subscription",
+    "new_message_id",
+    "open_broker",
+]
+
+Kind = Literal["event", "command"]
+Delivery = Literal["pool", "broadcast", "singleton"]
+DeliveryMode = Delivery
+
+HEADER_TRACEPARENT = "traceparent"
+#: the sending node id (or ``client`` for a program outside the mesh)
+HEADER_SENDER = "wm-sender"
+#: unix time of the emit, a float written as a string
+HEADER_SENT_AT = "wm-sent-at"
+
+
+def new_message_id() -> str:
+    """A fresh message id: uuid4 as 32 lowercase hex digits."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One message as every backend carries it."""
+
+    #: message id, uuid4 hex; the inbox drops duplicates by it
+    id: str
+    kind: Kind
+    #: event topic (``orders.created``) or command target (``billing.charge``)
+    topic: str
+    #: the payload encoded with ``codec``
+    body: bytes
+    #: ``msgpack`` (default), ``json``, ``raw`` or ``proto``
+    codec: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: 1 on the first delivery, +1 per retry
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """What one handler consumes."""
+
+    #: the consuming service
+    service: str
+    #: the handler's name (its method name), unique within the service
+    handler: str
+    kind: Kind
+    #: event topic patterns (``*`` one word, ``#`` any words: :mod:`wiremesh.core.topics`);
+    #: for a command, ``("<service>.<command>",)``
+    patterns: tuple[str, ...]
+    #: commands are always ``pool``
+    delivery: Delivery
+    #: the consuming node (for broadcast queues and the singleton)
+    node_id: str
+    #: most unacknowledged messages handed to this handler at once
+    prefetch: int
+
+    @property
+    def queue(self) -> str:
+        """The queue's name as the dead letters and ``wiremesh dlq`` show it:
+        ``service/handler`` (``service/handler@node`` for broadcast; ``service/command``
+        for a command, whichever method handles it)."""
+        if self.kind == "command":
+            service, _, command = self.patterns[0].partition(".")
+            return f"{service}/{command}"
+        base = f"{self.service}/{self.handler}"
+        return f"{base}@{self.node_id}" if self.delivery == "broadcast" else base
+
+
+class Received(Protocol):
+    """One message handed to a consumer; exactly one of the three settles it."""
+
+    @property
+    def envelope(self) -> Envelope: ...
+
+    async def ack(self) -> None:
+        """The handler succeeded (or the message was a duplicate): forget it."""
+
+    async def retry(self, delay: float, reason: str) -> None:
+        """Deliver it again after ``delay`` seconds, with ``attempt + 1``."""
+
+    async def dead(self, reason: str) -> None:
+        """Move it to the dead letters, with the reason."""
+
+
+class Subscription(Protocol):
+    async def cancel(self) -> None:
+        """Stop receiving; unacknowledged messages go back to the broker."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    envelope: Envelope
+    reason: str
+    #: where it was consumed from (``service/handler``)
+    queue: str
+    #: unix time
+    died_at: float
+
+
+class Broker(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def publish(self, envelopes: Sequence[Envelope], *, timeout: float) -> None:
+        """Return once every envelope is durably accepted, never waiting for a consumer.
+
+        Raises :class:`wiremesh.errors.BrokerUnavailable` when it cannot within
+        ``timeout``; nothing is half sent: either all are accepted or the caller may send
+        all again (their ids make a resend harmless).
+        """
+
+    async def consume(
+        self, binding: Binding, handler: Callable[[Received], Awaitable[None]]
+    ) -> Subscription:
+        """Call ``handler`` for each message bound to ``binding``, at most
+        ``binding.prefetch`` at once, keeping each message until it is settled.
+        Reconnects by itself."""
+
+    async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]: ...
+
+    async def dead_letter(self, message_id: str) -> DeadLetter | None: ...
+
+    async def replay(self, message_ids: Sequence[str] | None = None) -> int:
+        """Put dead letters back on their queue with ``attempt`` reset; ``None`` = all.
+        Returns how many."""
+
+    async def purge(self, message_ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters; ``None`` = all. Returns how many."""
+
+
+def open_broker(
+    url: str,
+    *,
+    data_dir: Path,
+    mesh: str,
+    tls: TlsFiles | None = None,
+    quorum_queues: bool = False,
+) -> Broker:
+    """The backend for ``url``: ``embedded://host:port`` (the embedded broker the
+    supervisor hosts), ``embedded`` (the one of the mesh running in ``data_dir``,
+    found through its ``mesh.json``) or ``amqp://…`` / ``amqps://…`` (RabbitMQ). ``tls``:
+    the mesh's client certificates, for the embedded broker of a mesh with TLS on;
+    ``quorum_queues``: RabbitMQ quorum queues (``[broker] quorum_queues``)."""
+    if url.startswith(("amqp://", "amqps://")):
+        from wiremesh.messaging.amqp import AmqpBroker
+
+        broker: Broker = AmqpBroker(url, mesh=mesh, quorum_queues=quorum_queues)
+        return broker
+    if url == "embedded" or url.startswith("embedded://"):
+        from wiremesh.messaging.embedded import EmbeddedBroker
+
+        return EmbeddedBroker.from_url(url, data_dir=data_dir, tls=tls)
+    raise ConfigError(
+        f"broker url {url!r}: expected 'embedded' or an 'amqp://user:password@host:port/' url"
+    )

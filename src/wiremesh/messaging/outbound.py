@@ -1,0 +1,121 @@
+"""Sending durable messages: ``ctx.emit`` and ``ctx.send`` straight to the broker.
+
+:func:`make_envelope` checks the topic or target and encodes the payload; an
+:class:`Outbound` hands envelopes to the broker and returns once they are durably
+accepted. A node attaches its outbound to its caller (:func:`attach`), which is how a
+:class:`~wiremesh.Context` made by any transport finds it (:func:`outbound_of`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from wiremesh.core.codec import CodecName, encode
+from wiremesh.core.deadline import Deadline
+from wiremesh.core.topics import check_topic
+from wiremesh.errors import InvalidPayload
+from wiremesh.messaging.base import (
+    HEADER_SENDER,
+    HEADER_SENT_AT,
+    Broker,
+    Envelope,
+    Kind,
+    new_message_id,
+)
+
+__all__ = ["Outbound", "attach", "check_command", "detach", "make_envelope", "outbound_of"]
+
+_COMMAND = re.compile(r"^[a-z][a-z0-9_-]{0,62}\.[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_command(target: str) -> str:
+    """``target`` if it names a command (``service.command``), else :class:`InvalidPayload`."""
+    if not isinstance(target, str) or not _COMMAND.fullmatch(target):
+        raise InvalidPayload(f"bad command target {target!r}: write 'service.command'")
+    return target
+
+
+def make_envelope(
+    kind: Kind,
+    topic: str,
+    payload: Any,
+    codec: CodecName,
+    headers: Mapping[str, str] | None,
+    *,
+    sender: str,
+) -> Envelope:
+    """A new envelope for ``payload``; raises :class:`InvalidPayload` for a bad topic,
+    target, codec or payload."""
+    if kind == "command":
+        check_command(topic)
+    else:
+        check_topic(topic)
+    body = encode(payload, codec)
+    head = {**(headers or {}), HEADER_SENDER: sender, HEADER_SENT_AT: repr(time.time())}
+    return Envelope(new_message_id(), kind, topic, body, codec, head)
+
+
+class Outbound:
+    """Emits events and sends commands through ``broker``, as ``sender``."""
+
+    def __init__(self, broker: Broker, *, sender: str, default_timeout: float = 10.0) -> None:
+        self.broker = broker
+        self.sender = sender
+        self.default_timeout = default_timeout
+
+    async def emit(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        codec: CodecName = "msgpack",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        deadline: Deadline | None = None,
+    ) -> str:
+        envelope = make_envelope("event", topic, payload, codec, headers, sender=self.sender)
+        await self.broker.publish([envelope], timeout=self._timeout(timeout, deadline))
+        return envelope.id
+
+    async def send(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        codec: CodecName = "msgpack",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        deadline: Deadline | None = None,
+    ) -> str:
+        envelope = make_envelope("command", target, payload, codec, headers, sender=self.sender)
+        await self.broker.publish([envelope], timeout=self._timeout(timeout, deadline))
+        return envelope.id
+
+    def _timeout(self, timeout: float | None, deadline: Deadline | None) -> float:
+        limit = Deadline.after(self.default_timeout if timeout is None else timeout)
+        if deadline is not None and deadline.at < limit.at:
+            limit = deadline
+        return max(limit.remaining(), 0.001)
+
+
+_attached: weakref.WeakKeyDictionary[object, Outbound] = weakref.WeakKeyDictionary()
+
+
+def attach(caller: object, outbound: Outbound) -> None:
+    """Make ``outbound`` the one every context calling through ``caller`` emits with."""
+    _attached[caller] = outbound
+
+
+def detach(caller: object) -> None:
+    _attached.pop(caller, None)
+
+
+def outbound_of(caller: object) -> Outbound | None:
+    try:
+        return _attached.get(caller)
+    except TypeError:  # a caller that cannot be weakly referenced has none
+        return None

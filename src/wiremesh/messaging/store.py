@@ -1,0 +1,287 @@
+"""A service's own store: ``self.store``, a SQLAlchemy 2 async database of its own.
+
+By default a SQLite file per service under the data folder
+(``.wiremesh/data/<service>/store.db``); ``[services.<name>] store = "postgresql+asyncpg://…"``
+for many machines. The engine opens on first use, so a service that never touches its
+store never creates a file.
+
+:meth:`Store.transaction` is the one way to write::
+
+    async with self.store.transaction() as tx:
+        await tx.execute(orders.insert().values(id=order_id, total=total))
+        tx.emit("orders.created", OrderCreated(id=order_id))   # commits with the insert
+
+Two tables of wiremesh's own live next to the service's: ``wm_outbox`` (messages
+committed but not yet handed to the broker, see :mod:`.outbox`) and ``wm_inbox`` (the ids
+of messages whose handler committed a transaction, so that a redelivered message is
+dropped: effects written through the store happen exactly once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from wiremesh.core.codec import CodecName
+from wiremesh.errors import ConfigError
+from wiremesh.messaging.base import Envelope, Kind
+from wiremesh.messaging.outbound import make_envelope
+
+__all__ = ["Duplicate", "InboxMark", "Store", "Transaction", "inbox_mark", "metadata"]
+
+#: wiremesh's own tables; a service keeps its tables in a ``MetaData`` of its own
+metadata = sa.MetaData()
+
+outbox_table = sa.Table(
+    "wm_outbox",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("service", sa.String(63), nullable=False, index=True),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("topic", sa.String(255), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("codec", sa.String(16), nullable=False),
+    sa.Column("headers", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+inbox_table = sa.Table(
+    "wm_inbox",
+    metadata,
+    sa.Column("service", sa.String(63), primary_key=True),
+    sa.Column("handler", sa.String(255), primary_key=True),
+    sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("handled_at", sa.Float, nullable=False, index=True),
+)
+
+
+class Duplicate(Exception):
+    """The message this handler runs for was handled before (its inbox row exists)."""
+
+
+@dataclass
+class InboxMark:
+    """The message a handler runs for: its first transaction records it in the inbox."""
+
+    service: str
+    handler: str
+    message_id: str
+    recorded: bool = False
+
+
+inbox_mark: contextvars.ContextVar[InboxMark | None] = contextvars.ContextVar(
+    "wiremesh_inbox_mark", default=None
+)
+
+
+class Transaction:
+    """One transaction of the store: run statements on :attr:`connection` (or
+    :meth:`execute`), and :meth:`emit` / :meth:`send` messages that commit with them."""
+
+    def __init__(self, connection: AsyncConnection, service: str, sender: str) -> None:
+        #: the SQLAlchemy connection; ``AsyncSession(bind=tx.connection)`` for the ORM
+        self.connection = connection
+        self._service = service
+        self._sender = sender
+        self.envelopes: list[Envelope] = []
+
+    async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
+        """``await tx.execute(stmt)``: shorthand for ``tx.connection.execute``."""
+        result: sa.CursorResult[Any] = await self.connection.execute(statement, parameters)
+        return result
+
+    def emit(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        codec: CodecName = "msgpack",
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Emit an event when (and only if) this transaction commits. Returns its id."""
+        return self._add("event", topic, payload, codec, headers)
+
+    def send(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        codec: CodecName = "msgpack",
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Send the command ``service.command`` when this transaction commits."""
+        return self._add("command", target, payload, codec, headers)
+
+    def _add(
+        self,
+        kind: Kind,
+        topic: str,
+        payload: Any,
+        codec: CodecName,
+        headers: Mapping[str, str] | None,
+    ) -> str:
+        envelope = make_envelope(kind, topic, payload, codec, headers, sender=self._sender)
+        self.envelopes.append(envelope)
+        return envelope.id
+
+
+class Store:
+    """The service's database. ``url`` is a SQLAlchemy async URL; None means the SQLite
+    file ``path``."""
+
+    def __init__(self, url: str | None, *, path: Path, service: str, sender: str = "") -> None:
+        self.url = url or f"sqlite+aiosqlite:///{path}"
+        self.path = path
+        self.service = service
+        self.sender = sender or service
+        self._engine: AsyncEngine | None = None
+        self._ready = False
+        #: SQLite has one writer at a time: queueing here beats its busy-wait sleeps
+        self._writer: asyncio.Lock | contextlib.nullcontext[None] = (
+            asyncio.Lock() if self.is_sqlite else contextlib.nullcontext()
+        )
+        #: told about the envelopes of each committed transaction (the outbox relay)
+        self.committed: Callable[[list[Envelope]], None] = lambda envelopes: None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @property
+    def opened(self) -> bool:
+        """Whether the engine exists (the store was used)."""
+        return self._engine is not None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine (made on first use)."""
+        if self._engine is None:
+            self._engine = self._make_engine()
+        return self._engine
+
+    def _make_engine(self) -> AsyncEngine:
+        try:
+            if self.is_sqlite:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                engine = create_async_engine(self.url, connect_args={"timeout": 30})
+                _serialise_sqlite_writers(engine)
+                return engine
+            return create_async_engine(self.url, pool_pre_ping=True)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise ConfigError(f"store url {self.url!r} for {self.service}: {exc}") from None
+
+    async def prepare(self) -> None:
+        """Create wiremesh's own tables when missing (done before the first transaction)."""
+        if self._ready:
+            return
+        async with self.engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+        self._ready = True
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A transaction: committed when the block ends, rolled back when it raises.
+
+        Inside a message handler, the first transaction also records the message in the
+        inbox; when it was recorded before (a redelivery), the block does not run and the
+        handler ends: the message is acknowledged without doing its work twice.
+        """
+        await self.prepare()
+        async with self._writer, self.engine.begin() as connection:
+            mark = inbox_mark.get()
+            if mark is not None and not mark.recorded:
+                await self._record(connection, mark)
+            tx = Transaction(connection, self.service, self.sender)
+            yield tx
+            if tx.envelopes:
+                await connection.execute(
+                    outbox_table.insert(),
+                    [
+                        {
+                            "id": e.id,
+                            "service": self.service,
+                            "kind": e.kind,
+                            "topic": e.topic,
+                            "body": e.body,
+                            "codec": e.codec,
+                            "headers": dict(e.headers),
+                            "created_at": time.time(),
+                        }
+                        for e in tx.envelopes
+                    ],
+                )
+        if tx.envelopes:
+            self.committed(tx.envelopes)
+
+    async def _record(self, connection: AsyncConnection, mark: InboxMark) -> None:
+        row = {
+            "service": mark.service,
+            "handler": mark.handler,
+            "message_id": mark.message_id,
+            "handled_at": time.time(),
+        }
+        try:  # (a duplicate rolls the whole transaction back: no savepoint needed)
+            await connection.execute(inbox_table.insert(), row)
+        except IntegrityError:
+            raise Duplicate(mark.message_id) from None
+        mark.recorded = True
+
+    async def seen(self, handler: str, message_id: str) -> bool:
+        """Whether ``handler`` has handled ``message_id`` (its transaction committed)."""
+        await self.prepare()
+        query = sa.select(inbox_table.c.message_id).where(
+            inbox_table.c.service == self.service,
+            inbox_table.c.handler == handler,
+            inbox_table.c.message_id == message_id,
+        )
+        async with self.engine.connect() as connection:
+            return (await connection.execute(query)).first() is not None
+
+    async def forget_handled(self, older_than: float) -> int:
+        """Drop inbox rows older than ``older_than`` seconds; returns how many."""
+        await self.prepare()
+        cutoff = time.time() - older_than
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                inbox_table.delete().where(
+                    inbox_table.c.service == self.service, inbox_table.c.handled_at < cutoff
+                )
+            )
+        return int(result.rowcount)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+            self._ready = False
+
+
+def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
+    """WAL, full fsync, and ``BEGIN IMMEDIATE``: a transaction takes the write lock when
+    it starts, so that two writers (two nodes of a service) wait for each other instead
+    of failing to upgrade a read lock."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,92 @@
+"""The broker backends the behavioural messaging tests run on.
+
+``broker_url`` is ``embedded`` (the broker runs in the test's event loop, data in a
+temporary folder) or ``amqp`` (RabbitMQ at 127.0.0.1:5672, guest/guest; skipped with the
+reason when RabbitMQ is not there or the backend does not exist yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+AMQP_URL = os.environ.get("WIREMESH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def port_open(host: str = "127.0.0.1", port: int = 5672) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def amqp_backend_exists() -> bool:
+    try:
+        if importlib.util.find_spec("wiremesh.messaging.amqp") is None:
+            return False
+        module = importlib.import_module("wiremesh.messaging.amqp")
+    except ImportError:
+        return False
+    return hasattr(module, "AmqpBroker")
+
+
+@pytest.fixture(params=["embedded", "amqp"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "embedded":
+        return "embedded"
+    if not amqp_backend_exists():
+        pytest.skip("the amqp backend (wiremesh.messaging.amqp) is not there yet")
+    if not port_open():
+        pytest.skip("RabbitMQ is not running on 127.0.0.1:5672")
+    return AMQP_URL
+
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+
+def _pg_admin(statement: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(
+            host=PG_HOST, port=PG_PORT, user="postgres", database="test", timeout=5
+        )
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A database of its own for this test run, dropped at the end."""
+    if not port_open(PG_HOST, PG_PORT):
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    name = f"wm_test_{secrets.token_hex(4)}"
+    try:
+        _pg_admin(f"CREATE DATABASE {name}")
+    except Exception as exc:  # reachable but refusing: say why
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 refused to create a database: {exc}")
+    try:
+        yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """None (the default SQLite file) or the url of a PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_database")
+    return url
