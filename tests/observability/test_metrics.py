@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from wiremesh import Context, Service, ServiceError, rpc, subscribe
+from wiremesh import Context, InvalidPayload, Service, ServiceError, on_event, rpc, subscribe
 from wiremesh.errors import DeadlineExceeded
 from wiremesh.observability.metrics import METRICS_KEY
 from wiremesh.runtime.node import Node
@@ -181,3 +181,30 @@ async def test_deadline_outcome_is_counted_as_such() -> None:
     # node's own timer fired first
     assert sum(outcomes.values()) == 1
     assert set(outcomes) <= {"cancelled", "deadline_exceeded"}
+
+
+class Ledger(Service):
+    name = "ledger"
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    @on_event("ledger.entry")
+    async def on_entry(self, ctx: Context, amount: int) -> None:
+        if amount < 0:
+            raise InvalidPayload("a negative entry")  # straight to the dead letters
+        self.seen.append(amount)
+
+
+async def test_durable_messages_are_counted_on_the_consuming_node() -> None:
+    async with TestMesh(Ledger, broker="embedded") as mesh:
+        for amount in (1, 2, 3, -1):
+            await mesh.emit("ledger.entry", amount)
+        ledger: Ledger = mesh.instance("ledger")
+        await eventually(lambda: len(ledger.seen) == 3)
+        node = mesh.nodes[0]
+        await eventually(lambda: node.stats()["messages_dead"] == 1)
+        samples = await read(node)
+    assert value(samples, "wiremesh_node_messages_handled_total") == 3
+    assert value(samples, "wiremesh_node_messages_dead_total") == 1
+    assert ("wiremesh_node_messages_waiting", ()) in samples  # a gauge

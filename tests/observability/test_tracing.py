@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from wiremesh import Context, Service, rpc, subscribe
+from wiremesh import Context, Service, on_event, rpc, subscribe
 from wiremesh.observability import tracing
 from wiremesh.testing import TestMesh
 
@@ -165,3 +165,48 @@ async def test_tracing_off_records_nothing_and_sends_no_trace_context() -> None:
         await mesh.add_node(Probe)
         await mesh.call("probe.metadata")
     assert seen == [{}]
+
+
+class Orders(Service):
+    name = "orders"
+
+    @rpc
+    async def place(self, ctx: Context, item: str) -> str:
+        await ctx.emit("orders.placed", item)
+        async with self.store.transaction() as tx:  # through the outbox as well
+            tx.emit("orders.logged", item)
+        return item
+
+
+class Billing(Service):
+    name = "billing"
+
+    def __init__(self) -> None:
+        self.billed: list[str] = []
+
+    @on_event("orders.*")
+    async def on_order(self, ctx: Context, item: str) -> None:
+        self.billed.append(item)
+
+
+async def test_the_trace_goes_on_through_emit_the_outbox_and_the_broker(
+    spans: InMemorySpanExporter,
+) -> None:
+    async with TestMesh(Orders, Billing, broker="embedded") as mesh:
+        assert await mesh.call("orders.place", SECRET) == SECRET
+        found = await wait_for_spans(spans, 6)
+    placed = by_name(found, "orders.place", SpanKind.SERVER)
+    emitted = by_name(found, "emit orders.placed", SpanKind.PRODUCER)
+    logged = by_name(found, "emit orders.logged", SpanKind.PRODUCER)
+    handled = [s for s in found if s.name == "billing.on_order" and s.kind == SpanKind.CONSUMER]
+    assert len(handled) == 2
+    assert emitted.parent is not None and emitted.parent.span_id == placed.context.span_id
+    assert logged.parent is not None and logged.parent.span_id == placed.context.span_id
+    parents = {s.parent.span_id for s in handled if s.parent is not None}
+    assert parents == {emitted.context.span_id, logged.context.span_id}
+    assert {s.context.trace_id for s in [placed, emitted, logged, *handled]} == {
+        placed.context.trace_id
+    }
+    for span in found:
+        for value in (span.attributes or {}).values():
+            assert SECRET not in str(value), span.name

@@ -28,6 +28,7 @@ from wiremesh.core.delivery import DeadLetter, DeliveryPolicy, Retry
 from wiremesh.errors import InvalidPayload, WiremeshError
 from wiremesh.messaging.base import HEADER_SENDER, Binding, Broker, Received, Subscription
 from wiremesh.messaging.store import Duplicate, InboxMark, Store, inbox_mark
+from wiremesh.observability import tracing
 from wiremesh.service import HandlerSpec, Service
 
 __all__ = ["HandlerRunner", "MessageHandler"]
@@ -94,6 +95,19 @@ class MessageHandler:
         )
         token = _current.set(ctx)
         mark = inbox_mark.set(InboxMark(self.service_name, handler, envelope.id))
+        span = (
+            tracing.server_span(
+                f"{self.service_name}.{handler}",
+                envelope.headers,
+                node=self.node_id,
+                peer=envelope.headers.get(HEADER_SENDER),
+                size=len(envelope.body),
+                kind="consumer",
+            )
+            if tracing.enabled()
+            else None
+        )
+        status = "ok"
         try:
             async with asyncio.timeout(self.timeout):
                 await self._func(ctx, *args, **kwargs)
@@ -101,13 +115,18 @@ class MessageHandler:
             self.counts["duplicates"] += 1
             await received.ack()
         except asyncio.CancelledError:
+            status = "cancelled"
             raise
         except Exception as exc:
+            status = "deadline_exceeded" if isinstance(exc, TimeoutError) else "internal"
             await self._failed(received, exc)
         else:
             self.counts["handled"] += 1
             await received.ack()
         finally:
+            if span is not None:
+                span.set("wiremesh.attempt", envelope.attempt)
+                span.end(status)
             inbox_mark.reset(mark)
             _current.reset(token)
 
@@ -157,6 +176,11 @@ class HandlerRunner:
             for _ in range(self.handler.spec.concurrency)
         ]
         self._subscription = await self.broker.consume(self.binding, self._receive)
+
+    @property
+    def waiting(self) -> int:
+        """Messages the broker handed over that wait for a free worker."""
+        return self._queue.qsize()
 
     async def _receive(self, received: Received) -> None:
         await self._queue.put(received)

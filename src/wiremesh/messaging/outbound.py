@@ -26,6 +26,7 @@ from wiremesh.messaging.base import (
     Kind,
     new_message_id,
 )
+from wiremesh.observability import tracing
 
 __all__ = ["Outbound", "attach", "check_command", "detach", "make_envelope", "outbound_of"]
 
@@ -56,6 +57,14 @@ def make_envelope(
         check_topic(topic)
     body = encode(payload, codec)
     head = {**(headers or {}), HEADER_SENDER: sender, HEADER_SENT_AT: repr(time.time())}
+    if tracing.enabled():
+        # the trace goes on with the message, through the outbox and the broker if need be
+        span = tracing.client_span(
+            f"{'emit' if kind == 'event' else 'send'} {topic}", size=len(body), kind="producer"
+        )
+        if span is not None:
+            head.update(span.carrier)
+            span.end()
     return Envelope(new_message_id(), kind, topic, body, codec, head)
 
 

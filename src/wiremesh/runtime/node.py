@@ -236,13 +236,15 @@ class Node:
         ``publish_delivery_queued``, ``publish_unmatched``, ``publish_invalid`` (payloads
         that did not validate) and ``publish_failed`` (handlers that raised). Durable
         messages handled here: ``messages_handled``, ``messages_duplicates`` (dropped by the
-        inbox), ``messages_retried`` and ``messages_dead``.
+        inbox), ``messages_retried``, ``messages_dead`` and ``messages_waiting`` (handed
+        over by the broker, waiting for a free worker).
         """
         counts = {**publisher_of(self.caller).stats(), **self.subscriptions.stats()}
         for runner in self.handlers:
             for name, value in runner.handler.counts.items():
                 key = f"messages_{name}"
                 counts[key] = counts.get(key, 0) + value
+            counts["messages_waiting"] = counts.get("messages_waiting", 0) + runner.waiting
         return counts
 
     async def join_group(self, group: str) -> None:
@@ -275,7 +277,7 @@ class Node:
                 StatsCollector(
                     self._stats_and_queues,
                     loop=asyncio.get_running_loop(),
-                    gauges=("publish_delivery_queued",),
+                    gauges=("publish_delivery_queued", "messages_waiting"),
                 )
             )
             self.metrics_endpoint.start()
