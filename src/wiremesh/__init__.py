@@ -36,7 +36,8 @@ from wiremesh.errors import (
     Unavailable,
     WiremeshError,
 )
-from wiremesh.service import Service, ServiceProxy, rpc, subscribe
+from wiremesh.service import Service, ServiceProxy, on_socket, rpc, subscribe
+from wiremesh.session import Session, Sessions
 
 try:
     __version__ = version("wiremesh")
@@ -64,6 +65,8 @@ __all__ = [
     "ServiceError",
     "ServiceNotFound",
     "ServiceProxy",
+    "Session",
+    "Sessions",
     "Status",
     "Unauthenticated",
     "Unavailable",
@@ -71,6 +74,7 @@ __all__ = [
     "__version__",
     "connect",
     "current_context",
+    "on_socket",
     "quorum",
     "rpc",
     "subscribe",

@@ -10,8 +10,10 @@
 Each ``@rpc`` method becomes a real gRPC method at ``/<service>/<method>``. Its payload
 type is read from its annotations (see :mod:`wiremesh.core.shape`). Each ``@subscribe``
 method receives the messages published to the topics its patterns match (see
-``docs/publish.md``). ``on_start`` and ``on_stop`` are the service's own lifecycle hooks,
-for the resources it owns.
+``docs/publish.md``). The ``@on_socket`` method receives the messages of browser sessions
+that a gateway pinned to the node (see ``docs/gateway.md``); ``on_session_open`` and
+``on_session_close`` see those sessions begin and end. ``on_start`` and ``on_stop`` are the
+service's own lifecycle hooks, for the resources it owns.
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ from wiremesh.errors import ConfigError, InvalidPayload
 
 if TYPE_CHECKING:
     from wiremesh.context import MeshCaller
+    from wiremesh.session import Session, Sessions
 
 __all__ = [
     "MethodSpec",
     "Service",
     "ServiceProxy",
     "ServiceSpec",
+    "SocketSpec",
     "SubscriptionSpec",
+    "on_socket",
     "rpc",
     "subscribe",
 ]
@@ -45,6 +50,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _RPC_MARK = "__wiremesh_rpc__"
 _SUBSCRIBE_MARK = "__wiremesh_subscribe__"
+_SOCKET_MARK = "__wiremesh_socket__"
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,39 @@ def subscribe(pattern: str, /, *patterns: str) -> Callable[[F], F]:
     return mark
 
 
+@overload
+def on_socket(func: F, /) -> F: ...
+@overload
+def on_socket(*, text: bool = False) -> Callable[[F], F]: ...
+
+
+def on_socket(func: F | None = None, /, *, text: bool = False) -> F | Callable[[F], F]:
+    """Mark the ``async def`` method of a :class:`Service` that receives browser messages.
+
+    A gateway pins each browser session (``wss://<gateway>/ws/<service>``) to one node of
+    the service; that node's method gets every binary message of the session, in order,
+    with the :class:`~wiremesh.Session`::
+
+        @on_socket
+        async def socket(self, session: Session, frame: bytes) -> None:
+            await session.send(frame)
+
+    ``text=True`` lets text messages through too (as ``str``); otherwise the gateway closes
+    a session that sends one with 1003. One ``@on_socket`` method per service.
+    """
+
+    def mark(f: F) -> F:
+        is_async = inspect.iscoroutinefunction(f)
+        if not is_async:
+            raise TypeError(f"@on_socket method {f.__qualname__} must be 'async def'")
+        setattr(f, _SOCKET_MARK, SocketSpec(f.__name__, text))
+        return f
+
+    if func is not None:
+        return mark(func)
+    return mark
+
+
 def _checked_pattern(pattern: object, where: str) -> str:
     if not isinstance(pattern, str):
         hint = ' (write @subscribe("topic.pattern"), with the pattern)' if callable(pattern) else ""
@@ -137,6 +176,14 @@ class SubscriptionSpec:
 
 
 @dataclass(frozen=True)
+class SocketSpec:
+    """The ``@on_socket`` method: its attribute, and whether it takes text messages."""
+
+    attribute: str
+    text: bool = False
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     cls: type[Service]
@@ -144,6 +191,8 @@ class ServiceSpec:
     #: ``(pattern, handler)`` for every pattern of every ``@subscribe`` method, in the
     #: order the methods are defined (base classes first)
     subscriptions: tuple[tuple[str, SubscriptionSpec], ...] = ()
+    #: the ``@on_socket`` method, if the service has one
+    socket: SocketSpec | None = None
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -177,7 +226,23 @@ class ServiceSpec:
                     f"{attribute!r} are both served as {wire_name!r}"
                 )
             methods[wire_name] = MethodSpec(wire_name, attribute, options.idempotent, shapes)
-        return cls(name, service_cls, methods, _subscriptions_of(service_cls))
+        return cls(
+            name, service_cls, methods, _subscriptions_of(service_cls), _socket_of(service_cls)
+        )
+
+
+def _socket_of(service_cls: type[Service]) -> SocketSpec | None:
+    found: list[SocketSpec] = []
+    for attribute, member in inspect.getmembers(service_cls, inspect.isfunction):
+        spec = getattr(member, _SOCKET_MARK, None)
+        if isinstance(spec, SocketSpec):
+            found.append(SocketSpec(attribute, spec.text))
+    if len(found) > 1:
+        names = ", ".join(repr(s.attribute) for s in found)
+        raise ConfigError(
+            f"{service_cls.__qualname__}: one @on_socket method per service, not {names}"
+        )
+    return found[0] if found else None
 
 
 def _subscriptions_of(service_cls: type[Service]) -> tuple[tuple[str, SubscriptionSpec], ...]:
@@ -212,20 +277,34 @@ class Service:
     :func:`subscribe`.
 
     Set by the runtime before ``on_start``: ``node_id``, ``data_dir`` (this service's own
-    folder under the mesh's data folder) and ``mesh`` (a caller for calls made outside a
-    handler, e.g. from a background task; inside a handler prefer ``ctx.call``).
+    folder under the mesh's data folder), ``mesh`` (a caller for calls made outside a
+    handler, e.g. from a background task; inside a handler prefer ``ctx.call``) and
+    ``sessions`` (the browser sessions: push to one by id, or to every session of a
+    principal, wherever they are held; see :class:`~wiremesh.session.Sessions`).
     """
 
     name: ClassVar[str]
     node_id: str = ""
     data_dir: Path = Path(".")
     mesh: MeshCaller
+    sessions: Sessions
 
     async def on_start(self) -> None:
         """Called once before the node takes calls: open what the service owns."""
 
     async def on_stop(self) -> None:
         """Called once after the last in-flight call has finished: close what it owns."""
+
+    async def on_session_open(self, session: Session) -> None:
+        """A browser session was pinned to this node, before its first message arrives.
+
+        ``session.principal`` and ``session.claims`` say who it is; raise
+        :class:`~wiremesh.PermissionDenied` to refuse it (the browser sees close code 4003).
+        """
+
+    async def on_session_close(self, session: Session, code: int, reason: str) -> None:
+        """A session of this node ended (``code`` is the WebSocket close code), after its
+        last message was handled."""
 
 
 class ServiceProxy:

@@ -42,6 +42,8 @@ class MeshFile:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: the browser gateway's URL, once it serves
+    gateway: str | None = None
 
     @property
     def running(self) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from wiremesh.core.balancing import BalancerName
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.core.names import check_group
+from wiremesh.gateway.node_side import SOCKET_KEY, SocketHub, gateway_method_handler
 from wiremesh.registry.base import Lease
 from wiremesh.registry.embedded import EmbeddedRegistry
 from wiremesh.registry.view import MeshView
@@ -76,6 +77,8 @@ class Node:
         #: the named groups this node belongs to (multicast targets a group)
         self.groups: set[str] = {check_group(g) for g in groups}
         self.metadata = {**(metadata or {}), MAX_MESSAGE_KEY: str(max_message_bytes)}
+        if self.spec.socket is not None:
+            self.metadata[SOCKET_KEY] = "text" if self.spec.socket.text else "binary"
         self.registry = EmbeddedRegistry(
             registry_address,
             credentials=tls.channel_credentials() if tls else None,
@@ -107,6 +110,10 @@ class Node:
             credentials=credentials,
             links=self.links if links else None,
         )
+        #: the browser sessions pinned to this node, and the gateways' streams
+        self.sockets = SocketHub(
+            self.spec, instance, node_id=self.node_id, max_message_bytes=max_message_bytes
+        )
         self.server = NodeServer(
             self.spec,
             instance,
@@ -118,6 +125,7 @@ class Node:
             max_message_bytes=max_message_bytes,
             credentials=tls.server_credentials() if tls else None,
             links=self.links,
+            extra_handlers=[gateway_method_handler(self.sockets)],
         )
         self.node_links.methods = self.server.methods
         #: the ``@subscribe`` handlers: messages published to this node, per link in order,
@@ -219,6 +227,8 @@ class Node:
             await self._lease.set_state(NodeState.DRAINING)
         log.info("node %s draining (grace %.1fs)", self.node_id, grace)
         started = time.monotonic()
+        # browser sessions: closed with 1012 (their browsers reconnect to a live node)
+        await self.sockets.close(grace)
         # calls on links: refuse new ones (callers retry them elsewhere), finish the rest
         self.node_links.draining = True
         with contextlib.suppress(TimeoutError):
