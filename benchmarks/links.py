@@ -54,9 +54,12 @@ from typing import Any
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# this folder goes last on the path: it holds http.py (the HTTP door's benchmark), which
+# must not shadow the standard library's http for the libraries imported here
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
-from _common import (
+from _common import (  # noqa: E402
     ServerProcess,
     install_signal_exit,
     median,
@@ -66,9 +69,9 @@ from _common import (
     ratio,
     serve_until_stopped,
 )
-from rpc import latency_slice, symmetric, throughput_slice
+from rpc import latency_slice, symmetric, throughput_slice  # noqa: E402
 
-from wiremesh import Context, Service, rpc, subscribe
+from wiremesh import Context, Service, rpc, subscribe  # noqa: E402
 
 RAW_SERVICE = "bench.Raw"
 RAW_ECHO = f"/{RAW_SERVICE}/Echo"

@@ -15,7 +15,8 @@ waiting for its confirm before the next, and a consumer prefetch of as many):
   publisher confirms, a consumer that acks each message;
 - **FastStream**: ``RabbitBroker`` with publisher confirms, ``broker.publish`` to an
   exchange, a ``@broker.subscriber`` on a queue bound to it (acked after the handler);
-- **wiremesh embedded** (no peer): the same ``Sink`` on the embedded backend.
+- **wiremesh embedded** (no peer): the same ``Sink`` on the embedded backend, whose broker
+  runs in a process of its own, as under ``wiremesh run`` (where the supervisor hosts it).
 
 Throughput is messages handled per second, from the first publish to the last handled
 message. Latency is emit-to-handler of sequential emits (one in flight), p50. Each round
@@ -39,12 +40,24 @@ from typing import Any
 
 import aio_pika
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# this folder goes last on the path: it holds http.py (the HTTP door's benchmark), which
+# must not shadow the standard library's http for the libraries imported here
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
-from _common import install_signal_exit, median, percentile, print_result, print_table, ratio
+from _common import (  # noqa: E402
+    ServerProcess,
+    install_signal_exit,
+    median,
+    percentile,
+    print_result,
+    print_table,
+    ratio,
+    serve_until_stopped,
+)
 
-from wiremesh import Context, Service, on_event
-from wiremesh.testing import TestMesh
+from wiremesh import Context, Service, on_event  # noqa: E402
+from wiremesh.testing import TestMesh  # noqa: E402
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 PAYLOAD = b"\x5a" * 256
@@ -273,12 +286,37 @@ async def measure(system: System, figures: Figures, settings: Settings, inflight
     figures.p50_us.append(await latency(system, settings.sequential))
 
 
-async def run(settings: Settings, url: str, inflight: int, quick: bool) -> dict[str, Any]:
+async def serve_broker() -> None:
+    """The embedded broker alone, in this process (``--serve-broker``)."""
+    import shutil
+    import tempfile
+
+    from wiremesh.messaging.broker_server import BrokerServer
+
+    folder = Path(tempfile.mkdtemp(prefix="wiremesh-bench-broker-"))
+    server = BrokerServer(folder / "broker.db")
+
+    async def start() -> dict[str, Any]:
+        await server.start()
+        return {"url": server.url}
+
+    async def stop() -> None:
+        try:
+            await server.stop()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    await serve_until_stopped(start, stop)
+
+
+async def run(
+    settings: Settings, url: str, embedded: str, inflight: int, quick: bool
+) -> dict[str, Any]:
     makers: dict[str, Callable[[], Awaitable[System]]] = {
         "wiremesh amqp": lambda: wiremesh_system(url, "wiremesh amqp", inflight),
         "raw aio-pika": lambda: aiopika_system(url, inflight),
         "FastStream": lambda: faststream_system(url, inflight),
-        "wiremesh embedded": lambda: wiremesh_system("embedded", "wiremesh embedded", inflight),
+        "wiremesh embedded": lambda: wiremesh_system(embedded, "wiremesh embedded", inflight),
     }
     systems = {name: await make() for name, make in makers.items()}
     figures = {name: Figures() for name in systems}
@@ -341,13 +379,22 @@ def main() -> int:
     parser.add_argument("--url", default=URL, help="RabbitMQ url (default: %(default)s)")
     parser.add_argument("--inflight", type=int, default=INFLIGHT)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--serve-broker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_broker:  # internal: the embedded broker's own process
+        asyncio.run(serve_broker())
+        return 0
     settings = QUICK if args.quick else FULL
     if args.rounds:
         settings = Settings(args.rounds, settings.messages, settings.warmup, settings.sequential)
     install_signal_exit()
     logging.basicConfig(level=logging.ERROR)
-    result = asyncio.run(run(settings, args.url, args.inflight, args.quick))
+    broker = ServerProcess([str(Path(__file__).resolve()), "--serve-broker"], name="broker")
+    try:
+        embedded = broker.start()["url"]
+        result = asyncio.run(run(settings, args.url, embedded, args.inflight, args.quick))
+    finally:
+        broker.stop()
     print_result(result)
     return 0
 

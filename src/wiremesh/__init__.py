@@ -37,7 +37,16 @@ from wiremesh.errors import (
     Unavailable,
     WiremeshError,
 )
-from wiremesh.service import Service, ServiceProxy, command, on_event, rpc, subscribe
+from wiremesh.service import (
+    Service,
+    ServiceProxy,
+    command,
+    on_event,
+    on_socket,
+    rpc,
+    subscribe,
+)
+from wiremesh.session import Session, Sessions
 
 try:
     __version__ = version("wiremesh")
@@ -66,6 +75,8 @@ __all__ = [
     "ServiceError",
     "ServiceNotFound",
     "ServiceProxy",
+    "Session",
+    "Sessions",
     "Status",
     "Unauthenticated",
     "Unavailable",
@@ -75,6 +86,7 @@ __all__ = [
     "connect",
     "current_context",
     "on_event",
+    "on_socket",
     "quorum",
     "rpc",
     "subscribe",

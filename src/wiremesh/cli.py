@@ -35,6 +35,7 @@ app = typer.Typer(
         '  wiremesh call flows.run \'{"flow": "welcome", "input": {"name": "Ada"}}\'\n\n'
         "  wiremesh dlq list             # messages whose handlers gave up\n\n"
         "  wiremesh certs init           # development certificates for TLS\n\n"
+        "  wiremesh token --sub ada      # a development token for the browser gateway\n\n"
         "Every command has its own --help, with examples."
     ),
     no_args_is_help=True,
@@ -650,6 +651,159 @@ def certs_init(
     print(f"CA:     {paths.ca}")
     print(f"node:   {paths.node_cert} (key {paths.node_key})")
     print(f"client: {paths.client_cert} (key {paths.client_key})")
+
+
+# --------------------------------------------------------------------------------- gateway
+
+
+def _config_at(config: Path | None) -> Any:
+    from wiremesh.runtime.config import default_config, load_config
+
+    if config is not None:
+        return load_config(config)
+    here = Path("wiremesh.toml")
+    return load_config(here) if here.is_file() else default_config(Path.cwd())
+
+
+@app.command()
+def gateway(
+    config: Annotated[
+        Path | None,
+        typer.Option(help="The mesh's wiremesh.toml (default: ./wiremesh.toml if any)."),
+    ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            help="The registry's host:port (default: the one of the mesh running here).",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Override gateway.host.", show_default=False)
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Override gateway.port.", show_default=False)
+    ] = None,
+) -> None:
+    """Run a browser gateway alone, for a mesh that runs elsewhere.
+
+    'wiremesh run' starts a gateway by itself; this command is for more gateways, or
+    gateways on other machines. It reads the [gateway] settings of the configuration
+    file and joins the mesh whose registry is given (or the one running in this
+    folder). Ctrl-C closes its sessions with 1001 and stops it.
+
+    Examples:
+
+      wiremesh gateway --registry 10.0.0.5:7400 --host 0.0.0.0 --port 8443
+
+      wiremesh gateway --config deploy/wiremesh.toml --port 8081
+    """
+    import signal
+
+    from wiremesh.gateway.process import gateway_of, serve
+    from wiremesh.runtime.meshfile import MeshFile
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("grpc").setLevel(logging.ERROR)
+    try:
+        mesh_config = _config_at(config)
+        overrides: dict[str, Any] = {}
+        if host is not None:
+            overrides["host"] = host
+        if port is not None:
+            overrides["port"] = port
+        if overrides:
+            settings = mesh_config.gateway.model_dump() | overrides
+            mesh_config = mesh_config.model_validate(
+                mesh_config.model_dump() | {"gateway": settings}
+            )
+        if registry is None:
+            registry = MeshFile.find(mesh_config.root).registry
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except WiremeshError as exc:
+        raise _fail(_describe(exc)) from None
+
+    async def go() -> None:
+        assert registry is not None
+        gw = gateway_of(mesh_config, registry)  # its gRPC channels belong to this loop
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(gw, stop=stop, announce=lambda g: print(f"gateway: {g.url}/", flush=True))
+
+    try:
+        asyncio.run(go())
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except WiremeshError as exc:
+        raise _fail(_describe(exc)) from None
+
+
+@app.command()
+def token(
+    sub: Annotated[str, typer.Option("--sub", help="The principal (the token's subject).")] = "dev",
+    scope: Annotated[
+        list[str] | None, typer.Option(help="A scope to grant (repeat).", show_default=False)
+    ] = None,
+    role: Annotated[
+        list[str] | None, typer.Option(help="A role to grant (repeat).", show_default=False)
+    ] = None,
+    ttl: Annotated[float, typer.Option(min=1, help="Seconds until it expires.")] = 3600.0,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="The mesh's wiremesh.toml (default: ./wiremesh.toml if any)."),
+    ] = None,
+) -> None:
+    """Mint a development token (JWT, HS256) that the mesh's gateway accepts.
+
+    It is signed with gateway.auth.secret (or secret_file) when the configuration
+    sets one, else with the development secret 'wiremesh run' keeps under the data
+    folder (made now if missing). gateway.auth.audience and issuer are put in.
+
+    Examples:
+
+      wiremesh token
+
+      wiremesh token --sub ada --scope chat:write --ttl 600
+
+      websocat -H "Sec-WebSocket-Protocol: wiremesh.v1, bearer.$(wiremesh token)" \\
+          ws://127.0.0.1:8080/ws/chat
+    """
+    from wiremesh.gateway.auth import dev_secret, mint_token
+
+    try:
+        mesh_config = _config_at(config)
+        auth = mesh_config.gateway.auth
+        secret: str | None = auth.secret or None
+        if auth.secret_file:
+            path = mesh_config.root / auth.secret_file
+            try:
+                secret = path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"gateway.auth.secret_file: cannot read {path}: {exc}") from None
+        if secret is None:
+            if auth.configured:
+                raise ConfigError(
+                    "the gateway checks tokens with public keys: mint them with the "
+                    "matching private key (your identity provider), not here"
+                )
+            secret = dev_secret(mesh_config.data_path)
+        assert secret is not None
+        print(
+            mint_token(
+                secret,
+                subject=sub,
+                ttl=ttl,
+                scopes=scope or (),
+                roles=role or (),
+                audience=auth.audience or None,
+                issuer=auth.issuer or None,
+            )
+        )
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
 
 
 @app.command()

@@ -82,7 +82,9 @@ class StatusInfo:
     ws_close_code: int
 
 
-#: One table for all three transports. WebSocket codes below 4000 are the RFC 6455 ones.
+#: One table for all three transports. WebSocket codes below 4000 are the RFC 6455 ones;
+#: the gateway's own refusals after a WebSocket opened are 4001, 4003 and 4029 (see
+#: :mod:`wiremesh.gateway.codes`), the other private codes 4000 + the HTTP status.
 STATUS_TABLE: dict[Status, StatusInfo] = {
     Status.INVALID_PAYLOAD: StatusInfo(grpc.StatusCode.INVALID_ARGUMENT, 422, 4422),
     Status.NOT_FOUND: StatusInfo(grpc.StatusCode.NOT_FOUND, 404, 4404),
@@ -90,9 +92,9 @@ STATUS_TABLE: dict[Status, StatusInfo] = {
     Status.CANCELLED: StatusInfo(grpc.StatusCode.CANCELLED, 499, 4499),
     Status.UNAVAILABLE: StatusInfo(grpc.StatusCode.UNAVAILABLE, 503, 1013),
     Status.PAYLOAD_TOO_LARGE: StatusInfo(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, 1009),
-    Status.RATE_LIMITED: StatusInfo(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, 4429),
-    Status.UNAUTHENTICATED: StatusInfo(grpc.StatusCode.UNAUTHENTICATED, 401, 4401),
-    Status.PERMISSION_DENIED: StatusInfo(grpc.StatusCode.PERMISSION_DENIED, 403, 4403),
+    Status.RATE_LIMITED: StatusInfo(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, 4029),
+    Status.UNAUTHENTICATED: StatusInfo(grpc.StatusCode.UNAUTHENTICATED, 401, 4001),
+    Status.PERMISSION_DENIED: StatusInfo(grpc.StatusCode.PERMISSION_DENIED, 403, 4003),
     Status.FAILED_PRECONDITION: StatusInfo(grpc.StatusCode.FAILED_PRECONDITION, 409, 4409),
     Status.INTERNAL: StatusInfo(grpc.StatusCode.INTERNAL, 500, 1011),
 }

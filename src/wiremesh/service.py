@@ -12,7 +12,10 @@ type is read from its annotations (see :mod:`wiremesh.core.shape`). Each ``@subs
 method receives the messages published to the topics its patterns match (see
 ``docs/publish.md``). Each ``@on_event`` method consumes the durable events whose topics
 its patterns match, and each ``@command`` method the commands sent to
-``<service>.<command>`` (see ``docs/messaging.md``). ``on_start`` and ``on_stop`` are the
+``<service>.<command>`` (see ``docs/messaging.md``). The ``@on_socket`` method receives
+the messages of browser sessions that a gateway pinned to the node (see
+``docs/gateway.md``); ``on_session_open`` and ``on_session_close`` see those sessions
+begin and end. ``on_start`` and ``on_stop`` are the
 service's own lifecycle hooks, for the resources it owns.
 """
 
@@ -33,6 +36,7 @@ from wiremesh.errors import ConfigError, InvalidPayload
 if TYPE_CHECKING:
     from wiremesh.context import MeshCaller
     from wiremesh.messaging.store import Store
+    from wiremesh.session import Session, Sessions
 
 __all__ = [
     "HandlerSpec",
@@ -40,9 +44,11 @@ __all__ = [
     "Service",
     "ServiceProxy",
     "ServiceSpec",
+    "SocketSpec",
     "SubscriptionSpec",
     "command",
     "on_event",
+    "on_socket",
     "rpc",
     "subscribe",
 ]
@@ -57,6 +63,7 @@ DeliveryMode = Literal["pool", "broadcast", "singleton"]
 _DELIVERIES = ("pool", "broadcast", "singleton")
 #: handler runs at once per node when a decorator does not say
 DEFAULT_CONCURRENCY = 8
+_SOCKET_MARK = "__wiremesh_socket__"
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,40 @@ def command(
         raise ConfigError(f"@command: bad command name {name!r}")
     _check_concurrency(concurrency, "@command")
     mark = _mark_handler(_HandlerOptions("command", (), "pool", concurrency, name), "@command")
+
+    if func is not None:
+        return mark(func)
+    return mark
+
+
+@overload
+def on_socket(func: F, /) -> F: ...
+@overload
+def on_socket(*, text: bool = False) -> Callable[[F], F]: ...
+
+
+def on_socket(func: F | None = None, /, *, text: bool = False) -> F | Callable[[F], F]:
+    """Mark the ``async def`` method of a :class:`Service` that receives browser messages.
+
+    A gateway pins each browser session (``wss://<gateway>/ws/<service>``) to one node of
+    the service; that node's method gets every binary message of the session, in order,
+    with the :class:`~wiremesh.Session`::
+
+        @on_socket
+        async def socket(self, session: Session, frame: bytes) -> None:
+            await session.send(frame)
+
+    ``text=True`` lets text messages through too (as ``str``); otherwise the gateway closes
+    a session that sends one with 1003. One ``@on_socket`` method per service.
+    """
+
+    def mark(f: F) -> F:
+        is_async = inspect.iscoroutinefunction(f)
+        if not is_async:
+            raise TypeError(f"@on_socket method {f.__qualname__} must be 'async def'")
+        setattr(f, _SOCKET_MARK, SocketSpec(f.__name__, text))
+        return f
+
     if func is not None:
         return mark(func)
     return mark
@@ -245,6 +286,14 @@ class HandlerSpec:
 
 
 @dataclass(frozen=True)
+class SocketSpec:
+    """The ``@on_socket`` method: its attribute, and whether it takes text messages."""
+
+    attribute: str
+    text: bool = False
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     cls: type[Service]
@@ -254,6 +303,8 @@ class ServiceSpec:
     subscriptions: tuple[tuple[str, SubscriptionSpec], ...] = ()
     #: the ``@on_event`` and ``@command`` methods
     handlers: tuple[HandlerSpec, ...] = ()
+    #: the ``@on_socket`` method, if the service has one
+    socket: SocketSpec | None = None
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -288,7 +339,28 @@ class ServiceSpec:
                 )
             methods[wire_name] = MethodSpec(wire_name, attribute, options.idempotent, shapes)
         handlers = _handlers_of(service_cls, name)
-        return cls(name, service_cls, methods, _subscriptions_of(service_cls), handlers)
+        return cls(
+            name,
+            service_cls,
+            methods,
+            _subscriptions_of(service_cls),
+            handlers,
+            _socket_of(service_cls),
+        )
+
+
+def _socket_of(service_cls: type[Service]) -> SocketSpec | None:
+    found: list[SocketSpec] = []
+    for attribute, member in inspect.getmembers(service_cls, inspect.isfunction):
+        spec = getattr(member, _SOCKET_MARK, None)
+        if isinstance(spec, SocketSpec):
+            found.append(SocketSpec(attribute, spec.text))
+    if len(found) > 1:
+        names = ", ".join(repr(s.attribute) for s in found)
+        raise ConfigError(
+            f"{service_cls.__qualname__}: one @on_socket method per service, not {names}"
+        )
+    return found[0] if found else None
 
 
 def _subscriptions_of(service_cls: type[Service]) -> tuple[tuple[str, SubscriptionSpec], ...]:
@@ -356,6 +428,8 @@ class Service:
     folder under the mesh's data folder), ``mesh`` (a caller for calls made outside a
     handler, e.g. from a background task; inside a handler prefer ``ctx.call``) and
     ``store`` (the service's own database, see :class:`wiremesh.messaging.store.Store`).
+    ``sessions`` (the browser sessions: push to one by id, or to every session of a
+    principal, wherever they are held; see :class:`~wiremesh.session.Sessions`).
     """
 
     name: ClassVar[str]
@@ -363,12 +437,24 @@ class Service:
     data_dir: Path = Path(".")
     mesh: MeshCaller
     store: Store
+    sessions: Sessions
 
     async def on_start(self) -> None:
         """Called once before the node takes calls: open what the service owns."""
 
     async def on_stop(self) -> None:
         """Called once after the last in-flight call has finished: close what it owns."""
+
+    async def on_session_open(self, session: Session) -> None:
+        """A browser session was pinned to this node, before its first message arrives.
+
+        ``session.principal`` and ``session.claims`` say who it is; raise
+        :class:`~wiremesh.PermissionDenied` to refuse it (the browser sees close code 4003).
+        """
+
+    async def on_session_close(self, session: Session, code: int, reason: str) -> None:
+        """A session of this node ended (``code`` is the WebSocket close code), after its
+        last message was handled."""
 
 
 class ServiceProxy:

@@ -24,6 +24,16 @@ Two levels, as in Nameko (``worker_factory``, ``entrypoint_hook``):
 
       async with TestMesh(Connectors, Flows, replicas={"connectors": 2}) as mesh:
           result = await mesh.call("flows.run", {"flow": "welcome"})
+
+* **Browsers too.** ``TestMesh(Chat, gateway=True)`` also runs a real gateway (uvicorn,
+  WebSockets, JWT) on a free loopback port; ``mesh.token("ada")`` mints a token it accepts
+  and ``mesh.ws_url("chat")`` is where a ``websockets`` client connects::
+
+      async with TestMesh(Chat, gateway=True) as mesh:
+          async with websockets.connect(
+              mesh.ws_url("chat"), subprotocols=["wiremesh.v1", f"bearer.{mesh.token('ada')}"]
+          ) as ws:
+              await ws.send(b"hi")
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wiremesh.client import MeshClient
 from wiremesh.context import Context
@@ -51,7 +61,20 @@ from wiremesh.registry.embedded import RegistryServer
 from wiremesh.runtime.node import Node
 from wiremesh.service import Service, ServiceProxy, ServiceSpec
 
-__all__ = ["Recorder", "TestMesh", "call_handler", "deliver", "worker"]
+if TYPE_CHECKING:
+    from wiremesh.gateway.server import Gateway
+    from wiremesh.runtime.gateway_settings import GatewaySettings
+
+
+def gateway_settings(**settings: Any) -> GatewaySettings:
+    """Gateway settings for a test: a free loopback port, then ``settings`` (nested tables
+    as dicts: ``gateway_settings(limits={"burst": 5})``), validated as in a config file."""
+    from wiremesh.runtime.gateway_settings import GatewaySettings
+
+    return GatewaySettings.model_validate({"port": 0, **settings})
+
+
+__all__ = ["Recorder", "TestMesh", "call_handler", "deliver", "gateway_settings", "worker"]
 
 
 class Recorder:
@@ -117,6 +140,29 @@ class _NoMesh:
         return 0
 
 
+class _NoSessions:
+    """``self.sessions`` of a service a test runs without a mesh: no browser is connected,
+    so a push reaches nobody (as it would in a mesh with no gateway)."""
+
+    def get(self, session_id: str) -> None:
+        return None
+
+    def of_principal(self, principal: str) -> list[Any]:
+        return []
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    async def send(self, session_id: str, data: bytes | str) -> bool:
+        return False
+
+    async def send_to_principal(self, principal: str, data: bytes | str) -> int:
+        return 0
+
+
 def worker(cls: type[Service], *, data_dir: Path | None = None, **dependencies: Any) -> Service:
     """An instance of ``cls`` with each named attribute (a :class:`ServiceProxy` or any other
     dependency) replaced by the given object. ``on_start`` is not called: call it yourself
@@ -134,6 +180,7 @@ def worker(cls: type[Service], *, data_dir: Path | None = None, **dependencies: 
     instance.store = Store(None, path=instance.data_dir / "store.db", service=spec.name)
     # what a transaction emits is "sent" when it commits, as the outbox relay would do
     instance.store.committed = instance.mesh.sent.extend
+    instance.sessions = _NoSessions()  # type: ignore[assignment]
     return instance
 
 
@@ -236,6 +283,10 @@ class TestMesh:
     service name to the named groups its nodes join at start (``Node.join_group`` and
     ``leave_group`` change one node's groups later). Nodes are real
     :class:`~wiremesh.runtime.node.Node` objects serving gRPC on 127.0.0.1.
+
+    ``gateway=True`` (or a :class:`~wiremesh.runtime.gateway_settings.GatewaySettings`,
+    see :func:`gateway_settings`) also starts a browser gateway in the test's event loop,
+    once every node is up: ``mesh.gateway``; :meth:`add_gateway` starts more.
     """
 
     __test__ = False  # not a pytest test class
@@ -251,6 +302,7 @@ class TestMesh:
         drain_grace: float = 1.0,
         broker: str | None = None,
         mesh_name: str | None = None,
+        gateway: bool | GatewaySettings = False,
         **node_options: Any,
     ) -> None:
         self.services = services
@@ -280,6 +332,8 @@ class TestMesh:
         self._registry: RegistryServer | None = None  # made in the test's event loop
         self.nodes: list[Node] = []
         self._client: MeshClient | None = None
+        self._gateway_settings = gateway
+        self.gateways: list[Gateway] = []
 
     async def __aenter__(self) -> TestMesh:
         self._registry = RegistryServer(ttl=1.5)
@@ -299,6 +353,9 @@ class TestMesh:
             )
             await self._client.start()
             await self.wait_for_nodes()
+            if self._gateway_settings is not False:
+                settings = None if self._gateway_settings is True else self._gateway_settings
+                await self.add_gateway(settings)
         except BaseException:
             await self.close()
             raise
@@ -350,6 +407,8 @@ class TestMesh:
         self.nodes.append(node)
         if self._client is not None:
             await self.wait_for_nodes()
+        for gateway in self.gateways:
+            await gateway.wait_for_streams()
         return node
 
     async def wait_for_nodes(self, timeout: float = 5.0) -> None:
@@ -364,6 +423,73 @@ class TestMesh:
 
         views = [self.client.view, *(node.view for node in self.nodes)]
         await asyncio.gather(*(view.wait_for(settled, timeout) for view in views))
+
+    async def add_gateway(
+        self, settings: GatewaySettings | None = None, *, sweep_interval: float = 0.1
+    ) -> Gateway:
+        """Start one more gateway (default settings on a free port), connected to every
+        node; it uses the mesh's development secret (see :meth:`token`). Its shared timer
+        (idle and token expiry, pings) runs every ``sweep_interval`` seconds."""
+        from wiremesh.gateway.server import Gateway
+
+        specs = {spec.name: spec for spec in map(ServiceSpec.of, self.services)}
+        gateway = Gateway(
+            settings or gateway_settings(),
+            registry_address=self.registry.address,
+            root=self.data_dir,
+            data_dir=self.data_dir,
+            specs=specs,
+            services=sorted(specs),
+            sweep_interval=sweep_interval,
+        )
+        await gateway.start()
+        self.gateways.append(gateway)
+        try:
+            await gateway.wait_for_streams()
+        except BaseException:
+            await gateway.stop()
+            self.gateways.remove(gateway)
+            raise
+        return gateway
+
+    @property
+    def gateway(self) -> Gateway:
+        """The first gateway (``TestMesh(..., gateway=True)``)."""
+        if not self.gateways:
+            raise RuntimeError("this TestMesh runs no gateway: use TestMesh(..., gateway=True)")
+        return self.gateways[0]
+
+    def token(
+        self,
+        subject: str = "dev",
+        *,
+        ttl: float = 3600.0,
+        scopes: Sequence[str] = (),
+        roles: Sequence[str] = (),
+        **claims: Any,
+    ) -> str:
+        """A token the mesh's gateways accept (the development secret; ``aud`` and
+        ``iss`` as the first gateway's settings require)."""
+        from wiremesh.gateway.auth import dev_secret, mint_token
+
+        secret = dev_secret(self.data_dir)
+        assert secret is not None
+        auth = self.gateways[0].settings.auth if self.gateways else None
+        return mint_token(
+            secret,
+            subject=subject,
+            ttl=ttl,
+            scopes=scopes,
+            roles=roles,
+            audience=(auth.audience or None) if auth else None,
+            issuer=(auth.issuer or None) if auth else None,
+            claims=claims,
+        )
+
+    def ws_url(self, service: str, node_id: str | None = None, *, gateway: int = 0) -> str:
+        """``ws://127.0.0.1:<port>/ws/<service>[/<node_id>]`` of a gateway."""
+        base = self.gateways[gateway].ws_url if self.gateways else self.gateway.ws_url
+        return f"{base}/ws/{service}" + (f"/{node_id}" if node_id else "")
 
     @property
     def registry(self) -> RegistryServer:
@@ -394,6 +520,11 @@ class TestMesh:
         """The service object running in a node, to look at its state in assertions."""
         return self.nodes_of(service)[index].service
 
+    async def stop_gateway(self, gateway: Gateway, grace: float = 0.5) -> None:
+        """Stop one gateway (its sessions close with 1001)."""
+        self.gateways.remove(gateway)
+        await gateway.stop(grace)
+
     async def stop_node(self, node: Node | str, grace: float | None = None) -> None:
         """Drain and stop one node (by object or node id); the mesh sees it leave."""
         if isinstance(node, Node):
@@ -412,6 +543,12 @@ class TestMesh:
     async def close(self) -> None:
         """Stop every node, the client and the registry, even when one of them fails."""
         errors: list[BaseException] = []
+        for gateway in reversed(self.gateways):
+            try:
+                await gateway.stop(0.5)
+            except Exception as exc:
+                errors.append(exc)
+        self.gateways.clear()
         for node in list(reversed(self.nodes)):
             try:
                 await node.stop(self.drain_grace)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
@@ -30,11 +31,20 @@ class Demo:
     running: RunningMesh
 
 
+def on_any_port(config: Path) -> None:
+    """Let the demo's gateway take any free port (8080 may be taken on this machine)."""
+    text = config.read_text()
+    assert "\n[gateway]\n" in text
+    config.write_text(text.replace("\n[gateway]\n", "\n[gateway]\nport = 0\n", 1))
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     folder = tmp_path_factory.mktemp("ipaas")
     for name in ("connectors.py", "flows.py", "wiremesh.toml"):
         shutil.copy(DEMO / name, folder / name)
+    shutil.copytree(DEMO / "web", folder / "web")
+    on_any_port(folder / "wiremesh.toml")
     with RunningMesh(folder) as running:
         yield Demo(folder, running)
 
@@ -125,3 +135,20 @@ async def test_flow_runs_keep_succeeding_while_a_connectors_node_is_killed(
         "a new connectors node",
     )
     await demo.running.line(rf"^{victim.node_id}: exited with signal SIGKILL; restart in")
+
+
+async def test_the_gateway_serves_the_demo_page_and_the_client(demo: Demo) -> None:
+    found = await demo.running.line(r"^gateway: (http://127\.0\.0\.1:\d+)/#token=(\S+)$")
+    base, token = found.group(1), found.group(2)
+    async with httpx.AsyncClient(base_url=base) as http:
+        page = await http.get("/")
+        assert page.status_code == 200
+        assert '<script type="module" src="app.js">' in page.text
+        app = await http.get("/app.js")
+        assert 'from "/_wiremesh/wiremesh.js"' in app.text
+        client = await http.get("/_wiremesh/wiremesh.js")
+        assert client.text == (REPO / "clients" / "js" / "wiremesh.js").read_text()
+        # the path of the page's WebSocket: the upgrade would be accepted with this token
+        probe = await http.get("/ws/flows", headers={"Authorization": f"Bearer {token}"})
+        assert probe.status_code == 426
+        assert (await http.get("/ws/flows")).status_code == 401

@@ -98,11 +98,20 @@ from pydantic_core import PydanticCustomError
 from wiremesh.core.balancing import BalancerName
 from wiremesh.core.names import SERVICE_NAME, check_group
 from wiremesh.errors import ConfigError, InvalidPayload
+from wiremesh.runtime.gateway_settings import (
+    AuthSettings,
+    GatewaySettings,
+    HttpSettings,
+    LimitSettings,
+    SocketServiceSettings,
+    is_loopback,
+)
 
 __all__ = [
     "SERVICE_NAME_PATTERN",
     "Balancer",
     "BrokerSettings",
+    "GatewaySettings",
     "MeshConfig",
     "MeshSettings",
     "ObservabilitySettings",
@@ -357,12 +366,26 @@ class MeshConfig(BaseModel):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     restart: RestartSettings = Field(default_factory=RestartSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     services: dict[ServiceName, ServiceSettings] = Field(default_factory=dict)
     #: Absolute folder of the configuration file (the working directory when there is none);
     #: relative paths are resolved against it. Set by the loader, never read from the file.
     root: Path = Field(default_factory=Path.cwd)
     #: Absolute path of the file this configuration was read from, if any.
     source: Path | None = None
+
+    @model_validator(mode="after")
+    def _gateway_plain_only_on_loopback(self) -> Self:
+        gateway = self.gateway
+        if not gateway.tls and not gateway.allow_plain and not is_loopback(gateway.host):
+            raise PydanticCustomError(
+                "plain_gateway",
+                "the gateway listens on {host} without TLS: set gateway.tls = true (with a "
+                "certificate), or gateway.allow_plain = true if something in front of it "
+                "terminates TLS",
+                {"host": gateway.host, "setting": "gateway"},
+            )
+        return self
 
     @field_validator("root")
     @classmethod
@@ -389,6 +412,11 @@ class MeshConfig(BaseModel):
             _absolute(data / self.tls.cert),
             _absolute(data / self.tls.key),
         )
+
+    def gateway_tls_paths(self) -> tuple[Path, Path]:
+        """The absolute paths of the gateway's certificate and key."""
+        data = self.data_path
+        return _absolute(data / self.gateway.cert), _absolute(data / self.gateway.key)
 
     def python_paths(self) -> list[Path]:
         """The absolute folders to add to ``sys.path`` before importing targets."""
@@ -566,6 +594,12 @@ _TABLES: dict[str, type[BaseModel]] = {
     "broker": BrokerSettings,
     "tls": TlsSettings,
     "restart": RestartSettings,
+    "gateway": GatewaySettings,
+}
+_GATEWAY_TABLES: dict[str, type[BaseModel]] = {
+    "auth": AuthSettings,
+    "limits": LimitSettings,
+    "http": HttpSettings,
 }
 
 
@@ -576,6 +610,10 @@ def _known_settings(parent: tuple[str | int, ...]) -> list[str]:
         return list(_TABLES[parent[0]].model_fields)
     if len(parent) == 2 and parent[0] == "services":
         return list(ServiceSettings.model_fields)
+    if len(parent) == 2 and parent[0] == "gateway" and parent[1] in _GATEWAY_TABLES:
+        return list(_GATEWAY_TABLES[str(parent[1])].model_fields)
+    if len(parent) == 3 and parent[:2] == ("gateway", "services"):
+        return list(SocketServiceSettings.model_fields)
     return []
 
 

@@ -46,6 +46,8 @@ class MeshFile:
     broker: str | None = None
     #: ``[broker] quorum_queues``: how the amqp queues are declared
     quorum_queues: bool = False
+    #: the browser gateway's URL, once it serves
+    gateway: str | None = None
 
     @property
     def running(self) -> bool:

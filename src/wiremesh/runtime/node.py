@@ -24,6 +24,7 @@ from wiremesh.core.balancing import BalancerName
 from wiremesh.core.delivery import DeliveryPolicy
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.core.names import check_group
+from wiremesh.gateway.node_side import SOCKET_KEY, SocketHub, gateway_method_handler
 from wiremesh.messaging.base import Binding, Broker
 from wiremesh.messaging.consumer import HandlerRunner, MessageHandler
 from wiremesh.messaging.outbound import Outbound, attach, detach
@@ -92,6 +93,8 @@ class Node:
         #: the named groups this node belongs to (multicast targets a group)
         self.groups: set[str] = {check_group(g) for g in groups}
         self.metadata = {**(metadata or {}), MAX_MESSAGE_KEY: str(max_message_bytes)}
+        if self.spec.socket is not None:
+            self.metadata[SOCKET_KEY] = "text" if self.spec.socket.text else "binary"
         self.registry = EmbeddedRegistry(
             registry_address,
             credentials=tls.channel_credentials() if tls else None,
@@ -132,6 +135,10 @@ class Node:
             links=self.links if links else None,
             metrics=self.metrics,
         )
+        #: the browser sessions pinned to this node, and the gateways' streams
+        self.sockets = SocketHub(
+            self.spec, instance, node_id=self.node_id, max_message_bytes=max_message_bytes
+        )
         self.server = NodeServer(
             self.spec,
             instance,
@@ -144,6 +151,7 @@ class Node:
             credentials=tls.server_credentials() if tls else None,
             links=self.links,
             metrics=self.metrics,
+            extra_handlers=[gateway_method_handler(self.sockets)],
         )
         self.node_links.methods = self.server.methods
         #: the ``@subscribe`` handlers: messages published to this node, per link in order,
@@ -320,6 +328,8 @@ class Node:
         started = time.monotonic()
         # message handlers: take no new message, finish the running ones
         await asyncio.gather(*(runner.close(grace) for runner in self.handlers))
+        # browser sessions: closed with 1012 (their browsers reconnect to a live node)
+        await self.sockets.close(grace)
         # calls on links: refuse new ones (callers retry them elsewhere), finish the rest
         self.node_links.draining = True
         with contextlib.suppress(TimeoutError):

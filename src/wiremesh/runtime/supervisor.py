@@ -1,11 +1,12 @@
 """``wiremesh run``: the supervisor of one machine's mesh.
 
 It hosts the embedded registry and (with ``broker.url = "embedded"``) the embedded
-broker, starts every node as its own process, restarts a node
-that dies (exponential backoff with jitter, reset after a healthy run), kills and
-restarts a node that hangs (alive but silent to the registry), and drains on SIGINT or
-SIGTERM: every node gets SIGTERM, finishes its in-flight calls within the grace period,
-and the supervisor exits 0. A second Ctrl-C stops at once.
+broker, starts every node as its own process (and the browser gateway, when enabled: see
+``docs/gateway.md``), restarts a node that dies (exponential backoff with jitter, reset
+after a healthy run), kills and restarts a node that hangs (alive but silent to the
+registry), and drains on SIGINT or SIGTERM: the gateway first (its browsers get 1001),
+then every node gets SIGTERM, finishes its in-flight calls within the grace period, and
+the supervisor exits 0. A second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -24,13 +25,19 @@ from pathlib import Path
 
 from wiremesh.core.retry import Backoff
 from wiremesh.errors import ConfigError
+from wiremesh.gateway.auth import dev_secret, mint_token
+from wiremesh.gateway.process import GatewayLaunch
+from wiremesh.gateway.server import new_gateway_id
+from wiremesh.gateway.stream import GATEWAY_URL_KEY
 from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.registry.embedded import RegistryServer
 from wiremesh.runtime.config import MeshConfig
+from wiremesh.runtime.gateway_settings import is_loopback
 from wiremesh.runtime.meshfile import MESH_FILE, MeshFile
 from wiremesh.runtime.node import new_node_id
 from wiremesh.runtime.process import EXIT_CONFIG, NodeLaunch
 from wiremesh.runtime.targets import load_service_class
+from wiremesh.service import ServiceSpec
 from wiremesh.transport.tls import TlsFiles
 
 __all__ = ["NodeProcess", "ProcessState", "Supervisor"]
@@ -39,6 +46,8 @@ log = logging.getLogger("wiremesh.supervisor")
 
 #: a registered node that stays out of the registry this long while its process lives is hung
 HUNG_AFTER = 3.0
+#: seconds the development token printed by ``wiremesh run`` stays valid
+DEV_TOKEN_TTL = 12 * 3600.0
 
 
 class ProcessState(enum.Enum):
@@ -68,6 +77,8 @@ class NodeProcess:
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
     silent_since: float | None = None
     was_registered: bool = False
+    #: this slot runs the browser gateway, not a node of ``service``
+    gateway: bool = False
 
     @property
     def uptime(self) -> float:
@@ -91,11 +102,16 @@ class Supervisor:
         self._slot_tasks: list[asyncio.Task[None]] = []
         self._tls = TlsFiles(*config.tls_paths()) if config.tls.enabled else None
         self.changed: Callable[[], None] = lambda: None
+        #: whether a gateway runs (``gateway.enabled``, or "auto" and a service has sockets)
+        self.gateway_enabled = config.gateway.enabled is True
+        #: the gateway's URL once it serves (with a development token when there is one)
+        self.gateway_url: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def check(self) -> None:
         """Import every target now, so that a mistake is reported before anything starts."""
+        sockets = False
         for name, settings in self.config.services.items():
             cls = load_service_class(settings.target, self.config.python_paths())
             if cls.name != name:
@@ -103,8 +119,25 @@ class Supervisor:
                     f"services.{name}.target: {settings.target} is the service "
                     f"{cls.name!r}; name the table [services.{cls.name}]"
                 )
+            sockets = sockets or ServiceSpec.of(cls).socket is not None
         if self._tls is not None:
             self._tls.server_credentials()  # reads every file: fails now, clearly
+        enabled = self.config.gateway.enabled
+        self.gateway_enabled = enabled is True or (enabled == "auto" and sockets)
+        if self.gateway_enabled:
+            gateway = self.config.gateway
+            if gateway.tls:
+                for path in self.config.gateway_tls_paths():
+                    if not path.is_file():
+                        raise ConfigError(
+                            f"gateway.tls: no such file {path} (create development "
+                            "certificates with 'wiremesh certs init')"
+                        )
+            if not gateway.auth.configured and not is_loopback(gateway.host):
+                raise ConfigError(
+                    "the gateway listens beyond this machine but has no key to check tokens "
+                    "with: set gateway.auth.secret_file, public_keys or jwks_file"
+                )
 
     async def run(self) -> int:
         """Run until :meth:`stop` (or a signal) and the drain are done. Returns 0."""
@@ -157,6 +190,11 @@ class Supervisor:
             for slot in range(settings.replicas):
                 backoff = Backoff(restart.initial_backoff, restart.max_backoff, restart.reset_after)
                 self.slots.append(NodeProcess(name, slot, backoff))
+        if self.gateway_enabled:
+            if not self.config.gateway.auth.configured:
+                dev_secret(data)  # made now, before the gateway and `wiremesh token` read it
+            backoff = Backoff(restart.initial_backoff, restart.max_backoff, restart.reset_after)
+            self.slots.append(NodeProcess("(gateway)", 0, backoff, gateway=True))
         self._slot_tasks = [asyncio.create_task(self._keep_running(s)) for s in self.slots]
         self._tasks = [*self._slot_tasks, asyncio.create_task(self._watch_registry())]
         try:
@@ -213,6 +251,16 @@ class Supervisor:
     async def _drain(self) -> None:
         grace = self.config.mesh.drain_grace
         self.echo(f"draining {len(self.slots)} node(s), grace {grace:g}s")
+        # the gateway first: its browsers get 1001 (going away), not 1012 from the nodes
+        gateways = [s for s in self.slots if s.gateway and s.process is not None]
+        for slot in gateways:
+            if slot.process is not None and slot.process.returncode is None:
+                slot.state = ProcessState.STOPPING
+                with contextlib.suppress(ProcessLookupError):
+                    slot.process.send_signal(signal.SIGTERM)
+        gateway_tasks = [t for s, t in zip(self.slots, self._slot_tasks, strict=False) if s.gateway]
+        if gateway_tasks:
+            await asyncio.wait(gateway_tasks, timeout=5.0)
         for slot in self.slots:
             if slot.process is not None and slot.process.returncode is None:
                 slot.state = ProcessState.STOPPING
@@ -239,6 +287,23 @@ class Supervisor:
         await asyncio.gather(*(p.wait() for p in left), return_exceptions=True)
 
     # ------------------------------------------------------------------ one slot
+
+    def _command(self, slot: NodeProcess) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment of the process that fills ``slot``."""
+        assert self.registry is not None
+        if slot.gateway:
+            launch = GatewayLaunch(
+                config=self.config.model_dump_json(),
+                registry=self.registry.address,
+                gateway_id=slot.node_id,
+                supervisor_pid=os.getpid(),
+            )
+            return [sys.executable, "-m", "wiremesh.gateway.process", launch.to_json()], {
+                **os.environ
+            }
+        env = {**os.environ, **self.config.services[slot.service].env}
+        command = [sys.executable, "-m", "wiremesh.runtime.process", self._launch(slot).to_json()]
+        return command, env
 
     def _launch(self, slot: NodeProcess) -> NodeLaunch:
         mesh = self.config.mesh
@@ -275,19 +340,15 @@ class Supervisor:
         )
 
     async def _keep_running(self, slot: NodeProcess) -> None:
-        settings = self.config.services[slot.service]
         while not self.stopping.is_set():
-            slot.node_id = new_node_id(slot.service)
+            slot.node_id = new_gateway_id() if slot.gateway else new_node_id(slot.service)
             slot.address = ""
             slot.state = ProcessState.STARTING
             slot.was_registered = False
             slot.silent_since = None
-            env = {**os.environ, **settings.env}
+            command, env = self._command(slot)
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "wiremesh.runtime.process",
-                self._launch(slot).to_json(),
+                *command,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
@@ -372,7 +433,27 @@ class Supervisor:
                 if slot.state is not before:
                     if slot.state is ProcessState.SERVING:
                         self.echo(f"{slot.node_id}: serving at {slot.address}")
+                        if slot.gateway and node is not None:
+                            self._announce_gateway(node.metadata.get(GATEWAY_URL_KEY, ""))
                     self.changed()
+
+    def _announce_gateway(self, url: str) -> None:
+        """Print where browsers go (with a development token when the gateway uses the
+        development secret), and write it into ``mesh.json``."""
+        if not url:
+            return
+        shown = url + "/"
+        if not self.config.gateway.auth.configured:
+            secret = dev_secret(self.config.data_path)
+            if secret:
+                shown += "#token=" + mint_token(secret, subject="dev", ttl=DEV_TOKEN_TTL)
+        self.gateway_url = shown
+        self.echo(f"gateway: {shown}")
+        path = self.config.data_path / MESH_FILE
+        with contextlib.suppress(ConfigError, OSError):
+            mesh = MeshFile.read(path)
+            mesh.gateway = url
+            mesh.write(self.config.data_path)
 
     def _client_tls(self) -> TlsFiles | None:
         if self._tls is None:

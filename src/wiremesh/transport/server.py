@@ -1,4 +1,5 @@
-"""A node's gRPC server: every ``@rpc`` method as a unary method, plus health.
+"""A node's gRPC server: every ``@rpc`` method as a unary method, plus health, mesh links
+and whatever else the node adds (the gateway stream).
 
 Each method is served at ``/<service>/<method>`` with raw bytes in and out; the codec
 named in ``wm-codec`` (msgpack by default) turns them into values. The handler runs in
@@ -80,6 +81,7 @@ class NodeServer:
         credentials: grpc.ServerCredentials | None = None,
         links: Links | None = None,
         metrics: MeshMetrics | None = None,
+        extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
     ) -> None:
         self.spec = spec
         self.service = service
@@ -102,6 +104,7 @@ class NodeServer:
                     LINK_SERVICE, {"Open": link_method_handler(links)}
                 )
             )
+        generic.extend(extra_handlers)
         self.server.add_generic_rpc_handlers((*generic, *health.handlers()))
 
     @property

@@ -1,0 +1,436 @@
+"""The HTTP door: ``POST /rpc/<service>/<method>`` and the pages around it.
+
+The gateway's application asks :meth:`HttpDoor.route` first for every HTTP request; the
+door's endpoints are plain ASGI callables that read and answer on their own (a body read
+under a deadline, a problem before the body is read, ``Connection: close`` when the rest
+of a request is left unread). ``GET /healthz`` (the process is up) is the gateway's.
+Paths:
+
+- ``POST /rpc/<service>/<method>[?node=<id>]``: the JSON body is the method's payload; the
+  answer is its result as JSON, or a problem (:mod:`.problem`). The call goes over the
+  gateway's mesh links exactly as ``wiremesh call`` would (load balanced, retried on
+  another node when the method is idempotent, to one node with ``?node=``); the node
+  validates the payload as for any gRPC call. ``Wiremesh-Timeout: <seconds>`` sets the
+  deadline (capped by ``[gateway.http] max_timeout``), and nested calls inherit it. The
+  handler finds the token's subject in ``ctx.metadata["principal"]``.
+- ``GET /openapi.json``: the OpenAPI 3.1 document (:mod:`.openapi`).
+- ``GET /docs``: a page that renders that document, served from the package (no CDN).
+- ``GET /readyz``: 200 when the registry answers and every configured service has a live
+  node; 503 with a problem naming what is missing otherwise.
+
+Order of the checks on ``/rpc``: method (405), token and access rules (401, 403), rate of
+the principal (429), the gateway's concurrency (503), media type (415), declared body size
+(413), body read within ``body_timeout`` (408, 413), deadline header (400), JSON (400),
+then the call (404, 422, 409, 503, 504, 500 come from it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+import grpc
+import pydantic_core
+
+from wiremesh.core.model import MeshSnapshot
+from wiremesh.errors import (
+    InternalError,
+    PayloadTooLarge,
+    ServiceNotFound,
+    Unavailable,
+    WiremeshError,
+)
+from wiremesh.gateway.admission import Admission, BadHeader
+from wiremesh.gateway.auth import TokenVerifier
+from wiremesh.gateway.docs_page import docs_page
+from wiremesh.gateway.http_auth import BearerCheck
+from wiremesh.gateway.openapi import DocumentSettings, openapi_document
+from wiremesh.gateway.problem import (
+    Problem,
+    bad_request,
+    method_not_allowed,
+    problem_for,
+    request_timeout,
+    unsupported_media_type,
+)
+from wiremesh.gateway.stream import GATEWAY_NODES
+from wiremesh.registry.view import MeshView
+from wiremesh.runtime.gateway_settings import GatewaySettings
+from wiremesh.service import ServiceSpec
+from wiremesh.transport.client import Caller, channel_options
+from wiremesh.transport.links import Links
+
+__all__ = ["Authorize", "HttpDoor", "gateway_door"]
+
+log = logging.getLogger("wiremesh.gateway.http")
+
+Scope = MutableMapping[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: ``(Authorization header or None, service) -> principal``: the gateway's token check and
+#: access rules; raises ``Unauthenticated`` (401) or ``PermissionDenied`` (403)
+Authorize = Callable[[str | None, str], str]
+
+_RPC_PATH = re.compile(r"^/rpc/([a-z][a-z0-9_-]{0,62})/([A-Za-z_][A-Za-z0-9_]*)$")
+_JSON = (b"content-type", b"application/json")
+#: a response body over this size is written under ``write_timeout``; a smaller one goes
+#: straight into the socket's buffer, which never makes a write wait
+_BUFFERED = 64 * 1024
+
+
+class _Disconnected(Exception):
+    """The client went away before its request was read."""
+
+
+class HttpDoor:
+    """The HTTP endpoints of one gateway, over one mesh :class:`Caller`.
+
+    ``authorize`` checks a request's token and the service's access rules (``None``: no
+    authentication, every request is the principal ``anonymous@<client address>``);
+    ``specs`` are the services whose classes the gateway could import (schemas for the
+    OpenAPI document); ``services`` the ones ``/readyz`` waits for; ``docs=False`` leaves
+    out ``/openapi.json`` and ``/docs``.
+    """
+
+    def __init__(
+        self,
+        caller: Caller,
+        admission: Admission,
+        *,
+        authorize: Authorize | None = None,
+        specs: Mapping[str, ServiceSpec] | None = None,
+        services: Sequence[str] = (),
+        document: DocumentSettings | None = None,
+        body_timeout: float = 10.0,
+        write_timeout: float = 10.0,
+        ready_timeout: float = 2.0,
+        docs: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.caller = caller
+        self.admission = admission
+        self.authorize = authorize
+        self.specs = dict(specs or {})
+        self.services = tuple(services)
+        self.document_settings = document or DocumentSettings(
+            auth=authorize is not None,
+            default_timeout=admission.default_timeout,
+            max_timeout=admission.max_timeout,
+        )
+        self.body_timeout = body_timeout
+        self.write_timeout = write_timeout
+        self.ready_timeout = ready_timeout
+        self.clock = clock
+        self._document: tuple[object, bytes] | None = None
+        self._routes: dict[str, Endpoint] = {"/readyz": self.readyz}
+        if docs:
+            self._routes.update({"/openapi.json": self.openapi, "/docs": self.docs})
+        #: what :meth:`close` closes: the links and caller the door made for itself
+        self._owned: list[Any] = []
+
+    def route(self, path: str) -> Endpoint | None:
+        """The endpoint that serves ``path``, or ``None`` when the door has none."""
+        if path.startswith("/rpc/"):
+            return self.rpc
+        return self._routes.get(path)
+
+    async def close(self) -> None:
+        """Close the mesh caller and links the door opened (see :func:`gateway_door`)."""
+        owned, self._owned = self._owned, []
+        for resource in owned:
+            await resource.close()
+
+    # ------------------------------------------------------------------------- /rpc
+
+    async def rpc(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if scope["method"] != "POST":
+            await send_problem(send, method_not_allowed("POST", path))
+            return
+        admission = self.admission
+        headers = dict(scope["headers"])
+        match = _RPC_PATH.match(path)
+        try:
+            principal = self._principal(scope, headers, match.group(1) if match else "")
+            admission.rate(principal, self.clock())
+            if match is None:
+                raise ServiceNotFound(f"no method at {path}: use /rpc/<service>/<method>")
+            admission.enter()
+        except WiremeshError as exc:
+            await send_problem(send, problem_for(exc, path))
+            return
+        try:
+            who = principal if self.authorize is not None else None
+            await self._call(scope, receive, send, headers, match.group(1), match.group(2), who)
+        finally:
+            admission.leave()
+
+    def _principal(self, scope: Scope, headers: dict[bytes, bytes], service: str) -> str:
+        if self.authorize is None:
+            client = scope.get("client")
+            return f"anonymous@{client[0] if client else ''}"
+        header = headers.get(b"authorization")
+        return self.authorize(None if header is None else header.decode("latin-1"), service)
+
+    async def _call(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[bytes, bytes],
+        service: str,
+        method: str,
+        principal: str | None,
+    ) -> None:
+        path: str = scope["path"]
+        try:
+            content_type = headers.get(b"content-type")
+            if content_type is not None and not _is_json(content_type):
+                await send_problem(send, unsupported_media_type(path), close=True)
+                return
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit():
+                self.admission.body_size(int(declared))
+            try:
+                body = await self._body(receive)
+            except TimeoutError:
+                await send_problem(send, request_timeout(self.body_timeout, path), close=True)
+                return
+            timeout_header = headers.get(b"wiremesh-timeout")
+            timeout = self.admission.deadline(
+                None if timeout_header is None else timeout_header.decode("latin-1")
+            )
+            try:
+                payload = pydantic_core.from_json(body) if body else None
+            except ValueError as exc:
+                await send_problem(send, bad_request(f"the body is not JSON: {exc}", path))
+                return
+            node = _node_of(scope["query_string"]) if scope["query_string"] else None
+            result = await self.caller.call(
+                f"{service}.{method}",
+                payload,
+                timeout=timeout,
+                node=node,
+                codec="json",
+                metadata=None if principal is None else {"principal": principal},
+            )
+        except _Disconnected:
+            return
+        except BadHeader as exc:
+            await send_problem(send, bad_request(exc.message, path))
+            return
+        except PayloadTooLarge as exc:
+            await send_problem(send, problem_for(exc, path), close=True)
+            return
+        except WiremeshError as exc:
+            await send_problem(send, problem_for(exc, path))
+            return
+        except Exception as exc:  # a bug of the gateway's: the client still gets a problem
+            log.exception("POST %s failed", path)
+            await send_problem(send, problem_for(InternalError(str(exc)), path))
+            return
+        await self._send_json(send, 200, pydantic_core.to_json(result))
+
+    async def _body(self, receive: Receive) -> bytes:
+        """The request body, read within ``body_timeout``; :class:`PayloadTooLarge` past
+        the limit, :class:`_Disconnected` when the client leaves, ``TimeoutError`` when
+        it is too slow."""
+        chunks: list[bytes] = []
+        size = 0
+        async with asyncio.timeout(self.body_timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                chunk: bytes = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    self.admission.body_size(size)
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _send_json(self, send: Send, status: int, body: bytes) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [_JSON, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        if len(body) <= _BUFFERED:
+            await send({"type": "http.response.body", "body": body})
+            return
+        # a client that does not read its answer gets its connection closed
+        async with asyncio.timeout(self.write_timeout):
+            await send({"type": "http.response.body", "body": body})
+
+    # ------------------------------------------------------------------- documents
+
+    def document(self) -> bytes:
+        """The OpenAPI document as JSON, rebuilt when the mesh's methods change."""
+        snapshot = self.caller.view.snapshot
+        key = _methods_key(snapshot, self.specs)
+        cached = self._document
+        if cached is None or cached[0] != key:
+            document = openapi_document(self.specs, snapshot, self.document_settings)
+            cached = self._document = (key, pydantic_core.to_json(document))
+        return cached[1]
+
+    async def openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_problem(send, method_not_allowed("GET, HEAD", scope["path"]))
+            return
+        await self._send_json(send, 200, self.document())
+
+    async def docs(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_problem(send, method_not_allowed("GET, HEAD", scope["path"]))
+            return
+        body, policy = docs_page()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/html; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-cache"),
+                    (b"content-security-policy", policy),
+                    (b"x-content-type-options", b"nosniff"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    # --------------------------------------------------------------------- health
+
+    async def readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Ready: the registry answers now, and each configured service has a live node."""
+        path = scope["path"]
+        try:
+            snapshot = await asyncio.wait_for(
+                self.caller.view.registry.snapshot(), self.ready_timeout
+            )
+        except TimeoutError:
+            error = Unavailable(f"the registry did not answer within {self.ready_timeout:g}s")
+            await send_problem(send, problem_for(error, path, retry_after=1))
+            return
+        except WiremeshError as exc:
+            error = Unavailable(f"the registry did not answer: {exc.message}")
+            await send_problem(send, problem_for(error, path, retry_after=1))
+            return
+        missing = [name for name in self.services if not snapshot.serving(name)]
+        if missing:
+            error = Unavailable(
+                f"no live node of {', '.join(missing)}", details={"missing": missing}
+            )
+            await send_problem(send, problem_for(error, path, retry_after=1))
+            return
+        names = self.services or sorted(snapshot.services - {GATEWAY_NODES})
+        nodes = {name: len(snapshot.serving(name)) for name in names}
+        await self._send_json(send, 200, pydantic_core.to_json({"status": "ready", "nodes": nodes}))
+
+
+def gateway_door(
+    settings: GatewaySettings,
+    view: MeshView,
+    verifier: TokenVerifier,
+    *,
+    gateway_id: str,
+    specs: Mapping[str, ServiceSpec] | None = None,
+    services: Sequence[str] = (),
+    credentials: grpc.ChannelCredentials | None = None,
+    max_message_bytes: int = 4 * 1024 * 1024,
+) -> HttpDoor:
+    """The door of a gateway: its ``[gateway.http]`` limits, its token verifier and access
+    rules, and a mesh caller of its own over ``view`` (calls travel on mesh links, as
+    ``wiremesh call``'s do); :meth:`HttpDoor.close` closes them."""
+    from wiremesh import __version__
+
+    http = settings.http
+    links = Links(
+        local_id=gateway_id,
+        credentials=credentials,
+        options=channel_options(max_message_bytes),
+        max_message_bytes=max_message_bytes,
+    )
+    caller = Caller(
+        view,
+        identity=None,
+        default_timeout=http.default_timeout,
+        max_message_bytes=max_message_bytes,
+        credentials=credentials,
+        links=links,
+    )
+    admission = Admission(
+        rate=http.rate,
+        burst=http.burst,
+        concurrency=http.concurrency,
+        max_body=http.max_body,
+        default_timeout=http.default_timeout,
+        max_timeout=http.max_timeout,
+    )
+    door = HttpDoor(
+        caller,
+        admission,
+        authorize=BearerCheck(verifier, settings.services),
+        specs=specs,
+        services=services,
+        document=DocumentSettings(
+            version=__version__,
+            default_timeout=admission.default_timeout,
+            max_timeout=admission.max_timeout,
+        ),
+        body_timeout=http.body_timeout,
+        docs=http.docs,
+    )
+    door._owned = [links, caller]
+    return door
+
+
+def _node_of(query_string: bytes) -> str | None:
+    """The ``node`` query parameter; :class:`BadHeader` for any other parameter (a typo
+    such as ``?nod=`` would otherwise call any node)."""
+    query = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    others = sorted({name for name, _ in query if name != "node"})
+    if others:
+        raise BadHeader(f"unknown query parameter(s) {', '.join(others)[:200]}: only 'node'")
+    nodes = [value for _, value in query]
+    return nodes[-1] if nodes else None
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+def _methods_key(snapshot: MeshSnapshot, specs: Mapping[str, ServiceSpec]) -> object:
+    """What the document depends on in ``snapshot``: the methods of unimported services."""
+    return frozenset(
+        (node.service, tuple(sorted(node.methods)))
+        for node in snapshot.nodes
+        if node.service not in specs
+    )
+
+
+async def send_problem(send: Send, problem: Problem, *, close: bool = False) -> None:
+    """Answer with ``problem``; ``close``: the request was not read to its end, so the
+    connection cannot carry another one."""
+    body = problem.encode()
+    headers = [*problem.headers(), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": problem.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

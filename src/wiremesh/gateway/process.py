@@ -1,0 +1,170 @@
+"""The gateway process: ``python -m wiremesh.gateway.process '<json>'``.
+
+``wiremesh run`` starts one with a :class:`GatewayLaunch` (the mesh configuration, the
+registry address, the gateway id); ``wiremesh gateway`` runs the same :func:`serve` in
+its own process. The gateway registers in the registry as a member of the reserved
+service ``wm-gateway`` (so that ``wiremesh nodes`` and the supervisor see it), serves
+until SIGTERM or SIGINT, then closes its sessions with 1001 and exits 0. Exit code 78
+means it cannot start as configured (the supervisor does not restart it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from wiremesh.core.model import NodeInfo
+from wiremesh.errors import ConfigError, WiremeshError
+from wiremesh.gateway.openapi import service_specs
+from wiremesh.gateway.server import Gateway
+from wiremesh.gateway.stream import GATEWAY_NODES, GATEWAY_URL_KEY
+from wiremesh.runtime.config import MeshConfig
+from wiremesh.transport.tls import TlsFiles
+
+__all__ = ["EXIT_CONFIG", "GATEWAY_KEY", "GATEWAY_SERVICE", "GatewayLaunch", "gateway_of", "serve"]
+
+EXIT_CONFIG = 78
+GATEWAY_SERVICE = GATEWAY_NODES
+GATEWAY_KEY = GATEWAY_URL_KEY
+
+log = logging.getLogger("wiremesh.gateway")
+
+
+@dataclass
+class GatewayLaunch:
+    """Everything a gateway process needs, handed over by the supervisor."""
+
+    config: str  # MeshConfig as JSON
+    registry: str
+    gateway_id: str
+    supervisor_pid: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> GatewayLaunch:
+        return cls(**json.loads(text))
+
+
+def gateway_of(config: MeshConfig, registry: str, gateway_id: str | None = None) -> Gateway:
+    """A :class:`Gateway` as ``config`` describes it, for the mesh at ``registry``."""
+    settings = config.gateway
+    mesh_tls = None
+    if config.tls.enabled:
+        ca, cert, key = config.tls_paths()
+        client_cert, client_key = cert.parent / "client.pem", cert.parent / "client-key.pem"
+        mesh_tls = TlsFiles(ca, cert, key)
+        if not cert.is_file() and client_cert.is_file():
+            mesh_tls = TlsFiles(ca, client_cert, client_key)
+    return Gateway(
+        settings,
+        registry_address=registry,
+        root=config.root,
+        data_dir=config.data_path,
+        mesh_tls=mesh_tls,
+        tls=config.gateway_tls_paths() if settings.tls else None,
+        max_message_bytes=config.mesh.max_message_bytes,
+        gateway_id=gateway_id,
+        heartbeat_interval=config.registry.heartbeat_interval,
+        specs=service_specs(
+            {name: service.target for name, service in config.services.items()},
+            config.python_paths(),
+        ),
+        services=sorted(config.services),
+    )
+
+
+async def serve(
+    gateway: Gateway,
+    *,
+    stop: asyncio.Event,
+    grace: float = 2.0,
+    announce: Callable[[Gateway], None] | None = None,
+) -> None:
+    """Run ``gateway``, registered in the mesh, until ``stop`` is set; then drain it."""
+    await gateway.start()
+    lease = None
+    try:
+        lease = await gateway.registry.lease(
+            NodeInfo(
+                node_id=gateway.gateway_id,
+                service=GATEWAY_SERVICE,
+                address=f"{gateway.settings.host}:{gateway.port}",
+                pid=os.getpid(),
+                started_at=time.time(),
+                metadata={GATEWAY_KEY: gateway.url},
+            )
+        )
+        if announce is not None:
+            announce(gateway)
+        await stop.wait()
+    finally:
+        if lease is not None:
+            with contextlib.suppress(Exception):
+                await lease.release()
+        await gateway.stop(grace)
+
+
+async def _run(launch: GatewayLaunch) -> int:
+    config = MeshConfig.model_validate_json(launch.config)
+    gateway = gateway_of(config, launch.registry, launch.gateway_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_supervisor(launch.supervisor_pid, stop))
+    try:
+        await serve(gateway, stop=stop, grace=min(config.mesh.drain_grace, 2.0))
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    return 0
+
+
+async def _watch_supervisor(pid: int, stop: asyncio.Event) -> None:
+    if not pid:
+        return
+    while os.getppid() == pid:  # noqa: ASYNC110 - nothing to wait on but the pid
+        await asyncio.sleep(1.0)
+    log.warning("supervisor %d is gone; stopping", pid)
+    stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(
+        level=os.environ.get("WIREMESH_LOG_LEVEL", "INFO").upper(),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("grpc").setLevel(logging.ERROR)
+    if len(args) != 1:
+        print("usage: python -m wiremesh.gateway.process '<launch json>'", file=sys.stderr)
+        return 2
+    try:
+        launch = GatewayLaunch.from_json(args[0])
+    except (ValueError, TypeError) as exc:
+        print(f"bad launch description: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(_run(launch))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    except WiremeshError as exc:
+        log.error("gateway %s could not start: %s", launch.gateway_id, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

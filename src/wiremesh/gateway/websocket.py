@@ -1,0 +1,267 @@
+"""The WebSocket door: ``/ws/<service>`` and ``/ws/<service>/<node-id>``.
+
+:func:`check` decides what an upgrade gets, in this order, each refusal an HTTP status
+before the WebSocket opens: too many connections from the address (429), an Origin not
+allowed (403), no or bad token (401), no such service or node (404), access rules not met
+(403), no live node (503), too many connections of the principal (429). A plain ``GET``
+on the same path gets the same answer, or 426 when the upgrade would be accepted.
+
+:func:`serve_websocket` is the ASGI handler: it accepts, pins the session to its node and
+then reads the browser's messages until the connection ends. Messages go to the node's
+stream as they come (coalesced by the stream), text messages are the control channel
+(token refresh) unless the service takes text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from wiremesh.core.bucket import TokenBucket
+from wiremesh.core.model import NodeInfo
+from wiremesh.errors import PermissionDenied, Unauthenticated
+from wiremesh.gateway.auth import (
+    SUBPROTOCOL,
+    Identity,
+    check_access,
+    claims_json,
+    find_token,
+    origin_allowed,
+)
+from wiremesh.gateway.codes import POLICY_VIOLATION
+from wiremesh.gateway.connection import Connection
+from wiremesh.gateway.node_side import SOCKET_KEY
+from wiremesh.gateway.protocols import EXTENSION
+from wiremesh.gateway.stream import CLOSE, OPEN, Frame
+
+if TYPE_CHECKING:
+    from wiremesh.gateway.server import Gateway
+
+__all__ = ["Refusal", "Ticket", "check", "problem", "serve_websocket"]
+
+log = logging.getLogger("wiremesh.gateway")
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An upgrade refused before the WebSocket opens."""
+
+    status: int
+    detail: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Ticket:
+    """An upgrade that may go on: who, to which node, with which limits."""
+
+    identity: Identity
+    service: str
+    node: NodeInfo
+    ip: str
+    origin: str
+    text: bool
+    max_bytes: int
+    subprotocol: str | None
+    path: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def subprotocols_of(headers: list[tuple[bytes, bytes]]) -> list[str]:
+    found: list[str] = []
+    for key, value in headers:
+        if key == b"sec-websocket-protocol":
+            found.extend(p.strip() for p in value.decode("latin-1").split(",") if p.strip())
+    return found
+
+
+def check(gateway: Gateway, scope: Mapping[str, Any], *, count: bool) -> Ticket | Refusal:
+    """What an upgrade of ``scope`` gets. With ``count``, a ticket counts the connection
+    against the per-address and per-principal limits (release it with
+    ``gateway.table.release`` if the upgrade does not happen)."""
+    settings = gateway.settings
+    headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
+    client = scope.get("client") or ("", 0)
+    ip = str(client[0])
+    table = gateway.table
+    if table.ip_full(ip):
+        return Refusal(429, "too many connections from this address", (("retry-after", "5"),))
+    origin = header(headers, b"origin")
+    if not origin_allowed(origin, gateway.origins):
+        return Refusal(403, "this Origin is not allowed")
+    subprotocols = list(scope.get("subprotocols") or ()) or subprotocols_of(headers)
+    token = find_token(
+        headers,
+        subprotocols,
+        scope.get("query_string", b""),
+        cookie=settings.cookie_token,
+        query=settings.query_token,
+    )
+    if token is None:
+        return Refusal(401, "no token: send one in Sec-WebSocket-Protocol (bearer.<token>)")
+    try:
+        identity = gateway.verifier.verify(token)
+    except Unauthenticated as exc:
+        return Refusal(401, exc.message)
+    parts = scope["path"].split("/")
+    service, node_id = parts[2], (parts[3] if len(parts) > 3 else "")
+    route = gateway.route(service, node_id)
+    if isinstance(route, Refusal):
+        return route
+    rules = settings.services.get(service)
+    try:
+        check_access(identity.claims, rules)
+    except PermissionDenied as exc:
+        return Refusal(403, exc.message)
+    if count and not table.admit(identity.principal, ip):
+        return Refusal(
+            429, "too many connections of this principal or address", (("retry-after", "5"),)
+        )
+    if not count and table.principal_full(identity.principal):
+        return Refusal(429, "too many connections of this principal", (("retry-after", "5"),))
+    limits = settings.limits
+    max_bytes = (rules.max_message_bytes if rules else None) or limits.max_message_bytes
+    text = bool(rules and rules.text) or route.metadata.get(SOCKET_KEY) == "text"
+    return Ticket(
+        identity=identity,
+        service=service,
+        node=route,
+        ip=ip,
+        origin=origin or "",
+        text=text,
+        max_bytes=max_bytes,
+        subprotocol=SUBPROTOCOL if SUBPROTOCOL in subprotocols else None,
+        path=scope["path"],
+    )
+
+
+def problem(status: int, detail: str) -> bytes:
+    """An ``application/problem+json`` body (RFC 9457)."""
+    title = HTTPStatus(status).phrase
+    return json.dumps(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    ).encode()
+
+
+async def refuse(send: Send, scope: Mapping[str, Any], refusal: Refusal) -> None:
+    if "websocket.http.response" not in (scope.get("extensions") or {}):
+        await send({"type": "websocket.close", "code": POLICY_VIOLATION})
+        return
+    body = problem(refusal.status, refusal.detail)
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        *((k.encode(), v.encode()) for k, v in refusal.headers),
+    ]
+    await send(
+        {"type": "websocket.http.response.start", "status": refusal.status, "headers": headers}
+    )
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+async def serve_websocket(
+    gateway: Gateway, scope: Mapping[str, Any], receive: Receive, send: Send
+) -> None:
+    """The ASGI handler of one WebSocket connection."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    ticket = check(gateway, scope, count=True)
+    if isinstance(ticket, Refusal):
+        log.info(
+            "refused %s from %s: %d %s",
+            scope["path"],
+            (scope.get("client") or ("?",))[0],
+            ticket.status,
+            ticket.detail,
+        )
+        await refuse(send, scope, ticket)
+        return
+    identity = ticket.identity
+    table = gateway.table
+    stream = gateway.streams.get(ticket.node.node_id)
+    if stream is None:  # the node left between check() and now
+        table.release(identity.principal, ticket.ip)
+        refusal = Refusal(503, "the node is not reachable", (("retry-after", "1"),))
+        await refuse(send, scope, refusal)
+        return
+    limits = gateway.settings.limits
+    socket = (scope.get("extensions") or {}).get(EXTENSION)
+    number = table.next_number()
+    connection = Connection(
+        gateway,
+        number=number,
+        session_id=f"{gateway.gateway_id}.{number}",
+        principal=identity.principal,
+        ip=ticket.ip,
+        node_id=ticket.node.node_id,
+        service=ticket.service,
+        stream=stream,
+        socket=socket,
+        asgi_send=send,
+        bucket=TokenBucket(limits.messages_per_second, limits.burst, gateway.loop_time()),
+        expires_at=identity.expires_at,
+        max_bytes=ticket.max_bytes,
+        text=ticket.text,
+    )
+    table.add(connection)
+    stream.send(
+        Frame(
+            kind=OPEN,
+            session=number,
+            session_id=connection.session_id,
+            principal=identity.principal,
+            claims=claims_json(identity.claims),
+            service=ticket.service,
+            path=ticket.path,
+            origin=ticket.origin,
+            remote=ticket.ip,
+        )
+    )
+    code, reason = 1006, ""
+    try:
+        if socket is not None:
+            socket.receiver = connection.on_message
+        await send({"type": "websocket.accept", "subprotocol": ticket.subprotocol})
+        log.debug("session %s opened on %s", connection.session_id, connection.node_id)
+        code, reason = await _read(connection, receive)
+    finally:
+        if socket is not None:
+            socket.receiver = None
+            socket.on_writable = None
+        table.remove(connection)
+        table.release(connection.principal, connection.ip)
+        if connection.close_code is not None:
+            code, reason = connection.close_code, connection.close_reason
+        if connection.tell_node and not stream.closed:
+            stream.send(Frame(kind=CLOSE, session=number, code=code, reason=reason))
+        connection.closed = True
+        log.debug("session %s closed (%d)", connection.session_id, code)
+
+
+async def _read(connection: Connection, receive: Receive) -> tuple[int, str]:
+    """Wait for the connection's end (its messages go to ``connection.on_message``, from
+    the protocol or, with another ASGI server, from here); its close code and reason."""
+    stream = connection.stream
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return int(message.get("code") or 1005), str(message.get("reason") or "")
+        data = message.get("bytes")
+        connection.on_message(data if data is not None else message.get("text") or "")
+        if stream.full:
+            await stream.wait_for_room()

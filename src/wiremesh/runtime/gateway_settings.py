@@ -1,0 +1,191 @@
+"""The ``[gateway]`` tables of ``wiremesh.toml``: the browser gateway's settings.
+
+Every setting has a default; a complete example with the defaults spelled out::
+
+    [gateway]
+    enabled = "auto"            # true | false | "auto": on when a service has @on_socket
+    host = "127.0.0.1"          # address the gateway binds to
+    port = 8080                 # 0 = any free port
+    tls = false                 # wss/https with cert and key (relative to mesh.data_dir)
+    cert = "certs/node.pem"
+    key = "certs/node-key.pem"
+    allow_plain = false         # plain ws/http on a non-loopback host needs this
+    origins = []                # allowed Origin values, exact ("https://app.example.com");
+                                # the gateway's own origins are always allowed
+    static = ""                 # a folder served at / (relative to this file's folder)
+    cookie_token = true         # read the token from the wiremesh_token cookie
+    query_token = false         # read it from ?token= (leaks into logs: off by default)
+    refresh_before = 30.0       # seconds before expiry the browser is asked to refresh
+
+    [gateway.auth]              # JWT; with none of secret/secret_file/public_keys/jwks_file
+    secret = ""                 # on loopback `wiremesh run` makes a development secret
+    secret_file = ""            # a file holding the HS256 secret
+    public_keys = []            # PEM files of RS256/ES256 public keys
+    jwks_file = ""              # a JWKS (JSON) file of public keys, chosen by `kid`
+    audience = ""               # the `aud` a token must carry (unchecked when empty)
+    issuer = ""                 # the `iss` a token must carry (unchecked when empty)
+    algorithms = []             # default: HS256 with a secret, RS256 and ES256 with keys
+    leeway = 0.0                # seconds of clock skew allowed on exp and nbf
+
+    [gateway.limits]
+    max_message_bytes = 65536   # largest WebSocket frame and message, either way
+    compression = false         # permessage-deflate (bounded: 4 KiB window, max size)
+    messages_per_second = 200.0 # per connection, a token bucket ...
+    burst = 400                 # ... of this size; over it: close 4029
+    connections_per_principal = 100
+    connections_per_ip = 1000   # over either: 429 with Retry-After
+    handshake_timeout = 10.0    # seconds to complete the opening handshake
+    idle_timeout = 300.0        # seconds without a message from the browser: close 4000
+                                # (0: never)
+    ping_interval = 20.0        # keepalive pings (0: none); no pong within
+    ping_timeout = 20.0         # ping_timeout seconds closes the connection
+    max_queued = 256            # messages waiting for a slow browser; over it: close 4008
+
+    [gateway.http]              # the HTTP door: POST /rpc/<service>/<method> (docs/http.md)
+    enabled = true              # serve /rpc, /openapi.json, /docs and /readyz
+    docs = true                 # serve /openapi.json and /docs
+    max_body = 1048576          # bytes of a request body; over it: 413
+    rate = 100.0                # requests per second per principal, a token bucket ...
+    burst = 200                 # ... of this size; over it: 429 with Retry-After
+    concurrency = 1024          # requests in flight in this gateway; over it: 503
+    default_timeout = 10.0      # seconds of a call without a Wiremesh-Timeout header
+    max_timeout = 60.0          # the most a Wiremesh-Timeout header gets
+    body_timeout = 10.0         # seconds to send the request body; over it: 408
+
+    [gateway.services.chat]     # access rules and limits of one service's sockets
+    scopes = ["chat:write"]     # every one of these scopes is required ...
+    roles = []                  # ... and one of these roles, when any is listed
+    max_message_bytes = 65536   # overrides gateway.limits.max_message_bytes
+    text = false                # forward text frames to the node (else: close 1003)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+__all__ = [
+    "AuthSettings",
+    "GatewaySettings",
+    "HttpSettings",
+    "LimitSettings",
+    "SocketServiceSettings",
+    "is_loopback",
+]
+
+
+def _not_empty(value: object) -> object:
+    if value == "":
+        from pydantic_core import PydanticCustomError
+
+        raise PydanticCustomError("empty_path", "a path must not be empty")
+    return value
+
+
+_Path = Annotated[Path, BeforeValidator(_not_empty)]
+_Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_MessageBytes = Annotated[int, Field(ge=125, le=64 * 1024 * 1024)]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class AuthSettings(BaseModel):
+    """``[gateway.auth]``: how browser tokens (JWT) are checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    secret: str = ""
+    secret_file: str = ""
+    public_keys: list[_Path] = Field(default_factory=list)
+    jwks_file: str = ""
+    audience: str = ""
+    issuer: str = ""
+    algorithms: list[Literal["HS256", "HS384", "HS512", "RS256", "RS384", "ES256", "ES384"]] = (
+        Field(default_factory=list)
+    )
+    leeway: _Seconds = 0.0
+
+    @property
+    def configured(self) -> bool:
+        """Whether any key material is set (else a development secret is used)."""
+        return bool(self.secret or self.secret_file or self.public_keys or self.jwks_file)
+
+
+class LimitSettings(BaseModel):
+    """``[gateway.limits]``: sizes, rates, counts and timeouts of browser connections."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_message_bytes: _MessageBytes = 64 * 1024
+    compression: bool = False
+    messages_per_second: float = Field(default=200.0, gt=0, allow_inf_nan=False)
+    burst: int = Field(default=400, ge=1)
+    connections_per_principal: int = Field(default=100, ge=1)
+    connections_per_ip: int = Field(default=1000, ge=1)
+    handshake_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    idle_timeout: _Seconds = 300.0
+    ping_interval: _Seconds = 20.0
+    ping_timeout: float = Field(default=20.0, gt=0, allow_inf_nan=False)
+    max_queued: int = Field(default=256, ge=1)
+
+
+class SocketServiceSettings(BaseModel):
+    """``[gateway.services.<name>]``: who may open a socket to the service, and its limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scopes: list[str] = Field(default_factory=list)
+    roles: list[str] = Field(default_factory=list)
+    max_message_bytes: _MessageBytes | None = None
+    text: bool = False
+
+
+class HttpSettings(BaseModel):
+    """``[gateway.http]``: the HTTP door (``POST /rpc/<service>/<method>``, see
+    ``docs/http.md``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    docs: bool = True
+    max_body: int = Field(default=1024 * 1024, ge=1, le=2**31 - 1)
+    rate: float = Field(default=100.0, gt=0, allow_inf_nan=False)
+    burst: int = Field(default=200, ge=1)
+    concurrency: int = Field(default=1024, ge=1)
+    default_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    max_timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    body_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+
+
+class GatewaySettings(BaseModel):
+    """The ``[gateway]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | Literal["auto"] = "auto"
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8080, ge=0, le=65535)
+    tls: bool = False
+    cert: _Path = Path("certs/node.pem")
+    key: _Path = Path("certs/node-key.pem")
+    allow_plain: bool = False
+    origins: list[str] = Field(default_factory=list)
+    static: str = ""
+    cookie_token: bool = True
+    query_token: bool = False
+    refresh_before: _Seconds = 30.0
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    services: dict[str, SocketServiceSettings] = Field(default_factory=dict)
+    http: HttpSettings = Field(default_factory=HttpSettings)

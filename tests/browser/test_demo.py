@@ -1,0 +1,126 @@
+"""The ipaas demo's web page in a real Chromium: served by the demo's own gateway over
+``wss``, it starts a flow run on a ``flows`` node and shows each step as it completes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gateways import Gateway, run_with_gateway
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "ipaas"
+
+#: records every change of a step's state, to tell live progress from a page filled at once
+WATCH_STEPS = """
+window.stepChanges = [];
+new MutationObserver((changes) => {
+  for (const change of changes) {
+    const steps = [...document.querySelectorAll('#runs .run:first-child .step')];
+    window.stepChanges.push(steps.map((step) => step.dataset.state).join(','));
+  }
+}).observe(document.querySelector('#runs'), {subtree: true, attributes: true,
+  attributeFilter: ['data-state'], childList: true});
+"""
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    folder = tmp_path_factory.mktemp("ipaas-web")
+    shutil.copytree(DEMO, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
+    config = (folder / "wiremesh.toml").read_text()
+    assert "\n[gateway]\n" in config
+    config = config.replace("\n[gateway]\n", "\n[gateway]\nport = 0\ntls = true\n", 1)
+    gateway = run_with_gateway(folder, config)
+    try:
+        gateway.running.wait_for_line(r"^connectors-\S+: serving at ", count=2)
+        gateway.running.wait_for_line(r"^flows-\S+: serving at ")
+        yield gateway
+    finally:
+        gateway.running.stop()
+
+
+def test_the_page_shows_a_flow_run_step_by_step(page: Page, demo: Gateway, artifacts: Path) -> None:
+    page.set_viewport_size({"width": 1100, "height": 700})
+    page.goto(f"{demo.url}/#token={demo.token}")
+    page.wait_for_selector("#state[data-state=open]")
+    page.wait_for_selector("#run:enabled")
+    flows_node = page.get_attribute("body", "data-node")
+    assert flows_node is not None and flows_node.startswith("flows-")
+    assert page.locator("#flow option").all_inner_texts() == ["invoice", "welcome"]
+
+    page.select_option("#flow", "welcome")
+    page.fill("#input", '{"name": "Ada"}')
+    page.fill("#pace", "100")
+    page.evaluate(WATCH_STEPS)
+    page.click("#run")
+    run = page.locator("#runs .run").first
+    run.locator(".status", has_text="done").wait_for()
+
+    assert run.get_attribute("data-state") == "done"
+    assert run.locator(".title").inner_text() == f"welcome on {flows_node}"
+    assert run.locator(".step .connector").all_inner_texts() == ["greeting", "shout"]
+    connectors = {node for node in demo.running.node_pids() if node.startswith("connectors-")}
+    assert set(run.locator(".step .node").all_inner_texts()) <= connectors
+    assert '"text": "HELLO, ADA!"' in run.locator(".output").inner_text()
+    # pushed step by step: the page showed the first step done while the second ran
+    changes = page.evaluate("window.stepChanges")
+    assert "done,running" in changes, changes
+    assert changes[-1] == "done,done"
+    assert page.errors == []  # type: ignore[attr-defined]
+    page.screenshot(path=str(artifacts / "ipaas-demo.png"), full_page=True)
+
+
+def test_the_page_shows_why_a_run_fails(page: Page, demo: Gateway) -> None:
+    page.goto(f"{demo.url}/#token={demo.token}")
+    page.wait_for_selector("#run:enabled")
+    page.select_option("#flow", "invoice")
+    page.fill("#input", '{"amount": "ten"}')
+    page.fill("#pace", "0")
+    page.click("#run")
+    run = page.locator("#runs .run").first
+    run.locator(".status", has_text="could not convert").wait_for()
+    assert run.get_attribute("data-state") == "failed"
+
+
+def test_without_a_token_the_page_says_how_to_get_one(page: Page, demo: Gateway) -> None:
+    page.goto(f"{demo.url}/")
+    page.wait_for_selector("#state[data-state=closed]")
+    assert "wiremesh run" in page.inner_text("#node")
+    assert page.is_disabled("#run")
+
+
+def test_the_page_follows_its_flows_node_through_a_restart(page: Page, demo: Gateway) -> None:
+    page.goto(f"{demo.url}/#token={demo.token}")
+    page.wait_for_selector("#run:enabled")
+    before = page.get_attribute("body", "data-node")
+    assert before is not None
+    os.kill(demo.running.node_pids()[before], signal.SIGKILL)
+    # the demo runs one flows node: the page waits, retrying, until its replacement serves
+    page.wait_for_function(
+        "(before) => document.body.dataset.node !== before && !document.querySelector('#run')"
+        ".disabled",
+        arg=before,
+        timeout=30_000,
+    )
+    after = page.get_attribute("body", "data-node")
+    assert after is not None and after.startswith("flows-") and after != before
+    page.select_option("#flow", "invoice")
+    page.fill("#input", '{"amount": 10}')
+    page.fill("#pace", "0")
+    page.click("#run")
+    run = page.locator("#runs .run").first
+    run.locator(".status", has_text="done").wait_for()
+    assert json.loads(run.locator(".output").inner_text()) == {"amount": 24}
