@@ -6,7 +6,9 @@ Routes are exact paths or path prefixes, per method. The HTTP door
 :mod:`wiremesh.gateway.http_rpc`) is asked first: its endpoints read and answer on their
 own. Built in: ``GET /healthz``, ``GET /ws/...`` (what an upgrade would get, see
 :func:`wiremesh.gateway.websocket.check`), ``GET /_wiremesh/wiremesh.js`` (the JavaScript
-client) and the static folder at ``/``.
+client), ``GET /metrics`` (Prometheus text), the mesh dashboard under ``/_mesh/`` (its
+data at ``/_mesh/state`` needs a token) and the static folder at ``/``. Every HTTP
+answer is counted in the gateway's meter.
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from wiremesh.errors import PermissionDenied, Unauthenticated
+from wiremesh.gateway.auth import check_access, find_token
 from wiremesh.gateway.websocket import Refusal, check, problem, serve_websocket
+from wiremesh.observability import tracing
+from wiremesh.observability.dashboard import DASHBOARD_ASSETS, asset
+from wiremesh.runtime.gateway_settings import SocketServiceSettings
 
 if TYPE_CHECKING:
     from wiremesh.gateway.server import Gateway
@@ -145,6 +155,11 @@ class GatewayApp:
         self.router.add("GET", "/healthz", self._healthz)
         self.router.add("GET", "/ws/", self._probe, prefix=True)
         self.router.add("GET", "/_wiremesh/wiremesh.js", self._client_js)
+        if gateway.settings.metrics:
+            self.router.add("GET", "/metrics", self._metrics)
+        if gateway.settings.dashboard.enabled:
+            self.router.add("GET", "/_mesh", self._dashboard_home)
+            self.router.add("GET", "/_mesh/", self._dashboard_asset, prefix=True)
         self.router.add("GET", "/", self._static, prefix=True)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -169,10 +184,14 @@ class GatewayApp:
             )
             return
         if kind == "http":
+            send = self._counted(send)
             door = self.gateway.http
             endpoint = door.route(scope["path"]) if door is not None else None
             if endpoint is not None:  # the HTTP door reads and answers on its own
-                await endpoint(scope, receive, send)
+                if tracing.enabled():
+                    await self._traced(endpoint, scope, receive, send)
+                else:
+                    await endpoint(scope, receive, send)
                 return
             request = Request(scope, receive)
             handler, known = self.router.find(request.method, request.path)
@@ -196,7 +215,88 @@ class GatewayApp:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
+    def _counted(self, send: Send) -> Send:
+        """``send``, counting the answer's status and latency in the gateway's meter."""
+        meter = self.gateway.meter
+        started = time.perf_counter()
+
+        async def counted(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                meter.http[message["status"]] += 1
+                meter.http_seconds.observe(time.perf_counter() - started)
+            await send(message)
+
+        return counted
+
+    async def _traced(
+        self,
+        endpoint: Callable[..., Awaitable[None]],
+        scope: dict[str, Any],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """The HTTP door's ``endpoint`` in a span that continues the request's trace (W3C
+        ``traceparent`` header) or starts one; the call it makes is that span's child."""
+        carrier = {
+            key.decode("latin-1"): value.decode("latin-1")
+            for key, value in scope.get("headers") or ()
+            if key in (b"traceparent", b"tracestate")
+        }
+        span = tracing.server_span(f"{scope['method']} {scope['path']}", carrier)
+        status = 0
+
+        async def seen(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await endpoint(scope, receive, seen)
+        finally:
+            if span is not None:
+                span.set("http.response.status_code", status)
+                span.end("ok" if 0 < status < 500 else f"http_{status or 'aborted'}")
+
     # ------------------------------------------------------------------ built-in routes
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(200, self.gateway.meter.text(), content_type=CONTENT_TYPE_LATEST)
+
+    async def _dashboard_home(self, request: Request) -> Response:
+        return Response(307, b"", headers=(("location", "/_mesh/"),))
+
+    async def _dashboard_asset(self, request: Request) -> Response:
+        name = request.path.removeprefix("/_mesh/") or "dashboard.html"
+        if name == "state":
+            return await self._dashboard_state(request)
+        content_type = DASHBOARD_ASSETS.get(name)
+        if content_type is None:
+            return problem_response(404, "not found")
+        return Response(
+            200, asset(name), content_type=content_type, headers=(("cache-control", "no-cache"),)
+        )
+
+    async def _dashboard_state(self, request: Request) -> Response:
+        """The dashboard's document, for a token that may see the mesh."""
+        gateway = self.gateway
+        settings = gateway.settings
+        token = find_token(request.headers, (), b"", cookie=settings.cookie_token)
+        if token is None:
+            return problem_response(401, "no token: send 'Authorization: Bearer <JWT>'")
+        try:
+            identity = gateway.verifier.verify(token)
+            rules = settings.dashboard
+            check_access(
+                identity.claims, SocketServiceSettings(scopes=rules.scopes, roles=rules.roles)
+            )
+        except Unauthenticated as exc:
+            return problem_response(401, exc.message)
+        except PermissionDenied as exc:
+            return problem_response(403, exc.message)
+        return json_response(
+            200, await gateway.dashboard.document(), (("cache-control", "no-store"),)
+        )
 
     async def _healthz(self, request: Request) -> Response:
         return json_response(200, {"status": "ok", "gateway": self.gateway.gateway_id})

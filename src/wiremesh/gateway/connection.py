@@ -39,6 +39,7 @@ from wiremesh.gateway.codes import (
 )
 from wiremesh.gateway.protocols import SocketProtocol
 from wiremesh.gateway.stream import DATA, Frame, FrameStream, Resume
+from wiremesh.observability import tracing
 
 if TYPE_CHECKING:
     from wiremesh.gateway.server import Gateway
@@ -151,12 +152,22 @@ class Connection:
             )
             self.close(MESSAGE_TOO_BIG, "message too big")
             return
+        meter = self.gateway.meter
+        meter.messages_in += 1
+        meter.bytes_in += len(payload)
         stream = self.stream
         socket = self.socket
-        stream.send(
-            Frame(kind=DATA, session=self.number, payload=payload, text=text),
-            alone=socket is None or not socket.burst,
-        )
+        frame = Frame(kind=DATA, session=self.number, payload=payload, text=text)
+        if tracing.enabled():
+            # a browser message starts a trace; the node's handler continues it
+            span = tracing.client_span(
+                f"socket {self.service}", node=self.node_id, size=len(payload), kind="producer"
+            )
+            if span is not None:
+                frame.trace.update(span.carrier)
+                span.set("wiremesh.session", self.session_id)
+                span.end()
+        stream.send(frame, alone=socket is None or not socket.burst)
         if stream.full and socket is not None:
             socket.hold()
             self.gateway.spawn(self._release_when_room())
@@ -219,6 +230,9 @@ class Connection:
         the connection with 4008 (slow consumer)."""
         if self.closed:
             return
+        meter = self.gateway.meter
+        meter.messages_out += 1
+        meter.bytes_out += len(data)
         backlog = self.backlog
         if backlog is not None:
             if len(backlog) >= self.gateway.settings.limits.max_queued:

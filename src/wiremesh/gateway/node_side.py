@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from wiremesh.errors import STATUS_TABLE, WiremeshError
@@ -42,6 +43,7 @@ from wiremesh.gateway.stream import (
     FrameStream,
     Resume,
 )
+from wiremesh.observability import tracing
 from wiremesh.service import Service, ServiceSpec
 from wiremesh.session import Session, Sessions
 
@@ -73,6 +75,7 @@ class SocketHub:
         self.max_payload = max_message_bytes - _HEADROOM
         self.inbox_limit = inbox_limit
         self._handler = getattr(service, spec.socket.attribute) if spec.socket else None
+        self._trace_name = f"{spec.name}.{spec.socket.attribute if spec.socket else 'socket'}"
         cls = type(service)
         self._open_hook = cls.on_session_open is not Service.on_session_open
         self._close_hook = cls.on_session_close is not Service.on_session_close
@@ -229,9 +232,12 @@ class SocketHub:
                 return
             session._inbox.append(frame)
             return
+        # the handler runs in a context of its own, begun here and finished (if it waits)
+        # in a task of that same context: what it sets (the current span, say) stays its
         coro = self._work(session, frame)
+        context = contextvars.copy_context()
         try:
-            waits_on = coro.send(None)
+            waits_on = context.run(coro.send, None)
         except StopIteration:
             return
         except Exception as exc:
@@ -239,7 +245,7 @@ class SocketHub:
             return
         session._busy = True
         task = asyncio.get_running_loop().create_task(
-            self._finish(session, frame, Resume(coro, waits_on))
+            self._finish(session, frame, Resume(coro, waits_on)), context=context
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -267,10 +273,37 @@ class SocketHub:
             assert self._handler is not None
             payload: bytes | str = frame.payload.decode() if frame.text else frame.payload
             result: Coroutine[Any, Any, None] = self._handler(session, payload)
+            if frame.trace and tracing.enabled():
+                return self._traced(result, session, len(frame.payload), frame.trace)
             return result
         if kind == OPEN:
             return self.service.on_session_open(session)
         return self.service.on_session_close(session, frame.code, frame.reason)
+
+    async def _traced(
+        self,
+        handling: Coroutine[Any, Any, None],
+        session: Session,
+        size: int,
+        carrier: Mapping[str, str],
+    ) -> None:
+        """``handling`` inside a span that continues the gateway's trace."""
+        span = tracing.server_span(
+            self._trace_name, carrier, node=self.node_id, size=size, kind="consumer"
+        )
+        status = "ok"
+        try:
+            await handling
+        except WiremeshError as exc:
+            status = exc.status.value
+            raise
+        except BaseException:
+            status = "internal"
+            raise
+        finally:
+            if span is not None:
+                span.set("wiremesh.session", session.id)
+                span.end(status)
 
     def _failed(self, session: Session, frame: Frame, exc: Exception) -> None:
         kind = frame.kind

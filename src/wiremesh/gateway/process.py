@@ -20,12 +20,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from wiremesh.core.model import NodeInfo
 from wiremesh.errors import ConfigError, WiremeshError
 from wiremesh.gateway.openapi import service_specs
 from wiremesh.gateway.server import Gateway
 from wiremesh.gateway.stream import GATEWAY_NODES, GATEWAY_URL_KEY
+from wiremesh.observability import tracing
+from wiremesh.observability.logs import configure_logging
 from wiremesh.runtime.config import MeshConfig
 from wiremesh.transport.tls import TlsFiles
 
@@ -80,7 +83,45 @@ def gateway_of(config: MeshConfig, registry: str, gateway_id: str | None = None)
             config.python_paths(),
         ),
         services=sorted(config.services),
+        mesh_name=config.mesh.name,
+        dead_letters=DeadLetterCount(config, mesh_tls),
     )
+
+
+class DeadLetterCount:
+    """How many dead letters the mesh's broker holds (for the dashboard), asked at most
+    every ``every`` seconds: listing them costs the broker a scan."""
+
+    #: counted up to this many; the dashboard shows "1000" for "at least 1000"
+    LIMIT = 1000
+
+    def __init__(self, config: MeshConfig, tls: TlsFiles | None, every: float = 5.0) -> None:
+        self.config = config
+        self.tls = tls
+        self.every = every
+        self._broker: Any = None
+        self._count = 0
+        self._at = -every
+
+    async def __call__(self) -> int:
+        now = time.monotonic()
+        if now - self._at < self.every:
+            return self._count
+        if self._broker is None:
+            from wiremesh.messaging.base import open_broker
+
+            broker = self.config.broker
+            self._broker = open_broker(
+                broker.url,
+                data_dir=self.config.data_path,
+                mesh=self.config.mesh.name,
+                tls=self.tls,
+                quorum_queues=broker.quorum_queues,
+            )
+            await self._broker.start()
+        self._count = len(await self._broker.dead_letters(limit=self.LIMIT))
+        self._at = now
+        return self._count
 
 
 async def serve(
@@ -116,6 +157,18 @@ async def serve(
 
 async def _run(launch: GatewayLaunch) -> int:
     config = MeshConfig.model_validate_json(launch.config)
+    seen = config.observability
+    configure_logging(
+        seen.log_format,
+        level=os.environ.get("WIREMESH_LOG_LEVEL", seen.log_level),
+        node=launch.gateway_id,
+    )
+    tracing.configure(
+        seen.tracing,
+        service_name=GATEWAY_SERVICE,
+        endpoint=seen.otlp_endpoint or None,
+        node_id=launch.gateway_id,
+    )
     gateway = gateway_of(config, launch.registry, launch.gateway_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -128,6 +181,7 @@ async def _run(launch: GatewayLaunch) -> int:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        tracing.shutdown()  # flushes the spans still batched
     return 0
 
 

@@ -22,7 +22,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,14 @@ from wiremesh.gateway.codes import (
 )
 from wiremesh.gateway.connection import Connection
 from wiremesh.gateway.http_rpc import gateway_door
+from wiremesh.gateway.meter import GatewayMeter
 from wiremesh.gateway.node_side import SOCKET_KEY
 from wiremesh.gateway.protocols import Handshakes, SocketProtocol, protocol_classes
 from wiremesh.gateway.stream import CLOSE, DATA, GATEWAY_NODES, PUSH, FrameStream
 from wiremesh.gateway.streams import NodeStreams
 from wiremesh.gateway.table import SessionTable
 from wiremesh.gateway.websocket import Refusal
+from wiremesh.observability.dashboard import MeshState
 from wiremesh.registry.embedded import EmbeddedRegistry
 from wiremesh.registry.view import MeshView
 from wiremesh.runtime.gateway_settings import GatewaySettings, is_loopback
@@ -105,6 +107,8 @@ class Gateway:
         specs: Mapping[str, ServiceSpec] | None = None,
         services: Sequence[str] = (),
         sweep_interval: float = SWEEP_INTERVAL,
+        mesh_name: str = "",
+        dead_letters: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.settings = settings
         #: seconds between two runs of the shared timer (tests make it shorter)
@@ -158,6 +162,13 @@ class Gateway:
             options=channel_options(max_message_bytes),
             max_message_bytes=max_message_bytes,
         )
+        #: what this gateway counts (``/metrics``)
+        self.meter = GatewayMeter(lambda: (c.service for c in self.table))
+        extras: dict[str, Callable[[], Awaitable[Any]]] = {"sessions": self._session_count}
+        if dead_letters is not None:
+            extras["dead_letters"] = dead_letters
+        #: the document the dashboard at ``/_mesh/`` draws
+        self.dashboard = MeshState(lambda: self.view.snapshot, mesh=mesh_name, extras=extras)
         static = (self.root / settings.static) if settings.static else None
         self.app = GatewayApp(self, static=static, client_js=client_js or default_client_js())
         self.handshakes = Handshakes()
@@ -171,6 +182,9 @@ class Gateway:
         self.stopping = False
 
     # ------------------------------------------------------------------ properties
+
+    async def _session_count(self) -> int:
+        return len(self.table)
 
     def loop_time(self) -> float:
         assert self._loop is not None

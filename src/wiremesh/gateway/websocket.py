@@ -189,6 +189,7 @@ async def serve_websocket(
             ticket.status,
             ticket.detail,
         )
+        gateway.meter.refused[ticket.status] += 1
         await refuse(send, scope, ticket)
         return
     identity = ticket.identity
@@ -197,6 +198,7 @@ async def serve_websocket(
     if stream is None:  # the node left between check() and now
         table.release(identity.principal, ticket.ip)
         refusal = Refusal(503, "the node is not reachable", (("retry-after", "1"),))
+        gateway.meter.refused[503] += 1
         await refuse(send, scope, refusal)
         return
     limits = gateway.settings.limits
@@ -247,6 +249,7 @@ async def serve_websocket(
         table.release(connection.principal, connection.ip)
         if connection.close_code is not None:
             code, reason = connection.close_code, connection.close_reason
+        gateway.meter.closes[code] += 1
         if connection.tell_node and not stream.closed:
             stream.send(Frame(kind=CLOSE, session=number, code=code, reason=reason))
         connection.closed = True

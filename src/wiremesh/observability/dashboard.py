@@ -21,7 +21,7 @@ from importlib import resources
 from typing import Any
 
 from wiremesh.core.model import MeshSnapshot
-from wiremesh.runtime.top import Sampler
+from wiremesh.observability.scrape import Sampler
 
 __all__ = ["DASHBOARD_ASSETS", "MeshState", "asset"]
 

@@ -14,7 +14,7 @@ class Batch(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("kind", "session", "payload", "text", "code", "reason", "session_id", "principal", "claims", "service", "path", "origin", "remote", "sender")
+    __slots__ = ("kind", "session", "payload", "text", "code", "reason", "session_id", "principal", "claims", "service", "path", "origin", "remote", "sender", "trace")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Frame.Kind]
@@ -29,6 +29,13 @@ class Frame(_message.Message):
     DATA: Frame.Kind
     CLOSE: Frame.Kind
     PUSH: Frame.Kind
+    class TraceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     KIND_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +50,7 @@ class Frame(_message.Message):
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     REMOTE_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
     kind: Frame.Kind
     session: int
     payload: bytes
@@ -57,4 +65,5 @@ class Frame(_message.Message):
     origin: str
     remote: str
     sender: str
-    def __init__(self, kind: _Optional[_Union[Frame.Kind, str]] = ..., session: _Optional[int] = ..., payload: _Optional[bytes] = ..., text: _Optional[bool] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ..., session_id: _Optional[str] = ..., principal: _Optional[str] = ..., claims: _Optional[str] = ..., service: _Optional[str] = ..., path: _Optional[str] = ..., origin: _Optional[str] = ..., remote: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
+    trace: _containers.ScalarMap[str, str]
+    def __init__(self, kind: _Optional[_Union[Frame.Kind, str]] = ..., session: _Optional[int] = ..., payload: _Optional[bytes] = ..., text: _Optional[bool] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ..., session_id: _Optional[str] = ..., principal: _Optional[str] = ..., claims: _Optional[str] = ..., service: _Optional[str] = ..., path: _Optional[str] = ..., origin: _Optional[str] = ..., remote: _Optional[str] = ..., sender: _Optional[str] = ..., trace: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -100,6 +100,7 @@ from wiremesh.core.names import SERVICE_NAME, check_group
 from wiremesh.errors import ConfigError, InvalidPayload
 from wiremesh.runtime.gateway_settings import (
     AuthSettings,
+    DashboardSettings,
     GatewaySettings,
     HttpSettings,
     LimitSettings,
@@ -600,6 +601,7 @@ _GATEWAY_TABLES: dict[str, type[BaseModel]] = {
     "auth": AuthSettings,
     "limits": LimitSettings,
     "http": HttpSettings,
+    "dashboard": DashboardSettings,
 }
 
 

@@ -69,6 +69,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
     "AuthSettings",
+    "DashboardSettings",
     "GatewaySettings",
     "HttpSettings",
     "LimitSettings",
@@ -151,6 +152,17 @@ class SocketServiceSettings(BaseModel):
     text: bool = False
 
 
+class DashboardSettings(BaseModel):
+    """``[gateway.dashboard]``: the mesh dashboard at ``/_mesh/`` (see
+    ``docs/observability.md``). Its data needs a valid token with these scopes or roles."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    scopes: list[str] = Field(default_factory=list)
+    roles: list[str] = Field(default_factory=list)
+
+
 class HttpSettings(BaseModel):
     """``[gateway.http]``: the HTTP door (``POST /rpc/<service>/<method>``, see
     ``docs/http.md``)."""
@@ -189,3 +201,6 @@ class GatewaySettings(BaseModel):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     services: dict[str, SocketServiceSettings] = Field(default_factory=dict)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    #: Prometheus text at ``/metrics`` (no token: it names services, never payloads)
+    metrics: bool = True

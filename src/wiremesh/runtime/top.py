@@ -7,72 +7,15 @@ view; a node that does not answer its scrape shows ``-``.
 
 from __future__ import annotations
 
-import asyncio
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from rich.table import Table
 
-from wiremesh.core.model import NodeInfo
-from wiremesh.core.rates import Figures, Reading, figures, reading
-from wiremesh.observability.metrics import METRICS_KEY
+from wiremesh.observability.scrape import Row, Sampler
 from wiremesh.runtime.display import format_uptime
 
 __all__ = ["Row", "Sampler", "top_table"]
-
-#: seconds a scrape may take before the node shows ``-``
-SCRAPE_TIMEOUT = 2.0
-
-
-@dataclass(frozen=True)
-class Row:
-    node: NodeInfo
-    figures: Figures | None
-
-
-def _scrape(address: str) -> str:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=SCRAPE_TIMEOUT) as answer:
-        text: str = answer.read().decode()
-        return text
-
-
-class Sampler:
-    """Keeps each node's last reading; :meth:`sample` gives the figures since then."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, Reading] = {}
-
-    async def sample(self, nodes: Sequence[NodeInfo]) -> list[Row]:
-        readings = await asyncio.gather(*(self._read(n) for n in nodes))
-        rows: list[Row] = []
-        for node, now in zip(nodes, readings, strict=True):
-            before = self._last.get(node.node_id)
-            if now is not None:
-                self._last[node.node_id] = now
-            shown = figures(before, now) if before is not None and now is not None else None
-            rows.append(Row(node, shown))
-        live = {n.node_id for n in nodes}
-        for gone in [node_id for node_id in self._last if node_id not in live]:
-            del self._last[gone]
-        return rows
-
-    def peers(self, node_id: str) -> dict[str, float]:
-        """The node's mesh links at its last reading: peer -> frames waiting."""
-        last = self._last.get(node_id)
-        return dict(last.peers) if last is not None else {}
-
-    async def _read(self, node: NodeInfo) -> Reading | None:
-        address = node.metadata.get(METRICS_KEY)
-        if not address:
-            return None
-        try:
-            text = await asyncio.to_thread(_scrape, address)
-        except (OSError, urllib.error.URLError, ValueError):
-            return None
-        return reading(text, time.monotonic())
 
 
 def _ms(seconds: float | None) -> str:
