@@ -61,6 +61,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.use_provider(provider)
+    Inner.provider = provider
     try:
         yield exporter
     finally:
@@ -210,3 +211,49 @@ async def test_the_trace_goes_on_through_emit_the_outbox_and_the_broker(
     for span in found:
         for value in (span.attributes or {}).values():
             assert SECRET not in str(value), span.name
+
+
+async def test_a_sampler_that_keeps_nothing_records_nothing() -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider)
+    try:
+        async with TestMesh(Front, Stock, Audit) as mesh:
+            assert await mesh.call("front.order", "bolt") == 41
+            audit: Audit = mesh.instance("audit")
+            deadline = time.monotonic() + 5
+            while not audit.seen:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            tracing.flush()
+    finally:
+        tracing.use_provider(None)
+    assert exporter.get_finished_spans() == ()
+
+
+class Inner(Service):
+    name = "inner"
+
+    #: the provider the test traces with (users' code would use the global one)
+    provider: TracerProvider
+
+    @rpc
+    async def work(self, ctx: Context) -> None:
+        with self.provider.get_tracer("user-code").start_as_current_span("user step"):
+            await ctx.call("stock.take", "bolt")
+
+
+async def test_spans_of_the_users_own_are_children_of_the_handlers(
+    spans: InMemorySpanExporter,
+) -> None:
+    async with TestMesh(Inner, Stock) as mesh:
+        await mesh.call("inner.work")
+        found = await wait_for_spans(spans, 5)
+    handler = by_name(found, "inner.work", SpanKind.SERVER)
+    user = by_name(found, "user step", SpanKind.INTERNAL)
+    nested = by_name(found, "stock.take", SpanKind.CLIENT)
+    assert user.parent is not None and user.parent.span_id == handler.context.span_id
+    assert nested.parent is not None and nested.parent.span_id == user.context.span_id

@@ -19,8 +19,11 @@ are the node, the peer, the status and sizes in bytes, never payloads or tokens.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, Literal
+
+from wiremesh.observability.recorder import Recorder
 
 __all__ = [
     "TRACE_KEYS",
@@ -29,6 +32,7 @@ __all__ = [
     "client_span",
     "configure",
     "enabled",
+    "flush",
     "server_span",
     "use_provider",
 ]
@@ -38,15 +42,15 @@ ExporterName = Literal["none", "console", "otlp"]
 #: carrier keys of W3C trace context (metadata keys, frame metadata keys, AMQP headers)
 TRACE_KEYS = ("traceparent", "tracestate")
 
-_tracer: Any = None  # an opentelemetry Tracer while tracing is on
-_provider: Any = None  # the TracerProvider configure() made (to flush at exit)
-_kinds: Any = None  # opentelemetry.trace.SpanKind
-_status: Any = None  # (Status, StatusCode)
-_otel: Any = None  # (opentelemetry.context, opentelemetry.trace, None), imported once
+_recorder: Recorder | None = None  # while tracing is on
+_otel: Any = None  # (opentelemetry.context, opentelemetry.trace), imported once
+
+# OpenTelemetry's SpanKind values
+_SERVER, _CLIENT, _PRODUCER, _CONSUMER = 1, 2, 3, 4
 
 
 def enabled() -> bool:
-    return _tracer is not None
+    return _recorder is not None
 
 
 def configure(
@@ -93,25 +97,38 @@ def configure(
         span_exporter = OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     use_provider(provider)
+    # the spans handlers open with OpenTelemetry's API go the same way, as children
+    from opentelemetry import trace
+
+    trace.set_tracer_provider(provider)
 
 
 def use_provider(provider: Any) -> None:
-    """Trace with this OpenTelemetry ``TracerProvider`` (``None``: tracing off). Tests
-    give one with an in-memory exporter."""
-    global _tracer, _provider, _kinds, _status, _otel
-    if _provider is not None and _provider is not provider:
-        _provider.shutdown()  # flushes what is batched
+    """Trace with this OpenTelemetry SDK ``TracerProvider`` and its span processors
+    (``None``: tracing off, after flushing what was recorded). Tests give one with an
+    in-memory exporter."""
+    global _recorder, _otel
+    old, _recorder = _recorder, None
+    if old is not None:
+        old.stop()  # hands every record over, then flushes the processors
+        if old.provider is not provider:
+            old.provider.shutdown()
     if provider is None:
-        _tracer = _provider = None
         return
-    from opentelemetry import context, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    if not hasattr(provider, "_active_span_processor"):
+        from wiremesh.errors import ConfigError
 
-    _otel = (context, trace, None)
-    _kinds = SpanKind
-    _status = (Status, StatusCode)
-    _provider = provider
-    _tracer = provider.get_tracer("wiremesh")
+        raise ConfigError("tracing needs the OpenTelemetry SDK's TracerProvider")
+    from opentelemetry import context, trace
+
+    _otel = (context, trace)
+    _recorder = Recorder(provider)
+
+
+def flush() -> None:
+    """Hand every span recorded so far to the exporters now."""
+    if _recorder is not None:
+        _recorder.flush()
 
 
 def shutdown() -> None:
@@ -122,29 +139,72 @@ def shutdown() -> None:
 class Span:
     """One span of wiremesh's, open until :meth:`end`."""
 
-    __slots__ = ("_span", "_token", "carrier")
+    __slots__ = (
+        "_attributes",
+        "_flags",
+        "_kind",
+        "_name",
+        "_parent",
+        "_remote",
+        "_span",
+        "_start",
+        "_token",
+        "_trace",
+        "carrier",
+    )
 
-    def __init__(self, span: Any, token: Any, carrier: Mapping[str, str]) -> None:
-        self._span = span
+    def __init__(
+        self,
+        name: str,
+        kind: int,
+        ids: tuple[int, int, int, bool, int],
+        attributes: dict[str, Any],
+        token: Any,
+        carrier: Mapping[str, str],
+    ) -> None:
+        self._name = name
+        self._kind = kind
+        self._trace, self._span, self._parent, self._remote, self._flags = ids
+        self._attributes = attributes
+        self._start = time.time_ns()
         self._token = token
         #: what travels with the message (empty on the receiving side)
         self.carrier = carrier
 
     def set(self, key: str, value: str | int | float | bool) -> None:
-        self._span.set_attribute(key, value)
+        self._attributes[key] = value
 
     def end(self, status: str = "ok", *, size: int | None = None) -> None:
         """Close the span with the outcome: ``ok`` or a wiremesh error status."""
-        span = self._span
-        if size is not None:
-            span.set_attribute("wiremesh.answer_bytes", size)
-        span.set_attribute("wiremesh.status", status)
-        if status != "ok":
-            status_cls, code = _status
-            span.set_status(status_cls(code.ERROR, status))
         if self._token is not None:
             _otel[0].detach(self._token)
-        span.end()
+            self._token = None
+        recorder = _recorder
+        if recorder is None or not self._flags & 1:  # off since, or not sampled
+            return
+        attributes = self._attributes
+        if size is not None:
+            attributes["wiremesh.answer_bytes"] = size
+        attributes["wiremesh.status"] = status
+        recorder.record(
+            (
+                self._name,
+                self._kind,
+                self._trace,
+                self._span,
+                self._parent,
+                self._remote,
+                self._flags,
+                self._start,
+                time.time_ns(),
+                attributes,
+                None if status == "ok" else status,
+            )
+        )
+
+
+def _attributes(**found: str | int | None) -> dict[str, Any]:
+    return {f"wiremesh.{key}": value for key, value in found.items() if value is not None}
 
 
 def client_span(
@@ -153,31 +213,37 @@ def client_span(
     """Open the sending side's span (``None`` when tracing is off); send its ``carrier``.
 
     ``kind`` is ``client`` (a call, which waits) or ``producer`` (publish, emit, push).
+    The current span (the handler's, while one runs) is its parent.
     """
-    tracer = _tracer
-    if tracer is None:
+    recorder = _recorder
+    if recorder is None:
         return None
-    attributes: dict[str, str | int] = {}
-    if node:
-        attributes["wiremesh.node"] = node
-    if size is not None:
-        attributes["wiremesh.request_bytes"] = size
-    span = tracer.start_span(
-        name,
-        kind=_kinds.CLIENT if kind == "client" else _kinds.PRODUCER,
-        attributes=attributes,
-    )
+    current = _otel[1].get_current_span().get_span_context()
+    state = None
+    if current.is_valid:
+        trace_id, parent, flags = current.trace_id, current.span_id, current.trace_flags
+        state = current.trace_state
+    else:
+        (trace_id, flags), parent = recorder.new_trace(name), 0
+    span_id = recorder.new_span_id()
     # W3C trace context, written here rather than by OpenTelemetry's propagator API: the
     # same header, for a fraction of the cost on a path taken for every message
-    ids = span.get_span_context()
-    carrier = {"traceparent": f"00-{ids.trace_id:032x}-{ids.span_id:016x}-{ids.trace_flags:02x}"}
-    if ids.trace_state:
-        carrier["tracestate"] = ids.trace_state.to_header()
-    return Span(span, None, carrier)
+    carrier = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+    if state:
+        carrier["tracestate"] = state.to_header()
+    return Span(
+        name,
+        _CLIENT if kind == "client" else _PRODUCER,
+        (trace_id, span_id, parent, False, flags),
+        _attributes(node=node, request_bytes=size),
+        None,
+        carrier,
+    )
 
 
-def _parent(carrier: Mapping[str, Any]) -> Any:
-    """The OpenTelemetry context of a W3C ``traceparent`` (None when absent or invalid)."""
+def _parent(carrier: Mapping[str, Any]) -> tuple[int, int, int, Any] | None:
+    """Trace id, span id, flags and trace state of a W3C ``traceparent`` (None when
+    absent or invalid)."""
     header = carrier.get("traceparent")
     if not isinstance(header, str) or len(header) != 55:
         return None
@@ -190,16 +256,9 @@ def _parent(carrier: Mapping[str, Any]) -> Any:
         return None
     if not trace_id or not span_id:
         return None
-    _, trace, _ = _otel
     state = carrier.get("tracestate")
-    remote = trace.SpanContext(
-        trace_id,
-        span_id,
-        is_remote=True,
-        trace_flags=trace.TraceFlags(trace_flags),
-        trace_state=trace.TraceState.from_header([state]) if isinstance(state, str) else None,
-    )
-    return trace.set_span_in_context(trace.NonRecordingSpan(remote))
+    trace_state = _otel[1].TraceState.from_header([state]) if isinstance(state, str) else None
+    return trace_id, span_id, trace_flags & 0xFF, trace_state
 
 
 def server_span(
@@ -216,30 +275,39 @@ def server_span(
 
     ``kind`` is ``server`` (answering a call) or ``consumer`` (a message handler).
     """
-    tracer = _tracer
-    if tracer is None:
+    recorder = _recorder
+    if recorder is None:
         return None
-    context, trace, _ = _otel
-    attributes: dict[str, str | int] = {}
-    if node:
-        attributes["wiremesh.node"] = node
-    if peer:
-        attributes["wiremesh.peer"] = peer
-    if size is not None:
-        attributes["wiremesh.request_bytes"] = size
-    span = tracer.start_span(
-        name,
-        context=_parent(carrier) if carrier else None,
-        kind=_kinds.SERVER if kind == "server" else _kinds.CONSUMER,
-        attributes=attributes,
+    context, trace = _otel
+    remote = _parent(carrier) if carrier else None
+    if remote is not None:
+        trace_id, parent, flags, state = remote
+    else:
+        (trace_id, flags), parent, state = recorder.new_trace(name), 0, None
+    span_id = recorder.new_span_id()
+    current = trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id,
+            span_id,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(flags),
+            trace_state=state,
+        )
     )
-    token = context.attach(trace.set_span_in_context(span))
-    return Span(span, token, {})
+    token = context.attach(trace.set_span_in_context(current))
+    return Span(
+        name,
+        _SERVER if kind == "server" else _CONSUMER,
+        (trace_id, span_id, parent, remote is not None, flags),
+        _attributes(node=node, peer=peer, request_bytes=size),
+        token,
+        {},
+    )
 
 
 def current_ids() -> tuple[str, str] | None:
     """The current span's trace and span ids as hex (for log lines), or ``None``."""
-    if _tracer is None:
+    if _recorder is None:
         return None
     span_context = _otel[1].get_current_span().get_span_context()
     if not span_context.is_valid:
