@@ -138,4 +138,3 @@ class Recorder:
                     instrumentation_scope=self.scope,
                 )
             )
-
