@@ -34,8 +34,14 @@ import grpc
 
 from wiremesh.core.topics import matching
 from wiremesh.errors import Unavailable
-from wiremesh.messaging.base import DeadLetter, Envelope, Kind
-from wiremesh.messaging.journal import Journal, QueueRecord, Stored
+from wiremesh.messaging.base import DeadLetter, Kind
+from wiremesh.messaging.journal import (
+    Journal,
+    QueueRecord,
+    Stored,
+    envelope_from_proto,
+    envelope_to_proto,
+)
 from wiremesh.proto import broker_pb2 as pb
 
 __all__ = ["BrokerServer", "envelope_from_proto", "envelope_to_proto"]
@@ -45,23 +51,6 @@ log = logging.getLogger("wiremesh.broker")
 SERVICE = "wiremesh.broker.v1.Broker"
 #: most deliveries sent in one stream message
 _BATCH = 512
-
-
-def envelope_to_proto(e: Envelope) -> pb.Envelope:
-    return pb.Envelope(
-        id=e.id,
-        kind=e.kind,
-        topic=e.topic,
-        body=e.body,
-        codec=e.codec,
-        headers=dict(e.headers),
-        attempt=e.attempt,
-    )
-
-
-def envelope_from_proto(m: pb.Envelope) -> Envelope:
-    kind: Kind = "command" if m.kind == "command" else "event"
-    return Envelope(m.id, kind, m.topic, m.body, m.codec, dict(m.headers), m.attempt or 1)
 
 
 def dead_to_proto(d: DeadLetter) -> pb.DeadLetter:
@@ -83,7 +72,8 @@ class _Consumer:
         self.queue = queue
         self.prefetch = max(1, prefetch)
         self.held: dict[int, Stored] = {}
-        self.outgoing: list[pb.Delivery] = []
+        #: (tag, envelope) of the deliveries not sent yet
+        self.outgoing: list[tuple[int, pb.Envelope]] = []
         self.wake = asyncio.Event()
         self._tags = itertools.count(1)
 
@@ -92,12 +82,9 @@ class _Consumer:
         return self.prefetch - len(self.held)
 
     def give(self, copy: Stored) -> None:
-        copy.tag = next(self._tags)
-        self.held[copy.tag] = copy
-        wire = copy.wire
-        if wire is None or wire.attempt != copy.envelope.attempt:
-            wire = copy.wire = envelope_to_proto(copy.envelope)
-        self.outgoing.append(pb.Delivery(tag=copy.tag, envelope=wire))
+        tag = copy.tag = next(self._tags)
+        self.held[tag] = copy
+        self.outgoing.append((tag, copy.to_wire()))
         self.wake.set()
 
 
@@ -265,16 +252,15 @@ class BrokerServer:
 
     async def _publish(self, request: pb.PublishRequest, context: Any) -> pb.PublishReply:
         copies: list[Stored] = []
+        new_seq = self.journal.new_seq
         for message in request.envelopes:
             message.attempt = 1
-            envelope = envelope_from_proto(message)
-            routes = self._route(envelope.kind, envelope.topic)
-            if not routes and envelope.kind == "command":
-                routes = [await self._command_waits(envelope.topic)]
-            for queue in routes:
-                copy = Stored(self.journal.new_seq(), queue.record.name, envelope)
-                copy.wire = message  # sent to consumers as it came
-                copies.append(copy)
+            kind = "command" if message.kind == "command" else "event"
+            routes = self._route(kind, message.topic)
+            if not routes and kind == "command":
+                routes = [await self._command_waits(message.topic)]
+            for queue in routes:  # stored and sent to consumers as it came
+                copies.append(Stored(new_seq(), queue.record.name, None, wire=message))
         if copies:
             try:
                 await self.journal.submit(Journal.insert(copies))
@@ -358,7 +344,11 @@ class BrokerServer:
                 while consumer.outgoing:
                     batch = consumer.outgoing[:_BATCH]
                     del consumer.outgoing[:_BATCH]
-                    yield pb.Deliveries(deliveries=batch)
+                    deliveries = pb.Deliveries()
+                    add = deliveries.deliveries.add  # (builds each in place: no copy)
+                    for tag, wire in batch:
+                        add(tag=tag, envelope=wire)
+                    yield deliveries
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -380,7 +370,7 @@ class BrokerServer:
             if copy is not None:
                 done.append(copy.seq)
         if done:
-            self.journal.submit(Journal.delete(done))
+            self.journal.defer(Journal.delete(done))
         now = time.time()
         for retry in settle.retries:
             copy = consumer.held.pop(retry.tag, None)

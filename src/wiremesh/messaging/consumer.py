@@ -36,6 +36,63 @@ __all__ = ["HandlerRunner", "MessageHandler"]
 log = logging.getLogger("wiremesh.messaging")
 
 
+class _TimeLimit:
+    """Runs handlers for at most ``seconds`` each, as ``asyncio.timeout`` would (the task
+    is cancelled, and the cancellation becomes a :class:`TimeoutError`), with one timer
+    for every handler running under it instead of one per handler: a handler is
+    cancelled within ``seconds`` plus the time left on the timer when it started.
+
+    ``task = limit.enter()`` before the handler, ``limit.leave(task)`` after it, however
+    it ended. Handlers start in deadline order (the same ``seconds`` on a clock that only
+    goes forward), so the oldest one running is the first of ``_running``. The timer is
+    armed when a handler starts and none is; when due, it cancels the handlers past their
+    deadline and is armed again for the oldest of the others. It stays armed when the
+    handlers end, so that it costs nothing per handler.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        #: task -> its deadline on the loop's clock
+        self._running: dict[asyncio.Task[Any], float] = {}
+        #: tasks cancelled for running too long -> their cancel requests before that
+        self._expired: dict[asyncio.Task[Any], int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def enter(self) -> asyncio.Task[Any]:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a time limit needs a task")
+        loop = task.get_loop()
+        deadline = self._running[task] = loop.time() + self.seconds
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire)
+        return task
+
+    def leave(self, task: asyncio.Task[Any]) -> bool:
+        """Whether the handler of ``task`` was cancelled for running too long, and by
+        nothing else: its :class:`asyncio.CancelledError` then means a timeout."""
+        del self._running[task]
+        if self._expired:
+            cancelling = self._expired.pop(task, None)
+            if cancelling is not None:
+                return task.uncancel() <= cancelling
+        return False
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self._running:
+            return
+        loop = next(iter(self._running)).get_loop()
+        now = loop.time()
+        for task, deadline in self._running.items():
+            if deadline > now:
+                self._timer = loop.call_at(deadline, self._expire)
+                return
+            if task not in self._expired:
+                self._expired[task] = task.cancelling()
+                task.cancel()
+
+
 class MessageHandler:
     """One handler method of one service instance, ready to run envelopes (no broker)."""
 
@@ -59,6 +116,7 @@ class MessageHandler:
         self.policy = policy or DeliveryPolicy()
         self.timeout = timeout
         self._func: Callable[..., Awaitable[Any]] = getattr(service, spec.attribute)
+        self._limit = _TimeLimit(timeout)
         self.counts = {"handled": 0, "duplicates": 0, "retried": 0, "dead": 0}
 
     async def handle(self, received: Received) -> None:
@@ -108,15 +166,23 @@ class MessageHandler:
             else None
         )
         status = "ok"
+        limit = self._limit
+        overtime = False
+        task = limit.enter()
         try:
-            async with asyncio.timeout(self.timeout):
+            try:
                 await self._func(ctx, *args, **kwargs)
+            finally:
+                overtime = limit.leave(task)
         except Duplicate:
             self.counts["duplicates"] += 1
             await received.ack()
         except asyncio.CancelledError:
-            status = "cancelled"
-            raise
+            if not overtime:
+                status = "cancelled"
+                raise
+            status = "deadline_exceeded"
+            await self._failed(received, TimeoutError())
         except Exception as exc:
             status = "deadline_exceeded" if isinstance(exc, TimeoutError) else "internal"
             await self._failed(received, exc)
@@ -183,7 +249,11 @@ class HandlerRunner:
         return self._queue.qsize()
 
     async def _receive(self, received: Received) -> None:
-        await self._queue.put(received)
+        queue = self._queue
+        if queue.full():
+            await queue.put(received)
+        else:
+            queue.put_nowait(received)
 
     async def _work(self) -> None:
         while not self._closing:

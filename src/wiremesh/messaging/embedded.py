@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ import grpc
 
 from wiremesh.errors import BrokerUnavailable, ConfigError, PayloadTooLarge
 from wiremesh.messaging.base import Binding, DeadLetter, Envelope, Received
-from wiremesh.messaging.broker_server import SERVICE, envelope_from_proto, envelope_to_proto
+from wiremesh.messaging.broker_server import SERVICE, envelope_from_proto
 from wiremesh.proto import broker_pb2 as pb
 from wiremesh.transport.tls import TlsFiles
 
@@ -91,7 +92,11 @@ class EmbeddedBroker:
             request_serializer=pb.MessageIds.SerializeToString,
             response_deserializer=pb.Count.FromString,
         )
-        self._waiting: list[tuple[Sequence[Envelope], float, asyncio.Future[None]]] = []
+        self._waiting: deque[tuple[Sequence[Envelope], float, asyncio.Future[None]]] = deque()
+        #: every publish not confirmed yet: its deadline (monotonic) and timeout
+        self._unconfirmed: dict[asyncio.Future[None], tuple[float, float]] = {}
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = float("inf")
         #: requests in flight at once, each carrying what gathered since the previous one
         self._senders: set[asyncio.Task[None]] = set()
         self._sending = 0
@@ -129,6 +134,9 @@ class EmbeddedBroker:
             if not future.done():
                 future.set_exception(BrokerUnavailable("the broker client was closed"))
         self._waiting.clear()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry, self._expiry_at = None, float("inf")
         await self.channel.close(None)
 
     # ------------------------------------------------------------------ publishing
@@ -138,23 +146,43 @@ class EmbeddedBroker:
             return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._waiting.append((envelopes, time.monotonic() + timeout, future))
+        deadline = time.monotonic() + timeout
+        self._waiting.append((envelopes, deadline, future))
         if self._sending < _SENDERS:
             self._sending += 1
             self._senders.add(loop.create_task(self._send(), name="wiremesh-broker-publish"))
-        timer = loop.call_later(timeout, self._expire, future, timeout)
+        self._unconfirmed[future] = (deadline, timeout)
+        if deadline < self._expiry_at:
+            self._arm_expiry(loop, deadline)
         try:
             await future
         finally:
-            timer.cancel()
+            del self._unconfirmed[future]
 
-    def _expire(self, future: asyncio.Future[None], timeout: float) -> None:
-        if not future.done():
-            future.set_exception(
-                BrokerUnavailable(
-                    f"the broker at {self.address} did not accept the message within {timeout:g}s"
+    def _arm_expiry(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """One timer for every publish waiting (not one each), due at the earliest
+        deadline among them."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry_at = deadline
+        self._expiry = loop.call_at(loop.time() + (deadline - time.monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        self._expiry, self._expiry_at = None, float("inf")
+        now = time.monotonic()
+        earliest = float("inf")
+        for future, (deadline, timeout) in self._unconfirmed.items():
+            if deadline > now:
+                earliest = min(earliest, deadline)
+            elif not future.done():
+                future.set_exception(
+                    BrokerUnavailable(
+                        f"the broker at {self.address} did not accept the message "
+                        f"within {timeout:g}s"
+                    )
                 )
-            )
+        if earliest < float("inf"):
+            self._arm_expiry(asyncio.get_running_loop(), earliest)
 
     async def _send(self) -> None:
         try:
@@ -166,19 +194,32 @@ class EmbeddedBroker:
                 self._senders.discard(task)
 
     async def _send_waiting(self) -> None:
-        while self._waiting:
+        waiting = self._waiting
+        while waiting:
             batch: list[tuple[Sequence[Envelope], float, asyncio.Future[None]]] = []
+            request = pb.PublishRequest()
+            add = request.envelopes.add
             size = 0
-            while self._waiting and (not batch or size < _REQUEST_BYTES):
-                item = self._waiting.pop(0)
+            while waiting and size < _REQUEST_BYTES:
+                item = waiting.popleft()
+                if item[2].done():
+                    continue
                 batch.append(item)
-                size += sum(len(e.body) + 256 for e in item[0])
-            batch = [item for item in batch if not item[2].done()]
+                for e in item[0]:
+                    wire = add(
+                        id=e.id,
+                        kind=e.kind,
+                        topic=e.topic,
+                        body=e.body,
+                        codec=e.codec,
+                        attempt=e.attempt,
+                    )
+                    headers = wire.headers  # (item by item: faster than a map from a dict)
+                    for key, value in e.headers.items():
+                        headers[key] = value
+                    size += len(e.body) + 256
             if not batch:
                 continue
-            request = pb.PublishRequest(
-                envelopes=[envelope_to_proto(e) for item in batch for e in item[0]]
-            )
             wait = min(deadline for _, deadline, _ in batch) - time.monotonic()
             try:
                 await self._publish(request, timeout=max(wait, 0.001), wait_for_ready=True)
@@ -213,7 +254,7 @@ class EmbeddedBroker:
                 )
             else:
                 again.append(item)
-        self._waiting[:0] = again
+        self._waiting.extendleft(reversed(again))
 
     # ------------------------------------------------------------------ consuming
 
@@ -297,7 +338,10 @@ class _Subscription:
         self._call: Any = None
         #: tags name deliveries of one stream: settles of an older stream are void
         self._generation = 0
-        self._settle = pb.Settle()
+        #: settles not sent yet
+        self._acks: list[int] = []
+        self._retries: list[pb.Retry] = []
+        self._deads: list[pb.Dead] = []
         self._dirty = asyncio.Event()
         self._closed = False
         #: set once the broker has confirmed a subscription (its queue routes messages)
@@ -317,12 +361,20 @@ class _Subscription:
         if generation != self._generation or self._call is None:
             return  # that stream is gone: the broker put the message back already
         if ack is not None:
-            self._settle.acks.append(ack)
+            self._acks.append(ack)
         if retry is not None:
-            self._settle.retries.append(retry)
+            self._retries.append(retry)
         if dead is not None:
-            self._settle.deads.append(dead)
+            self._deads.append(dead)
         self._dirty.set()
+
+    def _take(self) -> pb.ConsumeRequest | None:
+        """What was settled since the last call, as one message (``None``: nothing)."""
+        if not (self._acks or self._retries or self._deads):
+            return None
+        settle = pb.Settle(acks=self._acks, retries=self._retries, deads=self._deads)
+        self._acks, self._retries, self._deads = [], [], []
+        return pb.ConsumeRequest(settle=settle)
 
     async def _run(self) -> None:
         b = self.binding
@@ -340,7 +392,7 @@ class _Subscription:
         while not self._closed:
             self._generation += 1
             generation = self._generation
-            self._settle = pb.Settle()
+            self._take()  # (for the stream that is gone)
             call = self._call = self.broker._consume(wait_for_ready=True)  # type: ignore[call-arg]
             writer = asyncio.create_task(self._write(call))
             try:
@@ -373,9 +425,9 @@ class _Subscription:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            settle, self._settle = self._settle, pb.Settle()
-            if settle.acks or settle.retries or settle.deads:
-                await call.write(pb.ConsumeRequest(settle=settle))
+            request = self._take()
+            if request is not None:
+                await call.write(request)
 
     async def cancel(self) -> None:
         """Send what is settled, then end the stream; the broker puts back the rest."""
@@ -383,10 +435,10 @@ class _Subscription:
             return
         self._closed = True
         call = self._call
-        settle, self._settle = self._settle, pb.Settle()
-        if call is not None and (settle.acks or settle.retries or settle.deads):
+        request = self._take()
+        if call is not None and request is not None:
             with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
-                await asyncio.wait_for(call.write(pb.ConsumeRequest(settle=settle)), 2.0)
+                await asyncio.wait_for(call.write(request), 2.0)
         if call is not None:
             with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, TimeoutError):
                 await asyncio.wait_for(call.done_writing(), 2.0)

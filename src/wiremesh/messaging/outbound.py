@@ -31,6 +31,8 @@ from wiremesh.observability import tracing
 __all__ = ["Outbound", "attach", "check_command", "detach", "make_envelope", "outbound_of"]
 
 _COMMAND = re.compile(r"^[a-z][a-z0-9_-]{0,62}\.[A-Za-z_][A-Za-z0-9_]*$")
+#: (kind, topic) pairs found valid already, not checked again
+_checked: set[tuple[str, str]] = set()
 
 
 def check_command(target: str) -> str:
@@ -51,10 +53,14 @@ def make_envelope(
 ) -> Envelope:
     """A new envelope for ``payload``; raises :class:`InvalidPayload` for a bad topic,
     target, codec or payload."""
-    if kind == "command":
-        check_command(topic)
-    else:
-        check_topic(topic)
+    if not isinstance(topic, str) or (kind, topic) not in _checked:
+        if kind == "command":
+            check_command(topic)
+        else:
+            check_topic(topic)
+        if len(_checked) >= 4096:
+            _checked.clear()
+        _checked.add((kind, topic))
     body = encode(payload, codec)
     head = {**(headers or {}), HEADER_SENDER: sender, HEADER_SENT_AT: repr(time.time())}
     if tracing.enabled():
@@ -105,10 +111,10 @@ class Outbound:
         return envelope.id
 
     def _timeout(self, timeout: float | None, deadline: Deadline | None) -> float:
-        limit = Deadline.after(self.default_timeout if timeout is None else timeout)
-        if deadline is not None and deadline.at < limit.at:
-            limit = deadline
-        return max(limit.remaining(), 0.001)
+        seconds = self.default_timeout if timeout is None else timeout
+        if deadline is not None:
+            seconds = min(seconds, deadline.remaining())
+        return max(seconds, 0.001)
 
 
 _attached: weakref.WeakKeyDictionary[object, Outbound] = weakref.WeakKeyDictionary()
