@@ -20,7 +20,7 @@ def test_json_logs_and_metrics_of_a_running_mesh(tmp_path: Path) -> None:
         {"echo": "svc_echo:Echo"},
         extra='[observability]\nlog_format = "json"\n',
     )
-    with RunningMesh(tmp_path).start() as mesh:
+    with RunningMesh(tmp_path) as mesh:
         line = mesh.wait_for_line(r'^\{.*"logger": "wiremesh\.node".*serving echo', timeout=20)
         event = json.loads(line.string)
         assert event["level"] == "info"
