@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wiremesh.core.model import MeshSnapshot
 from wiremesh.core.retry import Backoff
 from wiremesh.errors import ConfigError
 from wiremesh.gateway.auth import dev_secret, mint_token
@@ -410,32 +411,38 @@ class Supervisor:
         assert self.registry is not None
         while True:
             await asyncio.sleep(0.25)
-            snapshot = self.registry.membership.snapshot()
-            now = time.monotonic()
-            for slot in self.slots:
-                if slot.process is None or slot.process.returncode is not None:
-                    continue
-                node = snapshot.by_id.get(slot.node_id)
-                before = slot.state
-                if node is not None:
-                    slot.address = node.address
-                    slot.was_registered = True
-                    slot.silent_since = None
-                    if slot.state is not ProcessState.STOPPING:
-                        slot.state = ProcessState.SERVING if node.serving else ProcessState.STOPPING
-                elif slot.was_registered and slot.state is not ProcessState.STOPPING:
-                    slot.state = ProcessState.UNRESPONSIVE
-                    slot.silent_since = slot.silent_since or now
-                    if now - slot.silent_since > HUNG_AFTER:
-                        self.echo(f"{slot.node_id}: unresponsive; killing it")
-                        with contextlib.suppress(ProcessLookupError):
-                            slot.process.kill()
-                if slot.state is not before:
-                    if slot.state is ProcessState.SERVING:
-                        self.echo(f"{slot.node_id}: serving at {slot.address}")
-                        if slot.gateway and node is not None:
-                            self._announce_gateway(node.metadata.get(GATEWAY_URL_KEY, ""))
-                    self.changed()
+            try:
+                self._follow(self.registry.membership.snapshot())
+            except Exception:  # one bad turn never ends the watch (and its restarts)
+                log.exception("following the registry failed; trying again")
+
+    def _follow(self, snapshot: MeshSnapshot) -> None:
+        """One look at the registry: each process's state, and the hung ones killed."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.process is None or slot.process.returncode is not None:
+                continue
+            node = snapshot.by_id.get(slot.node_id)
+            before = slot.state
+            if node is not None:
+                slot.address = node.address
+                slot.was_registered = True
+                slot.silent_since = None
+                if slot.state is not ProcessState.STOPPING:
+                    slot.state = ProcessState.SERVING if node.serving else ProcessState.STOPPING
+            elif slot.was_registered and slot.state is not ProcessState.STOPPING:
+                slot.state = ProcessState.UNRESPONSIVE
+                slot.silent_since = slot.silent_since or now
+                if now - slot.silent_since > HUNG_AFTER:
+                    self.echo(f"{slot.node_id}: unresponsive; killing it")
+                    with contextlib.suppress(ProcessLookupError):
+                        slot.process.kill()
+            if slot.state is not before:
+                if slot.state is ProcessState.SERVING:
+                    self.echo(f"{slot.node_id}: serving at {slot.address}")
+                    if slot.gateway and node is not None:
+                        self._announce_gateway(node.metadata.get(GATEWAY_URL_KEY, ""))
+                self.changed()
 
     def _announce_gateway(self, url: str) -> None:
         """Print where browsers go (with a development token when the gateway uses the
