@@ -276,3 +276,69 @@ async def serve_until_stopped(
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(stop(), 5.0)
+
+
+async def serve_nodes(*services: type) -> None:
+    """Server side: an embedded registry and one node of each of ``services`` in this
+    process, until stopped. READY carries ``registry``, ``node`` (the first node's
+    address) and ``pid``."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from wiremesh.registry.embedded import RegistryServer
+    from wiremesh.runtime.node import Node
+
+    data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-"))
+    registry = RegistryServer()
+    nodes: list[Node] = []
+
+    async def start() -> dict[str, Any]:
+        await registry.start()
+        for service in services:
+            node = Node(service, registry_address=registry.address, data_dir=data_dir)
+            await node.start()
+            nodes.append(node)
+        return {"registry": registry.address, "node": nodes[0].address, "pid": os.getpid()}
+
+    async def stop() -> None:
+        try:
+            for node in nodes:
+                await node.stop(0.5)
+            await registry.stop(0.2)
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+    await serve_until_stopped(start, stop)
+
+
+async def serve_gateway(
+    registry: str,
+    settings: dict[str, Any],
+    ready: Callable[[Any], Awaitable[dict[str, Any]]],
+) -> None:
+    """Server side: a gateway with ``settings`` (a ``[gateway]`` table as a dict; its port
+    is free) for the mesh at ``registry``, until stopped. ``await ready(gateway)`` gives
+    what READY carries, once the gateway serves."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from wiremesh.gateway.server import Gateway
+    from wiremesh.runtime.gateway_settings import GatewaySettings
+
+    data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-gw-"))
+    validated = GatewaySettings.model_validate({"port": 0, **settings})
+    gateway = Gateway(validated, registry_address=registry, root=data_dir, data_dir=data_dir)
+
+    async def start() -> dict[str, Any]:
+        await gateway.start()
+        return {**await ready(gateway), "pid": os.getpid()}
+
+    async def stop() -> None:
+        try:
+            await gateway.stop(0.5)
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+    await serve_until_stopped(start, stop)

@@ -25,10 +25,8 @@ import base64
 import json
 import os
 import resource
-import shutil
 import struct
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,11 @@ from _common import (  # noqa: E402
     install_signal_exit,
     print_result,
     print_table,
+    serve_nodes,
     serve_until_stopped,
+)
+from _common import (  # noqa: E402
+    serve_gateway as serve_gateway_process,
 )
 
 from wiremesh import Service, Session, on_socket  # noqa: E402
@@ -76,58 +78,22 @@ def rss_kb(pid: int) -> int:
 
 
 async def serve_node() -> None:
-    from wiremesh.registry.embedded import RegistryServer
-    from wiremesh.runtime.node import Node
-
-    data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-"))
-    registry = RegistryServer()
-    state: dict[str, Node] = {}
-
-    async def start() -> dict[str, Any]:
-        await registry.start()
-        state["node"] = Node(Echo, registry_address=registry.address, data_dir=data_dir)
-        await state["node"].start()
-        return {"registry": registry.address, "pid": os.getpid()}
-
-    async def stop() -> None:
-        try:
-            if "node" in state:
-                await state["node"].stop(0.5)
-            await registry.stop(0.2)
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-
-    await serve_until_stopped(start, stop)
+    await serve_nodes(Echo)
 
 
 async def serve_gateway(registry: str) -> None:
     from wiremesh.gateway.auth import mint_token
-    from wiremesh.gateway.server import Gateway
-    from wiremesh.runtime.gateway_settings import GatewaySettings
 
-    raise_nofile()
-    data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-gw-"))
-    settings = GatewaySettings.model_validate(
-        {"port": 0, "limits": {"connections_per_ip": PER_ADDRESS}}
-    )
-    gateway = Gateway(settings, registry_address=registry, root=data_dir, data_dir=data_dir)
-
-    async def start() -> dict[str, Any]:
-        await gateway.start()
+    async def ready(gateway: Any) -> dict[str, Any]:
         await gateway.wait_for_streams()
         assert gateway.dev_secret is not None
         tokens = [
             mint_token(gateway.dev_secret, subject=f"user-{i}", ttl=3600) for i in range(PRINCIPALS)
         ]
-        return {"port": gateway.port, "tokens": tokens, "pid": os.getpid()}
+        return {"port": gateway.port, "tokens": tokens}
 
-    async def stop() -> None:
-        try:
-            await gateway.stop(0.5)
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-
-    await serve_until_stopped(start, stop)
+    raise_nofile()
+    await serve_gateway_process(registry, {"limits": {"connections_per_ip": PER_ADDRESS}}, ready)
 
 
 async def serve_raw() -> None:

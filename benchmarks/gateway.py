@@ -21,9 +21,7 @@ import argparse
 import asyncio
 import gc
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,7 +41,11 @@ from _common import (  # noqa: E402
     print_result,
     print_table,
     ratio,
+    serve_nodes,
     serve_until_stopped,
+)
+from _common import (  # noqa: E402
+    serve_gateway as serve_gateway_process,
 )
 
 from wiremesh import Service, Session, on_socket  # noqa: E402
@@ -65,55 +67,20 @@ class Echo(Service):
 
 
 async def serve_node() -> None:
-    from wiremesh.registry.embedded import RegistryServer
-    from wiremesh.runtime.node import Node
-
-    data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-"))
-    registry = RegistryServer()
-    state: dict[str, Node] = {}
-
-    async def start() -> dict[str, Any]:
-        await registry.start()
-        state["node"] = Node(Echo, registry_address=registry.address, data_dir=data_dir)
-        await state["node"].start()
-        return {"registry": registry.address, "pid": os.getpid()}
-
-    async def stop() -> None:
-        try:
-            if "node" in state:
-                await state["node"].stop(0.5)
-            await registry.stop(0.2)
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-
-    await serve_until_stopped(start, stop)
+    await serve_nodes(Echo)
 
 
 async def serve_gateway(registry: str) -> None:
     from wiremesh.gateway.auth import mint_token
-    from wiremesh.gateway.server import Gateway
-    from wiremesh.runtime.gateway_settings import GatewaySettings
 
-    data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-gw-"))
-    settings = GatewaySettings.model_validate(
-        {"port": 0, "limits": {"messages_per_second": 1e9, "burst": 10**9}}
-    )
-    gateway = Gateway(settings, registry_address=registry, root=data_dir, data_dir=data_dir)
-
-    async def start() -> dict[str, Any]:
-        await gateway.start()
+    async def ready(gateway: Any) -> dict[str, Any]:
         await gateway.wait_for_streams()
         assert gateway.dev_secret is not None
         token = mint_token(gateway.dev_secret, subject="bench", ttl=3600)
-        return {"url": f"{gateway.ws_url}/ws/echo", "token": token, "pid": os.getpid()}
+        return {"url": f"{gateway.ws_url}/ws/echo", "token": token}
 
-    async def stop() -> None:
-        try:
-            await gateway.stop(0.5)
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-
-    await serve_until_stopped(start, stop)
+    limits = {"messages_per_second": 1e9, "burst": 10**9}
+    await serve_gateway_process(registry, {"limits": limits}, ready)
 
 
 async def serve_raw() -> None:

@@ -33,9 +33,7 @@ import dataclasses
 import gc
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,7 +45,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
-from _common import (  # noqa: E402 - after the path is set
+from _common import (  # noqa: E402
     ServerProcess,
     install_signal_exit,
     median,
@@ -55,7 +53,11 @@ from _common import (  # noqa: E402 - after the path is set
     print_result,
     print_table,
     ratio,
+    serve_nodes,
     serve_until_stopped,
+)
+from _common import (  # noqa: E402
+    serve_gateway as serve_gateway_process,
 )
 
 from wiremesh import Context, Service, rpc  # noqa: E402
@@ -78,56 +80,19 @@ class Echo(Service):
 
 
 async def serve_mesh() -> None:
-    from wiremesh.registry.embedded import RegistryServer
-    from wiremesh.runtime.node import Node
-
-    data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-"))
-    registry = RegistryServer()
-    state: dict[str, Node] = {}
-
-    async def start() -> dict[str, Any]:
-        await registry.start()
-        state["node"] = Node(Echo, registry_address=registry.address, data_dir=data_dir)
-        await state["node"].start()
-        return {"registry": registry.address, "pid": os.getpid()}
-
-    async def stop() -> None:
-        try:
-            if "node" in state:
-                await state["node"].stop(0.5)
-            await registry.stop(0.2)
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-
-    await serve_until_stopped(start, stop)
+    await serve_nodes(Echo)
 
 
 async def serve_gateway(registry: str) -> None:
-    from wiremesh.gateway.server import Gateway
-    from wiremesh.runtime.gateway_settings import GatewaySettings
-
-    data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-gw-"))
-    settings = GatewaySettings.model_validate(
-        {
-            "port": 0,
-            "auth": {"secret": SECRET},
-            "http": {"rate": 1e9, "burst": 1_000_000, "concurrency": 100_000},
-        }
-    )
-    gateway = Gateway(settings, registry_address=registry, root=data_dir, data_dir=data_dir)
-
-    async def start() -> dict[str, Any]:
-        await gateway.start()
+    async def ready(gateway: Any) -> dict[str, Any]:
         await gateway.view.wait_for(lambda snapshot: bool(snapshot.serving("echo")), 10.0)
-        return {"port": gateway.port, "pid": os.getpid()}
+        return {"port": gateway.port}
 
-    async def stop() -> None:
-        try:
-            await gateway.stop(0.5)
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-
-    await serve_until_stopped(start, stop)
+    settings = {
+        "auth": {"secret": SECRET},
+        "http": {"rate": 1e9, "burst": 1_000_000, "concurrency": 100_000},
+    }
+    await serve_gateway_process(registry, settings, ready)
 
 
 async def serve_bare() -> None:

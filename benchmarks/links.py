@@ -67,6 +67,7 @@ from _common import (  # noqa: E402
     print_result,
     print_table,
     ratio,
+    serve_nodes,
     serve_until_stopped,
 )
 from rpc import latency_slice, symmetric, throughput_slice  # noqa: E402
@@ -170,30 +171,7 @@ class Pub(Service):
 
 
 async def serve_wiremesh() -> None:
-    from wiremesh.registry.embedded import RegistryServer
-    from wiremesh.runtime.node import Node
-
-    data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-"))
-    registry = RegistryServer()
-    nodes: list[Node] = []
-
-    async def start() -> dict[str, Any]:
-        await registry.start()
-        for cls in (Echo, Sink):
-            node = Node(cls, registry_address=registry.address, data_dir=data_dir)
-            await node.start()
-            nodes.append(node)
-        return {"registry": registry.address, "pid": os.getpid()}
-
-    async def stop() -> None:
-        try:
-            for node in nodes:
-                await node.stop(0.5)
-            await registry.stop(0.2)
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-
-    await serve_until_stopped(start, stop)
+    await serve_nodes(Echo, Sink)
 
 
 async def serve_fan(registry: str, count: int) -> None:

@@ -25,9 +25,7 @@ import dataclasses
 import functools
 import gc
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +47,7 @@ from _common import (  # noqa: E402
     print_result,
     print_table,
     ratio,
+    serve_nodes,
     serve_until_stopped,
 )
 
@@ -99,31 +98,9 @@ def stop_tracing() -> None:
 
 
 async def serve_wiremesh(traced: bool = False) -> None:
-    from wiremesh.registry.embedded import RegistryServer
-    from wiremesh.runtime.node import Node
-
     if traced:
         start_tracing()
-
-    data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-"))
-    registry = RegistryServer()
-    state: dict[str, Node] = {}
-
-    async def start() -> dict[str, Any]:
-        await registry.start()
-        state["node"] = Node(Echo, registry_address=registry.address, data_dir=data_dir)
-        await state["node"].start()
-        return {"registry": registry.address, "node": state["node"].address, "pid": os.getpid()}
-
-    async def stop() -> None:
-        try:
-            if "node" in state:
-                await state["node"].stop(0.5)
-            await registry.stop(0.2)
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-
-    await serve_until_stopped(start, stop)
+    await serve_nodes(Echo)
 
 
 async def serve_raw() -> None:

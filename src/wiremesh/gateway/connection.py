@@ -38,8 +38,9 @@ from wiremesh.gateway.codes import (
     UNSUPPORTED_DATA,
 )
 from wiremesh.gateway.protocols import SocketProtocol
-from wiremesh.gateway.stream import DATA, Frame, FrameStream, Resume
+from wiremesh.gateway.stream import DATA, Frame, FrameStream
 from wiremesh.observability import tracing
+from wiremesh.transport.eager import Resume
 
 if TYPE_CHECKING:
     from wiremesh.gateway.server import Gateway

@@ -41,11 +41,11 @@ from wiremesh.gateway.stream import (
     PUSH,
     Frame,
     FrameStream,
-    Resume,
 )
 from wiremesh.observability import tracing
 from wiremesh.service import Service, ServiceSpec
 from wiremesh.session import Session, Sessions
+from wiremesh.transport.eager import Resume
 
 __all__ = ["SOCKET_KEY", "SocketHub"]
 

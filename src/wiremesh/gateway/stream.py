@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import types
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
 
 from wiremesh.proto import gateway_pb2 as pb
+from wiremesh.transport.eager import Resume, yield_now
 
 __all__ = [
     "CLOSE",
@@ -42,7 +42,6 @@ __all__ = [
     "PUSH",
     "Frame",
     "FrameStream",
-    "Resume",
 ]
 
 log = logging.getLogger("wiremesh.gateway")
@@ -250,43 +249,9 @@ class FrameStream:
             finally:
                 self.dispatching = False
             for _ in range(_READ_DEFER_TURNS):
-                await _yield()
+                await yield_now()
                 if not self._out:
                     break
-
-
-@types.coroutine
-def _yield() -> Any:
-    """One trip through the event loop (``asyncio.sleep(0)`` without its checks)."""
-    yield
-
-
-class Resume:
-    """Awaits what is left of a coroutine already run up to its first wait (``first`` is
-    what it yielded there): a handler begun inline and finished in a task."""
-
-    __slots__ = ("_coro", "_first")
-
-    def __init__(self, coro: Any, first: Any) -> None:
-        self._coro = coro
-        self._first = first
-
-    def __await__(self) -> Any:
-        coro = self._coro
-        value = self._first
-        while True:
-            try:
-                sent = yield value
-            except BaseException as exc:  # thrown in: the task is cancelled
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
 
 
 def _split(frames: list[pb.Frame], budget: int) -> list[list[pb.Frame]]:

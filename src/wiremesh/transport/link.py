@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import types
 from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 from typing import Any, Protocol
@@ -48,6 +47,7 @@ from wiremesh.errors import (
     WiremeshError,
 )
 from wiremesh.proto import link_pb2 as pb
+from wiremesh.transport.eager import Resume, yield_now
 
 __all__ = ["LINK_OPEN", "Frame", "Link", "LinkHandler"]
 
@@ -116,7 +116,7 @@ class Link:
         self._out: list[pb.Frame] = [pb.Frame(kind=HELLO, node_id=local_id, service=local_service)]
         self._out_bytes = 0
         #: what wakes the writer when it waits for frames (None while it writes)
-        self._writer_idle: asyncio.Future[_Resume | BaseException | None] | None = None
+        self._writer_idle: asyncio.Future[Resume | BaseException | None] | None = None
         #: the reader is handing a batch's frames out (answers to them coalesce)
         self._dispatching = False
         self._room = asyncio.Event()
@@ -180,7 +180,7 @@ class Link:
                 lone = alone and len(out) == 1 and not self._dispatching
                 waiter.set_result(self._start_write() if lone else None)
 
-    def _start_write(self) -> _Resume | BaseException | None:
+    def _start_write(self) -> Resume | BaseException | None:
         """Begin the write of what is queued: run it up to its first wait (gRPC has the
         message then); the writer awaits the rest."""
         frames = self._out
@@ -195,7 +195,7 @@ class Link:
             return None
         except Exception as exc:  # the writer raises it, and the link ends
             return exc
-        return _Resume(write, first)
+        return Resume(write, first)
 
     async def call(self, frame: pb.Frame, at: float) -> pb.Frame:
         """Send a CALL frame (its ``id`` is set here) and wait for its REPLY or ERROR frame
@@ -451,43 +451,9 @@ class Link:
             # writer with what they queued: the answers leave sooner, and nothing is lost
             # meanwhile (the next message waits in gRPC's buffers).
             for _ in range(_READ_DEFER_TURNS):
-                await _yield()
+                await yield_now()
                 if not self._out:
                     break
-
-
-@types.coroutine
-def _yield() -> Any:
-    """One trip through the event loop (``asyncio.sleep(0)`` without its checks)."""
-    yield
-
-
-class _Resume:
-    """Awaits what is left of a coroutine already run up to its first wait (``first`` is
-    what it yielded there): a write begun in one task and finished in another."""
-
-    __slots__ = ("_coro", "_first")
-
-    def __init__(self, coro: Any, first: Any) -> None:
-        self._coro = coro
-        self._first = first
-
-    def __await__(self) -> Any:
-        coro = self._coro
-        value = self._first
-        while True:
-            try:
-                sent = yield value
-            except BaseException as exc:  # thrown in: the writer is cancelled
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
 
 
 def _split(frames: list[pb.Frame], budget: int) -> list[list[pb.Frame]]:
