@@ -257,3 +257,24 @@ async def test_spans_of_the_users_own_are_children_of_the_handlers(
     nested = by_name(found, "stock.take", SpanKind.CLIENT)
     assert user.parent is not None and user.parent.span_id == handler.context.span_id
     assert nested.parent is not None and nested.parent.span_id == user.context.span_id
+
+
+async def test_over_links_the_trace_context_is_not_the_handlers_custom_metadata(
+    spans: InMemorySpanExporter,
+) -> None:
+    seen: list[dict[str, object]] = []
+
+    class Probe(Service):
+        name = "probe"
+
+        @rpc
+        async def metadata(self, ctx: Context) -> None:
+            seen.append(dict(ctx.metadata))
+
+    async with TestMesh(Probe) as mesh:
+        await mesh.call("probe.metadata", metadata={"x-tenant": "acme"})
+        found = await wait_for_spans(spans, 2)
+    assert seen == [{"x-tenant": "acme"}]
+    client = by_name(found, "probe.metadata", SpanKind.CLIENT)
+    server = by_name(found, "probe.metadata", SpanKind.SERVER)
+    assert server.parent is not None and server.parent.span_id == client.context.span_id

@@ -3,9 +3,11 @@
 A span opened by the OpenTelemetry SDK costs 15-20 µs of Python on this path (a sampler
 call, a span object with locked attributes, a snapshot at its end); a wiremesh call
 costs about 30 µs in all. So wiremesh records its spans itself: ids from a seeded
-generator, clocks in nanoseconds, a plain record appended to a bounded queue at the
-end. A background thread turns the records into the SDK's ``ReadableSpan`` and hands them
-to the provider's span processors (batching, exporters) as if the SDK had made them.
+generator, clocks in nanoseconds, a plain tuple appended to a bounded queue at the end.
+A background thread turns the records into the SDK's ``ReadableSpan`` and hands them on
+in batches: straight to the exporter of a ``BatchSpanProcessor`` or
+``SimpleSpanProcessor`` (this thread already batches, so theirs would only add a second
+queue, a lock and a thread per span), and to any other processor one span at a time.
 
 What the rest of the process sees is OpenTelemetry's own: while a handler runs, its span
 is current in OpenTelemetry's context (a non-recording span with the same ids), so spans
@@ -21,6 +23,7 @@ import os
 import random
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Recorder", "SpanRecord"]
@@ -31,12 +34,23 @@ log = logging.getLogger("wiremesh.tracing")
 QUEUE_LIMIT = 65536
 #: the exporting thread hands what is recorded over at least this often (seconds) ...
 EXPORT_EVERY = 0.2
-#: ... or as soon as this many records wait
+#: ... or as soon as this many records wait (and at most this many go in one export)
 EXPORT_BATCH = 512
 
-# a record: (name, kind, trace_id, span_id, parent_id, remote_parent, flags, start_ns,
-#            end_ns, attributes, error)
-SpanRecord = tuple[str, int, int, int, int, bool, int, int, int, dict[str, Any], str | None]
+# a record: (name, kind, (trace_id, span_id, parent_id, remote_parent, flags), start_ns,
+#            end_ns, (node, peer, request_bytes), answer_bytes, status, other attributes);
+# the attributes are put together by the exporting thread, not on the traced path
+SpanRecord = tuple[
+    str,
+    int,
+    tuple[int, int, int, bool, int],
+    int,
+    int,
+    tuple[str | None, str | None, int | None],
+    int | None,
+    str,
+    dict[str, Any] | None,
+]
 
 
 class Recorder:
@@ -55,9 +69,12 @@ class Recorder:
             "ParentBased{root:AlwaysOnSampler,"
         )
         self.scope = InstrumentationScope("wiremesh")
+        self._exporters, self._others = _sinks(self.processor)
+        self._make = _span_maker(self.resource, self.scope)
         self._random = random.Random(os.urandom(16))
         self._queue: deque[SpanRecord] = deque()
         self._wake = threading.Event()
+        self._lock = threading.Lock()  # one exporting at a time: the thread or a flush
         self._stopped = False
         #: records dropped because the exporting thread fell behind
         self.dropped = 0
@@ -81,7 +98,7 @@ class Recorder:
             queue.popleft()
             self.dropped += 1
         queue.append(record)
-        if len(queue) >= EXPORT_BATCH:
+        if len(queue) == EXPORT_BATCH:
             self._wake.set()
 
     def flush(self) -> None:
@@ -107,34 +124,149 @@ class Recorder:
                 log.exception("handing spans to the exporter failed")
 
     def _export(self) -> None:
-        from opentelemetry.sdk.trace import ReadableSpan
-        from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+        with self._lock:
+            while self._queue:
+                spans = self._spans(EXPORT_BATCH)
+                for export in self._exporters:
+                    export(spans)
+                for on_end in self._others:
+                    for span in spans:
+                        on_end(span)
 
-        queue = self._queue
-        on_end = self.processor.on_end
-        while queue:
+    def _spans(self, limit: int) -> list[Any]:
+        """Up to ``limit`` records off the queue, as the SDK's ``ReadableSpan``."""
+        make = self._make
+        spans = []
+        pop = self._queue.popleft
+        for _ in range(limit):
             try:
-                (name, kind, trace_id, span_id, parent_id, remote, flags, start, end, attributes,
-                 error) = queue.popleft()  # fmt: skip
+                name, kind, ids, start, end, where, answer_bytes, status, extra = pop()
             except IndexError:
-                return
-            sampled = TraceFlags(flags)
-            parent = (
-                SpanContext(trace_id, parent_id, is_remote=remote, trace_flags=sampled)
-                if parent_id
-                else None
-            )
-            on_end(
-                ReadableSpan(
-                    name=name,
-                    context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=sampled),
-                    parent=parent,
-                    resource=self.resource,
-                    attributes=attributes,
-                    kind=SpanKind(kind),
-                    status=Status(StatusCode.ERROR, error) if error else Status(StatusCode.UNSET),
-                    start_time=start,
-                    end_time=end,
-                    instrumentation_scope=self.scope,
-                )
-            )
+                break
+            node, peer, request_bytes = where
+            attributes: dict[str, Any] = {"wiremesh.status": status}
+            if node is not None:
+                attributes["wiremesh.node"] = node
+            if peer is not None:
+                attributes["wiremesh.peer"] = peer
+            if request_bytes is not None:
+                attributes["wiremesh.request_bytes"] = request_bytes
+            if answer_bytes is not None:
+                attributes["wiremesh.answer_bytes"] = answer_bytes
+            if extra:
+                attributes.update(extra)
+            spans.append(make(name, kind, ids, start, end, attributes, status))
+        return spans
+
+
+_Make = Callable[[str, int, tuple[int, int, int, bool, int], int, int, dict[str, Any], str], Any]
+
+
+def _span_maker(resource: Any, scope: Any) -> _Make:
+    """A function that makes the SDK's ``ReadableSpan`` of one record.
+
+    The constructor takes 2 µs a span, as much as all the rest of recording it; so a span
+    is made as the constructor would make it, from a copy of the attributes of one it
+    made, with its ``SpanContext`` tuples built directly. A first span made both ways must
+    come out equal, else (another SDK version) the constructor is used.
+    """
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+    from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+
+    flags_of = (TraceFlags(0), TraceFlags(1))
+    kinds = list(SpanKind)  # by value: INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER
+    unset = Status(StatusCode.UNSET)
+
+    def status_of(status: str) -> Any:
+        return unset if status == "ok" else Status(StatusCode.ERROR, status)
+
+    def built(
+        name: str,
+        kind: int,
+        ids: tuple[int, int, int, bool, int],
+        start: int,
+        end: int,
+        attributes: dict[str, Any],
+        status: str,
+    ) -> Any:
+        trace_id, span_id, parent_id, remote, flags = ids
+        sampled = flags_of[flags] if flags < 2 else TraceFlags(flags)
+        return ReadableSpan(
+            name=name,
+            context=SpanContext(trace_id, span_id, False, sampled),
+            parent=SpanContext(trace_id, parent_id, remote, sampled) if parent_id else None,
+            resource=resource,
+            attributes=attributes,
+            kind=kinds[kind],
+            status=status_of(status),
+            start_time=start,
+            end_time=end,
+            instrumentation_scope=scope,
+        )
+
+    template = dict(vars(built("", 1, (1, 2, 3, True, 1), 1, 2, {}, "ok")))
+    new, new_tuple = object.__new__, tuple.__new__
+    no_state = DEFAULT_TRACE_STATE
+
+    def quick(
+        name: str,
+        kind: int,
+        ids: tuple[int, int, int, bool, int],
+        start: int,
+        end: int,
+        attributes: dict[str, Any],
+        status: str,
+    ) -> Any:
+        trace_id, span_id, parent_id, remote, flags = ids
+        sampled = flags_of[flags] if flags < 2 else TraceFlags(flags)
+        values = template.copy()
+        values["_name"] = name
+        # SpanContext's own fields, valid ids being all wiremesh records
+        values["_context"] = new_tuple(
+            SpanContext, (trace_id, span_id, False, sampled, no_state, True)
+        )
+        values["_parent"] = (
+            new_tuple(SpanContext, (trace_id, parent_id, remote, sampled, no_state, True))
+            if parent_id
+            else None
+        )
+        values["_attributes"] = attributes
+        values["_kind"] = kinds[kind]
+        values["_status"] = status_of(status)
+        values["_start_time"] = start
+        values["_end_time"] = end
+        span = new(ReadableSpan)
+        span.__dict__ = values
+        return span
+
+    for record in (
+        ("a", 1, (7, 8, 9, True, 1), 10, 20, {"k": 1}, "ok"),
+        ("b", 3, (7, 8, 0, False, 0), 10, 20, {}, "internal"),
+    ):
+        one, other = vars(built(*record)), vars(quick(*record))
+        status, other_status = one.pop("_status"), other.pop("_status")
+        if one != other or (status.status_code, status.description) != (
+            other_status.status_code,
+            other_status.description,
+        ):
+            return built
+    return quick
+
+
+def _sinks(processor: Any) -> tuple[list[Callable[[Any], Any]], list[Callable[[Any], None]]]:
+    """Where finished spans go: the ``export`` of each exporter that a batching or simple
+    span processor would call, and the ``on_end`` of every other processor."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    processors = getattr(processor, "_span_processors", None)
+    if processors is None:  # not the SDK's multi-processor: hand each span to it
+        return [], [processor.on_end]
+    exporters: list[Callable[[Any], Any]] = []
+    others: list[Callable[[Any], None]] = []
+    for each in processors:
+        if type(each) in (BatchSpanProcessor, SimpleSpanProcessor):
+            exporters.append(each.span_exporter.export)
+        else:
+            others.append(each.on_end)
+    return exporters, others

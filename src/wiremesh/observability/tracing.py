@@ -20,7 +20,7 @@ are the node, the peer, the status and sizes in bytes, never payloads or tokens.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from wiremesh.observability.recorder import Recorder
@@ -43,7 +43,7 @@ ExporterName = Literal["none", "console", "otlp"]
 TRACE_KEYS = ("traceparent", "tracestate")
 
 _recorder: Recorder | None = None  # while tracing is on
-_otel: Any = None  # (opentelemetry.context, opentelemetry.trace), imported once
+_otel: Any = None  # the pieces of OpenTelemetry's API used here, imported once: _Otel
 
 # OpenTelemetry's SpanKind values
 _SERVER, _CLIENT, _PRODUCER, _CONSUMER = 1, 2, 3, 4
@@ -119,10 +119,82 @@ def use_provider(provider: Any) -> None:
         from wiremesh.errors import ConfigError
 
         raise ConfigError("tracing needs the OpenTelemetry SDK's TracerProvider")
-    from opentelemetry import context, trace
-
-    _otel = (context, trace)
+    _otel = _Otel()
     _recorder = Recorder(provider)
+
+
+class _Otel:
+    """OpenTelemetry's context API, looked up once rather than per span.
+
+    While a handler runs, OpenTelemetry's current span is a non-recording span of its
+    own class here, whose ``SpanContext`` is made only when something asks for it: the
+    spans wiremesh opens read the ids straight from it. With OpenTelemetry's default
+    runtime context (context variables), the context is read and set through its
+    variable directly; with any other, through the API.
+    """
+
+    def __init__(self) -> None:
+        from opentelemetry import context, trace
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+        from opentelemetry.trace.propagation import _SPAN_KEY
+
+        span_context, flags_of = trace.SpanContext, (trace.TraceFlags(0), trace.TraceFlags(1))
+        self.trace = trace
+        self.flags = flags_of
+
+        class Current(trace.NonRecordingSpan):
+            """The span of a running handler, as OpenTelemetry's API sees it."""
+
+            def __init__(self, ids: tuple[int, int, int, Any]) -> None:
+                self.ids = ids  # trace id, span id, flags, trace state
+                self._context: Any = None
+
+            def get_span_context(self) -> Any:
+                if self._context is None:
+                    trace_id, span_id, flags, state = self.ids
+                    flags_obj = flags_of[flags] if flags < 2 else trace.TraceFlags(flags)
+                    self._context = span_context(trace_id, span_id, False, flags_obj, state)
+                return self._context
+
+        self.current_type = Current
+        runtime = getattr(context, "_RUNTIME_CONTEXT", None)
+        var = runtime._current_context if isinstance(runtime, ContextVarsRuntimeContext) else None
+        context_type, key = context.Context, _SPAN_KEY
+
+        if var is None:
+            self.current: Callable[[], Any] = trace.get_current_span
+
+            def attach(ids: tuple[int, int, int, Any]) -> Any:
+                return context.attach(trace.set_span_in_context(Current(ids)))
+
+            self.detach: Callable[[Any], None] = context.detach
+        else:
+            get = var.get
+
+            def current() -> Any:
+                return get().get(key)
+
+            def attach(ids: tuple[int, int, int, Any]) -> Any:
+                values = get().copy()
+                values[key] = Current(ids)
+                return var.set(context_type(values))
+
+            self.current = current
+            self.detach = var.reset
+        self.attach: Callable[[tuple[int, int, int, Any]], Any] = attach
+
+    def current_ids(self) -> tuple[int, int, int, Any] | None:
+        """Trace id, span id, flags and trace state of the current span, if any."""
+        span = self.current()
+        if span is None:
+            return None
+        if type(span) is self.current_type:
+            ids: tuple[int, int, int, Any] = span.ids
+            return ids
+        found = span.get_span_context()
+        if not found.is_valid:
+            return None
+        return found.trace_id, found.span_id, found.trace_flags, found.trace_state
 
 
 def flush() -> None:
@@ -139,72 +211,54 @@ def shutdown() -> None:
 class Span:
     """One span of wiremesh's, open until :meth:`end`."""
 
-    __slots__ = (
-        "_attributes",
-        "_flags",
-        "_kind",
-        "_name",
-        "_parent",
-        "_remote",
-        "_span",
-        "_start",
-        "_token",
-        "_trace",
-        "carrier",
-    )
+    __slots__ = ("_extra", "_ids", "_kind", "_name", "_start", "_token", "_where", "carrier")
 
     def __init__(
         self,
         name: str,
         kind: int,
         ids: tuple[int, int, int, bool, int],
-        attributes: dict[str, Any],
+        where: tuple[str | None, str | None, int | None],
         token: Any,
         carrier: Mapping[str, str],
     ) -> None:
         self._name = name
         self._kind = kind
-        self._trace, self._span, self._parent, self._remote, self._flags = ids
-        self._attributes = attributes
+        self._ids = ids  # trace id, span id, parent span id (0: none), remote parent, flags
+        self._where = where  # node, peer, request bytes: attributes, put together on export
+        self._extra: dict[str, Any] | None = None
         self._start = time.time_ns()
         self._token = token
         #: what travels with the message (empty on the receiving side)
         self.carrier = carrier
 
     def set(self, key: str, value: str | int | float | bool) -> None:
-        self._attributes[key] = value
+        if self._extra is None:
+            self._extra = {}
+        self._extra[key] = value
 
     def end(self, status: str = "ok", *, size: int | None = None) -> None:
-        """Close the span with the outcome: ``ok`` or a wiremesh error status."""
+        """Close the span with the outcome: ``ok`` or a wiremesh error status; ``size`` is
+        the answer's, in bytes."""
         if self._token is not None:
-            _otel[0].detach(self._token)
+            _otel.detach(self._token)
             self._token = None
         recorder = _recorder
-        if recorder is None or not self._flags & 1:  # off since, or not sampled
+        if recorder is None or not self._ids[4] & 1:  # off since, or not sampled
             return
-        attributes = self._attributes
-        if size is not None:
-            attributes["wiremesh.answer_bytes"] = size
-        attributes["wiremesh.status"] = status
         recorder.record(
             (
                 self._name,
                 self._kind,
-                self._trace,
-                self._span,
-                self._parent,
-                self._remote,
-                self._flags,
+                self._ids,
                 self._start,
                 time.time_ns(),
-                attributes,
-                None if status == "ok" else status,
+                self._where,
+                size,
+                status,
+                self._extra,
             )
         )
-
-
-def _attributes(**found: str | int | None) -> dict[str, Any]:
-    return {f"wiremesh.{key}": value for key, value in found.items() if value is not None}
 
 
 def client_span(
@@ -218,13 +272,11 @@ def client_span(
     recorder = _recorder
     if recorder is None:
         return None
-    current = _otel[1].get_current_span().get_span_context()
-    state = None
-    if current.is_valid:
-        trace_id, parent, flags = current.trace_id, current.span_id, current.trace_flags
-        state = current.trace_state
+    current = _otel.current_ids()
+    if current is not None:
+        trace_id, parent, flags, state = current
     else:
-        (trace_id, flags), parent = recorder.new_trace(name), 0
+        (trace_id, flags), parent, state = recorder.new_trace(name), 0, None
     span_id = recorder.new_span_id()
     # W3C trace context, written here rather than by OpenTelemetry's propagator API: the
     # same header, for a fraction of the cost on a path taken for every message
@@ -235,71 +287,70 @@ def client_span(
         name,
         _CLIENT if kind == "client" else _PRODUCER,
         (trace_id, span_id, parent, False, flags),
-        _attributes(node=node, request_bytes=size),
+        (node, None, size),
         None,
         carrier,
     )
 
 
-def _parent(carrier: Mapping[str, Any]) -> tuple[int, int, int, Any] | None:
-    """Trace id, span id, flags and trace state of a W3C ``traceparent`` (None when
-    absent or invalid)."""
-    header = carrier.get("traceparent")
-    if not isinstance(header, str) or len(header) != 55:
+def _parent(header: Any, state: Any) -> tuple[int, int, int, Any] | None:
+    """Trace id, span id, flags and trace state of a W3C ``traceparent`` header and its
+    ``tracestate`` (None when the header is absent or invalid)."""
+    if not isinstance(header, str) or len(header) != 55 or header[:2] == "ff":
         return None
-    version, trace_hex, span_hex, flags = header[:2], header[3:35], header[36:52], header[53:]
-    if version == "ff" or header[2] != "-" or header[35] != "-" or header[52] != "-":
+    if header[2] != "-" or header[35] != "-" or header[52] != "-":
         return None
     try:
-        trace_id, span_id, trace_flags = int(trace_hex, 16), int(span_hex, 16), int(flags, 16)
+        trace_id, span_id, flags = (
+            int(header[3:35], 16),
+            int(header[36:52], 16),
+            int(header[53:], 16),
+        )
     except ValueError:
         return None
     if not trace_id or not span_id:
         return None
-    state = carrier.get("tracestate")
-    trace_state = _otel[1].TraceState.from_header([state]) if isinstance(state, str) else None
-    return trace_id, span_id, trace_flags & 0xFF, trace_state
+    trace_state = (
+        _otel.trace.TraceState.from_header([state]) if isinstance(state, str) and state else None
+    )
+    return trace_id, span_id, flags, trace_state
 
 
 def server_span(
     name: str,
     carrier: Mapping[str, Any] | None,
     *,
+    traceparent: str = "",
+    tracestate: str = "",
     node: str | None = None,
     peer: str | None = None,
     size: int | None = None,
     kind: str = "server",
 ) -> Span | None:
-    """Open the receiving side's span as a child of ``carrier``'s (a new trace when it has
-    none) and make it current until :meth:`Span.end`. ``None`` when tracing is off.
+    """Open the receiving side's span as a child of the sender's (a new trace when there
+    is none) and make it current until :meth:`Span.end`. ``None`` when tracing is off.
 
-    ``kind`` is ``server`` (answering a call) or ``consumer`` (a message handler).
+    The sender's trace context is ``traceparent`` and ``tracestate`` when given, else the
+    keys of ``carrier``. ``kind`` is ``server`` (answering a call) or ``consumer`` (a
+    message handler).
     """
     recorder = _recorder
     if recorder is None:
         return None
-    context, trace = _otel
-    remote = _parent(carrier) if carrier else None
+    if not traceparent and carrier:
+        traceparent, tracestate = carrier.get("traceparent", ""), carrier.get("tracestate", "")
+    remote = _parent(traceparent, tracestate) if traceparent else None
     if remote is not None:
         trace_id, parent, flags, state = remote
     else:
         (trace_id, flags), parent, state = recorder.new_trace(name), 0, None
     span_id = recorder.new_span_id()
-    current = trace.NonRecordingSpan(
-        trace.SpanContext(
-            trace_id,
-            span_id,
-            is_remote=False,
-            trace_flags=trace.TraceFlags(flags),
-            trace_state=state,
-        )
-    )
-    token = context.attach(trace.set_span_in_context(current))
+    token = _otel.attach((trace_id, span_id, flags, state))
     return Span(
         name,
         _SERVER if kind == "server" else _CONSUMER,
         (trace_id, span_id, parent, remote is not None, flags),
-        _attributes(node=node, peer=peer, request_bytes=size),
+        (node, peer, size),
         token,
         {},
     )
@@ -309,7 +360,7 @@ def current_ids() -> tuple[str, str] | None:
     """The current span's trace and span ids as hex (for log lines), or ``None``."""
     if _recorder is None:
         return None
-    span_context = _otel[1].get_current_span().get_span_context()
-    if not span_context.is_valid:
+    current = _otel.current_ids()
+    if current is None:
         return None
-    return f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
+    return f"{current[0]:032x}", f"{current[1]:016x}"

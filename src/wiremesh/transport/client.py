@@ -53,6 +53,8 @@ __all__ = ["Caller", "channel_options"]
 
 _Stub = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
 _CACHE_LIMIT = 4096
+#: the trace context of a call made with tracing off
+_NO_TRACE: Mapping[str, str] = {}
 
 
 class _Failed(Exception):
@@ -184,9 +186,7 @@ class Caller:
             )
         if self.links is not None:
             extra = dict(custom_metadata(metadata)) if metadata else None
-            if span is not None:  # the trace context, after the caller's own keys are checked
-                extra = {**extra, **span.carrier} if extra else dict(span.carrier)
-            send = self._link_send(where, body, at, codec, extra)
+            send = self._link_send(where, body, at, codec, extra, span)
         else:
             if metadata or codec not in self._metadata:
                 wire_metadata = self._wire_metadata(codec, metadata)
@@ -348,10 +348,14 @@ class Caller:
         at: float,
         codec: CodecName,
         metadata: Mapping[str, str] | None,
+        span: tracing.Span | None = None,
     ) -> Callable[[NodeInfo, _Route, float], Awaitable[bytes]]:
-        """One attempt over the mesh link to the node."""
+        """One attempt over the mesh link to the node (with ``span``'s trace context)."""
         links = self.links
         assert links is not None
+        carrier = span.carrier if span is not None else _NO_TRACE
+        traceparent = carrier.get("traceparent", "")
+        tracestate = carrier.get("tracestate", "")
 
         async def send(node: NodeInfo, route: _Route, remaining: float) -> bytes:
             frame = CallFrame(
@@ -363,6 +367,8 @@ class Caller:
                 codec="" if codec == "msgpack" else codec,
                 caller=self.identity or "",
                 metadata=metadata,
+                traceparent=traceparent,
+                tracestate=tracestate,
             )
             try:
                 reply = await links.to(node).call(frame, at)

@@ -74,11 +74,15 @@ class Method:
         *,
         caller: str | None = None,
         metadata: Mapping[str, str | bytes] | None = None,
+        traceparent: str = "",
+        tracestate: str = "",
         peer: str | None = None,
         enforce_deadline: bool = False,
     ) -> bytes:
-        """The encoded answer to ``request``. ``enforce_deadline`` cancels the handler when
-        ``deadline`` passes (for transports that do not cancel it themselves)."""
+        """The encoded answer to ``request``. The caller's trace context is in
+        ``traceparent`` and ``tracestate`` (a link's frame) or in ``metadata`` (unary
+        gRPC). ``enforce_deadline`` cancels the handler when ``deadline`` passes (for
+        transports that do not cancel it themselves)."""
         ctx = Context(
             deadline=deadline,
             service=self.service,
@@ -94,7 +98,13 @@ class Method:
         status = "ok"
         span = (
             tracing.server_span(
-                self._trace_name, metadata, node=self._node_id, peer=caller, size=len(request)
+                self._trace_name,
+                metadata,
+                traceparent=traceparent,
+                tracestate=tracestate,
+                node=self._node_id,
+                peer=caller,
+                size=len(request),
             )
             if tracing.enabled()
             else None

@@ -140,12 +140,13 @@ async def multicast(
         if span is not None:
             span.set("wiremesh.multicast.mode", str(wanted))
             span.set("wiremesh.multicast.nodes", len(chosen))
-            extra = {**extra, **span.carrier} if extra else dict(span.carrier)
-            metadata = extra
     if caller.links is None:
+        if span is not None:  # the trace context, after the caller's own keys are checked
+            metadata = {**extra, **span.carrier} if extra else dict(span.carrier)
         send = _over_unary(caller, where, chosen, gather, body, at, codec, metadata, outcome)
     else:
-        send = _over_links(caller, where, chosen, gather, body, at, codec, extra, outcome)
+        carrier = span.carrier if span is not None else {}
+        send = _over_links(caller, where, chosen, gather, body, at, codec, extra, carrier, outcome)
     try:
         result = await send
     except BaseException:
@@ -234,9 +235,11 @@ async def _over_links(
     at: float,
     codec: CodecName,
     metadata: dict[str, str] | None,
+    carrier: Mapping[str, str],
     outcome: Callable[[str, bytes], Any],
 ) -> MulticastResult:
-    """One CALL frame per node on its link; done-callbacks feed ``gather``."""
+    """One CALL frame per node on its link (with the trace context in ``carrier``);
+    done-callbacks feed ``gather``."""
     links = caller.links
     assert links is not None
     loop = asyncio.get_running_loop()
@@ -286,6 +289,8 @@ async def _over_links(
             codec=codec_name,
             caller=identity,
             metadata=metadata,
+            traceparent=carrier.get("traceparent", ""),
+            tracestate=carrier.get("tracestate", ""),
         )
         try:
             link = links.to(node)

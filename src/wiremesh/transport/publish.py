@@ -163,7 +163,8 @@ class Publisher:
         if tracing.enabled():
             span = tracing.client_span(f"publish {topic}", size=len(body), kind="producer")
             if span is not None:
-                frame.metadata.update(span.carrier)
+                frame.traceparent = span.carrier["traceparent"]
+                frame.tracestate = span.carrier.get("tracestate", "")
                 span.set("wiremesh.subscribers", len(targets))
                 span.end()
         accepted = 0
@@ -374,7 +375,9 @@ class Subscriptions:
         span = (
             tracing.server_span(
                 f"{self.service}.{handler.name}",
-                frame.metadata,
+                None,
+                traceparent=frame.traceparent,
+                tracestate=frame.tracestate,
                 node=self.node_id,
                 peer=caller,
                 size=len(frame.payload),
