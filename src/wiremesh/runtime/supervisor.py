@@ -47,6 +47,8 @@ log = logging.getLogger("wiremesh.supervisor")
 
 #: a registered node that stays out of the registry this long while its process lives is hung
 HUNG_AFTER = 3.0
+#: seconds the gateway waits to be announced for the nodes still starting
+ANNOUNCE_GATEWAY_AFTER = 10.0
 #: seconds the development token printed by ``wiremesh run`` stays valid
 DEV_TOKEN_TTL = 12 * 3600.0
 
@@ -107,6 +109,8 @@ class Supervisor:
         self.gateway_enabled = config.gateway.enabled is True
         #: the gateway's URL once it serves (with a development token when there is one)
         self.gateway_url: str | None = None
+        # the gateway's URL once it serves, and since when, until it is announced
+        self._gateway_serving: tuple[str, float] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -440,9 +444,20 @@ class Supervisor:
             if slot.state is not before:
                 if slot.state is ProcessState.SERVING:
                     self.echo(f"{slot.node_id}: serving at {slot.address}")
-                    if slot.gateway and node is not None:
-                        self._announce_gateway(node.metadata.get(GATEWAY_URL_KEY, ""))
+                    if slot.gateway and node is not None and self.gateway_url is None:
+                        self._gateway_serving = (node.metadata.get(GATEWAY_URL_KEY, ""), now)
                 self.changed()
+        pending = self._gateway_serving
+        if pending is not None:
+            # announced once every node serves (a browser sent there finds its service),
+            # or after a while when one does not come up
+            url, since = pending
+            nodes = [s for s in self.slots if not s.gateway]
+            if now - since > ANNOUNCE_GATEWAY_AFTER or all(
+                s.state is ProcessState.SERVING for s in nodes
+            ):
+                self._gateway_serving = None
+                self._announce_gateway(url)
 
     def _announce_gateway(self, url: str) -> None:
         """Print where browsers go (with a development token when the gateway uses the
