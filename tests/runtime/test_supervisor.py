@@ -319,3 +319,38 @@ async def test_stopping_during_a_crash_loop_leaves_no_process(tmp_path: Path) ->
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         kill_nodes(int(m.group(1)) for line in lines if (m := started.match(line)))
+
+
+GATEWAY = """\
+[gateway]
+port = 0
+"""
+_SERVING = re.compile(r"^(?:chat|echo)-\w+: serving at ")
+
+
+async def test_the_gateway_is_announced_once_every_node_serves(tmp_path: Path) -> None:
+    config = write_mesh(
+        tmp_path,
+        {"chat": "svc_socket:Chat", "echo": {"target": ECHO, "replicas": 2}},
+        extra=GATEWAY,
+    )
+    async with supervising(config) as (supervisor, lines):
+        await eventually(lambda: supervisor.gateway_url is not None, 30, "the gateway announced")
+        announced = next(i for i, line in enumerate(lines) if line.startswith("gateway: "))
+        assert sum(1 for line in lines[:announced] if _SERVING.match(line)) == 3, lines
+
+
+async def test_the_gateway_is_announced_in_the_end_when_a_node_never_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wiremesh.runtime import supervisor as module
+
+    monkeypatch.setattr(module, "ANNOUNCE_GATEWAY_AFTER", 1.5)
+    config = write_mesh(
+        tmp_path, {"chat": "svc_socket:Chat", "crash": "svc_crash:Crash"}, extra=GATEWAY
+    )
+    async with supervising(config) as (supervisor, lines):
+        await eventually(lambda: supervisor.gateway_url is not None, 30, "the gateway announced")
+        crash = next(s for s in supervisor.slots if s.service == "crash")
+        assert crash.state is not ProcessState.SERVING
+        assert any(line.startswith("gateway: http://") for line in lines)
