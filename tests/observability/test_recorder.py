@@ -112,3 +112,20 @@ def test_the_quick_span_maker_is_used_and_matches_the_constructor() -> None:
         assert made.status.description == "deadline_exceeded"
     finally:
         recorder.stop()
+
+
+def test_a_span_ended_in_another_context_is_still_recorded() -> None:
+    import contextvars
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider)
+    try:
+        # opened in one context (not the test's own, which stays clean), ended in another
+        span = contextvars.copy_context().run(tracing.server_span, "a.b", None, traceparent=PARENT)
+        assert span is not None
+        contextvars.copy_context().run(span.end)
+    finally:
+        tracing.use_provider(None)
+    assert [s.name for s in exporter.get_finished_spans()] == ["a.b"]

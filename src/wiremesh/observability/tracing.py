@@ -19,6 +19,7 @@ are the node, the peer, the status and sizes in bytes, never payloads or tokens.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -41,6 +42,8 @@ ExporterName = Literal["none", "console", "otlp"]
 
 #: carrier keys of W3C trace context (metadata keys, frame metadata keys, AMQP headers)
 TRACE_KEYS = ("traceparent", "tracestate")
+
+log = logging.getLogger("wiremesh.tracing")
 
 _recorder: Recorder | None = None  # while tracing is on
 _otel: Any = None  # the pieces of OpenTelemetry's API used here, imported once: _Otel
@@ -179,8 +182,14 @@ class _Otel:
                 values[key] = Current(ids)
                 return var.set(context_type(values))
 
+            def detach(token: Any) -> None:
+                try:
+                    var.reset(token)
+                except (ValueError, RuntimeError):  # made in another context: as the API does
+                    log.debug("a span's context was detached in another context")
+
             self.current = current
-            self.detach = var.reset
+            self.detach = detach
         self.attach: Callable[[tuple[int, int, int, Any]], Any] = attach
 
     def current_ids(self) -> tuple[int, int, int, Any] | None:
