@@ -7,9 +7,8 @@ message whatever its size, so frames are coalesced:
 - **Batching.** Queuing a frame is a list append. While a write is in flight, frames pile
   up for the next one, so under load batches grow by themselves.
 - **Lingering under load.** When frames were queued during a write, the writer lets a
-  few loop turns pass before the next one, so that the messages read meanwhile join it:
-  batches grow from about 8 to about 16 frames under pipelined load, and each message
-  costs the gateway and the node a quarter to a third less CPU.
+  few loop turns pass before the next one, so that the messages read meanwhile join it
+  (under pipelined load, batches about double; see ``benchmarks/gateway.py``).
 - **No latency when idle.** A frame queued while the writer sleeps, outside the handing
   out of a received batch, is written at once, in the sender's own loop turn (the writer
   task only awaits the end of that write). Frames queued while a received batch is handed

@@ -143,7 +143,6 @@ class _Otel:
 
         span_context, flags_of = trace.SpanContext, (trace.TraceFlags(0), trace.TraceFlags(1))
         self.trace = trace
-        self.flags = flags_of
 
         class Current(trace.NonRecordingSpan):
             """The span of a running handler, as OpenTelemetry's API sees it."""
