@@ -245,6 +245,16 @@ class ServerProcess:
         self.stop()
 
 
+def settle_heap() -> None:
+    """Collect, then freeze what is alive (``wiremesh.runtime.heap.settle``): every
+    server process does it once it serves, as wiremesh's node and gateway processes do,
+    and each benchmark's own process once it has connected and warmed up, so that no
+    process, peer or wiremesh, walks its start-up objects in every full collection."""
+    from wiremesh.runtime.heap import settle
+
+    settle()
+
+
 def announce_ready(info: dict[str, Any]) -> None:
     """Server side: tell the parent :class:`ServerProcess` that we serve, and where."""
     print(READY_PREFIX + json.dumps(info), flush=True)
@@ -270,6 +280,7 @@ async def serve_until_stopped(
 
     try:
         info = await start()
+        settle_heap()  # as wiremesh's node and gateway processes do once they serve
         announce_ready(info)
         threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
         await done.wait()

@@ -43,6 +43,7 @@ from _common import (  # noqa: E402
     ratio,
     serve_nodes,
     serve_until_stopped,
+    settle_heap,
 )
 from _common import (  # noqa: E402
     serve_gateway as serve_gateway_process,
@@ -185,6 +186,7 @@ async def measure(settings: Settings) -> dict[str, Any]:
                 ),
                 RAW: await websockets.connect(raw.info["url"], compression=None, max_queue=None),
             }
+            settle_heap()
             figures = {name: Figures() for name in sockets}
             ratios: dict[str, list[float]] = {"p50": [], "throughput": []}
             started = time.perf_counter()

@@ -55,6 +55,7 @@ from _common import (  # noqa: E402
     ratio,
     serve_nodes,
     serve_until_stopped,
+    settle_heap,
 )
 from _common import (  # noqa: E402
     serve_gateway as serve_gateway_process,
@@ -297,6 +298,7 @@ async def measure(ports: dict[str, int], settings: Settings) -> dict[str, Any]:
             for _ in range(200):
                 await connection.request(raws[name])
 
+        settle_heap()
         figures = {name: Figures() for name in ports}
         began = time.perf_counter()
         rounds = 0

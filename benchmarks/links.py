@@ -69,6 +69,7 @@ from _common import (  # noqa: E402
     ratio,
     serve_nodes,
     serve_until_stopped,
+    settle_heap,
 )
 from rpc import latency_slice, symmetric, throughput_slice  # noqa: E402
 
@@ -525,6 +526,7 @@ async def measure(
             if n != 500:
                 raise RuntimeError(f"{name}: {n} of 500 published messages arrived")
 
+        settle_heap()
         began = time.perf_counter()
         for round_no in range(settings.rounds):
             elapsed = time.perf_counter() - began

@@ -49,6 +49,7 @@ from _common import (  # noqa: E402
     ratio,
     serve_nodes,
     serve_until_stopped,
+    settle_heap,
 )
 
 from wiremesh import Context, Service, rpc  # noqa: E402
@@ -293,6 +294,7 @@ async def measure(
                 for _ in range(100):
                     await call(payload)
 
+        settle_heap()
         figures = {(name, label): Figures() for name in calls for label in SIZES}
         began = time.perf_counter()
         rounds = 0

@@ -95,6 +95,15 @@ async def test_a_node_serves_then_drains_on_sigterm(
     await eventually(lambda: not client.nodes("echo"), 5, "the node to leave the mesh")
 
 
+async def test_a_node_freezes_its_start_up_objects_once_it_serves(
+    registry: RegistryServer, client: MeshClient, nodes: list[LoneNode], tmp_path: Path
+) -> None:
+    start_node(nodes, registry.address, tmp_path)
+    await serving_nodes(client, "echo", 1)
+    # modules, classes, gRPC and the service: out of every later collection
+    assert await client.call("echo.frozen") > 10_000
+
+
 def run_node(launch: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PYTHON, "-m", "wiremesh.runtime.process", launch],

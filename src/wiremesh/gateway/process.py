@@ -29,6 +29,7 @@ from wiremesh.gateway.server import Gateway
 from wiremesh.gateway.stream import GATEWAY_NODES, GATEWAY_URL_KEY
 from wiremesh.observability import tracing
 from wiremesh.observability.logs import configure_logging
+from wiremesh.runtime import heap
 from wiremesh.runtime.config import MeshConfig
 from wiremesh.transport.tls import TlsFiles
 
@@ -147,6 +148,7 @@ async def serve(
         )
         if announce is not None:
             announce(gateway)
+        heap.settle()
         await stop.wait()
     finally:
         if lease is not None:

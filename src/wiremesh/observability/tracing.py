@@ -8,7 +8,7 @@ Each transport does the same three things, through this module only:
 
 - the sending side opens a span with :func:`client_span`, whose :class:`Span.carrier`
   (``traceparent``, ``tracestate``: W3C trace context) travels with the message: as gRPC
-  metadata, in a mesh link frame's metadata, in AMQP headers, in a gateway frame;
+  metadata, in a mesh link frame's own fields, in AMQP headers, in a gateway frame;
 - the receiving side opens its span with :func:`server_span` from the carrier it got, and
   makes it current, so that nested calls, publishes and emits continue the same trace;
 - both close theirs with :meth:`Span.end`, giving the outcome (``ok`` or an error status).

@@ -27,6 +27,7 @@ from wiremesh.messaging.base import open_broker
 from wiremesh.observability import tracing
 from wiremesh.observability.logs import configure_logging
 from wiremesh.observability.tracing import configure as configure_tracing
+from wiremesh.runtime import heap
 from wiremesh.runtime.config import ObservabilitySettings
 from wiremesh.runtime.node import ANNOUNCE_WAIT, Node
 from wiremesh.runtime.targets import load_service_class
@@ -136,6 +137,7 @@ async def run(launch: NodeLaunch) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
+    heap.settle()
     watcher = asyncio.create_task(_watch_supervisor(launch.supervisor_pid, stop))
     try:
         await stop.wait()
