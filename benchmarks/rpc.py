@@ -32,13 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 # this folder goes last on the path: it holds http.py (the HTTP door's benchmark), which
 # must not shadow the standard library's http for the libraries imported here
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
+# wiremesh before grpc: grpc then runs with the settings wiremesh chooses (see
+# wiremesh.transport.grpc_core) in this process and, through the environment it sets, in
+# every server process this benchmark starts, the raw peers' included
+import wiremesh  # noqa: E402, F401
+
+# isort: split
+import grpc  # noqa: E402
 from _common import (  # noqa: E402
     ServerProcess,
     install_signal_exit,

@@ -11,6 +11,10 @@
 
 from __future__ import annotations
 
+# first, before anything imports grpc: grpc reads its settings when it is imported
+from wiremesh.transport import grpc_core  # noqa: F401
+
+# isort: split
 from importlib.metadata import PackageNotFoundError, version
 
 from wiremesh.client import MeshClient, connect

@@ -1,0 +1,39 @@
+"""Settings of grpc core, made before grpc is first imported (it reads them only then).
+
+Since its EventEngine, grpc core hands every socket read and write of a channel or a
+server to the EventEngine's own thread pool (the ``event_engine_client`` and
+``event_engine_listener`` experiments, on by default). Each message then crosses threads
+twice more than when the polling thread that grpc.aio already runs does the I/O itself,
+as grpc did before. For a mesh's small messages that doubles latency: a grpc.aio
+ping-pong between two processes on loopback took a median 237 µs with both on and 123 µs
+with both off, and each side spent about half the CPU (2 cores, grpcio 1.85).
+
+So importing wiremesh turns both off, through ``GRPC_EXPERIMENTS``, unless that variable
+is set already: set it yourself (to an empty string for grpc's defaults) to choose. The
+variable is inherited, so the node and gateway processes that ``wiremesh run`` starts get
+it too. It takes effect only in a process that imports wiremesh before grpc.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["ENV", "EXPERIMENTS", "applied", "prepare"]
+
+ENV = "GRPC_EXPERIMENTS"
+#: socket I/O on grpc's polling thread, not on the EventEngine's thread pool
+EXPERIMENTS = "-event_engine_client,-event_engine_listener"
+
+
+def prepare() -> bool:
+    """Set :data:`ENV` unless it is set; whether grpc in this process runs with it (False
+    when it was set already, or when grpc had been imported before)."""
+    if ENV in os.environ:
+        return False
+    os.environ[ENV] = EXPERIMENTS
+    return "grpc" not in sys.modules
+
+
+#: whether grpc in this process runs with wiremesh's settings
+applied = prepare()
