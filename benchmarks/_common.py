@@ -246,10 +246,10 @@ class ServerProcess:
 
 
 def settle_heap() -> None:
-    """Collect, then freeze what is alive (``wiremesh.runtime.heap.settle``): every
-    server process does it once it serves, as wiremesh's node and gateway processes do,
-    and each benchmark's own process once it has connected and warmed up, so that no
-    process, peer or wiremesh, walks its start-up objects in every full collection."""
+    """``wiremesh.runtime.heap.settle``: collect, freeze what is alive, collect young
+    objects less often. Every server process does it once it serves, as wiremesh's node
+    and gateway processes do, and each benchmark's own process once it has connected and
+    warmed up, so that every process, peer or wiremesh, collects garbage alike."""
     from wiremesh.runtime.heap import settle
 
     settle()

@@ -32,6 +32,7 @@ from meshes import (
 from wiremesh.client import MeshClient, connect
 from wiremesh.errors import Unavailable, WiremeshError
 from wiremesh.registry.embedded import RegistryServer
+from wiremesh.runtime.heap import YOUNG_THRESHOLD
 from wiremesh.runtime.process import EXIT_CONFIG, NodeLaunch
 
 ECHO = "svc_echo:Echo"
@@ -95,13 +96,15 @@ async def test_a_node_serves_then_drains_on_sigterm(
     await eventually(lambda: not client.nodes("echo"), 5, "the node to leave the mesh")
 
 
-async def test_a_node_freezes_its_start_up_objects_once_it_serves(
+async def test_a_node_settles_its_heap_once_it_serves(
     registry: RegistryServer, client: MeshClient, nodes: list[LoneNode], tmp_path: Path
 ) -> None:
     start_node(nodes, registry.address, tmp_path)
     await serving_nodes(client, "echo", 1)
+    heap = await client.call("echo.heap")
     # modules, classes, gRPC and the service: out of every later collection
-    assert await client.call("echo.frozen") > 10_000
+    assert heap["frozen"] > 10_000
+    assert heap["young_threshold"] == YOUNG_THRESHOLD
 
 
 def run_node(launch: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
