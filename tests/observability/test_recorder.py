@@ -31,8 +31,10 @@ def traced_pair(provider: TracerProvider) -> None:
     """One server span continuing PARENT, with a client span inside it that fails."""
     tracing.use_provider(provider)
     try:
+        # PARENT as a mesh link's frame carries it: its fields in binary
+        trace = bytes.fromhex(PARENT[3:35] + PARENT[36:52] + PARENT[53:])
         server = tracing.server_span(
-            "stock.take", None, traceparent=PARENT, node="n1", peer="front@n2", size=7
+            "stock.take", None, trace=trace, node="n1", peer="front@n2", size=7
         )
         assert server is not None
         client = tracing.client_span("price.get", node="n3", size=5)
@@ -123,7 +125,8 @@ def test_a_span_ended_in_another_context_is_still_recorded() -> None:
     tracing.use_provider(provider)
     try:
         # opened in one context (not the test's own, which stays clean), ended in another
-        span = contextvars.copy_context().run(tracing.server_span, "a.b", None, traceparent=PARENT)
+        carrier = {"traceparent": PARENT}
+        span = contextvars.copy_context().run(tracing.server_span, "a.b", carrier)
         assert span is not None
         contextvars.copy_context().run(span.end)
     finally:

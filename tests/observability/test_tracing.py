@@ -278,3 +278,33 @@ async def test_over_links_the_trace_context_is_not_the_handlers_custom_metadata(
     client = by_name(found, "probe.metadata", SpanKind.CLIENT)
     server = by_name(found, "probe.metadata", SpanKind.SERVER)
     assert server.parent is not None and server.parent.span_id == client.context.span_id
+
+
+def test_a_link_frames_binary_trace_context_round_trips_and_bad_ones_start_a_trace(
+    spans: InMemorySpanExporter,
+) -> None:
+    sender = tracing.client_span("a.b")
+    assert sender is not None
+    trace = sender.trace()
+    assert len(trace) == 25 and sender.tracestate == ""
+    # the same fields as the W3C header, in binary
+    assert trace.hex() == sender.carrier["traceparent"].replace("-", "")[2:]
+    child = tracing.server_span("a.b", None, trace=trace)
+    assert child is not None
+    child.end()
+    sender.end()
+    for bad in (b"\x01" * 24, b"\x01" * 26, bytes(25)):  # wrong length, zero ids
+        stray = tracing.server_span("c.d", None, trace=bad)
+        assert stray is not None
+        stray.end()
+    tracing.flush()
+    found = spans.get_finished_spans()
+    server = by_name(found, "a.b", SpanKind.SERVER)
+    client = by_name(found, "a.b", SpanKind.CLIENT)
+    assert server.parent is not None and server.parent.is_remote
+    assert (server.parent.trace_id, server.parent.span_id) == (
+        client.context.trace_id,
+        client.context.span_id,
+    )
+    strays = [s for s in found if s.name == "c.d"]
+    assert len(strays) == 3 and all(s.parent is None for s in strays)

@@ -50,6 +50,8 @@ _otel: Any = None  # the pieces of OpenTelemetry's API used here, imported once:
 
 # OpenTelemetry's SpanKind values
 _SERVER, _CLIENT, _PRODUCER, _CONSUMER = 1, 2, 3, 4
+#: trace flags as the last byte of a binary trace context
+_FLAGS = tuple(bytes((flags,)) for flags in range(256))
 
 
 def enabled() -> bool:
@@ -217,9 +219,14 @@ def shutdown() -> None:
 
 
 class Span:
-    """One span of wiremesh's, open until :meth:`end`."""
+    """One span of wiremesh's, open until :meth:`end`.
 
-    __slots__ = ("_extra", "_ids", "_kind", "_name", "_start", "_token", "_where", "carrier")
+    A sending side's span gives its trace context to the message it sends: as
+    :attr:`carrier` (W3C headers) or, in a mesh link's frame, as :meth:`trace` and
+    :attr:`tracestate`; each is made when asked for.
+    """
+
+    __slots__ = ("_extra", "_ids", "_kind", "_name", "_start", "_state", "_token", "_where")
 
     def __init__(
         self,
@@ -228,7 +235,7 @@ class Span:
         ids: tuple[int, int, int, bool, int],
         where: tuple[str | None, str | None, int | None],
         token: Any,
-        carrier: Mapping[str, str],
+        state: Any = None,
     ) -> None:
         self._name = name
         self._kind = kind
@@ -237,8 +244,30 @@ class Span:
         self._extra: dict[str, Any] | None = None
         self._start = time.time_ns()
         self._token = token
-        #: what travels with the message (empty on the receiving side)
-        self.carrier = carrier
+        self._state = state  # the W3C trace state (None: empty)
+
+    @property
+    def carrier(self) -> dict[str, str]:
+        """The W3C trace context that travels with what this span sends: ``traceparent``,
+        and ``tracestate`` when there is one (empty on the receiving side)."""
+        if self._kind in (_SERVER, _CONSUMER):
+            return {}
+        trace_id, span_id, _, _, flags = self._ids
+        carrier = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+        if self._state:
+            carrier["tracestate"] = self._state.to_header()
+        return carrier
+
+    def trace(self) -> bytes:
+        """The ``traceparent`` fields in binary, as a mesh link's frame carries them:
+        trace id (16 bytes), span id (8), flags (1), big-endian."""
+        trace_id, span_id, _, _, flags = self._ids
+        return trace_id.to_bytes(16, "big") + span_id.to_bytes(8, "big") + _FLAGS[flags & 0xFF]
+
+    @property
+    def tracestate(self) -> str:
+        """The W3C ``tracestate`` header ("" when there is none)."""
+        return self._state.to_header() if self._state else ""
 
     def set(self, key: str, value: str | int | float | bool) -> None:
         if self._extra is None:
@@ -285,19 +314,15 @@ def client_span(
         trace_id, parent, flags, state = current
     else:
         (trace_id, flags), parent, state = recorder.new_trace(name), 0, None
-    span_id = recorder.new_span_id()
-    # W3C trace context, written here rather than by OpenTelemetry's propagator API: the
-    # same header, for a fraction of the cost on a path taken for every message
-    carrier = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
-    if state:
-        carrier["tracestate"] = state.to_header()
+    # the W3C trace context is written by the span when asked for, rather than by
+    # OpenTelemetry's propagator API: the same header, for a fraction of the cost
     return Span(
         name,
         _CLIENT if kind == "client" else _PRODUCER,
-        (trace_id, span_id, parent, False, flags),
+        (trace_id, recorder.new_span_id(), parent, False, flags),
         (node, None, size),
         None,
-        carrier,
+        state,
     )
 
 
@@ -324,11 +349,22 @@ def _parent(header: Any, state: Any) -> tuple[int, int, int, Any] | None:
     return trace_id, span_id, flags, trace_state
 
 
+def _binary_parent(trace: bytes, state: str) -> tuple[int, int, int, Any] | None:
+    """:func:`_parent` of a link frame's binary ``trace`` (see :meth:`Span.trace`)."""
+    if len(trace) != 25:
+        return None
+    trace_id, span_id = int.from_bytes(trace[:16], "big"), int.from_bytes(trace[16:24], "big")
+    if not trace_id or not span_id:
+        return None
+    trace_state = _otel.trace.TraceState.from_header([state]) if state else None
+    return trace_id, span_id, trace[24], trace_state
+
+
 def server_span(
     name: str,
     carrier: Mapping[str, Any] | None,
     *,
-    traceparent: str = "",
+    trace: bytes = b"",
     tracestate: str = "",
     node: str | None = None,
     peer: str | None = None,
@@ -338,16 +374,19 @@ def server_span(
     """Open the receiving side's span as a child of the sender's (a new trace when there
     is none) and make it current until :meth:`Span.end`. ``None`` when tracing is off.
 
-    The sender's trace context is ``traceparent`` and ``tracestate`` when given, else the
-    keys of ``carrier``. ``kind`` is ``server`` (answering a call) or ``consumer`` (a
-    message handler).
+    The sender's trace context is ``trace`` and ``tracestate`` when given (a link's
+    frame), else the W3C keys of ``carrier``. ``kind`` is ``server`` (answering a call)
+    or ``consumer`` (a message handler).
     """
     recorder = _recorder
     if recorder is None:
         return None
-    if not traceparent and carrier:
-        traceparent, tracestate = carrier.get("traceparent", ""), carrier.get("tracestate", "")
-    remote = _parent(traceparent, tracestate) if traceparent else None
+    if trace:
+        remote = _binary_parent(trace, tracestate)
+    elif carrier:
+        remote = _parent(carrier.get("traceparent"), carrier.get("tracestate"))
+    else:
+        remote = None
     if remote is not None:
         trace_id, parent, flags, state = remote
     else:
@@ -360,7 +399,7 @@ def server_span(
         (trace_id, span_id, parent, remote is not None, flags),
         (node, peer, size),
         token,
-        {},
+        state,
     )
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwiremesh/link/v1/link.proto\x12\x10wiremesh.link.v1\"0\n\x05\x42\x61tch\x12\'\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x17.wiremesh.link.v1.Frame\"\xd9\x03\n\x05\x46rame\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.wiremesh.link.v1.Frame.Kind\x12\n\n\x02id\x18\x02 \x01(\x04\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x06 \x01(\r\x12\r\n\x05\x63odec\x18\x07 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x08 \x01(\t\x12\x37\n\x08metadata\x18\t \x03(\x0b\x32%.wiremesh.link.v1.Frame.MetadataEntry\x12\r\n\x05topic\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x0f\n\x07node_id\x18\x0c \x01(\t\x12\x0f\n\x07not_run\x18\r \x01(\x08\x12\x13\n\x0btraceparent\x18\x0e \x01(\t\x12\x12\n\ntracestate\x18\x0f \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"`\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05HELLO\x10\x01\x12\x08\n\x04\x43\x41LL\x10\x02\x12\t\n\x05REPLY\x10\x03\x12\t\n\x05\x45RROR\x10\x04\x12\n\n\x06\x43\x41NCEL\x10\x05\x12\x0b\n\x07PUBLISH\x10\x06\x32\x44\n\x04Link\x12<\n\x04Open\x12\x17.wiremesh.link.v1.Batch\x1a\x17.wiremesh.link.v1.Batch(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwiremesh/link/v1/link.proto\x12\x10wiremesh.link.v1\"0\n\x05\x42\x61tch\x12\'\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x17.wiremesh.link.v1.Frame\"\xd3\x03\n\x05\x46rame\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.wiremesh.link.v1.Frame.Kind\x12\n\n\x02id\x18\x02 \x01(\x04\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x06 \x01(\r\x12\r\n\x05\x63odec\x18\x07 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x08 \x01(\t\x12\x37\n\x08metadata\x18\t \x03(\x0b\x32%.wiremesh.link.v1.Frame.MetadataEntry\x12\r\n\x05topic\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x0f\n\x07node_id\x18\x0c \x01(\t\x12\x0f\n\x07not_run\x18\r \x01(\x08\x12\r\n\x05trace\x18\x0e \x01(\x0c\x12\x12\n\ntracestate\x18\x0f \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"`\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05HELLO\x10\x01\x12\x08\n\x04\x43\x41LL\x10\x02\x12\t\n\x05REPLY\x10\x03\x12\t\n\x05\x45RROR\x10\x04\x12\n\n\x06\x43\x41NCEL\x10\x05\x12\x0b\n\x07PUBLISH\x10\x06\x32\x44\n\x04Link\x12<\n\x04Open\x12\x17.wiremesh.link.v1.Batch\x1a\x17.wiremesh.link.v1.Batch(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCH']._serialized_start=49
   _globals['_BATCH']._serialized_end=97
   _globals['_FRAME']._serialized_start=100
-  _globals['_FRAME']._serialized_end=573
-  _globals['_FRAME_METADATAENTRY']._serialized_start=428
-  _globals['_FRAME_METADATAENTRY']._serialized_end=475
-  _globals['_FRAME_KIND']._serialized_start=477
-  _globals['_FRAME_KIND']._serialized_end=573
-  _globals['_LINK']._serialized_start=575
-  _globals['_LINK']._serialized_end=643
+  _globals['_FRAME']._serialized_end=567
+  _globals['_FRAME_METADATAENTRY']._serialized_start=422
+  _globals['_FRAME_METADATAENTRY']._serialized_end=469
+  _globals['_FRAME_KIND']._serialized_start=471
+  _globals['_FRAME_KIND']._serialized_end=567
+  _globals['_LINK']._serialized_start=569
+  _globals['_LINK']._serialized_end=637
 # @@protoc_insertion_point(module_scope)

@@ -14,7 +14,7 @@ class Batch(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("kind", "id", "service", "method", "payload", "timeout_ms", "codec", "caller", "metadata", "topic", "error", "node_id", "not_run", "traceparent", "tracestate")
+    __slots__ = ("kind", "id", "service", "method", "payload", "timeout_ms", "codec", "caller", "metadata", "topic", "error", "node_id", "not_run", "trace", "tracestate")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Frame.Kind]
@@ -51,7 +51,7 @@ class Frame(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NOT_RUN_FIELD_NUMBER: _ClassVar[int]
-    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
     TRACESTATE_FIELD_NUMBER: _ClassVar[int]
     kind: Frame.Kind
     id: int
@@ -66,6 +66,6 @@ class Frame(_message.Message):
     error: str
     node_id: str
     not_run: bool
-    traceparent: str
+    trace: bytes
     tracestate: str
-    def __init__(self, kind: _Optional[_Union[Frame.Kind, str]] = ..., id: _Optional[int] = ..., service: _Optional[str] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., codec: _Optional[str] = ..., caller: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., topic: _Optional[str] = ..., error: _Optional[str] = ..., node_id: _Optional[str] = ..., not_run: _Optional[bool] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[Frame.Kind, str]] = ..., id: _Optional[int] = ..., service: _Optional[str] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., codec: _Optional[str] = ..., caller: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., topic: _Optional[str] = ..., error: _Optional[str] = ..., node_id: _Optional[str] = ..., not_run: _Optional[bool] = ..., trace: _Optional[bytes] = ..., tracestate: _Optional[str] = ...) -> None: ...

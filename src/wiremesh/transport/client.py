@@ -54,7 +54,6 @@ __all__ = ["Caller", "channel_options"]
 _Stub = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
 _CACHE_LIMIT = 4096
 #: the trace context of a call made with tracing off
-_NO_TRACE: Mapping[str, str] = {}
 
 
 class _Failed(Exception):
@@ -353,9 +352,7 @@ class Caller:
         """One attempt over the mesh link to the node (with ``span``'s trace context)."""
         links = self.links
         assert links is not None
-        carrier = span.carrier if span is not None else _NO_TRACE
-        traceparent = carrier.get("traceparent", "")
-        tracestate = carrier.get("tracestate", "")
+        trace, tracestate = (span.trace(), span.tracestate) if span is not None else (b"", "")
 
         async def send(node: NodeInfo, route: _Route, remaining: float) -> bytes:
             frame = CallFrame(
@@ -367,7 +364,7 @@ class Caller:
                 codec="" if codec == "msgpack" else codec,
                 caller=self.identity or "",
                 metadata=metadata,
-                traceparent=traceparent,
+                trace=trace,
                 tracestate=tracestate,
             )
             try:

@@ -74,15 +74,15 @@ class Method:
         *,
         caller: str | None = None,
         metadata: Mapping[str, str | bytes] | None = None,
-        traceparent: str = "",
+        trace: bytes = b"",
         tracestate: str = "",
         peer: str | None = None,
         enforce_deadline: bool = False,
     ) -> bytes:
         """The encoded answer to ``request``. The caller's trace context is in
-        ``traceparent`` and ``tracestate`` (a link's frame) or in ``metadata`` (unary
-        gRPC). ``enforce_deadline`` cancels the handler when ``deadline`` passes (for
-        transports that do not cancel it themselves)."""
+        ``trace`` and ``tracestate`` (a link's frame) or in ``metadata`` (unary gRPC).
+        ``enforce_deadline`` cancels the handler when ``deadline`` passes (for transports
+        that do not cancel it themselves)."""
         ctx = Context(
             deadline=deadline,
             service=self.service,
@@ -100,7 +100,7 @@ class Method:
             tracing.server_span(
                 self._trace_name,
                 metadata,
-                traceparent=traceparent,
+                trace=trace,
                 tracestate=tracestate,
                 node=self._node_id,
                 peer=caller,

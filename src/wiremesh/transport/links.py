@@ -253,7 +253,7 @@ class NodeLinks:
                 Deadline(time.monotonic() + timeout),
                 caller=frame.caller or None,
                 metadata=dict(metadata) if metadata else None,
-                traceparent=frame.traceparent,
+                trace=frame.trace,
                 tracestate=frame.tracestate,
                 peer=link.remote_id,
                 # the caller cancels at its deadline; a foreign peer may not

@@ -55,6 +55,10 @@ if TYPE_CHECKING:
 __all__ = ["multicast"]
 
 
+#: the trace context of a frame when tracing is off
+_NO_TRACE = (b"", "")
+
+
 async def multicast(
     caller: Caller,
     target: str,
@@ -145,8 +149,8 @@ async def multicast(
             metadata = {**extra, **span.carrier} if extra else dict(span.carrier)
         send = _over_unary(caller, where, chosen, gather, body, at, codec, metadata, outcome)
     else:
-        carrier = span.carrier if span is not None else {}
-        send = _over_links(caller, where, chosen, gather, body, at, codec, extra, carrier, outcome)
+        trace = (span.trace(), span.tracestate) if span is not None else _NO_TRACE
+        send = _over_links(caller, where, chosen, gather, body, at, codec, extra, trace, outcome)
     try:
         result = await send
     except BaseException:
@@ -235,11 +239,12 @@ async def _over_links(
     at: float,
     codec: CodecName,
     metadata: dict[str, str] | None,
-    carrier: Mapping[str, str],
+    trace_context: tuple[bytes, str],
     outcome: Callable[[str, bytes], Any],
 ) -> MulticastResult:
-    """One CALL frame per node on its link (with the trace context in ``carrier``);
-    done-callbacks feed ``gather``."""
+    """One CALL frame per node on its link (with ``trace_context``: the frames' ``trace``
+    and ``tracestate``); done-callbacks feed ``gather``."""
+    trace, tracestate = trace_context
     links = caller.links
     assert links is not None
     loop = asyncio.get_running_loop()
@@ -289,8 +294,8 @@ async def _over_links(
             codec=codec_name,
             caller=identity,
             metadata=metadata,
-            traceparent=carrier.get("traceparent", ""),
-            tracestate=carrier.get("tracestate", ""),
+            trace=trace,
+            tracestate=tracestate,
         )
         try:
             link = links.to(node)

@@ -163,8 +163,8 @@ class Publisher:
         if tracing.enabled():
             span = tracing.client_span(f"publish {topic}", size=len(body), kind="producer")
             if span is not None:
-                frame.traceparent = span.carrier["traceparent"]
-                frame.tracestate = span.carrier.get("tracestate", "")
+                frame.trace = span.trace()
+                frame.tracestate = span.tracestate
                 span.set("wiremesh.subscribers", len(targets))
                 span.end()
         accepted = 0
@@ -376,7 +376,7 @@ class Subscriptions:
             tracing.server_span(
                 f"{self.service}.{handler.name}",
                 None,
-                traceparent=frame.traceparent,
+                trace=frame.trace,
                 tracestate=frame.tracestate,
                 node=self.node_id,
                 peer=caller,
