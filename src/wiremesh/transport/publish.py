@@ -46,6 +46,7 @@ from wiremesh.transport.link import PUBLISH, Link
 if TYPE_CHECKING:
     from wiremesh.service import Service, ServiceSpec
     from wiremesh.transport.client import Caller
+    from wiremesh.transport.links import Links
 
 __all__ = ["DEFAULT_QUEUE", "Publisher", "Subscriptions", "publish", "publisher_of"]
 
@@ -85,15 +86,35 @@ def publisher_of(caller: Caller) -> Publisher:
     return found
 
 
-class Publisher:
-    """Sends one caller's publishes: routes cached per snapshot, and counters."""
+class _Targets:
+    """The links a topic's messages go out on, with the largest payload all of them carry."""
 
-    __slots__ = ("_caller", "_protobuf", "_routes", "_snapshot", "dropped", "published", "sent")
+    __slots__ = ("links", "max_payload")
+
+    def __init__(self, links: tuple[Link, ...]) -> None:
+        self.links = links
+        self.max_payload = min((link.max_payload for link in links), default=0)
+
+
+class Publisher:
+    """Sends one caller's publishes: routes and links cached per snapshot, and counters."""
+
+    __slots__ = (
+        "_caller",
+        "_protobuf",
+        "_routes",
+        "_snapshot",
+        "_targets",
+        "dropped",
+        "published",
+        "sent",
+    )
 
     def __init__(self, caller: Caller) -> None:
         self._caller = caller
         self._snapshot: MeshSnapshot | None = None
         self._routes: dict[str, tuple[NodeInfo, ...]] = {}
+        self._targets: dict[str, _Targets] = {}
         self._protobuf: dict[type, bool] = {}
         #: ``publish`` calls that went through (whether or not anyone subscribed)
         self.published = 0
@@ -114,6 +135,7 @@ class Publisher:
         snapshot = self._caller.view.snapshot
         if snapshot is not self._snapshot:
             self._routes = {}
+            self._targets = {}
             self._snapshot = snapshot
         nodes = self._routes.get(topic)
         if nodes is None:
@@ -128,6 +150,22 @@ class Publisher:
             self._routes[topic] = nodes
         return nodes
 
+    def _targets_of(self, topic: str, links: Links) -> _Targets:
+        """The links to the nodes subscribed to ``topic``: cached while the mesh stays the
+        same and none of them has closed (a closed one is opened again)."""
+        targets = self._targets.get(topic)
+        if targets is not None and self._snapshot is self._caller.view.snapshot:
+            for link in targets.links:
+                if link.closed:
+                    break
+            else:
+                return targets
+        targets = _Targets(tuple(links.to(node) for node in self.route(topic)))
+        if len(self._targets) >= _CACHE_LIMIT:
+            self._targets.clear()
+        self._targets[topic] = targets
+        return targets
+
     def publish(self, topic: str, payload: Any, codec: CodecName) -> int:
         links = self._caller.links
         if links is None:
@@ -135,7 +173,7 @@ class Publisher:
                 "publish travels over mesh links, and this caller has none: create the "
                 "node or client with links enabled (the default)"
             )
-        nodes = self.route(topic)
+        targets = self._targets_of(topic, links)
         kind = type(payload)
         protobuf = self._protobuf.get(kind)
         if protobuf is None:
@@ -146,33 +184,38 @@ class Publisher:
             codec = "proto"
         body = encode(payload, codec)  # once, whoever subscribes: a bad payload always fails
         self.published += 1
-        if not nodes:
-            return 0
-        targets = [links.to(node) for node in nodes]
-        for link in targets:  # all or none: a message is not sent to some peers only
-            if len(body) > link.max_payload:
-                raise PayloadTooLarge(
-                    f"the message to {topic!r} is {len(body)} bytes; a link to "
-                    f"{link.remote_id} carries at most {link.max_payload} "
-                    "(mesh.max_message_bytes)"
-                )
-        # one frame for every link: a batch copies the frames it is made of
-        frame = pb.Frame(
-            kind=PUBLISH, topic=topic, payload=body, codec="" if codec == "msgpack" else codec
-        )
+        size = len(body)
+        if size > targets.max_payload:  # all or none: not sent to some peers only
+            if not targets.links:
+                return 0
+            narrowest = min(targets.links, key=lambda link: link.max_payload)
+            raise PayloadTooLarge(
+                f"the message to {topic!r} is {size} bytes; a link to "
+                f"{narrowest.remote_id} carries at most {narrowest.max_payload} "
+                "(mesh.max_message_bytes)"
+            )
+        # one frame for every link (a batch copies the frames it is made of); fields set
+        # one by one cost less than keywords
+        frame = pb.Frame()
+        frame.kind = PUBLISH
+        frame.topic = topic
+        frame.payload = body
+        if codec != "msgpack":
+            frame.codec = codec
+        links_to = targets.links
         if tracing.enabled():
-            span = tracing.client_span(f"publish {topic}", size=len(body), kind="producer")
+            span = tracing.client_span(f"publish {topic}", size=size, kind="producer")
             if span is not None:
                 frame.trace = span.trace()
                 frame.tracestate = span.tracestate
-                span.set("wiremesh.subscribers", len(targets))
+                span.set("wiremesh.subscribers", len(links_to))
                 span.end()
         accepted = 0
-        for link in targets:
+        for link in links_to:
             if link.publish(frame):
                 accepted += 1
         self.sent += accepted
-        self.dropped += len(targets) - accepted
+        self.dropped += len(links_to) - accepted
         return accepted
 
 
@@ -329,6 +372,10 @@ class Subscriptions:
         timeout = self.default_timeout
         taken_at = -1.0
         deadline = Deadline(0.0)
+        # messages for the same handler and topic taken up within the same deadline share
+        # one context: every field of it is the same
+        ctx: Context | None = None
+        ctx_of: tuple[_Handler | None, str] = (None, "")
         try:
             while frames:
                 frame, handlers = frames.popleft()
@@ -336,32 +383,65 @@ class Subscriptions:
                 if now - taken_at > _DEADLINE_REUSE:  # a Deadline costs more than a clock read
                     taken_at = now
                     deadline = Deadline(now + timeout)
+                # each handler runs here rather than in a coroutine of its own: a message
+                # costs one coroutine, the handler's
                 for handler in handlers:
-                    await self._run(handler, link, frame, deadline, caller)
+                    arguments = self._arguments(handler, link, frame)
+                    if arguments is None:
+                        continue
+                    args, kwargs = arguments
+                    topic = frame.topic
+                    if ctx is None or ctx.deadline is not deadline or ctx_of != (handler, topic):
+                        ctx = self._context(handler, link, topic, deadline, caller)
+                        ctx_of = (handler, topic)
+                    token = _current.set(ctx)
+                    span = self._span(handler, frame, caller) if tracing.enabled() else None
+                    status = "ok"
+                    try:
+                        await handler.func(ctx, *args, **kwargs)
+                        self.delivered += 1
+                    except Exception as exc:  # nothing a handler raises ends the drain
+                        status = "internal"
+                        self.failed += 1
+                        log.exception(
+                            "%s.%s raised %s on a message to %r",
+                            self.service,
+                            handler.name,
+                            type(exc).__name__,
+                            topic,
+                        )
+                    finally:
+                        _current.reset(token)
+                        if span is not None:
+                            span.end(status)
         finally:
             inbox.task = None
 
-    async def _run(
-        self, handler: _Handler, link: Link, frame: pb.Frame, deadline: Deadline, caller: str | None
-    ) -> None:
-        """Run one handler for one message; nothing it raises leaves here."""
-        topic = frame.topic
+    def _arguments(
+        self, handler: _Handler, link: Link, frame: pb.Frame
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """The arguments of one handler for one message; None (counted and warned about)
+        when the payload does not fit the handler."""
         try:
             if handler.takes_protobuf:
                 value: Any = frame.payload
             else:
                 value = decode(frame.payload, frame.codec or "msgpack")  # type: ignore[arg-type]
-            args, kwargs = handler.shapes.arguments(value)
+            return handler.shapes.arguments(value)
         except WiremeshError as exc:
             self.invalid += 1
-            self._warn(handler, topic, link, exc)
-            return
+            self._warn(handler, frame.topic, link, exc)
+            return None
+
+    def _context(
+        self, handler: _Handler, link: Link, topic: str, deadline: Deadline, caller: str | None
+    ) -> Context:
         metadata = self._metadata.get(topic)
         if metadata is None:
             if len(self._metadata) >= _CACHE_LIMIT:
                 self._metadata.clear()
             metadata = self._metadata[topic] = MappingProxyType({"topic": topic})
-        ctx = Context(
+        return Context(
             deadline=deadline,
             service=self.service,
             method=handler.name,
@@ -371,39 +451,18 @@ class Subscriptions:
             caller=caller,
             peer=link.remote_id,
         )
-        token = _current.set(ctx)
-        span = (
-            tracing.server_span(
-                f"{self.service}.{handler.name}",
-                None,
-                trace=frame.trace,
-                tracestate=frame.tracestate,
-                node=self.node_id,
-                peer=caller,
-                size=len(frame.payload),
-                kind="consumer",
-            )
-            if tracing.enabled()
-            else None
+
+    def _span(self, handler: _Handler, frame: pb.Frame, caller: str | None) -> tracing.Span | None:
+        return tracing.server_span(
+            f"{self.service}.{handler.name}",
+            None,
+            trace=frame.trace,
+            tracestate=frame.tracestate,
+            node=self.node_id,
+            peer=caller,
+            size=len(frame.payload),
+            kind="consumer",
         )
-        status = "ok"
-        try:
-            await handler.func(ctx, *args, **kwargs)
-            self.delivered += 1
-        except Exception as exc:
-            status = "internal"
-            self.failed += 1
-            log.exception(
-                "%s.%s raised %s on a message to %r",
-                self.service,
-                handler.name,
-                type(exc).__name__,
-                topic,
-            )
-        finally:
-            _current.reset(token)
-            if span is not None:
-                span.end(status)
 
     def _warn(self, handler: _Handler, topic: str, link: Link, error: WiremeshError) -> None:
         now = time.monotonic()
