@@ -304,9 +304,11 @@ class Link:
             frame = _Frame(kind=ERROR, id=call_id, error=error_json, not_run=not_run)
             self._push(frame, len(error_json))
 
-    def publish(self, frame: pb.Frame) -> bool:
-        """Queue a PUBLISH frame; False (and counted as dropped) when there is no room."""
-        size = len(frame.payload)
+    def publish(self, frame: pb.Frame, size: int | None = None) -> bool:
+        """Queue a PUBLISH frame; False (and counted as dropped) when there is no room.
+        ``size``: its payload's, when the caller knows it (reading it back copies it)."""
+        if size is None:
+            size = len(frame.payload)
         if size > self.max_payload:
             raise PayloadTooLarge(
                 f"the payload is {size} bytes; a message may carry "

@@ -212,7 +212,7 @@ class Publisher:
                 span.end()
         accepted = 0
         for link in links_to:
-            if link.publish(frame):
+            if link.publish(frame, size):
                 accepted += 1
         self.sent += accepted
         self.dropped += len(links_to) - accepted
