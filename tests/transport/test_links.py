@@ -10,10 +10,12 @@ Nothing here asserts a timing: waits are bounded generously, to fail instead of 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 
 from wiremesh import (
@@ -27,6 +29,7 @@ from wiremesh import (
 from wiremesh.proto import link_pb2 as pb
 from wiremesh.runtime.node import Node
 from wiremesh.testing import TestMesh
+from wiremesh.transport.client import channel_options
 from wiremesh.transport.link import CALL, ERROR, Link, error_of
 
 #: generous bound on any wait, so that a broken link fails the test instead of hanging it
@@ -309,6 +312,29 @@ async def test_a_link_reconnects_after_the_peer_node_restarts(mesh: TestMesh) ->
     assert new_link is not old_link and not new_link.closed
     assert PROBE.calls["whoami", node.node_id] == 2  # the old node's call and the new one's
     assert len(accepted_from(node, new_link.local_id)) == 1
+
+
+async def test_a_node_on_an_address_that_refused_a_moment_ago_is_reached_at_once(
+    mesh: TestMesh,
+) -> None:
+    with socket.socket() as probe:  # an address nothing listens on, for now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # another channel of this process, with the options wiremesh's own have, tried it and
+    # is backing off (grpc would share its connection with every new channel there)
+    stale = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options(4 << 20))
+    try:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stale.unary_unary("/wiremesh.Probe/Nothing")(b"", timeout=1)
+        node = Node(  # a node starts there: a restart on the same port, say
+            Keeper, registry_address=mesh.registry.address, port=port, data_dir=mesh.data_dir / "k"
+        )
+        await node.start()
+        mesh.nodes.append(node)
+        await mesh.wait_for_nodes()
+        assert await mesh.call("keeper.whoami", node=node.node_id, timeout=2) == node.node_id
+    finally:
+        await stale.close()
 
 
 async def test_a_new_node_gets_a_new_link_and_the_old_one_closes(mesh: TestMesh) -> None:

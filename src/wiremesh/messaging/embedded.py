@@ -24,6 +24,7 @@ from wiremesh.errors import BrokerUnavailable, ConfigError, PayloadTooLarge
 from wiremesh.messaging.base import Binding, DeadLetter, Envelope, Received
 from wiremesh.messaging.broker_server import SERVICE, envelope_from_proto
 from wiremesh.proto import broker_pb2 as pb
+from wiremesh.transport.grpc_core import OWN_SUBCHANNELS
 from wiremesh.transport.tls import TlsFiles
 
 __all__ = ["EmbeddedBroker"]
@@ -61,6 +62,7 @@ class EmbeddedBroker:
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            OWN_SUBCHANNELS,
         ]
         self.channel = (
             grpc.aio.insecure_channel(address, options=options)

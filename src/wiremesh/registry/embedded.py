@@ -22,6 +22,7 @@ from wiremesh.core.membership import Membership
 from wiremesh.core.model import MeshSnapshot, MethodInfo, NodeInfo, NodeState
 from wiremesh.errors import Unavailable
 from wiremesh.proto import registry_pb2 as pb
+from wiremesh.transport.grpc_core import OWN_SUBCHANNELS
 
 __all__ = ["EmbeddedRegistry", "RegistryServer", "node_from_proto", "node_to_proto"]
 
@@ -236,6 +237,7 @@ class EmbeddedRegistry:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            OWN_SUBCHANNELS,
         ]
         self.channel = (
             grpc.aio.insecure_channel(address, options=options)

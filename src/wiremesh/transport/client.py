@@ -39,6 +39,7 @@ from wiremesh.observability import tracing
 from wiremesh.observability.metrics import MeshMetrics
 from wiremesh.proto.link_pb2 import Frame as CallFrame
 from wiremesh.registry.view import MeshView
+from wiremesh.transport.grpc_core import OWN_SUBCHANNELS
 from wiremesh.transport.link import CALL, ERROR, error_of
 from wiremesh.transport.links import Links
 from wiremesh.transport.wire import (
@@ -97,6 +98,7 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.enable_retries", 0),
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        OWN_SUBCHANNELS,
     ]
 
 

@@ -19,11 +19,18 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["ENV", "EXPERIMENTS", "applied", "prepare"]
+__all__ = ["ENV", "EXPERIMENTS", "OWN_SUBCHANNELS", "applied", "prepare"]
 
 ENV = "GRPC_EXPERIMENTS"
 #: socket I/O on grpc's polling thread, not on the EventEngine's thread pool
 EXPERIMENTS = "-event_engine_client,-event_engine_listener"
+
+#: The channel option every channel of wiremesh's sets: connections of its own. grpc
+#: otherwise shares one connection ("subchannel") per address among the channels of a
+#: process, and a new channel to a node that restarted on the same address inherits the
+#: old connection's reconnect backoff, failing at once with UNAVAILABLE instead of
+#: connecting (seen with socket I/O on the polling thread).
+OWN_SUBCHANNELS = ("grpc.use_local_subchannel_pool", 1)
 
 
 def prepare() -> bool:
