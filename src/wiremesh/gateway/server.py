@@ -70,15 +70,10 @@ def new_gateway_id() -> str:
 
 
 def default_client_js() -> Path | None:
-    """``clients/js/wiremesh.js`` of a source checkout, or the copy shipped in the package."""
-    here = Path(__file__).resolve()
-    for candidate in (
-        here.parents[3] / "clients" / "js" / "wiremesh.js",
-        here.parent / "static" / "wiremesh.js",
-    ):
-        if candidate.is_file():
-            return candidate
-    return None
+    """The JavaScript client shipped in the package (``clients/js/wiremesh.js`` of a source
+    checkout links to it)."""
+    shipped = Path(__file__).resolve().parent / "static" / "wiremesh.js"
+    return shipped if shipped.is_file() else None
 
 
 class Gateway:
