@@ -49,6 +49,8 @@ async def test_run_starts_the_replicas_and_writes_mesh_json(tmp_path: Path) -> N
         try:
             nodes = await serving_nodes(client, "echo", 2)
             described = json.loads(mesh_json(tmp_path).read_text())
+            # its owner's only: a broker url in it may carry a password
+            assert mesh_json(tmp_path).stat().st_mode & 0o777 == 0o600
             assert described["pid"] == mesh.pid
             assert described["name"] == "test"
             assert described["registry"].startswith("127.0.0.1:")

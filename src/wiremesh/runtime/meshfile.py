@@ -60,10 +60,14 @@ class MeshFile:
         return None
 
     def write(self, data_dir: Path) -> Path:
+        """Write it (readable by its owner only: ``broker`` may carry a password)."""
         data_dir.mkdir(parents=True, exist_ok=True)
         path = data_dir / MESH_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.unlink(missing_ok=True)
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(json.dumps(asdict(self), indent=2) + "\n")
         tmp.replace(path)
         return path
 
