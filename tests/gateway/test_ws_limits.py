@@ -253,3 +253,31 @@ async def test_invalid_utf8_in_a_close_reason(mesh: TestMesh) -> None:
         assert received[0] == 0x88  # a close frame, with code 1007 (invalid data)
         assert struct.unpack("!H", received[2:4])[0] == 1007
         assert await echoes(bystander)
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_place(
+    mesh: TestMesh, trusted: bool
+) -> None:
+    settings = gateway_settings(
+        limits={**ROOMY, "connections_per_ip": 1},
+        trusted_proxies=["127.0.0.0/8"] if trusted else [],
+    )
+    gateway = await mesh.add_gateway(settings)
+    url = f"{gateway.ws_url}/ws/chat"
+
+    def via(client: str) -> dict[str, Any]:  # as a reverse proxy on this machine says
+        return {"subprotocols": bearer(mesh), "additional_headers": {"X-Forwarded-For": client}}
+
+    try:
+        async with websockets.connect(url, **via("203.0.113.7")) as first:
+            assert await echoes(first)
+            if trusted:  # another client behind the same proxy has a place of its own ...
+                async with websockets.connect(url, **via("203.0.113.8")) as second:
+                    assert await echoes(second)
+                # ... and the same client has no second one
+                assert await status_of(url, **via("203.0.113.7")) == 429
+            else:  # the header is a client's word, not the proxy's: not believed
+                assert await status_of(url, **via("203.0.113.8")) == 429
+    finally:
+        await mesh.stop_gateway(gateway)

@@ -84,3 +84,12 @@ def test_plain_beyond_loopback_needs_allow_plain(tmp_path: Path) -> None:
     assert "wiremesh.toml:1: gateway:" in message and "gateway.tls = true" in message
     config_from_text('[gateway]\nhost = "0.0.0.0"\nallow_plain = true\n', root=tmp_path)
     config_from_text('[gateway]\nhost = "0.0.0.0"\ntls = true\n', root=tmp_path)
+
+
+def test_trusted_proxies_are_addresses_or_networks(tmp_path: Path) -> None:
+    config = config_from_text(
+        '[gateway]\ntrusted_proxies = ["10.0.0.0/8", "192.0.2.1", "::1"]\n', root=tmp_path
+    )
+    assert config.gateway.trusted_proxies == ["10.0.0.0/8", "192.0.2.1", "::1"]
+    message = error_of('[gateway]\ntrusted_proxies = ["10.0.0.0/8", "proxy"]\n', tmp_path)
+    assert "gateway.trusted_proxies" in message and "'proxy' is not an IP address" in message

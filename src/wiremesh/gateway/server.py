@@ -242,7 +242,9 @@ class Gateway:
             lifespan="off",
             log_config=None,
             access_log=False,
-            proxy_headers=False,
+            # X-Forwarded-For and -Proto only from the proxies trusted to set them
+            proxy_headers=bool(self.settings.trusted_proxies),
+            forwarded_allow_ips=",".join(self.settings.trusted_proxies) or None,
             server_header=False,
             ssl_certfile=str(self.tls[0]) if self.tls else None,
             ssl_keyfile=str(self.tls[1]) if self.tls else None,

@@ -10,6 +10,9 @@ Every setting has a default; a complete example with the defaults spelled out::
     cert = "certs/node.pem"
     key = "certs/node-key.pem"
     allow_plain = false         # plain ws/http on a non-loopback host needs this
+    trusted_proxies = []        # addresses or networks of reverse proxies in front: a
+                                # connection from one is counted (per-IP limits, logs) by
+                                # the client its X-Forwarded-For names
     origins = []                # allowed Origin values, exact ("https://app.example.com");
                                 # the gateway's own origins are always allowed
     static = ""                 # a folder served at / (relative to this file's folder)
@@ -65,7 +68,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 __all__ = [
     "AuthSettings",
@@ -192,6 +195,7 @@ class GatewaySettings(BaseModel):
     cert: _Path = Path("certs/node.pem")
     key: _Path = Path("certs/node-key.pem")
     allow_plain: bool = False
+    trusted_proxies: list[str] = Field(default_factory=list)
     origins: list[str] = Field(default_factory=list)
     static: str = ""
     cookie_token: bool = True
@@ -204,3 +208,15 @@ class GatewaySettings(BaseModel):
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     #: Prometheus text at ``/metrics`` (no token: it names services, never payloads)
     metrics: bool = True
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.0/8)"
+                ) from None
+        return value
