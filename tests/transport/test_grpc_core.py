@@ -35,6 +35,10 @@ def test_a_setting_of_ones_own_is_kept_even_an_empty_one() -> None:
     assert run(f"import wiremesh; {REPORT}", GRPC_EXPERIMENTS="-x") == ["-x", False]
 
 
+def test_a_process_started_by_a_wiremesh_process_runs_with_the_setting_it_inherits() -> None:
+    assert run(f"import wiremesh; {REPORT}", GRPC_EXPERIMENTS=EXPERIMENTS) == [EXPERIMENTS, True]
+
+
 def test_grpc_imported_first_keeps_its_defaults_and_says_so() -> None:
     # the variable is set all the same, for the processes this one starts
     assert run(f"import grpc; import wiremesh; {REPORT}") == [EXPERIMENTS, False]

@@ -34,12 +34,11 @@ OWN_SUBCHANNELS = ("grpc.use_local_subchannel_pool", 1)
 
 
 def prepare() -> bool:
-    """Set :data:`ENV` unless it is set; whether grpc in this process runs with it (False
-    when it was set already, or when grpc had been imported before)."""
-    if ENV in os.environ:
-        return False
-    os.environ[ENV] = EXPERIMENTS
-    return "grpc" not in sys.modules
+    """Set :data:`ENV` unless it is set; whether grpc in this process runs with
+    :data:`EXPERIMENTS` (as it does when a wiremesh process that started this one set them;
+    not when the variable says otherwise, nor when grpc was imported before)."""
+    os.environ.setdefault(ENV, EXPERIMENTS)
+    return os.environ[ENV] == EXPERIMENTS and "grpc" not in sys.modules
 
 
 #: whether grpc in this process runs with wiremesh's settings
