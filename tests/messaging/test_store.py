@@ -3,8 +3,10 @@ with the data, the inbox drops duplicates, the relay sends what a crash left."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +21,15 @@ from svc_messaging import Ledger, Opened
 
 from wiremesh.messaging.base import Envelope
 from wiremesh.messaging.outbox import Relay
-from wiremesh.messaging.store import Duplicate, InboxMark, Store, inbox_mark, outbox_table
+from wiremesh.messaging.store import (
+    Duplicate,
+    InboxMark,
+    Store,
+    inbox_mark,
+    inbox_table,
+    outbox_table,
+)
+from wiremesh.runtime import node as node_module
 from wiremesh.testing import TestMesh
 
 
@@ -125,3 +135,33 @@ async def test_a_mesh_with_its_stores_on_this_database(
         await m.call("ledger.open_account", {"account": f"a-{secrets.token_hex(2)}"})
         opened = m.instance("opened")
         await eventually(lambda: len(opened.accounts) == 1, 10)
+
+
+async def test_a_node_drops_inbox_rows_older_than_it_keeps_them(
+    monkeypatch: pytest.MonkeyPatch, broker_url: str
+) -> None:
+    monkeypatch.setattr(node_module, "INBOX_PRUNE_EVERY", 0.05)
+    async with TestMesh(Ledger, broker=broker_url, inbox_keep=3600) as m:
+        (node,) = m.nodes_of("ledger")
+        await m.emit("credits.eu", "acme")  # handled through the store: an inbox row
+        store = node.store
+        await eventually(lambda: store.opened, 10)
+        await store.prepare()
+        async with store.engine.begin() as connection:  # one handled two hours ago
+            await connection.execute(
+                inbox_table.insert(),
+                {
+                    "service": store.service,
+                    "handler": "credit",
+                    "message_id": "long-ago",
+                    "handled_at": time.time() - 7200,
+                },
+            )
+        deadline = time.monotonic() + 10
+        while await store.seen("credit", "long-ago"):
+            assert time.monotonic() < deadline, "the old inbox row is still there"
+            await asyncio.sleep(0.05)
+        assert await m.call("ledger.credit_count") == 1
+        async with store.engine.connect() as connection:
+            kept = (await connection.execute(sa.select(inbox_table.c.message_id))).all()
+        assert len(kept) == 1  # the message handled just now

@@ -17,6 +17,7 @@ def test_broker_defaults(tmp_path: Path) -> None:
     assert (broker.initial_backoff, broker.max_backoff) == (0.5, 30.0)
     assert (broker.handler_timeout, broker.publish_timeout) == (60.0, 10.0)
     assert broker.quorum_queues is False
+    assert broker.inbox_keep == 7 * 86400
 
 
 def test_broker_and_store_settings_are_read(tmp_path: Path) -> None:
@@ -29,6 +30,7 @@ attempts = 2
 initial_backoff = 0.1
 max_backoff = 1
 quorum_queues = true
+inbox_keep = 0
 
 [services.orders]
 target = "shop.orders:Orders"
@@ -39,6 +41,7 @@ store = "postgresql+asyncpg://postgres@127.0.0.1/orders"
     assert not config.broker.embedded
     assert (config.broker.prefetch, config.broker.attempts) == (8, 2)
     assert config.broker.quorum_queues
+    assert config.broker.inbox_keep == 0  # for ever
     assert config.services["orders"].store == "postgresql+asyncpg://postgres@127.0.0.1/orders"
 
 
@@ -47,6 +50,7 @@ store = "postgresql+asyncpg://postgres@127.0.0.1/orders"
     [
         ('[broker]\nurl = "kafka://x"\n', "wiremesh.toml:2: broker.url: broker url must be"),
         ("[broker]\nattempts = 0\n", "wiremesh.toml:2: broker.attempts:"),
+        ("[broker]\ninbox_keep = -1\n", "wiremesh.toml:2: broker.inbox_keep:"),
         (
             "[broker]\ninitial_backoff = 2\nmax_backoff = 1\n",
             "wiremesh.toml:3: broker.max_backoff: max_backoff (1.0) must not be less",

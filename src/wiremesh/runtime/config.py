@@ -31,6 +31,8 @@ file is a valid (if service-less) mesh. A complete example, with every default s
     initial_backoff = 0.5       # seconds before the first retry (> 0); doubles per retry,
     max_backoff = 30.0          # up to this (>= initial_backoff), with full jitter
     handler_timeout = 60.0      # seconds a handler may run before it counts as failed (> 0)
+    inbox_keep = 604800.0       # seconds a handled message's id stays in a store's inbox
+                                # (redeliveries within it are dropped); 0: for ever
     publish_timeout = 10.0      # seconds emit/send wait for the broker by default (> 0)
     quorum_queues = false       # amqp: declare quorum queues instead of classic ones
 
@@ -262,6 +264,7 @@ class BrokerSettings(BaseModel):
     initial_backoff: _Seconds = 0.5
     max_backoff: _Seconds = 30.0
     handler_timeout: _Seconds = 60.0
+    inbox_keep: float = Field(default=604800.0, ge=0)
     publish_timeout: _Seconds = 10.0
     quorum_queues: bool = False
 

@@ -47,6 +47,10 @@ log = logging.getLogger("wiremesh.node")
 
 #: longest :meth:`Node.announce_drain` waits for the mesh to learn that the node drains
 ANNOUNCE_WAIT = 2.0
+#: seconds a handled message's id stays in the store's inbox by default (a week)
+INBOX_KEEP = 7 * 86400.0
+#: seconds between two prunings of the inbox
+INBOX_PRUNE_EVERY = 3600.0
 #: after its own view shows it draining: time for other callers to read the same news
 ANNOUNCE_MARGIN = 0.1
 
@@ -84,6 +88,7 @@ class Node:
         prefetch: int = 32,
         handler_timeout: float = 60.0,
         publish_timeout: float | None = None,
+        inbox_keep: float = INBOX_KEEP,
     ) -> None:
         instance = service if isinstance(service, Service) else service()
         self.spec = ServiceSpec.of(type(instance))
@@ -180,6 +185,9 @@ class Node:
         self.broker = broker
         self.relay: Relay | None = None
         self.handlers: list[HandlerRunner] = []
+        #: seconds a handled message's id stays in the inbox (0: for ever)
+        self.inbox_keep = inbox_keep
+        self._pruner: asyncio.Task[None] | None = None
         if broker is not None:
             publish_timeout = publish_timeout or default_timeout
             attach(
@@ -294,7 +302,27 @@ class Node:
         self._lease = await self.registry.lease(self.info)
         self._lease.stats = self.stats
         await asyncio.gather(*(runner.start() for runner in self.handlers))
+        if self.handlers and self.inbox_keep > 0:
+            self._pruner = asyncio.create_task(
+                self._prune_inbox(), name=f"wiremesh-inbox-{self.node_id}"
+            )
         log.info("node %s serving %s at %s", self.node_id, self.spec.name, self.address)
+
+    async def _prune_inbox(self) -> None:
+        """Every :data:`INBOX_PRUNE_EVERY` seconds, drop the inbox rows older than
+        :attr:`inbox_keep`, once the store is in use (a redelivery comes within minutes,
+        not weeks). A failure is logged and tried again next time."""
+        while True:
+            await asyncio.sleep(INBOX_PRUNE_EVERY)
+            if not self.store.opened:
+                continue
+            try:
+                dropped = await self.store.forget_handled(self.inbox_keep)
+            except Exception as exc:
+                log.warning("node %s: pruning the inbox failed: %s", self.node_id, exc)
+                continue
+            if dropped:
+                log.debug("node %s: %d old inbox rows dropped", self.node_id, dropped)
 
     async def announce_drain(self, timeout: float = ANNOUNCE_WAIT) -> None:
         """Tell the mesh this node drains, and keep serving until callers know it.
@@ -326,6 +354,11 @@ class Node:
             await self._lease.set_state(NodeState.DRAINING)
         log.info("node %s draining (grace %.1fs)", self.node_id, grace)
         started = time.monotonic()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
+            self._pruner = None
         # message handlers: take no new message, finish the running ones
         await asyncio.gather(*(runner.close(grace) for runner in self.handlers))
         # browser sessions: closed with 1012 (their browsers reconnect to a live node)

@@ -29,7 +29,7 @@ from wiremesh.observability.logs import configure_logging
 from wiremesh.observability.tracing import configure as configure_tracing
 from wiremesh.runtime import heap
 from wiremesh.runtime.config import ObservabilitySettings
-from wiremesh.runtime.node import ANNOUNCE_WAIT, Node
+from wiremesh.runtime.node import ANNOUNCE_WAIT, INBOX_KEEP, Node
 from wiremesh.runtime.targets import load_service_class
 from wiremesh.transport.tls import TlsFiles
 
@@ -72,6 +72,7 @@ class NodeLaunch:
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
     handler_timeout: float = 60.0
+    inbox_keep: float = INBOX_KEEP
     publish_timeout: float = 10.0
     quorum_queues: bool = False
 
@@ -130,6 +131,7 @@ async def run(launch: NodeLaunch) -> int:
         delivery=DeliveryPolicy(launch.attempts, launch.initial_backoff, launch.max_backoff),
         prefetch=launch.prefetch,
         handler_timeout=launch.handler_timeout,
+        inbox_keep=launch.inbox_keep,
         publish_timeout=launch.publish_timeout,
     )
     stop = asyncio.Event()

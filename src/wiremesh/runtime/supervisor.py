@@ -340,6 +340,7 @@ class Supervisor:
             initial_backoff=broker.initial_backoff,
             max_backoff=broker.max_backoff,
             handler_timeout=broker.handler_timeout,
+            inbox_keep=broker.inbox_keep,
             publish_timeout=broker.publish_timeout,
             quorum_queues=broker.quorum_queues,
         )
