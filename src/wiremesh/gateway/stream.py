@@ -8,7 +8,7 @@ message whatever its size, so frames are coalesced:
   up for the next one, so under load batches grow by themselves.
 - **Lingering under load.** When frames were queued during a write, the writer lets a
   few loop turns pass before the next one, so that the messages read meanwhile join it
-  (under pipelined load, batches about double; see ``benchmarks/gateway.py``).
+  (``benchmarks/gateway.py`` measures the pipelined throughput this is for).
 - **No latency when idle.** A frame queued while the writer sleeps, outside the handing
   out of a received batch, is written at once, in the sender's own loop turn (the writer
   task only awaits the end of that write). Frames queued while a received batch is handed

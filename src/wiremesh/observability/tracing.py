@@ -34,13 +34,14 @@ __all__ = [
     "configure",
     "enabled",
     "flush",
+    "frame_context",
     "server_span",
     "use_provider",
 ]
 
 ExporterName = Literal["none", "console", "otlp"]
 
-#: carrier keys of W3C trace context (metadata keys, frame metadata keys, AMQP headers)
+#: carrier keys of W3C trace context (gRPC metadata keys, AMQP headers, gateway frames)
 TRACE_KEYS = ("traceparent", "tracestate")
 
 log = logging.getLogger("wiremesh.tracing")
@@ -296,6 +297,12 @@ class Span:
                 self._extra,
             )
         )
+
+
+def frame_context(span: Span | None) -> tuple[bytes, str]:
+    """A mesh link frame's ``trace`` and ``tracestate`` for what ``span`` sends (empty
+    ones without a span)."""
+    return (b"", "") if span is None else (span.trace(), span.tracestate)
 
 
 def client_span(

@@ -54,7 +54,6 @@ __all__ = ["Caller", "channel_options"]
 
 _Stub = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
 _CACHE_LIMIT = 4096
-#: the trace context of a call made with tracing off
 
 
 class _Failed(Exception):
@@ -354,7 +353,7 @@ class Caller:
         """One attempt over the mesh link to the node (with ``span``'s trace context)."""
         links = self.links
         assert links is not None
-        trace, tracestate = (span.trace(), span.tracestate) if span is not None else (b"", "")
+        trace, tracestate = tracing.frame_context(span)
 
         async def send(node: NodeInfo, route: _Route, remaining: float) -> bytes:
             frame = CallFrame(

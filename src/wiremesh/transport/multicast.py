@@ -55,10 +55,6 @@ if TYPE_CHECKING:
 __all__ = ["multicast"]
 
 
-#: the trace context of a frame when tracing is off
-_NO_TRACE = (b"", "")
-
-
 async def multicast(
     caller: Caller,
     target: str,
@@ -149,7 +145,7 @@ async def multicast(
             metadata = {**extra, **span.carrier} if extra else dict(span.carrier)
         send = _over_unary(caller, where, chosen, gather, body, at, codec, metadata, outcome)
     else:
-        trace = (span.trace(), span.tracestate) if span is not None else _NO_TRACE
+        trace = tracing.frame_context(span)
         send = _over_links(caller, where, chosen, gather, body, at, codec, extra, trace, outcome)
     try:
         result = await send

@@ -206,8 +206,7 @@ class Publisher:
         if tracing.enabled():
             span = tracing.client_span(f"publish {topic}", size=size, kind="producer")
             if span is not None:
-                frame.trace = span.trace()
-                frame.tracestate = span.tracestate
+                frame.trace, frame.tracestate = tracing.frame_context(span)
                 span.set("wiremesh.subscribers", len(links_to))
                 span.end()
         accepted = 0
