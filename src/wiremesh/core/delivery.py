@@ -20,8 +20,11 @@ from dataclasses import dataclass
 
 from wiremesh.errors import InvalidPayload
 
-__all__ = ["DeadLetter", "DeliveryPolicy", "Outcome", "Retry", "retry_delay"]
+__all__ = ["INBOX_KEEP", "DeadLetter", "DeliveryPolicy", "Outcome", "Retry", "retry_delay"]
 
+#: seconds a handled message's id stays in a store's inbox by default (a week): a
+#: redelivery within it is dropped as a duplicate
+INBOX_KEEP = 7 * 86400.0
 #: a reason longer than this is cut (a dead letter keeps the start of the traceback text)
 MAX_REASON = 2000
 

@@ -98,6 +98,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from wiremesh.core.balancing import BalancerName
+from wiremesh.core.delivery import INBOX_KEEP
 from wiremesh.core.names import SERVICE_NAME, check_group
 from wiremesh.errors import ConfigError, InvalidPayload
 from wiremesh.runtime.gateway_settings import (
@@ -264,7 +265,7 @@ class BrokerSettings(BaseModel):
     initial_backoff: _Seconds = 0.5
     max_backoff: _Seconds = 30.0
     handler_timeout: _Seconds = 60.0
-    inbox_keep: float = Field(default=604800.0, ge=0)
+    inbox_keep: float = Field(default=INBOX_KEEP, ge=0)
     publish_timeout: _Seconds = 10.0
     quorum_queues: bool = False
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from wiremesh.core.balancing import BalancerName
-from wiremesh.core.delivery import DeliveryPolicy
+from wiremesh.core.delivery import INBOX_KEEP, DeliveryPolicy
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.core.names import check_group
 from wiremesh.gateway.node_side import SOCKET_KEY, SocketHub, gateway_method_handler
@@ -47,8 +47,6 @@ log = logging.getLogger("wiremesh.node")
 
 #: longest :meth:`Node.announce_drain` waits for the mesh to learn that the node drains
 ANNOUNCE_WAIT = 2.0
-#: seconds a handled message's id stays in the store's inbox by default (a week)
-INBOX_KEEP = 7 * 86400.0
 #: seconds between two prunings of the inbox
 INBOX_PRUNE_EVERY = 3600.0
 #: after its own view shows it draining: time for other callers to read the same news

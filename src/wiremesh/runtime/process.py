@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from wiremesh.core.balancing import BalancerName
-from wiremesh.core.delivery import DeliveryPolicy
+from wiremesh.core.delivery import INBOX_KEEP, DeliveryPolicy
 from wiremesh.errors import ConfigError, WiremeshError
 from wiremesh.messaging.base import open_broker
 from wiremesh.observability import tracing
@@ -29,7 +29,7 @@ from wiremesh.observability.logs import configure_logging
 from wiremesh.observability.tracing import configure as configure_tracing
 from wiremesh.runtime import heap
 from wiremesh.runtime.config import ObservabilitySettings
-from wiremesh.runtime.node import ANNOUNCE_WAIT, INBOX_KEEP, Node
+from wiremesh.runtime.node import ANNOUNCE_WAIT, Node
 from wiremesh.runtime.targets import load_service_class
 from wiremesh.transport.tls import TlsFiles
 
