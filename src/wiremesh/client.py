@@ -26,14 +26,18 @@ from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.errors import BrokerUnavailable, Unavailable
 from wiremesh.messaging.base import Broker, open_broker
 from wiremesh.messaging.outbound import Outbound
-from wiremesh.registry.embedded import EmbeddedRegistry
+from wiremesh.registry.backends import open_registry
+from wiremesh.registry.redis import find_mesh, is_redis_url, split_mesh
 from wiremesh.registry.view import MeshView
 from wiremesh.runtime.meshfile import MeshFile
 from wiremesh.transport.client import Caller, channel_options
 from wiremesh.transport.links import Links
 from wiremesh.transport.tls import TlsFiles
 
-__all__ = ["MeshClient", "connect"]
+__all__ = ["MESH_VARIABLE", "MeshClient", "connect"]
+
+#: the environment variable naming the mesh to reach (a folder, host:port or a Redis URL)
+MESH_VARIABLE = "WIREMESH_MESH"
 
 
 class MeshClient:
@@ -80,7 +84,7 @@ class MeshClient:
             if links
             else None
         )
-        self.registry = EmbeddedRegistry(registry_address, credentials=credentials)
+        self.registry = open_registry(registry_address, mesh=mesh, tls=tls)
         self.view = MeshView(self.registry)
         self.caller = Caller(
             self.view,
@@ -223,16 +227,23 @@ class MeshClient:
 
 
 async def connect(
-    where: str | os.PathLike[str] = ".",
+    where: str | os.PathLike[str] | None = None,
     *,
     timeout: float = 10.0,
     default_timeout: float | None = None,
     tls: TlsFiles | None = None,
 ) -> MeshClient:
-    """Connect to a mesh: a folder where ``wiremesh run`` runs (default: this one), or a
-    registry address ``host:port``. Returns a started :class:`MeshClient`."""
-    text = os.fspath(where)
-    if _looks_like_address(text):
+    """Connect to a mesh and return a started :class:`MeshClient`. ``where`` is a folder
+    where ``wiremesh run`` runs, the address ``host:port`` of an embedded registry, or a
+    Redis registry's URL (``redis://host:6379/0``, with ``#name`` when the database holds
+    more than one mesh). Without it: the environment variable ``WIREMESH_MESH``, else
+    this folder."""
+    text = os.fspath(where) if where is not None else os.environ.get(MESH_VARIABLE) or "."
+    if is_redis_url(text):
+        url, name = split_mesh(text)
+        name = name or await find_mesh(url, tls=tls, timeout=timeout)
+        client = MeshClient(url, default_timeout=default_timeout or 10.0, tls=tls, mesh=name)
+    elif _looks_like_address(text):
         client = MeshClient(text, default_timeout=default_timeout or 10.0, tls=tls)
     else:
         mesh = MeshFile.find(Path(text))

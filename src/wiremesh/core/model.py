@@ -40,6 +40,8 @@ class NodeInfo:
     subscriptions: tuple[str, ...] = ()
     #: counters the node reports (``publish_dropped``, ...)
     stats: Mapping[str, int] = field(default_factory=dict)
+    #: the host the node runs on (``wiremesh nodes`` shows it)
+    host: str = ""
 
     @property
     def serving(self) -> bool:
@@ -57,6 +59,9 @@ class MeshSnapshot:
     nodes: tuple[NodeInfo, ...]
     #: every service that has had a node in this mesh's life, alive or not
     services: frozenset[str]
+    #: the registry's life this snapshot belongs to: it changes when the registry restarts
+    #: with no memory of the mesh ("" when the registry does not say)
+    epoch: str = ""
     by_id: Mapping[str, NodeInfo] = field(init=False, repr=False)
     by_service: Mapping[str, tuple[NodeInfo, ...]] = field(init=False, repr=False)
     _serving: Mapping[str, tuple[NodeInfo, ...]] = field(init=False, repr=False)
@@ -74,10 +79,14 @@ class MeshSnapshot:
 
     @classmethod
     def of(
-        cls, version: int, nodes: Iterable[NodeInfo], services: Iterable[str] = ()
+        cls,
+        version: int,
+        nodes: Iterable[NodeInfo],
+        services: Iterable[str] = (),
+        epoch: str = "",
     ) -> MeshSnapshot:
         node_list = tuple(nodes)
-        return cls(version, node_list, frozenset(services) | {n.service for n in node_list})
+        return cls(version, node_list, frozenset(services) | {n.service for n in node_list}, epoch)
 
     def serving(self, service: str) -> tuple[NodeInfo, ...]:
         """The nodes of ``service`` that take new calls."""

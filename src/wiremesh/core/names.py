@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from wiremesh.errors import InvalidPayload
 
-__all__ = ["SERVICE_NAME", "Target", "method_path", "parse_target"]
+__all__ = ["SERVICE_NAME", "Target", "method_path", "parse_target", "redact_url"]
 
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _METHOD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -63,3 +63,16 @@ def method_path(service: str, method: str) -> str:
 
 def is_method_name(name: str) -> bool:
     return _METHOD_NAME.fullmatch(name) is not None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password hidden, for logs, errors and displays:
+    ``amqp://app:secret@host/`` → ``amqp://app:***@host/``."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    credentials, at, host = authority.rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _ = credentials.partition(":")
+    hidden = f"{user}:***" if colon or not user else "***"
+    return f"{scheme}://{hidden}@{host}{slash}{path}"

@@ -17,7 +17,7 @@ class Method(_message.Message):
     def __init__(self, name: _Optional[str] = ..., idempotent: _Optional[bool] = ..., returns_protobuf: _Optional[bool] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("node_id", "service", "address", "pid", "started_at", "state", "methods", "metadata", "groups", "subscriptions", "stats")
+    __slots__ = ("node_id", "service", "address", "pid", "started_at", "state", "methods", "metadata", "groups", "subscriptions", "stats", "host")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class Node(_message.Message):
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     service: str
     address: str
@@ -54,7 +55,8 @@ class Node(_message.Message):
     groups: _containers.RepeatedScalarFieldContainer[str]
     subscriptions: _containers.RepeatedScalarFieldContainer[str]
     stats: _containers.ScalarMap[str, int]
-    def __init__(self, node_id: _Optional[str] = ..., service: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., state: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[Method, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., groups: _Optional[_Iterable[str]] = ..., subscriptions: _Optional[_Iterable[str]] = ..., stats: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    host: str
+    def __init__(self, node_id: _Optional[str] = ..., service: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., state: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[Method, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., groups: _Optional[_Iterable[str]] = ..., subscriptions: _Optional[_Iterable[str]] = ..., stats: _Optional[_Mapping[str, int]] = ..., host: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("state", "stats")
@@ -90,11 +92,13 @@ class WatchRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("version", "nodes", "services")
+    __slots__ = ("version", "nodes", "services", "epoch")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     version: int
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     services: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., services: _Optional[_Iterable[str]] = ...) -> None: ...
+    epoch: str
+    def __init__(self, version: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., services: _Optional[_Iterable[str]] = ..., epoch: _Optional[str] = ...) -> None: ...

@@ -1,8 +1,8 @@
-"""The registry interface every backend implements (embedded now, Redis later)."""
+"""The registry interface every backend implements: embedded (one machine) and Redis."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
@@ -12,6 +12,9 @@ __all__ = ["Lease", "Registry"]
 
 class Lease(Protocol):
     """A node's place in the mesh, kept alive by heartbeats until released."""
+
+    #: the node's counters, sent with its heartbeats (``wiremesh nodes`` shows them)
+    stats: Callable[[], dict[str, int]]
 
     async def set_state(self, state: NodeState) -> None:
         """Announce a new state (``DRAINING`` before a graceful stop)."""
@@ -27,6 +30,12 @@ class Lease(Protocol):
 
 
 class Registry(Protocol):
+    #: where the registry is, for people: ``host:port`` or a URL without its password
+    address: str
+    #: whether the registry answered the last time it was asked (views keep their last
+    #: snapshot while it does not)
+    reachable: bool
+
     async def lease(self, node: NodeInfo) -> Lease:
         """Register ``node`` and keep it registered until the lease is released, the
         process dies or it stops sending heartbeats. Re-registers by itself when the

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -51,6 +52,7 @@ def node_to_proto(node: NodeInfo) -> pb.Node:
         groups=list(node.groups),
         subscriptions=list(node.subscriptions),
         stats=dict(node.stats),
+        host=node.host,
     )
 
 
@@ -71,6 +73,7 @@ def node_from_proto(msg: pb.Node) -> NodeInfo:
         groups=tuple(msg.groups),
         subscriptions=tuple(msg.subscriptions),
         stats=dict(msg.stats),
+        host=msg.host,
     )
 
 
@@ -79,11 +82,13 @@ def snapshot_to_proto(snapshot: MeshSnapshot) -> pb.Snapshot:
         version=snapshot.version,
         nodes=[node_to_proto(n) for n in snapshot.nodes],
         services=sorted(snapshot.services),
+        epoch=snapshot.epoch,
     )
 
 
 def snapshot_from_proto(msg: pb.Snapshot) -> MeshSnapshot:
-    return MeshSnapshot.of(msg.version, (node_from_proto(n) for n in msg.nodes), msg.services)
+    nodes = (node_from_proto(n) for n in msg.nodes)
+    return MeshSnapshot.of(msg.version, nodes, msg.services, msg.epoch)
 
 
 class RegistryServer:
@@ -101,6 +106,8 @@ class RegistryServer:
         self.host = host
         self.port = port
         self.membership = Membership(ttl)
+        #: this server's life: watchers keep their last view when it changes (a restart)
+        self.epoch = secrets.token_hex(8)
         self.sweep_interval = sweep_interval
         self.credentials = credentials
         self._changed = asyncio.Event()
@@ -210,12 +217,15 @@ class RegistryServer:
             changed = self._changed
             if self.membership.version != sent:
                 sent = self.membership.version
-                yield snapshot_to_proto(self.membership.snapshot())
+                yield self._snapshot()
             else:
                 await changed.wait()
 
     async def _list(self, request: pb.WatchRequest, context: Any) -> pb.Snapshot:
-        return snapshot_to_proto(self.membership.snapshot())
+        return self._snapshot()
+
+    def _snapshot(self) -> pb.Snapshot:
+        return snapshot_to_proto(replace(self.membership.snapshot(), epoch=self.epoch))
 
 
 class EmbeddedRegistry:
@@ -261,6 +271,8 @@ class EmbeddedRegistry:
         )
         self._closed = False
         self._leases: list[_EmbeddedLease] = []
+        #: whether the registry answered the last time it was asked
+        self.reachable = True
 
     async def lease(self, node: NodeInfo) -> _EmbeddedLease:
         lease = _EmbeddedLease(self, node)
@@ -280,9 +292,11 @@ class EmbeddedRegistry:
             call = self._watch_call(pb.WatchRequest())
             try:
                 async for message in call:
+                    self.reachable = True
                     yield snapshot_from_proto(message)
             except grpc.aio.AioRpcError as exc:
                 log.debug("registry watch interrupted: %s", exc.code())
+                self.reachable = False
             finally:
                 call.cancel()
             await asyncio.sleep(_RECONNECT_DELAY)

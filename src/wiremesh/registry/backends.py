@@ -1,0 +1,35 @@
+"""Opening a registry by its address: ``host:port`` is the embedded registry of a
+``wiremesh run`` on one machine, ``redis://…`` or ``rediss://…`` a mesh that spans
+machines (:mod:`wiremesh.registry.redis`)."""
+
+from __future__ import annotations
+
+from wiremesh.registry.base import Registry
+from wiremesh.transport.tls import TlsFiles
+
+__all__ = ["open_registry"]
+
+
+def open_registry(
+    address: str,
+    *,
+    mesh: str = "",
+    tls: TlsFiles | None = None,
+    heartbeat_interval: float = 0.5,
+    ttl: float = 1.5,
+) -> Registry:
+    """The registry at ``address``; ``mesh`` names the mesh's keys in Redis (a Redis URL
+    may name it in its fragment instead: ``redis://host/0#shop``)."""
+    if address.startswith(("redis://", "rediss://")):
+        from wiremesh.registry.redis import RedisRegistry
+
+        return RedisRegistry(
+            address, mesh=mesh, tls=tls, heartbeat_interval=heartbeat_interval, ttl=ttl
+        )
+    from wiremesh.registry.embedded import EmbeddedRegistry
+
+    return EmbeddedRegistry(
+        address,
+        credentials=tls.channel_credentials() if tls else None,
+        heartbeat_interval=heartbeat_interval,
+    )
