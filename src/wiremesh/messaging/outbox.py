@@ -2,12 +2,30 @@
 
 A transaction's messages are rows of ``wm_outbox`` committed with the service's data.
 After the commit, the store tells the relay (:meth:`Relay.committed`), which publishes
-them and deletes their rows. When the process dies between the commit and the hand-over,
-the rows stay; the relay of the next node of the service to start sends them then
-(:meth:`Relay.start`). The broker may thus get a message twice (two nodes starting at
-once, or a crash between publish and delete): the consumers' inbox drops the copy.
-While the broker is unreachable the relay keeps the messages and tries again with
-backoff; nothing is lost, the rows are still there.
+them and deletes their rows. While the broker is unreachable the relay keeps the
+messages and tries again with backoff; nothing is lost, the rows are still there.
+
+Rows nobody relayed (their node died between the commit and the hand-over, or stopped
+before the broker took them) are found by a sweep: every relay sends, when it starts,
+whatever its service's outbox holds, then every :data:`SWEEP_EVERY` seconds the rows older
+than :data:`SWEEP_AGE` seconds, whichever node wrote them. So while one node of the
+service runs, a row is handed over at the latest ``SWEEP_AGE + SWEEP_EVERY`` seconds after
+its commit (10 s by default) plus the time the broker takes; younger rows are left to the
+relay of the node that wrote them. On many hosts, the hosts' clocks (``created_at``) are
+assumed to agree to within a second or so (NTP); a skew adds to that bound.
+
+On PostgreSQL (nodes of a service on several hosts, one database) a relay claims rows
+before it sends them: it deletes them in a transaction (``SELECT … FOR UPDATE SKIP LOCKED``
+picks the rows, so that rows another relay holds are skipped, never waited for), publishes
+them, and commits only once the broker confirmed them. A failed publish rolls the
+deletion back and the rows are there for the next try. Two live relays thus never send
+the same row. A node that crashes between the broker's confirmation and the commit leaves
+the rows, which a sweep sends again: the consumers' inbox drops that copy.
+
+On SQLite (one machine) the relay reads, publishes, then deletes, without claiming: two
+nodes sweeping at once, or a sweep that finds a row its own relay is still sending (a
+hand-over slower than ``SWEEP_AGE``), may send a message twice, and the consumers' inbox
+drops the copy there as well.
 """
 
 from __future__ import annotations
@@ -16,36 +34,58 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wiremesh.core.delivery import retry_delay
 from wiremesh.errors import WiremeshError
 from wiremesh.messaging.base import Broker, Envelope, Kind
 from wiremesh.messaging.store import Store, outbox_table
 
-__all__ = ["Relay"]
+__all__ = ["PAGE", "SWEEP_AGE", "SWEEP_EVERY", "Relay"]
 
 log = logging.getLogger("wiremesh.outbox")
 
-#: rows read at once when sending what an earlier run left
-_PAGE = 500
+#: most rows a relay reads (or claims) and hands to the broker at once
+PAGE = 500
+#: seconds between two sweeps of the outbox for rows nobody relayed
+SWEEP_EVERY = 5.0
+#: age in seconds of the rows a sweep takes; younger ones are their own relay's
+SWEEP_AGE = 5.0
 
 
 class Relay:
-    """The outbox relay of one node."""
+    """The outbox relay of one node.
 
-    def __init__(self, store: Store, broker: Broker, *, timeout: float = 10.0) -> None:
+    ``sweep_every`` and ``sweep_age`` bound how long a row left by a dead node waits
+    (their sum, once a node of the service runs); ``page`` is how many rows go to the
+    broker at once.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        *,
+        timeout: float = 10.0,
+        sweep_every: float = SWEEP_EVERY,
+        sweep_age: float = SWEEP_AGE,
+        page: int = PAGE,
+    ) -> None:
         self.store = store
         self.broker = broker
         self.timeout = timeout
+        self.sweep_every = sweep_every
+        self.sweep_age = sweep_age
+        self.page = page
         self._pending: list[Envelope] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        self._sweep = True
         store.committed = self.committed
 
     def committed(self, envelopes: list[Envelope]) -> None:
@@ -55,22 +95,29 @@ class Relay:
         self._wake.set()
 
     async def start(self) -> None:
-        """Start relaying; first whatever an earlier run left in the outbox."""
-        self._sweep = True
-        self._wake.set()
+        """Start relaying: first whatever the service's outbox holds (rows an earlier run
+        or another node left), then every ``sweep_every`` seconds the rows older than
+        ``sweep_age``."""
         self._task = asyncio.create_task(self._run(), name=f"wiremesh-outbox-{self.store.service}")
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         failures = 0
+        next_sweep = loop.time()
+        age: float | None = None  # the first sweep takes rows of any age
         while True:
-            await self._wake.wait()
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(next_sweep):
+                        await self._wake.wait()
             self._wake.clear()
             try:
-                if self._sweep:
-                    await self._send_leftovers()
-                    self._sweep = False
+                if loop.time() >= next_sweep:
+                    await self._sweep(age)
+                    age = self.sweep_age
+                    next_sweep = loop.time() + self.sweep_every
                 while self._pending:
-                    batch = self._pending[:_PAGE]
+                    batch = self._pending[: self.page]
                     await self._hand_over(batch)
                     del self._pending[: len(batch)]
             except (WiremeshError, sa.exc.SQLAlchemyError, OSError) as exc:
@@ -86,7 +133,9 @@ class Relay:
             if not self._pending:
                 self._idle.set()
 
-    async def _send_leftovers(self) -> None:
+    async def _sweep(self, older_than: float | None) -> None:
+        """Send the service's rows older than ``older_than`` seconds (None: all of them),
+        page by page."""
         if self.store.is_sqlite and not self.store.path.exists():
             return  # never used: nothing left
         await self.store.prepare()
@@ -94,21 +143,56 @@ class Relay:
             sa.select(outbox_table)
             .where(outbox_table.c.service == self.store.service)
             .order_by(outbox_table.c.created_at)
-            .limit(_PAGE)
+            .limit(self.page)
         )
+        if older_than is not None:
+            query = query.where(outbox_table.c.created_at < time.time() - older_than)
         while True:
-            async with self.store.engine.connect() as connection:
-                rows = (await connection.execute(query)).mappings().all()
-            if not rows:
+            if self.store.is_postgresql:
+                sent = await self._claim_and_send(query)
+            else:
+                async with self.store.engine.connect() as connection:
+                    rows = (await connection.execute(query)).mappings().all()
+                if rows:
+                    await self._publish_then_delete([_envelope(row) for row in rows])
+                sent = len(rows)
+            if sent:
+                log.info(
+                    "outbox of %s: sent %d message(s) nobody relayed", self.store.service, sent
+                )
+            if sent < self.page:
                 return
-            log.info(
-                "outbox of %s: sending %d message(s) left by an earlier run",
-                self.store.service,
-                len(rows),
-            )
-            await self._hand_over([_envelope(row) for row in rows])
+
+    async def _claim_and_send(self, query: sa.Select[tuple[object, ...]]) -> int:
+        """Claim a page of the rows ``query`` selects (skipping rows another relay
+        holds), hand them over, and commit their deletion; returns how many."""
+        claimed = query.with_only_columns(outbox_table.c.id).with_for_update(skip_locked=True)
+        picked = claimed.cte("claimed")
+        claim = (
+            outbox_table.delete().where(outbox_table.c.id == picked.c.id).returning(*outbox_table.c)
+        )
+        async with self.store.engine.begin() as connection:
+            rows = (await connection.execute(claim)).mappings().all()
+            if rows:
+                rows = sorted(rows, key=lambda row: float(row["created_at"]))
+                await self.broker.publish([_envelope(row) for row in rows], timeout=self.timeout)
+        return len(rows)
 
     async def _hand_over(self, envelopes: Sequence[Envelope]) -> None:
+        """Send the envelopes of this node's own transactions."""
+        if not self.store.is_postgresql:
+            await self._publish_then_delete(envelopes)
+            return
+        ids = [e.id for e in envelopes]
+        async with self.store.engine.begin() as connection:
+            mine = await _claim_ids(connection, ids)
+            # rows gone (another relay's sweep sent them) or held by another relay are
+            # that relay's to send
+            envelopes = [e for e in envelopes if e.id in mine]
+            if envelopes:
+                await self.broker.publish(envelopes, timeout=self.timeout)
+
+    async def _publish_then_delete(self, envelopes: Sequence[Envelope]) -> None:
         await self.broker.publish(envelopes, timeout=self.timeout)
         ids = [e.id for e in envelopes]
         async with self.store.engine.begin() as connection:
@@ -116,7 +200,7 @@ class Relay:
 
     async def close(self, grace: float = 5.0) -> None:
         """Send what is pending (within ``grace`` seconds), then stop; what is not sent
-        stays in the outbox for the next start."""
+        stays in the outbox for a sweep (of this node's next start or of another node)."""
         if self._task is None:
             return
         with contextlib.suppress(TimeoutError):
@@ -125,6 +209,21 @@ class Relay:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+
+
+async def _claim_ids(connection: AsyncConnection, ids: Sequence[str]) -> set[str]:
+    """Delete, in ``connection``'s transaction, the rows of ``ids`` that exist and no other
+    transaction holds (PostgreSQL); returns their ids."""
+    picked = (
+        sa.select(outbox_table.c.id)
+        .where(outbox_table.c.id.in_(ids))
+        .with_for_update(skip_locked=True)
+        .cte("claimed")
+    )
+    claim = (
+        outbox_table.delete().where(outbox_table.c.id == picked.c.id).returning(outbox_table.c.id)
+    )
+    return {row[0] for row in await connection.execute(claim)}
 
 
 def _envelope(row: sa.RowMapping) -> Envelope:

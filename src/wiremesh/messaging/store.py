@@ -15,6 +15,19 @@ Two tables of wiremesh's own live next to the service's: ``wm_outbox`` (messages
 committed but not yet handed to the broker, see :mod:`.outbox`) and ``wm_inbox`` (the ids
 of messages whose handler committed a transaction, so that a redelivered message is
 dropped: effects written through the store happen exactly once).
+
+Several nodes of a service, on several hosts, share one PostgreSQL database:
+
+- they create wiremesh's tables (and the service's, through :meth:`Store.create_all`)
+  under a PostgreSQL advisory lock (``pg_advisory_xact_lock(SCHEMA_LOCK)``), so that
+  nodes starting at once never race on ``CREATE TABLE``: the first creates them, the
+  others wait and find them;
+- their relays share the outbox, claiming rows with ``FOR UPDATE SKIP LOCKED`` (see
+  :mod:`.outbox`);
+- each node's engine keeps at most ``pool_size + max_overflow`` connections
+  (``[services.<name>] pool_size`` and ``max_overflow``; defaults :data:`POOL_SIZE` and
+  :data:`MAX_OVERFLOW`), which the database's ``max_connections`` must allow for every
+  node of every service using it. SQLite ignores both.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -39,7 +53,22 @@ from wiremesh.errors import ConfigError
 from wiremesh.messaging.base import Envelope, Kind
 from wiremesh.messaging.outbound import make_envelope
 
-__all__ = ["Duplicate", "InboxMark", "Store", "Transaction", "inbox_mark", "metadata"]
+__all__ = [
+    "MAX_OVERFLOW",
+    "POOL_SIZE",
+    "SCHEMA_LOCK",
+    "Duplicate",
+    "InboxMark",
+    "Store",
+    "Transaction",
+    "inbox_mark",
+    "metadata",
+]
+
+#: connections a node's engine keeps open to a PostgreSQL store (``pool_size``)
+POOL_SIZE = 5
+#: connections it may open beyond those under load, closed when returned (``max_overflow``)
+MAX_OVERFLOW = 10
 
 #: wiremesh's own tables; a service keeps its tables in a ``MetaData`` of its own
 metadata = sa.MetaData()
@@ -64,6 +93,12 @@ inbox_table = sa.Table(
     sa.Column("handler", sa.String(255), primary_key=True),
     sa.Column("message_id", sa.String(64), primary_key=True),
     sa.Column("handled_at", sa.Float, nullable=False, index=True),
+)
+
+#: the PostgreSQL advisory lock key held while wiremesh's tables are created: the first
+#: 8 bytes of the SHA-256 of their names, as a signed bigint (the same on every host)
+SCHEMA_LOCK = int.from_bytes(
+    hashlib.sha256(",".join(sorted(metadata.tables)).encode()).digest()[:8], "big", signed=True
 )
 
 
@@ -139,15 +174,34 @@ class Transaction:
 
 class Store:
     """The service's database. ``url`` is a SQLAlchemy async URL; None means the SQLite
-    file ``path``."""
+    file ``path``. ``pool_size`` and ``max_overflow`` size a PostgreSQL engine's
+    connection pool (None: :data:`POOL_SIZE` and :data:`MAX_OVERFLOW`); SQLite ignores
+    them."""
 
-    def __init__(self, url: str | None, *, path: Path, service: str, sender: str = "") -> None:
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        path: Path,
+        service: str,
+        sender: str = "",
+        pool_size: int | None = None,
+        max_overflow: int | None = None,
+    ) -> None:
         self.url = url or f"sqlite+aiosqlite:///{path}"
         self.path = path
         self.service = service
         self.sender = sender or service
+        self.pool_size = POOL_SIZE if pool_size is None else pool_size
+        self.max_overflow = MAX_OVERFLOW if max_overflow is None else max_overflow
+        if self.pool_size < 1 or self.max_overflow < 0:
+            raise ConfigError(
+                f"store of {service}: pool_size must be >= 1 and max_overflow >= 0, "
+                f"got {self.pool_size} and {self.max_overflow}"
+            )
         self._engine: AsyncEngine | None = None
         self._ready = False
+        self._preparing = asyncio.Lock()
         #: SQLite has one writer at a time: queueing here beats its busy-wait sleeps
         self._writer: asyncio.Lock | contextlib.nullcontext[None] = (
             asyncio.Lock() if self.is_sqlite else contextlib.nullcontext()
@@ -158,6 +212,10 @@ class Store:
     @property
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.url.startswith("postgresql")
 
     @property
     def opened(self) -> bool:
@@ -178,7 +236,12 @@ class Store:
                 engine = create_async_engine(self.url, connect_args={"timeout": 30})
                 _serialise_sqlite_writers(engine)
                 return engine
-            return create_async_engine(self.url, pool_pre_ping=True)
+            return create_async_engine(
+                self.url,
+                pool_pre_ping=True,
+                pool_size=self.pool_size,
+                max_overflow=self.max_overflow,
+            )
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise ConfigError(f"store url {self.url!r} for {self.service}: {exc}") from None
 
@@ -186,9 +249,27 @@ class Store:
         """Create wiremesh's own tables when missing (done before the first transaction)."""
         if self._ready:
             return
-        async with self.engine.begin() as connection:
-            await connection.run_sync(metadata.create_all)
-        self._ready = True
+        async with self._preparing:
+            if not self._ready:
+                await self.create_all(metadata)
+                self._ready = True
+
+    async def create_all(self, tables: sa.MetaData) -> None:
+        """Create the tables of ``tables`` that are missing, safely while other nodes do
+        the same: ``await self.store.create_all(metadata)`` in a service's ``on_start``.
+
+        On PostgreSQL this runs under the advisory lock :data:`SCHEMA_LOCK`, held until
+        the transaction that creates the tables commits: ``CREATE TABLE`` run by two nodes
+        at once fails in one of them (``pg_type_typname_nsp_index``), ``IF NOT EXISTS`` or
+        not, while under the lock the second finds the tables the first created. On SQLite
+        the transaction takes the write lock when it begins, which serialises the same.
+        """
+        async with self._writer, self.engine.begin() as connection:
+            if self.is_postgresql:
+                await connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK}
+                )
+            await connection.run_sync(tables.create_all)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

@@ -20,20 +20,30 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from wiremesh.core.balancing import BalancerName
 from wiremesh.core.delivery import INBOX_KEEP, DeliveryPolicy
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.core.names import check_group
+from wiremesh.errors import ConfigError
 from wiremesh.gateway.node_side import SOCKET_KEY, SocketHub, gateway_method_handler
 from wiremesh.messaging.base import Binding, Broker
 from wiremesh.messaging.consumer import HandlerRunner, MessageHandler
 from wiremesh.messaging.outbound import Outbound, attach, detach
 from wiremesh.messaging.outbox import Relay
 from wiremesh.messaging.store import Store
-from wiremesh.observability.metrics import METRICS_KEY, MeshMetrics, MetricsEndpoint, StatsCollector
+from wiremesh.observability.metrics import (
+    METRICS_KEY,
+    MeshMetrics,
+    MetricsEndpoint,
+    RegistryReachable,
+    StatsCollector,
+)
+from wiremesh.registry.backends import open_registry
 from wiremesh.registry.base import Lease
-from wiremesh.registry.embedded import EmbeddedRegistry
 from wiremesh.registry.view import MeshView
+from wiremesh.runtime.advertise import WILDCARDS, advertised_host, with_host
 from wiremesh.service import Service, ServiceSpec
 from wiremesh.transport.client import Caller, channel_options
 from wiremesh.transport.links import MAX_MESSAGE_KEY, Links, NodeLinks
@@ -41,7 +51,7 @@ from wiremesh.transport.publish import DEFAULT_QUEUE, Subscriptions, publisher_o
 from wiremesh.transport.server import NodeServer
 from wiremesh.transport.tls import TlsFiles
 
-__all__ = ["Node", "new_node_id"]
+__all__ = ["Node", "StoreWithoutUrl", "new_node_id"]
 
 log = logging.getLogger("wiremesh.node")
 
@@ -57,20 +67,50 @@ def new_node_id(service: str) -> str:
     return f"{service}-{secrets.token_hex(2)}"
 
 
+class StoreWithoutUrl(Store):
+    """The store of a node whose mesh spans hosts (a Redis registry) when its service has
+    no ``store`` url.
+
+    The default, a SQLite file in the service's data folder, would give each host a
+    database of its own, and the service's data would split between hosts without a
+    word. So its first use (a transaction, ``create_all``, anything that needs the
+    database) raises :class:`ConfigError` naming ``services.<name>.store`` instead: in
+    ``on_start`` the node cannot start (exit 78, not restarted); in a handler, that call
+    or message fails. A service that never opens its store (a stateless one) needs no
+    url; one that wants a file of each host's own names it,
+    ``store = "sqlite+aiosqlite:////var/lib/app/cache.db"``.
+    """
+
+    @property
+    def engine(self) -> AsyncEngine:
+        problem = (
+            f"services.{self.service}.store: {self.service} has no store url, and its nodes "
+            "run on several hosts (a Redis registry): a SQLite file of each host's own would "
+            'split its data. Set store = "postgresql+asyncpg://user@host/db" (one database '
+            'for every host), or store = "sqlite+aiosqlite:///path.db" to keep a file per '
+            "host on purpose"
+        )
+        log.error("%s", problem)
+        raise ConfigError(problem)
+
+
 class Node:
     def __init__(
         self,
         service: type[Service] | Service,
         *,
         registry_address: str,
+        mesh: str = "wiremesh",
         node_id: str | None = None,
         host: str = "127.0.0.1",
+        advertise: str | None = None,
         port: int = 0,
         data_dir: Path | None = None,
         default_timeout: float = 10.0,
         drain_grace: float = 10.0,
         max_message_bytes: int = 4 * 1024 * 1024,
         heartbeat_interval: float = 0.5,
+        ttl: float = 1.5,
         balancer: BalancerName = "round_robin",
         balancers: Mapping[str, BalancerName] | None = None,
         tls: TlsFiles | None = None,
@@ -82,6 +122,8 @@ class Node:
         metrics_host: str | None = None,
         broker: Broker | None = None,
         store_url: str | None = None,
+        pool_size: int | None = None,
+        max_overflow: int | None = None,
         delivery: DeliveryPolicy | None = None,
         prefetch: int = 32,
         handler_timeout: float = 60.0,
@@ -98,12 +140,18 @@ class Node:
         self.metadata = {**(metadata or {}), MAX_MESSAGE_KEY: str(max_message_bytes)}
         if self.spec.socket is not None:
             self.metadata[SOCKET_KEY] = "text" if self.spec.socket.text else "binary"
-        self.registry = EmbeddedRegistry(
+        self.registry = open_registry(
             registry_address,
-            credentials=tls.channel_credentials() if tls else None,
+            mesh=mesh,
+            tls=tls,
             heartbeat_interval=heartbeat_interval,
+            ttl=ttl,
         )
-        self.view = MeshView(self.registry)
+        self.view = MeshView(self.registry, grace=ttl + 1.0)
+        #: the host other nodes reach this one at (``[mesh] advertise``; see
+        #: :mod:`wiremesh.runtime.advertise`)
+        self.advertise = advertised_host(host, registry_address, advertise)
+        self.host = host
         #: this node's Prometheus metrics, served at ``/metrics`` on ``metrics_port`` (0: a
         #: free port; None: not served); the address is in the node's registry metadata
         self.metrics = MeshMetrics()
@@ -171,12 +219,16 @@ class Node:
         instance.node_id = self.node_id
         instance.data_dir = data_dir or Path(".wiremesh") / "data" / self.spec.name
         instance.mesh = self.caller
-        #: the service's own database (opened on first use)
-        self.store = Store(
+        #: the service's own database (opened on first use); with a Redis registry and no
+        #: url, a store whose first use fails (see :class:`StoreWithoutUrl`)
+        unshared = store_url is None and registry_address.startswith(("redis://", "rediss://"))
+        self.store = (StoreWithoutUrl if unshared else Store)(
             store_url,
             path=instance.data_dir / "store.db",
             service=self.spec.name,
             sender=self.node_id,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
         )
         instance.store = self.store
         #: the durable messaging side: None when the node runs without a broker
@@ -224,20 +276,22 @@ class Node:
 
     @property
     def address(self) -> str:
-        return self.server.address
+        """The address the mesh reaches this node at."""
+        return with_host(self.server.address, self.advertise)
 
     @property
     def info(self) -> NodeInfo:
         return NodeInfo(
             node_id=self.node_id,
             service=self.spec.name,
-            address=self.server.address,
+            address=self.address,
             pid=os.getpid(),
             started_at=self.started_at,
             methods={name: m.info for name, m in self.spec.methods.items()},
             metadata=self.metadata,
             groups=tuple(sorted(self.groups)),
             subscriptions=self.spec.patterns,
+            host=self.advertise,
         )
 
     def stats(self) -> dict[str, int]:
@@ -294,8 +348,11 @@ class Node:
                     gauges=("publish_delivery_queued", "messages_waiting"),
                 )
             )
+            self.metrics.add_collector(RegistryReachable(lambda: self.view.reachable))
             self.metrics_endpoint.start()
-            self.metadata[METRICS_KEY] = self.metrics_endpoint.address
+            bound = self.metrics_endpoint.host
+            shown = self.advertise if bound in WILDCARDS or bound == self.host else bound
+            self.metadata[METRICS_KEY] = with_host(self.metrics_endpoint.address, shown)
         await self.view.start()
         self._lease = await self.registry.lease(self.info)
         self._lease.stats = self.stats

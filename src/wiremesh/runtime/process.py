@@ -1,6 +1,10 @@
-"""The entry point of a node process: ``python -m wiremesh.runtime.process '<json>'``.
+"""The entry point of a node process: ``python -m wiremesh.runtime.process -``.
 
-The supervisor starts one such process per node with a :class:`NodeLaunch` as JSON. The
+The supervisor starts one such process per node and writes a :class:`NodeLaunch`, as
+JSON, to its standard input (then closes it): the launch holds URLs with passwords,
+which a process's arguments would show to every local user. ``python -m
+wiremesh.runtime.process '<json>'`` (the launch as the argument) works too, for a node
+started by hand with nothing secret in it. The
 process imports the service, serves until SIGTERM or SIGINT, drains, and exits 0. It also
 exits (draining) when its supervisor disappears, so no node outlives its mesh.
 Exit code 78 (EX_CONFIG) means the node cannot start as configured: the supervisor does
@@ -50,10 +54,13 @@ class NodeLaunch:
     registry: str
     data_dir: str
     host: str = "127.0.0.1"
+    #: the host other hosts reach this node at (None: see wiremesh.runtime.advertise)
+    advertise: str | None = None
     default_timeout: float = 10.0
     drain_grace: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
     heartbeat_interval: float = 0.5
+    ttl: float = 1.5
     balancer: BalancerName = "round_robin"
     balancers: dict[str, BalancerName] = field(default_factory=dict)
     python_path: list[str] = field(default_factory=list)
@@ -67,6 +74,9 @@ class NodeLaunch:
     broker: str | None = None
     #: the service's store url; None: SQLite in ``data_dir``
     store: str | None = None
+    #: the store's connection pool (PostgreSQL); None: the store's defaults
+    pool_size: int | None = None
+    max_overflow: int | None = None
     prefetch: int = 32
     attempts: int = 5
     initial_backoff: float = 0.5
@@ -113,13 +123,16 @@ async def run(launch: NodeLaunch) -> int:
     node = Node(
         cls,
         registry_address=launch.registry,
+        mesh=launch.mesh,
         node_id=launch.node_id,
         host=launch.host,
+        advertise=launch.advertise,
         data_dir=Path(launch.data_dir),
         default_timeout=launch.default_timeout,
         drain_grace=launch.drain_grace,
         max_message_bytes=launch.max_message_bytes,
         heartbeat_interval=launch.heartbeat_interval,
+        ttl=launch.ttl,
         balancer=launch.balancer,
         balancers=launch.balancers,
         tls=tls,
@@ -128,6 +141,8 @@ async def run(launch: NodeLaunch) -> int:
         metrics_host=seen.metrics_host or None,
         broker=broker,
         store_url=launch.store,
+        pool_size=launch.pool_size,
+        max_overflow=launch.max_overflow,
         delivery=DeliveryPolicy(launch.attempts, launch.initial_backoff, launch.max_backoff),
         prefetch=launch.prefetch,
         handler_timeout=launch.handler_timeout,
@@ -167,10 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     configure_logging()
     if len(args) != 1:
-        print("usage: python -m wiremesh.runtime.process '<launch json>'", file=sys.stderr)
+        print(
+            "usage: python -m wiremesh.runtime.process - (the launch JSON on stdin)\n"
+            "       python -m wiremesh.runtime.process '<launch json>'",
+            file=sys.stderr,
+        )
         return 2
     try:
-        launch = NodeLaunch.from_json(args[0])
+        launch = NodeLaunch.from_json(sys.stdin.read() if args[0] == "-" else args[0])
         seen = ObservabilitySettings(**launch.observability)
     except (ValueError, TypeError) as exc:
         print(f"bad launch description: {exc}", file=sys.stderr)
