@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install browser demo test lint typecheck pytest bench proto clean
+.PHONY: install browser netns demo test lint typecheck pytest bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,13 @@ browser:  ## Debian's chromium for the browser tests (installed when missing and
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq chromium >/dev/null; } || \
 	    echo "make: chromium is missing and cannot be installed here (needs root): browser tests will be skipped"
 
-pytest: install browser  ## the test suite
+netns:  ## ip and nftables for the multi-host tests (installed when missing and run as root)
+	@{ command -v ip && command -v nft; } >/dev/null 2>&1 || \
+	    { [ "$$(id -u)" = 0 ] && { apt-get install -y -qq iproute2 nftables >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq iproute2 nftables >/dev/null; }; }; } || \
+	    echo "make: ip or nft is missing and cannot be installed here (needs root): multihost tests will be skipped"
+
+pytest: install browser netns  ## the test suite
 	$(BIN)/pytest
 
 test: lint typecheck pytest  ## everything CI runs
