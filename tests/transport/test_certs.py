@@ -3,25 +3,51 @@
 from __future__ import annotations
 
 import datetime
+import doctest
 import importlib
 import ipaddress
+import os
 import re
 import stat
+import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import grpc.aio
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from wiremesh.errors import ConfigError
-from wiremesh.transport.certs import CertPaths, create_dev_ca, issue_certificate, load_pem
+from wiremesh.transport import certs
+from wiremesh.transport.certs import (
+    CertPaths,
+    create_dev_ca,
+    host_certificate_name,
+    issue_certificate,
+    issue_host_certificate,
+    load_pem,
+)
+from wiremesh.transport.tls import TlsFiles
 
 CALL_TIMEOUT = 5.0
+WIREMESH = str(Path(sys.executable).with_name("wiremesh"))
+
+
+def wiremesh_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [WIREMESH, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def _cert(path: Path) -> x509.Certificate:
@@ -44,6 +70,12 @@ def _eku(cert: x509.Certificate) -> set[x509.ObjectIdentifier]:
 
 def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName:
     return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+
+
+def _private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -319,3 +351,260 @@ async def test_client_from_another_ca_is_refused(
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await _call(port, credentials)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# -- certificates for more hosts: issue_host_certificate --------------------------------------
+
+
+def test_host_certificate_names_default_from_the_first_host() -> None:
+    assert doctest.testmod(certs).failed == 0
+    assert host_certificate_name("hostb.internal") == "node-hostb.internal"
+    assert host_certificate_name("10.0.0.7") == "node-10.0.0.7"
+    assert host_certificate_name("[fe80::1]") == "node-fe80--1"
+    assert host_certificate_name("*.mesh.internal") == "node--.mesh.internal"
+
+
+def test_issue_host_certificate_next_to_the_ca(tmp_path: Path) -> None:
+    paths = create_dev_ca(tmp_path / "certs")
+    issued = issue_host_certificate(paths.ca, paths.ca_key, ["hostb.internal", "10.0.0.7"])
+
+    assert issued.cert == tmp_path / "certs" / "node-hostb.internal.pem"
+    assert issued.key == tmp_path / "certs" / "node-hostb.internal-key.pem"
+    assert issued.names == ("DNS:hostb.internal", "IP:10.0.0.7")
+    cert = _cert(issued.cert)
+    cert.verify_directly_issued_by(_cert(paths.ca))
+    assert cert.not_valid_after_utc == issued.not_after
+    assert _common_name(cert) == "node-hostb.internal"
+    assert _eku(cert) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert _mode(issued.key) == 0o600
+
+
+def test_issue_host_certificate_refuses_to_overwrite(tmp_path: Path) -> None:
+    paths = create_dev_ca(tmp_path / "certs")
+    first = issue_host_certificate(paths.ca, paths.ca_key, ["hostb"])
+    before = first.cert.read_bytes()
+
+    with pytest.raises(ConfigError, match=r"already exist.*--force"):
+        issue_host_certificate(paths.ca, paths.ca_key, ["hostb"])
+    assert first.cert.read_bytes() == before
+
+    again = issue_host_certificate(paths.ca, paths.ca_key, ["hostb"], overwrite=True)
+    assert again.cert.read_bytes() != before
+
+
+def test_issue_host_certificate_never_writes_over_the_ca(tmp_path: Path) -> None:
+    paths = create_dev_ca(tmp_path / "certs")
+    ca_before = paths.ca.read_bytes()
+    with pytest.raises(ConfigError, match="CA's own files"):
+        issue_host_certificate(paths.ca, paths.ca_key, ["hostb"], name="ca", overwrite=True)
+    for bad in ("../escape", ".hidden", "-dash", "a/b", ""):
+        with pytest.raises(ConfigError, match="certificate name"):
+            issue_host_certificate(paths.ca, paths.ca_key, ["hostb"], name=bad)
+    with pytest.raises(ConfigError, match="at least one host"):
+        issue_host_certificate(paths.ca, paths.ca_key, [])
+    assert paths.ca.read_bytes() == ca_before
+    assert not (tmp_path / "escape.pem").exists()
+
+
+def test_issue_host_certificate_with_a_key_of_another_ca(tmp_path: Path) -> None:
+    ours = create_dev_ca(tmp_path / "ours")
+    theirs = create_dev_ca(tmp_path / "theirs")
+    with pytest.raises(ConfigError, match="is not the key of the CA certificate"):
+        issue_host_certificate(ours.ca, theirs.ca_key, ["hostb"])
+
+
+# -- the command: wiremesh certs issue / certs init -------------------------------------------
+
+
+def test_certs_issue_signs_a_host_certificate_with_the_existing_ca(tmp_path: Path) -> None:
+    assert wiremesh_cli("certs", "init", cwd=tmp_path).returncode == 0
+    folder = tmp_path / ".wiremesh" / "certs"
+    ca_before = {p: p.read_bytes() for p in CertPaths.in_directory(folder).all()}
+
+    done = wiremesh_cli(
+        "certs", "issue", "--host", "hostb.internal", "--host", "10.0.0.7", cwd=tmp_path
+    )
+
+    assert done.returncode == 0, done.stderr
+    cert_path = folder / "node-hostb.internal.pem"
+    key_path = folder / "node-hostb.internal-key.pem"
+    assert f"certificate: .wiremesh/certs/{cert_path.name}" in done.stdout
+    assert "DNS:hostb.internal, IP:10.0.0.7" in done.stdout
+    assert f"key:         .wiremesh/certs/{key_path.name} (mode 0600)" in done.stdout
+    assert "signed by:   .wiremesh/certs/ca.pem" in done.stdout
+
+    cert = _cert(cert_path)
+    cert.verify_directly_issued_by(_cert(folder / "ca.pem"))
+    assert _san(cert).get_values_for_type(x509.DNSName) == ["hostb.internal"]
+    assert _san(cert).get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.7")]
+    assert _eku(cert) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert _mode(key_path) == 0o600
+    assert _private_key(key_path).public_key() == cert.public_key()
+    assert {p: p.read_bytes() for p in ca_before} == ca_before  # the CA and its pairs: kept
+
+
+def test_certs_issue_without_a_ca_is_a_usage_error(tmp_path: Path) -> None:
+    done = wiremesh_cli("certs", "issue", "--host", "hostb", cwd=tmp_path)
+
+    assert done.returncode == 2
+    assert "no development CA" in done.stderr
+    assert ".wiremesh/certs/ca.pem" in done.stderr
+    assert "wiremesh certs init' first" in done.stderr
+    assert not (tmp_path / ".wiremesh").exists()
+
+
+def test_certs_issue_with_a_ca_elsewhere(tmp_path: Path) -> None:
+    paths = create_dev_ca(tmp_path / "secure")
+    out = tmp_path / "for-hostc"
+
+    done = wiremesh_cli(
+        "certs",
+        "issue",
+        "--host",
+        "10.0.0.8",
+        "--ca",
+        str(paths.ca),
+        "--ca-key",
+        str(paths.ca_key),
+        "--out",
+        str(out),
+        "--name",
+        "node-hostc",
+        "--days",
+        "30",
+        cwd=tmp_path,
+    )
+
+    assert done.returncode == 0, done.stderr
+    cert = _cert(out / "node-hostc.pem")
+    cert.verify_directly_issued_by(_cert(paths.ca))
+    assert _san(cert).get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.8")]
+    lifetime = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    assert datetime.timedelta(days=29) < lifetime <= datetime.timedelta(days=30)
+    assert _mode(out / "node-hostc-key.pem") == 0o600
+    assert _mode(out) == 0o700
+
+    missing_key = wiremesh_cli("certs", "issue", "--host", "x", "--ca", str(paths.ca), cwd=tmp_path)
+    assert missing_key.returncode == 2
+    assert ".wiremesh/certs/ca-key.pem not found" in missing_key.stderr
+
+
+def test_certs_issue_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    create_dev_ca(tmp_path / ".wiremesh" / "certs")
+    assert wiremesh_cli("certs", "issue", "--host", "hostb", cwd=tmp_path).returncode == 0
+    cert_path = tmp_path / ".wiremesh" / "certs" / "node-hostb.pem"
+    before = cert_path.read_bytes()
+
+    again = wiremesh_cli("certs", "issue", "--host", "hostb", cwd=tmp_path)
+    assert again.returncode == 2
+    assert "already exist" in again.stderr and "--force" in again.stderr
+    assert cert_path.read_bytes() == before
+
+    forced = wiremesh_cli("certs", "issue", "--host", "hostb", "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert cert_path.read_bytes() != before
+
+
+def test_certs_init_keeps_an_existing_ca_unless_forced(tmp_path: Path) -> None:
+    assert wiremesh_cli("certs", "init", cwd=tmp_path).returncode == 0
+    paths = CertPaths.in_directory(tmp_path / ".wiremesh" / "certs")
+    before = paths.ca.read_bytes()
+
+    again = wiremesh_cli("certs", "init", cwd=tmp_path)
+    assert again.returncode == 2
+    assert "a development CA already exists" in again.stderr
+    assert "invalidate every certificate" in again.stderr
+    assert "--force" in again.stderr
+    assert paths.ca.read_bytes() == before
+
+    forced = wiremesh_cli("certs", "init", "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert paths.ca.read_bytes() != before
+
+
+def test_certs_issue_help_teaches() -> None:
+    done = subprocess.run(
+        [WIREMESH, "certs", "issue", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "wiremesh certs issue --host hostb.internal --host 10.0.0.7" in done.stdout
+    assert "wiremesh certs init" in done.stdout
+    for option in ("--host", "--name", "--dir", "--ca", "--ca-key", "--out", "--days"):
+        assert option in done.stdout
+
+
+# -- mutual TLS between hosts, with certificates from `wiremesh certs issue` ------------------
+
+
+@dataclass(frozen=True)
+class HostCerts:
+    ca: Path
+    folder: Path
+
+    def files(self, name: str) -> TlsFiles:
+        return TlsFiles(self.ca, self.folder / f"{name}.pem", self.folder / f"{name}-key.pem")
+
+
+@pytest.fixture(scope="module")
+def host_certs(tmp_path_factory: pytest.TempPathFactory) -> HostCerts:
+    """One CA and three issued pairs: host B (127.0.0.2), host C (127.0.0.3) and a pair
+    issued for a name that is not the address host B is reached at."""
+    folder = tmp_path_factory.mktemp("hosts")
+    assert wiremesh_cli("certs", "init", cwd=folder).returncode == 0
+    for hosts in (["127.0.0.2"], ["127.0.0.3"], ["hostb.internal"]):
+        args = [arg for host in hosts for arg in ("--host", host)]
+        done = wiremesh_cli("certs", "issue", *args, cwd=folder)
+        assert done.returncode == 0, done.stderr
+    certs_folder = folder / ".wiremesh" / "certs"
+    return HostCerts(certs_folder / "ca.pem", certs_folder)
+
+
+async def _serve_on(address: str, files: TlsFiles) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "t.T", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+            ),
+        )
+    )
+    port = server.add_secure_port(f"{address}:0", files.server_credentials())
+    assert port > 0
+    await server.start()
+    return server, port
+
+
+async def _call_at(address: str, port: int, files: TlsFiles) -> bytes:
+    channel = grpc.aio.secure_channel(f"{address}:{port}", files.channel_credentials())
+    try:
+        reply = await channel.unary_unary("/t.T/Echo", None, None)(b"ping", timeout=CALL_TIMEOUT)
+        assert isinstance(reply, bytes)
+        return reply
+    finally:
+        await channel.close(None)
+
+
+async def test_mutual_tls_between_hosts_with_issued_certificates(host_certs: HostCerts) -> None:
+    server, port = await _serve_on("127.0.0.2", host_certs.files("node-127.0.0.2"))
+    try:
+        reply = await _call_at("127.0.0.2", port, host_certs.files("node-127.0.0.3"))
+    finally:
+        await server.stop(None)
+    assert reply == b"echo:ping"
+
+
+async def test_a_certificate_for_another_host_name_fails_the_call(host_certs: HostCerts) -> None:
+    # Host B serves with the pair issued for hostb.internal, but is reached at 127.0.0.2:
+    # the name does not match, and the caller refuses the handshake.
+    server, port = await _serve_on("127.0.0.2", host_certs.files("node-hostb.internal"))
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _call_at("127.0.0.2", port, host_certs.files("node-127.0.0.3"))
+    finally:
+        await server.stop(None)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Hostname Verification" in (info.value.details() or "")

@@ -12,6 +12,11 @@
 ``client.pem`` / ``client-key.pem``
     A client-only certificate (clientAuth) for tools and applications that call the mesh.
 
+Each further host of a mesh gets its own pair from :func:`issue_host_certificate`
+(``wiremesh certs issue --host NAME``), signed by the same CA: ``<name>.pem`` and
+``<name>-key.pem``, valid for the names and addresses that host is reached at, for both
+serverAuth and clientAuth.
+
 A node's server is built with ``grpc.ssl_server_credentials([(node_key, node_cert)],
 root_certificates=ca, require_client_auth=True)``, and a caller with
 ``grpc.ssl_channel_credentials(ca, client_key, client_cert)``; :func:`load_pem` reads the
@@ -28,6 +33,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +53,15 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 __all__ = [
     "CA_COMMON_NAME",
     "CLIENT_COMMON_NAME",
+    "DEFAULT_DAYS",
     "DEFAULT_HOSTS",
     "NODE_COMMON_NAME",
     "CertPaths",
+    "IssuedCertificate",
     "create_dev_ca",
+    "host_certificate_name",
     "issue_certificate",
+    "issue_host_certificate",
     "load_pem",
 ]
 
@@ -60,12 +70,16 @@ NODE_COMMON_NAME = "wiremesh node"
 CLIENT_COMMON_NAME = "wiremesh client"
 CLIENT_SAN = "wiremesh-client"
 DEFAULT_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+#: How long every certificate is valid, in days, unless told otherwise.
+DEFAULT_DAYS = 825
 
 #: Certificates are backdated by this much, to tolerate clocks that are slightly apart.
 _BACKDATE = datetime.timedelta(minutes=5)
 _DIR_MODE = 0o700
 _KEY_MODE = 0o600
 _CERT_MODE = 0o644
+#: a certificate's file stem: a plain file name, never a path or a hidden file
+_FILE_STEM = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -107,7 +121,7 @@ def create_dev_ca(
     directory: Path,
     *,
     hosts: Sequence[str] = DEFAULT_HOSTS,
-    days: int = 825,
+    days: int = DEFAULT_DAYS,
     overwrite: bool = False,
 ) -> CertPaths:
     """Create a development CA plus a node and a client certificate in ``directory``.
@@ -210,7 +224,7 @@ def issue_certificate(
     hosts: Sequence[str] = (),
     server: bool = True,
     client: bool = True,
-    days: int = 825,
+    days: int = DEFAULT_DAYS,
 ) -> None:
     """Sign one more certificate with the CA in ``paths`` (for another node or host).
 
@@ -226,10 +240,7 @@ def issue_certificate(
     if isinstance(hosts, str):
         hosts = (hosts,)
     names = _general_names(hosts)
-    ca_cert = _load_certificate(paths.ca)
-    ca_key = _load_ca_key(paths.ca_key)
-    if ca_cert.public_key() != ca_key.public_key():
-        raise ConfigError(f"{paths.ca_key} is not the key of the CA certificate {paths.ca}")
+    ca_cert, ca_key = _load_ca(paths.ca, paths.ca_key)
     key = _new_key()
     cert = _sign_leaf(
         ca_cert,
@@ -242,11 +253,97 @@ def issue_certificate(
         days=days,
         now=_now(),
     )
-    for parent in {Path(out_cert).parent, Path(out_key).parent}:
-        if not parent.exists():
-            _make_directory(parent)
-    _write(Path(out_key), _key_pem(key), _KEY_MODE)
-    _write(Path(out_cert), _cert_pem(cert), _CERT_MODE)
+    _write_pair(cert, key, Path(out_cert), Path(out_key))
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """What :func:`issue_host_certificate` wrote."""
+
+    cert: Path
+    key: Path
+    #: the subjectAltName entries, as OpenSSL prints them (``DNS:hostb``, ``IP:10.0.0.7``)
+    names: tuple[str, ...]
+    not_after: datetime.datetime
+
+
+def host_certificate_name(host: str) -> str:
+    """The default file stem of ``host``'s certificate: ``node-`` and the host, with any
+    character a file name should not carry replaced by ``-``.
+
+    >>> host_certificate_name("hostb.internal"), host_certificate_name("fe80::1")
+    ('node-hostb.internal', 'node-fe80--1')
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", host.strip().strip("[]"))
+    return f"node-{cleaned.strip('.')}"
+
+
+def issue_host_certificate(
+    ca: Path,
+    ca_key: Path,
+    hosts: Sequence[str],
+    *,
+    out_dir: Path | None = None,
+    name: str | None = None,
+    days: int = DEFAULT_DAYS,
+    overwrite: bool = False,
+) -> IssuedCertificate:
+    """Sign a certificate for one host of the mesh with the existing CA ``ca``/``ca_key``.
+
+    The certificate is valid for every name and address in ``hosts`` (its subjectAltName)
+    and for both serverAuth and clientAuth: the host's nodes serve with it and present it
+    when they call nodes on other hosts. It is written to ``<out_dir>/<name>.pem`` and its
+    new key to ``<out_dir>/<name>-key.pem`` (mode ``0o600``); ``out_dir`` defaults to the
+    CA's folder, ``name`` to :func:`host_certificate_name` of the first host.
+
+    Raises :class:`ConfigError` when the CA cannot be read, when ``hosts`` is empty or
+    holds a bad entry, and when either file exists and ``overwrite`` is false. The CA's own
+    files are never overwritten.
+    """
+    ca, ca_key = Path(ca), Path(ca_key)
+    _check_days(days)
+    if isinstance(hosts, str):
+        hosts = (hosts,)
+    if not hosts:
+        raise ConfigError("a host certificate needs at least one host name or IP address")
+    names = _general_names(hosts)
+    stem = host_certificate_name(hosts[0]) if name is None else name
+    if not _FILE_STEM.fullmatch(stem):
+        raise ConfigError(
+            f"certificate name {stem!r}: letters, digits, '.', '_' and '-' only, "
+            "not starting with '.' or '-'"
+        )
+    folder = ca.parent if out_dir is None else Path(out_dir)
+    out_cert, out_key = folder / f"{stem}.pem", folder / f"{stem}-key.pem"
+    if {out_cert.resolve(), out_key.resolve()} & {ca.resolve(), ca_key.resolve()}:
+        raise ConfigError(f"certificate name {stem!r} would overwrite the CA's own files")
+    if not overwrite:
+        existing = [str(path) for path in (out_cert, out_key) if path.exists()]
+        if existing:
+            raise ConfigError(
+                f"certificate files already exist: {', '.join(existing)}; "
+                "pass --force (overwrite=True) to replace them"
+            )
+    ca_cert, ca_private = _load_ca(ca, ca_key)
+    key = _new_key()
+    cert = _sign_leaf(
+        ca_cert,
+        ca_private,
+        key,
+        common_name=stem,
+        names=names,
+        server=True,
+        client=True,
+        days=days,
+        now=_now(),
+    )
+    _write_pair(cert, key, out_cert, out_key)
+    return IssuedCertificate(
+        cert=out_cert,
+        key=out_key,
+        names=tuple(_describe(name) for name in names),
+        not_after=cert.not_valid_after_utc,
+    )
 
 
 def load_pem(path: Path) -> bytes:
@@ -355,6 +452,30 @@ def _sign_leaf(
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(ca_key, hashes.SHA256())
+
+
+def _describe(name: x509.GeneralName) -> str:
+    if isinstance(name, x509.IPAddress):
+        return f"IP:{name.value}"
+    return f"DNS:{name.value}"
+
+
+def _load_ca(ca: Path, ca_key: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca_cert = _load_certificate(ca)
+    key = _load_ca_key(ca_key)
+    if ca_cert.public_key() != key.public_key():
+        raise ConfigError(f"{ca_key} is not the key of the CA certificate {ca}")
+    return ca_cert, key
+
+
+def _write_pair(
+    cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, out_cert: Path, out_key: Path
+) -> None:
+    for parent in {out_cert.parent, out_key.parent}:
+        if not parent.exists():
+            _make_directory(parent)
+    _write(out_key, _key_pem(key), _KEY_MODE)
+    _write(out_cert, _cert_pem(cert), _CERT_MODE)
 
 
 def _load_certificate(path: Path) -> x509.Certificate:
