@@ -29,6 +29,7 @@ from svc_messaging import Ledger
 
 from wiremesh.core.retry import Backoff
 from wiremesh.errors import ConfigError
+from wiremesh.messaging import outbox
 from wiremesh.messaging.base import Binding, Broker, Envelope, Received
 from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.messaging.embedded import EmbeddedBroker
@@ -263,6 +264,28 @@ async def test_a_row_left_by_a_dead_node_is_relayed_by_a_live_node_within_15s(
     assert await outbox_rows(live.store) == 0
     await everything_delivered(broker, received)
     assert received.ids == Counter([own, *left])
+
+
+async def test_rows_claimed_by_a_relay_that_went_silent_are_freed_and_relayed(
+    database: str, nodes: list[HostNode], broker: Broker, tmp_path: Path
+) -> None:
+    # A relay claims rows, then its host is cut off: it can neither publish nor roll
+    # back. PostgreSQL must end that claim by itself, so that a live node relays the rows.
+    received = await consume(broker)
+    cut, live = HostNode(database, tmp_path), HostNode(database, tmp_path)
+    nodes += [cut, live]
+    left = await cut.charge(3)
+    async with cut.store.engine.connect() as connection:
+        transaction = await connection.begin()
+        await outbox.bound_claim(connection, 0.5)
+        assert await outbox.claim_ids(connection, left) == set(left)
+        # silent from here on, as a relay whose host was cut off mid-claim
+        await live.start_relay(broker, sweep_every=0.5, sweep_age=0.0)
+        await eventually(lambda: all(received.ids[i] for i in left), 15, "the claimed rows")
+        with pytest.raises(sa.exc.DBAPIError):  # its session was ended by PostgreSQL
+            await transaction.commit()
+    await everything_delivered(broker, received)
+    assert received.ids == Counter(left)
 
 
 async def test_two_live_relays_racing_over_200_rows_send_each_exactly_once(

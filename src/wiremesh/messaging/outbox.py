@@ -20,7 +20,11 @@ picks the rows, so that rows another relay holds are skipped, never waited for),
 them, and commits only once the broker confirmed them. A failed publish rolls the
 deletion back and the rows are there for the next try. Two live relays thus never send
 the same row. A node that crashes between the broker's confirmation and the commit leaves
-the rows, which a sweep sends again: the consumers' inbox drops that copy.
+the rows, which a sweep sends again: the consumers' inbox drops that copy. A claim waits
+at most :data:`CLAIM_TIMEOUT` seconds for the broker, and PostgreSQL ends a claim that
+stays idle a second longer (``idle_in_transaction_session_timeout``, set for that
+transaction alone): the rows of a relay whose host was cut off mid-claim are free for a
+live node's sweep within seconds, not after a TCP keepalive.
 
 On SQLite (one machine) the relay reads, publishes, then deletes, without claiming: two
 nodes sweeping at once, or a sweep that finds a row its own relay is still sending (a
@@ -45,7 +49,7 @@ from wiremesh.errors import WiremeshError
 from wiremesh.messaging.base import Broker, Envelope, Kind
 from wiremesh.messaging.store import Store, outbox_table
 
-__all__ = ["PAGE", "SWEEP_AGE", "SWEEP_EVERY", "Relay"]
+__all__ = ["CLAIM_TIMEOUT", "PAGE", "SWEEP_AGE", "SWEEP_EVERY", "Relay", "bound_claim", "claim_ids"]
 
 log = logging.getLogger("wiremesh.outbox")
 
@@ -55,6 +59,12 @@ PAGE = 500
 SWEEP_EVERY = 5.0
 #: age in seconds of the rows a sweep takes; younger ones are their own relay's
 SWEEP_AGE = 5.0
+#: PostgreSQL: longest wait in seconds for the broker while rows are claimed (a longer
+#: publish timeout is cut to this; the relay tries again with backoff)
+CLAIM_TIMEOUT = 5.0
+#: seconds PostgreSQL waits beyond the claim's timeout before it ends a claim whose relay
+#: went silent (its host cut off), which frees the rows for another relay's sweep
+CLAIM_MARGIN = 1.0
 
 
 class Relay:
@@ -81,6 +91,7 @@ class Relay:
         self.sweep_every = sweep_every
         self.sweep_age = sweep_age
         self.page = page
+        self._claim_timeout = min(timeout, CLAIM_TIMEOUT)
         self._pending: list[Envelope] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -172,10 +183,12 @@ class Relay:
             outbox_table.delete().where(outbox_table.c.id == picked.c.id).returning(*outbox_table.c)
         )
         async with self.store.engine.begin() as connection:
+            await bound_claim(connection, self._claim_timeout)
             rows = (await connection.execute(claim)).mappings().all()
             if rows:
                 rows = sorted(rows, key=lambda row: float(row["created_at"]))
-                await self.broker.publish([_envelope(row) for row in rows], timeout=self.timeout)
+                envelopes = [_envelope(row) for row in rows]
+                await self.broker.publish(envelopes, timeout=self._claim_timeout)
         return len(rows)
 
     async def _hand_over(self, envelopes: Sequence[Envelope]) -> None:
@@ -185,12 +198,13 @@ class Relay:
             return
         ids = [e.id for e in envelopes]
         async with self.store.engine.begin() as connection:
-            mine = await _claim_ids(connection, ids)
+            await bound_claim(connection, self._claim_timeout)
+            mine = await claim_ids(connection, ids)
             # rows gone (another relay's sweep sent them) or held by another relay are
             # that relay's to send
             envelopes = [e for e in envelopes if e.id in mine]
             if envelopes:
-                await self.broker.publish(envelopes, timeout=self.timeout)
+                await self.broker.publish(envelopes, timeout=self._claim_timeout)
 
     async def _publish_then_delete(self, envelopes: Sequence[Envelope]) -> None:
         await self.broker.publish(envelopes, timeout=self.timeout)
@@ -211,7 +225,15 @@ class Relay:
         self._task = None
 
 
-async def _claim_ids(connection: AsyncConnection, ids: Sequence[str]) -> set[str]:
+async def bound_claim(connection: AsyncConnection, timeout: float) -> None:
+    """Have PostgreSQL end this transaction, and free the rows it claimed, when it stays
+    idle longer than the broker is given: a relay whose host was cut off can no longer
+    roll back, and its claimed rows must not wait for a TCP keepalive."""
+    limit = int((timeout + CLAIM_MARGIN) * 1000)
+    await connection.execute(sa.text(f"SET LOCAL idle_in_transaction_session_timeout = {limit}"))
+
+
+async def claim_ids(connection: AsyncConnection, ids: Sequence[str]) -> set[str]:
     """Delete, in ``connection``'s transaction, the rows of ``ids`` that exist and no other
     transaction holds (PostgreSQL); returns their ids."""
     picked = (
