@@ -19,6 +19,8 @@ key             type    holds
 ``epoch``       string  this keyspace's life: new after Redis lost the mesh
 ``seen``        string  when any member last reached Redis (Redis's clock, ms)
 ``away``        string  ms that Redis was away, not charged to any lease
+``quiet``       string  the longest pause in ms between members' visits that still
+                        counts as the mesh's time: half the ttl of the latest lease
 ==============  ======  =====================================================
 
 Every change is one Lua script, atomic, which also publishes the change on the channel
@@ -74,21 +76,23 @@ RETRY_DELAY = 0.1
 COMMAND_TIMEOUT = 1.0
 
 _ERRORS = (RedisError, OSError, TimeoutError)
-_KEYS = ("nodes", "deadlines", "stats", "services", "version", "epoch", "seen", "away")
+_KEYS = ("nodes", "deadlines", "stats", "services", "version", "epoch", "seen", "away", "quiet")
 
 # Every script starts here. KEYS are _KEYS in order; ARGV[1] is an epoch to use when the
 # keyspace has none (a fresh or emptied Redis), ARGV[2] the change channel, ARGV[3] the
 # longest pause in ms between two members' visits that counts as the mesh's time (a longer
-# one means Redis was away: the rest of it is not charged to the leases), ARGV[4] the ttl
-# in ms. Defines now (Redis's clock less the time it was away), epoch, change() and
+# one means Redis was away: the rest of it is not charged to the leases) when the mesh has
+# not said it yet (a lease's put says it: watchers alone do not know the mesh's ttl),
+# ARGV[4] the ttl in ms. Defines now (Redis's clock less the time it was away), epoch, change() and
 # drop(), and sweeps the leases that ended.
 _PROLOGUE = """
 local t = redis.call('TIME')
 local wall = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local seen = tonumber(redis.call('GET', KEYS[7]) or '0')
 local away = tonumber(redis.call('GET', KEYS[8]) or '0')
-if seen > 0 and wall - seen > tonumber(ARGV[3]) then
-  away = away + (wall - seen - tonumber(ARGV[3]))
+local quiet = tonumber(redis.call('GET', KEYS[9]) or ARGV[3])
+if seen > 0 and wall - seen > quiet then
+  away = away + (wall - seen - quiet)
   redis.call('SET', KEYS[8], away)
 end
 redis.call('SET', KEYS[7], wall)
@@ -122,6 +126,7 @@ _PUT = (
     + """
 redis.call('HSET', KEYS[1], ARGV[5], ARGV[7])
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[5])
+redis.call('SET', KEYS[9], ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[6])
 local v = change('put', ARGV[5], ARGV[7])
 return {epoch, v, swept}
