@@ -172,11 +172,11 @@ async def test_run_a_single_service_target(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- with a mesh
 
 
-def test_nodes_lists_service_node_address_pid_and_state(mesh: Mesh) -> None:
+def test_nodes_lists_service_node_host_address_pid_and_state(mesh: Mesh) -> None:
     done = wiremesh_cli("nodes", cwd=mesh.folder)
     assert done.returncode == 0, done.stderr
     header = done.stdout.splitlines()[1]
-    for column in ("service", "node", "address", "pid", "state", "uptime"):
+    for column in ("service", "node", "host", "address", "pid", "state", "uptime"):
         assert column in header
     rows = [line for line in done.stdout.splitlines() if "serving" in line]
     assert len(rows) == 3
@@ -197,6 +197,7 @@ def test_nodes_json_prints_one_object_per_node(mesh: Mesh) -> None:
     assert {node: row["pid"] for node, row in echo.items()} == mesh.nodes
     for row in echo.values():
         assert row["state"] == "serving"
+        assert row["host"] == "127.0.0.1"
         assert row["address"].startswith("127.0.0.1:")
         assert {"echo", "slow", "whoami"} <= set(row["methods"])
         assert row["started_at"] > 0

@@ -1,7 +1,13 @@
 """The ``wiremesh`` command.
 
 Exit codes: 0 success; 1 the call or the mesh failed (the error type and message are
-printed); 2 bad usage or bad input (a payload that is not JSON, a broken config file).
+printed); 2 bad usage or bad input (a payload that is not JSON, a broken config file);
+3 the mesh's registry is unreachable (``nodes``, ``top``, ``call``: nothing was listed or
+called).
+
+The commands that talk to a running mesh take ``--mesh``: a folder where ``wiremesh run``
+runs, a registry's ``host:port``, or a Redis registry's URL (``redis://host:6379/0#shop``);
+without it, the environment variable ``WIREMESH_MESH``, else this folder.
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import pydantic_core
 import typer
@@ -21,7 +28,13 @@ from rich.markup import escape
 from rich.table import Table
 
 import wiremesh
-from wiremesh.errors import ConfigError, WiremeshError
+from wiremesh.client import MESH_VARIABLE
+from wiremesh.errors import ConfigError, Unavailable, WiremeshError
+
+if TYPE_CHECKING:
+    from wiremesh.client import MeshClient
+    from wiremesh.runtime.config import MeshConfig
+    from wiremesh.transport.tls import TlsFiles
 
 app = typer.Typer(
     name="wiremesh",
@@ -32,6 +45,7 @@ app = typer.Typer(
         "Examples:\n\n"
         "  wiremesh run                  # the mesh of ./wiremesh.toml\n\n"
         "  wiremesh nodes                # which nodes run, and where\n\n"
+        "  wiremesh nodes --mesh redis://10.0.0.5:6379/0#shop   # a mesh on many hosts\n\n"
         '  wiremesh call flows.run \'{"flow": "welcome", "input": {"name": "Ada"}}\'\n\n'
         "  wiremesh dlq list             # messages whose handlers gave up\n\n"
         "  wiremesh certs init           # development certificates for TLS\n\n"
@@ -48,10 +62,14 @@ dlq_app = typer.Typer(
     help=(
         "Dead letters: durable messages that did not decode or validate, or whose handler "
         "failed every attempt.\n\n"
-        "The broker is the one of the mesh running in --mesh (default: this folder), or the "
-        "amqp url of its wiremesh.toml.\n\n"
+        "The broker is --broker (or $WIREMESH_BROKER) when given; else the one of the mesh "
+        "running in the --mesh folder (default: this folder), or the amqp url of its "
+        "wiremesh.toml. A mesh named by its registry (host:port, redis://...) does not say "
+        "where its broker is: give --broker, or run the command in the folder of the mesh's "
+        "wiremesh.toml.\n\n"
         "Examples:\n\n"
         "  wiremesh dlq list\n\n"
+        "  wiremesh dlq list --mesh redis://10.0.0.5:6379/0#shop --broker amqp://app:pw@10.0.0.6/\n\n"
         "  wiremesh dlq show 3f2a9c...\n\n"
         "  wiremesh dlq replay 3f2a9c... 77b0e1...\n\n"
         "  wiremesh dlq purge --all"
@@ -60,11 +78,31 @@ dlq_app = typer.Typer(
 )
 app.add_typer(dlq_app, name="dlq")
 
+T = TypeVar("T")
+
 err = Console(stderr=True)
 out = Console()
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: the mesh's registry did not answer: nothing was listed or called
+EXIT_UNREACHABLE = 3
+
+#: the environment variable naming the broker of ``wiremesh dlq``
+BROKER_VARIABLE = "WIREMESH_BROKER"
+
+_MeshOption = Annotated[
+    str | None,
+    typer.Option(
+        "--mesh",
+        envvar=MESH_VARIABLE,
+        metavar="FOLDER|HOST:PORT|URL",
+        show_default=False,
+        help="The mesh: a folder where 'wiremesh run' runs, its registry's host:port, or a "
+        "Redis registry's URL, redis://host:6379/0#name (rediss:// with TLS; #name picks "
+        "the mesh when the database holds several). Default: this folder.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -92,6 +130,99 @@ def _describe(exc: WiremeshError) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# --------------------------------------------------------------------------------- the mesh
+
+
+class _Unreachable(Exception):
+    """The mesh's registry did not answer."""
+
+
+def _is_registry(where: str) -> bool:
+    """Whether ``--mesh`` names a registry (``host:port`` or a Redis URL), not a folder."""
+    from wiremesh.registry.redis import is_redis_url
+
+    host, sep, port = where.rpartition(":")
+    return is_redis_url(where) or bool(sep and host and port.isdigit())
+
+
+def _folder_tls(folder: Path) -> TlsFiles | None:
+    """The mesh's client certificates as ``folder`` has them: those of the mesh running
+    there (its ``mesh.json``), else those its ``wiremesh.toml`` names when ``[tls]`` is on.
+    A mesh named by its registry is reached with them (a ``rediss://`` URL's own
+    ``ssl_*`` parameters win over them for Redis)."""
+    from wiremesh.runtime.config import load_config
+    from wiremesh.runtime.meshfile import MeshFile
+    from wiremesh.transport.tls import TlsFiles
+
+    try:
+        found = MeshFile.find(folder).client_tls()
+    except Unavailable:
+        found = None
+    if found is not None:
+        return found
+    path = folder / "wiremesh.toml"
+    if not path.is_file():
+        return None
+    config = load_config(path)
+    if not config.tls.enabled:
+        return None
+    ca, cert, key = config.tls_paths()
+    client_cert, client_key = ca.parent / "client.pem", ca.parent / "client-key.pem"
+    if client_cert.is_file() and client_key.is_file():
+        return TlsFiles(ca, client_cert, client_key)
+    return TlsFiles(ca, cert, key)
+
+
+async def _connect(where: str | None, timeout: float = 5.0) -> MeshClient:
+    """A started client of the mesh ``where`` names (``--mesh``; None: this folder).
+
+    :class:`Unavailable` when no mesh runs in the folder named, or a Redis database holds
+    no mesh; :class:`_Unreachable` when the mesh's registry does not answer."""
+    from wiremesh.client import connect
+    from wiremesh.core.names import redact_url
+    from wiremesh.registry.redis import find_mesh, is_redis_url, split_mesh
+    from wiremesh.runtime.meshfile import MeshFile
+
+    # the command itself says when the registry is away, in one line
+    logging.getLogger("wiremesh.registry").setLevel(logging.CRITICAL)
+    text = where or "."
+    tls = None
+    if _is_registry(text):
+        tls = _folder_tls(Path.cwd())
+        address = text
+        if is_redis_url(text):
+            url, name = split_mesh(text)
+            address = redact_url(url)
+            if name is None:
+                try:
+                    name = await find_mesh(url, tls=tls, timeout=timeout)
+                except Unavailable as exc:
+                    if exc.message.startswith("no mesh has registered"):
+                        raise  # Redis answered: it holds no mesh
+                    raise _Unreachable(exc.message) from None
+                text = f"{url}#{name}"
+    else:
+        address = redact_url(MeshFile.find(Path(text)).registry)  # no mesh runs there: 1
+    try:
+        return await connect(text, timeout=timeout, tls=tls)
+    except Unavailable:
+        raise _Unreachable(
+            f"the registry at {address} is unreachable: no answer within {timeout:g}s"
+        ) from None
+
+
+def _run_on_mesh(go: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """``asyncio.run(go())`` with the mesh commands' errors turned into exit codes."""
+    try:
+        return asyncio.run(go())
+    except _Unreachable as exc:
+        raise _fail(str(exc), EXIT_UNREACHABLE) from None
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except WiremeshError as exc:
+        raise _fail(_describe(exc)) from None
+
+
 # --------------------------------------------------------------------------------- run
 
 
@@ -106,17 +237,58 @@ def run(
         ),
     ] = None,
     replicas: Annotated[
-        int, typer.Option(min=1, help="Nodes to start, with a module:Service target.")
-    ] = 1,
+        list[str] | None,
+        typer.Option(
+            metavar="SERVICE=N",
+            help="Nodes of a service on this host, over the file's (repeatable: "
+            "--replicas orders=3 --replicas billing=2); a bare N with a module:Service "
+            "target.",
+            show_default=False,
+        ),
+    ] = None,
+    services: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAMES",
+            help="The services this host runs, comma-separated (default: those of its "
+            "host table, else every service).",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Run what the table \\[hosts.NAME] names (default: the table named like "
+            "this machine's hostname, if there is one).",
+            show_default=False,
+        ),
+    ] = None,
+    gateway: Annotated[
+        bool | None,
+        typer.Option(
+            "--gateway/--no-gateway",
+            help="Run the browser gateway on this host, or not (default: the host "
+            "table's gateway, else \\[gateway] enabled).",
+            show_default=False,
+        ),
+    ] = None,
     plain: Annotated[
         bool, typer.Option("--plain", help="Print plain lines even on a terminal.")
     ] = False,
 ) -> None:
-    """Start the mesh: the registry and every service's nodes, as separate processes.
+    """Start the mesh, or this host's part of it: every node as its own process.
 
-    Restarts nodes that die. Ctrl-C (or SIGTERM) drains the mesh: in-flight
-    calls finish within mesh.drain_grace seconds, then every node stops and
-    the command exits 0. A second Ctrl-C stops everything at once.
+    With the embedded registry (the default) this is the whole mesh on one
+    machine: the registry, the broker and every service's nodes. With
+    \\[registry] backend = "redis", run it on each host with the same
+    wiremesh.toml: each starts the nodes named for its host, and they join
+    one mesh through Redis.
+
+    Restarts nodes that die. Ctrl-C (or SIGTERM) drains the nodes it runs:
+    in-flight calls finish within mesh.drain_grace seconds, then every node
+    stops and the command exits 0; the other hosts' nodes go on. A second
+    Ctrl-C stops everything at once.
 
     Examples:
 
@@ -125,18 +297,52 @@ def run(
       wiremesh run examples/ipaas/wiremesh.toml
 
       wiremesh run myapp.pricing:Pricing --replicas 3
+
+    A mesh on three hosts, with this in the wiremesh.toml each host has:
+
+      \\[mesh]
+      name = "shop"
+      host = "0.0.0.0"
+      \\[registry]
+      backend = "redis"
+      url = "redis://:password@redis.internal:6379/0"
+      \\[broker]
+      url = "amqp://shop:password@rabbit.internal:5672/shop"
+      # \\[services.catalog], \\[services.orders], \\[services.billing] as usual,
+      # each with a PostgreSQL store = "postgresql+asyncpg://…"
+      \\[hosts.edge-1]
+      services = ["catalog"]
+      gateway = true
+      \\[hosts.app-1]
+      services = ["orders", "billing"]
+      replicas = { orders = 3 }
+      \\[hosts.app-2]
+      services = ["orders"]
+
+      edge-1$ wiremesh run                # the table named like the hostname
+
+      app-1$  wiremesh run --host app-1
+
+      app-2$  wiremesh run --services orders --replicas orders=4 --no-gateway
     """
+    import socket
+
     from wiremesh.runtime.config import config_for_target, load_config
+    from wiremesh.runtime.placement import parse_replicas, parse_services, place
     from wiremesh.runtime.supervisor import Supervisor
     from wiremesh.runtime.targets import load_service_class
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("grpc").setLevel(logging.ERROR)
+    counts = list(replicas or [])
     try:
         if target is not None and ":" in target and not Path(target).exists():
             cwd = Path.cwd()
             cls = load_service_class(target, [cwd])
-            config = config_for_target(target, root=cwd, replicas=replicas, name=cls.name)
+            bare = [int(c) for c in counts if c.isdigit() and int(c) >= 1]
+            counts = [c for c in counts if not (c.isdigit() and int(c) >= 1)]
+            nodes = bare[-1] if bare else 1
+            config = config_for_target(target, root=cwd, replicas=nodes, name=cls.name)
         else:
             path = Path(target or "wiremesh.toml")
             if target is None and not path.exists():
@@ -146,7 +352,15 @@ def run(
                     EXIT_USAGE,
                 )
             config = load_config(path)
-        supervisor = Supervisor(config)
+        placement = place(
+            config,
+            hostname=socket.gethostname(),
+            host=host,
+            services=parse_services(services) if services is not None else None,
+            replicas=parse_replicas(counts),
+            gateway=gateway,
+        )
+        supervisor = Supervisor(config, placement=placement)
         supervisor.check()
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
@@ -242,13 +456,12 @@ def call(
             "'quorum(n)' values."
         ),
     ] = "all",
-    mesh: Annotated[
-        Path, typer.Option(help="Folder of the running mesh, or a registry host:port.")
-    ] = Path("."),
+    mesh: _MeshOption = None,
 ) -> None:
     """Call a method and print its result as JSON.
 
-    On error, prints the error type and message and exits 1.
+    On error, prints the error type and message and exits 1 (3 when the mesh's
+    registry is unreachable: nothing was called).
 
     With --all (or --group NAME) the call is a multicast: it goes to every
     serving node of the service (or those in the group) under one deadline,
@@ -267,6 +480,10 @@ def call(
       wiremesh call cache.invalidate '"A-1"' --all --timeout 1
 
       wiremesh call warehouse.load --group eu --mode 'quorum(2)'
+
+      wiremesh call inventory.stock '"A-1"' --mesh redis://10.0.0.5:6379/0#shop
+
+      WIREMESH_MESH=redis://10.0.0.5:6379/0#shop wiremesh call inventory.stock '"A-1"'
     """
     multicast = all_nodes or group is not None
     if not multicast and mode != "all":
@@ -286,9 +503,7 @@ def call(
     value = _read_payload(payload)
 
     async def go() -> Any:
-        from wiremesh.client import connect
-
-        client = await connect(str(mesh), timeout=5.0)
+        client = await _connect(mesh)
         try:
             if multicast:
                 return await client.multicast(
@@ -298,12 +513,7 @@ def call(
         finally:
             await client.close()
 
-    try:
-        result = asyncio.run(go())
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
-    except WiremeshError as exc:
-        raise _fail(_describe(exc)) from None
+    result = _run_on_mesh(go)
     if not multicast:
         print(_to_json(result))
         return
@@ -344,13 +554,15 @@ def _uptime(started_at: float) -> str:
 
 @app.command()
 def nodes(
-    mesh: Annotated[
-        Path, typer.Option(help="Folder of the running mesh, or a registry host:port.")
-    ] = Path("."),
+    mesh: _MeshOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
-    """List the live nodes: service, node id, address, pid, state, uptime, and the
+    """List the live nodes: service, node id, host, address, pid, state, uptime, and the
     published messages each dropped.
+
+    The host is the one the node advertises (where it runs, as other hosts reach it).
+
+    When the mesh's registry does not answer, says so in one line and exits 3.
 
     "dropped" counts publishes lost at that node since it started: "out" were not sent
     because the link to a subscriber was full (the subscriber or the network is slow),
@@ -364,29 +576,27 @@ def nodes(
       wiremesh nodes --json
 
       wiremesh nodes --mesh 127.0.0.1:7400
+
+      wiremesh nodes --mesh redis://10.0.0.5:6379/0#shop
+
+      WIREMESH_MESH=rediss://redis.internal:6380/0#shop wiremesh nodes
     """
 
     async def go() -> list[Any]:
-        from wiremesh.client import connect
-
-        client = await connect(str(mesh), timeout=5.0)
+        client = await _connect(mesh)
         try:
             return list(client.nodes())
         finally:
             await client.close()
 
-    try:
-        found = asyncio.run(go())
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
-    except WiremeshError as exc:
-        raise _fail(_describe(exc)) from None
+    found: list[Any] = _run_on_mesh(go)
     found.sort(key=lambda n: (n.service, n.node_id))
     if as_json:
         for n in found:
             row = {
                 "service": n.service,
                 "node": n.node_id,
+                "host": _host_of(n),
                 "address": n.address,
                 "pid": n.pid,
                 "state": n.state.value,
@@ -400,7 +610,8 @@ def nodes(
             print(json.dumps(row))
         return
     table = Table()
-    for column in ("service", "node", "address", "pid", "state", "uptime", "groups", "dropped"):
+    columns = ("service", "node", "host", "address", "pid", "state", "uptime", "groups", "dropped")
+    for column in columns:
         # a narrow terminal folds a cell onto more lines, never cuts a node id or address
         table.add_column(column, overflow="fold")
 
@@ -414,6 +625,7 @@ def nodes(
         table.add_row(
             n.service,
             n.node_id,
+            _host_of(n),
             n.address,
             str(n.pid),
             n.state.value,
@@ -427,10 +639,23 @@ def nodes(
         err.print("no live nodes")
 
 
+def _host_of(node: Any) -> str:
+    """The host a node advertises (from its address when its record has none)."""
+    return str(node.host) or str(node.address).rpartition(":")[0].strip("[]") or "-"
+
+
 # --------------------------------------------------------------------------------- dlq
 
-_MeshOption = Annotated[
-    Path, typer.Option(help="Folder of the mesh (its wiremesh.toml and running mesh).")
+_BrokerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        envvar=BROKER_VARIABLE,
+        show_default=False,
+        help="The mesh's broker: amqp://user:password@host:5672/vhost (or the "
+        "embedded://host:port of a 'wiremesh run'). Default: the broker of the mesh running "
+        "in the --mesh folder, else the \\[broker] url of ./wiremesh.toml.",
+    ),
 ]
 _IdsArgument = Annotated[
     list[str] | None,
@@ -439,13 +664,18 @@ _IdsArgument = Annotated[
 _AllOption = Annotated[bool, typer.Option("--all", help="Every dead letter.")]
 
 
-def _dead_letters(folder: Path, work: Any) -> Any:
-    """Run ``work(broker)`` against the broker of the mesh in ``folder``."""
+def _dead_letters(mesh: str | None, broker_url: str | None, work: Any) -> Any:
+    """Run ``work(broker)`` against the broker of the mesh ``mesh`` names (``--mesh``),
+    or the one ``broker_url`` names (``--broker``)."""
 
     async def go() -> Any:
         from wiremesh.messaging.base import open_broker
 
-        url, data_dir, name, tls, quorum = _broker_of(folder)
+        where = mesh or "."
+        if _is_registry(where):
+            url, data_dir, name, tls, quorum = await _broker_of_registry(where, broker_url)
+        else:
+            url, data_dir, name, tls, quorum = _broker_of(Path(where), broker_url)
         broker = open_broker(url, data_dir=data_dir, mesh=name, tls=tls, quorum_queues=quorum)
         try:
             await broker.start()
@@ -461,8 +691,9 @@ def _dead_letters(folder: Path, work: Any) -> Any:
         raise _fail(_describe(exc)) from None
 
 
-def _broker_of(folder: Path) -> tuple[str, Path, str, Any, bool]:
-    from wiremesh.errors import Unavailable
+def _broker_of(folder: Path, given: str | None) -> tuple[str, Path, str, Any, bool]:
+    """The broker of the mesh in ``folder``: ``given``, else the running mesh's, else the
+    amqp url of its ``wiremesh.toml``."""
     from wiremesh.runtime.config import default_config, load_config
     from wiremesh.runtime.meshfile import MeshFile
 
@@ -471,14 +702,49 @@ def _broker_of(folder: Path) -> tuple[str, Path, str, Any, bool]:
     try:
         running = MeshFile.find(folder)
     except Unavailable as exc:
-        if config.broker.embedded:
+        if given is None and config.broker.embedded:
             raise Unavailable(
-                f"{exc.message} (the embedded broker runs inside 'wiremesh run')"
+                f"{exc.message} (the embedded broker runs inside 'wiremesh run'; give "
+                "--broker for another one)"
             ) from None
-        broker = config.broker
-        return broker.url, config.data_path, config.mesh.name, None, broker.quorum_queues
-    url = running.broker or config.broker.url
+        url = given or config.broker.url
+        tls = _folder_tls(folder) if url.startswith("embedded") else None
+        return url, config.data_path, config.mesh.name, tls, config.broker.quorum_queues
+    url = given or running.broker or config.broker.url
     return url, config.data_path, running.name, running.client_tls(), running.quorum_queues
+
+
+async def _broker_of_registry(where: str, given: str | None) -> tuple[str, Path, str, Any, bool]:
+    """The broker of a mesh named by its registry: ``given``, else the amqp url of this
+    folder's ``wiremesh.toml`` (a registry does not say where the broker is). The mesh's
+    name is the URL's ``#name``, else the configuration's, else the one mesh of the
+    Redis database."""
+    from wiremesh.core.names import redact_url
+    from wiremesh.registry.redis import find_mesh, is_redis_url, split_mesh
+    from wiremesh.runtime.config import load_config
+
+    here = Path.cwd()
+    path = here / "wiremesh.toml"
+    config = load_config(path) if path.is_file() else None
+    url = given
+    if url is None and config is not None and not config.broker.embedded:
+        url = config.broker.url
+    registry, name = split_mesh(where) if is_redis_url(where) else (where, None)
+    if url is None:
+        raise ConfigError(
+            f"wiremesh dlq needs the mesh's broker, and the registry at "
+            f"{redact_url(registry)} does not say where it is: give --broker "
+            f"amqp://user:password@host:5672/vhost (or set {BROKER_VARIABLE}), or run the "
+            "command in the folder of the mesh's wiremesh.toml"
+        )
+    tls = _folder_tls(here)
+    if name is None and config is not None:
+        name = config.mesh.name
+    if name is None and is_redis_url(where):
+        name = await find_mesh(registry, tls=tls)
+    data_dir = config.data_path if config is not None else here / ".wiremesh"
+    quorum = config.broker.quorum_queues if config is not None else False
+    return url, data_dir, name or "wiremesh", tls, quorum
 
 
 def _ids_or_all(ids: list[str] | None, every: bool) -> list[str] | None:
@@ -519,7 +785,8 @@ def _dead_as_json(dead: Any) -> dict[str, Any]:
 
 @dlq_app.command("list")
 def dlq_list(
-    mesh: _MeshOption = Path("."),
+    mesh: _MeshOption = None,
+    broker: _BrokerOption = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
@@ -531,8 +798,10 @@ def dlq_list(
       wiremesh dlq list
 
       wiremesh dlq list --json --limit 1000
+
+      wiremesh dlq list --mesh redis://10.0.0.5:6379/0#shop --broker amqp://app:pw@10.0.0.6/
     """
-    found = _dead_letters(mesh, lambda broker: broker.dead_letters(limit=limit))
+    found = _dead_letters(mesh, broker, lambda found: found.dead_letters(limit=limit))
     if as_json:
         for dead in found:
             row = _dead_as_json(dead)
@@ -560,7 +829,8 @@ def dlq_list(
 @dlq_app.command("show")
 def dlq_show(
     message_id: Annotated[str, typer.Argument(help="The message id.", show_default=False)],
-    mesh: _MeshOption = Path("."),
+    mesh: _MeshOption = None,
+    broker: _BrokerOption = None,
 ) -> None:
     """Print one dead letter as JSON: its envelope, headers, full reason and payload
     (decoded for msgpack and json, base64 otherwise). Exits 1 when there is none.
@@ -569,7 +839,7 @@ def dlq_show(
 
       wiremesh dlq show 3f2a9c0d8e1b4a5f9c7d6e5f4a3b2c1d
     """
-    found = _dead_letters(mesh, lambda broker: broker.dead_letter(message_id))
+    found = _dead_letters(mesh, broker, lambda found: found.dead_letter(message_id))
     if found is None:
         raise _fail(f"no dead letter {message_id!r}")
     print(_to_json(_dead_as_json(found)))
@@ -579,7 +849,8 @@ def dlq_show(
 def dlq_replay(
     ids: _IdsArgument = None,
     every: _AllOption = False,
-    mesh: _MeshOption = Path("."),
+    mesh: _MeshOption = None,
+    broker: _BrokerOption = None,
 ) -> None:
     """Put dead letters back on the queue they died on, with their attempts reset; their
     handler gets them again. Exits 1 when an id was not found.
@@ -591,7 +862,7 @@ def dlq_replay(
       wiremesh dlq replay --all
     """
     wanted = _ids_or_all(ids, every)
-    count = _dead_letters(mesh, lambda broker: broker.replay(wanted))
+    count = _dead_letters(mesh, broker, lambda found: found.replay(wanted))
     print(f"replayed {count} message(s)")
     if wanted is not None and count < len(wanted):
         raise _fail(f"{len(wanted) - count} of the {len(wanted)} id(s) are not dead letters")
@@ -601,7 +872,8 @@ def dlq_replay(
 def dlq_purge(
     ids: _IdsArgument = None,
     every: _AllOption = False,
-    mesh: _MeshOption = Path("."),
+    mesh: _MeshOption = None,
+    broker: _BrokerOption = None,
 ) -> None:
     """Delete dead letters for good. Exits 1 when an id was not found.
 
@@ -612,7 +884,7 @@ def dlq_purge(
       wiremesh dlq purge --all
     """
     wanted = _ids_or_all(ids, every)
-    count = _dead_letters(mesh, lambda broker: broker.purge(wanted))
+    count = _dead_letters(mesh, broker, lambda found: found.purge(wanted))
     print(f"purged {count} message(s)")
     if wanted is not None and count < len(wanted):
         raise _fail(f"{len(wanted) - count} of the {len(wanted)} id(s) are not dead letters")
@@ -621,29 +893,53 @@ def dlq_purge(
 # --------------------------------------------------------------------------------- certs
 
 
+CERTS_DIR = Path(".wiremesh/certs")
+
+
 @certs_app.command("init")
 def certs_init(
-    directory: Annotated[Path, typer.Option("--dir", help="Where to write the files.")] = Path(
-        ".wiremesh/certs"
-    ),
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the files.")] = CERTS_DIR,
     host: Annotated[
         list[str] | None,
         typer.Option(help="A host name or IP the node certificate is valid for (repeat)."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing CA (every certificate it signed stops being trusted).",
+        ),
+    ] = False,
 ) -> None:
     """Create a development CA and certificates for mutual TLS.
 
     Writes ca.pem, node.pem and client.pem with their keys. Turn TLS on with
 
-      [tls]
+      \\[tls]
       enabled = true
 
     in wiremesh.toml (the default paths point at .wiremesh/certs/).
-    """
-    from wiremesh.transport.certs import create_dev_ca
 
-    hosts = tuple(host) if host else ("localhost", "127.0.0.1", "::1")
+    An existing CA is kept: replacing it would invalidate every certificate it signed.
+    Certificates for more hosts come from 'wiremesh certs issue --host NAME'.
+
+    Examples:
+
+      wiremesh certs init
+
+      wiremesh certs init --host mesh.internal --host 10.0.0.5
+    """
+    from wiremesh.transport.certs import DEFAULT_HOSTS, CertPaths, create_dev_ca
+
+    existing = CertPaths.in_directory(directory)
+    if not force and (existing.ca.exists() or existing.ca_key.exists()):
+        raise _fail(
+            f"a development CA already exists in {directory}; replacing it would invalidate "
+            "every certificate it signed. Issue more certificates with "
+            "'wiremesh certs issue --host NAME', or pass --force to replace the CA.",
+            EXIT_USAGE,
+        )
+    hosts = tuple(host) if host else DEFAULT_HOSTS
     try:
         paths = create_dev_ca(directory, hosts=hosts, overwrite=force)
     except ConfigError as exc:
@@ -651,6 +947,96 @@ def certs_init(
     print(f"CA:     {paths.ca}")
     print(f"node:   {paths.node_cert} (key {paths.node_key})")
     print(f"client: {paths.client_cert} (key {paths.client_key})")
+
+
+@certs_app.command("issue")
+def certs_issue(
+    host: Annotated[
+        list[str],
+        typer.Option(
+            help="A host name or IP address the certificate is valid for (repeat).",
+            metavar="NAME|IP",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="File stem: writes NAME.pem and NAME-key.pem. Default: node-<first host>.",
+            show_default=False,
+        ),
+    ] = None,
+    directory: Annotated[
+        Path, typer.Option("--dir", help="The folder of the CA ('wiremesh certs init --dir').")
+    ] = CERTS_DIR,
+    ca: Annotated[
+        Path | None,
+        typer.Option(help="The CA certificate. Default: DIR/ca.pem.", show_default=False),
+    ] = None,
+    ca_key: Annotated[
+        Path | None,
+        typer.Option(help="The CA's key. Default: DIR/ca-key.pem.", show_default=False),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the files. Default: the CA's folder.", show_default=False
+        ),
+    ] = None,
+    days: Annotated[
+        int | None,
+        typer.Option(
+            help="Validity in days. Default: as for 'certs init' (825).", show_default=False
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace existing files of the same name.")
+    ] = False,
+) -> None:
+    """Issue a certificate for one host, signed by the existing development CA.
+
+    The certificate carries every --host as a subjectAltName (a DNS name, or an IP
+    address) and serves for both server and client authentication: the host's nodes
+    present it to the nodes of other hosts and accept them (mutual TLS). Give the names
+    and addresses the other hosts reach this host by, that is, the address its nodes
+    advertise. Copy NAME.pem, NAME-key.pem and ca.pem to that host and point \\[tls] ca,
+    cert and key at them. The CA must exist already: run 'wiremesh certs init' once.
+
+    Examples:
+
+      wiremesh certs issue --host hostb.internal --host 10.0.0.7
+
+      wiremesh certs issue --host 10.0.0.8 --name node-hostc --out ./for-hostc
+
+      wiremesh certs issue --host db.internal --ca /secure/ca.pem --ca-key /secure/ca-key.pem
+    """
+    from wiremesh.transport.certs import DEFAULT_DAYS, issue_host_certificate
+
+    ca_cert = ca if ca is not None else directory / "ca.pem"
+    ca_private = ca_key if ca_key is not None else directory / "ca-key.pem"
+    missing = [str(path) for path in (ca_cert, ca_private) if not path.is_file()]
+    if missing:
+        raise _fail(
+            f"no development CA: {' and '.join(missing)} not found. Create one with "
+            "'wiremesh certs init' first (or point --ca and --ca-key at an existing one).",
+            EXIT_USAGE,
+        )
+    try:
+        issued = issue_host_certificate(
+            ca_cert,
+            ca_private,
+            host,
+            out_dir=out,
+            name=name,
+            days=DEFAULT_DAYS if days is None else days,
+            overwrite=force,
+        )
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    until = issued.not_after.strftime("%Y-%m-%d")
+    print(f"certificate: {issued.cert} ({', '.join(issued.names)}; valid until {until})")
+    print(f"key:         {issued.key} (mode 0600)")
+    print(f"signed by:   {ca_cert}")
 
 
 # --------------------------------------------------------------------------------- gateway
@@ -665,18 +1051,43 @@ def _config_at(config: Path | None) -> Any:
     return load_config(here) if here.is_file() else default_config(Path.cwd())
 
 
+def _gateway_registry(where: str | None, config: MeshConfig) -> tuple[str, str | None]:
+    """The registry a gateway joins and the mesh's name (None: ask Redis): ``--mesh``
+    when given, else the Redis registry of ``config``, else the mesh running in its
+    folder."""
+    from wiremesh.registry.redis import is_redis_url, split_mesh
+    from wiremesh.runtime.meshfile import MeshFile
+
+    if where is not None and is_redis_url(where):
+        url, name = split_mesh(where)
+        if name is None and config.registry.redis and config.registry.url == url:
+            name = config.mesh.name  # the configuration's own Redis: its mesh
+        return url, name
+    if where is not None and _is_registry(where):
+        return where, config.mesh.name
+    if where is not None:
+        running = MeshFile.find(Path(where))
+        return running.registry, running.name
+    if config.registry.redis:
+        return config.registry.url, config.mesh.name
+    running = MeshFile.find(config.root)
+    return running.registry, running.name
+
+
 @app.command()
 def gateway(
+    mesh: _MeshOption = None,
     config: Annotated[
         Path | None,
-        typer.Option(help="The mesh's wiremesh.toml (default: ./wiremesh.toml if any)."),
+        typer.Option(
+            help="The mesh's wiremesh.toml (default: the --mesh folder's, else "
+            "./wiremesh.toml if any).",
+            show_default=False,
+        ),
     ] = None,
     registry: Annotated[
         str | None,
-        typer.Option(
-            help="The registry's host:port (default: the one of the mesh running here).",
-            show_default=False,
-        ),
+        typer.Option(help="The registry's host:port (an older name of --mesh).", hidden=True),
     ] = None,
     host: Annotated[
         str | None, typer.Option(help="Override gateway.host.", show_default=False)
@@ -688,24 +1099,35 @@ def gateway(
     """Run a browser gateway alone, for a mesh that runs elsewhere.
 
     'wiremesh run' starts a gateway by itself; this command is for more gateways, or
-    gateways on other machines. It reads the [gateway] settings of the configuration
-    file and joins the mesh whose registry is given (or the one running in this
-    folder). Ctrl-C closes its sessions with 1001 and stops it.
+    gateways on other machines. It reads the \\[gateway] settings of the configuration
+    file and joins the mesh --mesh names: its Redis registry's URL, an embedded
+    registry's host:port, or a folder where 'wiremesh run' runs. Without --mesh: the
+    Redis registry of the configuration (\\[registry] backend = "redis"), else the mesh
+    running in this folder.
+
+    It registers the address other hosts reach it at (\\[mesh] advertise, or the one
+    that reaches the registry) and the URL browsers reach it at (\\[gateway] public_url,
+    else its own), which it prints. Ctrl-C closes its sessions with 1001 and stops it.
 
     Examples:
 
-      wiremesh gateway --registry 10.0.0.5:7400 --host 0.0.0.0 --port 8443
+      wiremesh gateway --mesh redis://10.0.0.5:6379/0#shop --host 0.0.0.0 --port 8443
 
-      wiremesh gateway --config deploy/wiremesh.toml --port 8081
+      wiremesh gateway --mesh 10.0.0.5:7400 --config deploy/wiremesh.toml
+
+      WIREMESH_MESH=rediss://redis.internal:6380/0#shop wiremesh gateway --port 8081
     """
     import signal
 
-    from wiremesh.gateway.process import gateway_of, serve
-    from wiremesh.runtime.meshfile import MeshFile
+    from wiremesh.gateway.process import gateway_of, mesh_tls, serve
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("grpc").setLevel(logging.ERROR)
+    where = registry or mesh
     try:
+        if config is None and where is not None and not _is_registry(where):
+            folder_config = Path(where) / "wiremesh.toml"
+            config = folder_config if folder_config.is_file() else None
         mesh_config = _config_at(config)
         overrides: dict[str, Any] = {}
         if host is not None:
@@ -717,21 +1139,26 @@ def gateway(
             mesh_config = mesh_config.model_validate(
                 mesh_config.model_dump() | {"gateway": settings}
             )
-        if registry is None:
-            registry = MeshFile.find(mesh_config.root).registry
+        address, name = _gateway_registry(where, mesh_config)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except WiremeshError as exc:
         raise _fail(_describe(exc)) from None
 
+    def announce(gw: Any) -> None:
+        listening = "" if gw.url == gw.local_url else f" (listening at {gw.local_url}/)"
+        print(f"gateway: {gw.url}/{listening}", flush=True)
+
     async def go() -> None:
-        assert registry is not None
-        gw = gateway_of(mesh_config, registry)  # its gRPC channels belong to this loop
+        from wiremesh.registry.redis import find_mesh
+
+        found = name or await find_mesh(address, tls=mesh_tls(mesh_config))
+        gw = gateway_of(mesh_config, address, mesh=found)  # its gRPC channels: this loop's
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(gw, stop=stop, announce=lambda g: print(f"gateway: {g.url}/", flush=True))
+        await serve(gw, stop=stop, announce=announce)
 
     try:
         asyncio.run(go())
@@ -808,9 +1235,7 @@ def token(
 
 @app.command()
 def top(
-    mesh: Annotated[
-        Path, typer.Option(help="Folder of the running mesh, or a registry host:port.")
-    ] = Path("."),
+    mesh: _MeshOption = None,
     interval: Annotated[
         float, typer.Option(min=0.1, help="Seconds between two readings of the nodes.")
     ] = 1.0,
@@ -823,7 +1248,9 @@ def top(
     dropped and frames waiting on its links. Ctrl-C quits.
 
     Figures come from each node's /metrics endpoint ([observability] metrics, on by
-    default); a node that does not answer shows "-".
+    default); a node that does not answer shows "-". The title says whether the
+    registry answers: while it does not, the nodes shown are its last view (nodes and
+    gateways keep working on theirs; each exports wiremesh_registry_reachable).
 
     Examples:
 
@@ -832,40 +1259,44 @@ def top(
       wiremesh top --interval 5
 
       wiremesh top --once --mesh 127.0.0.1:7400
+
+      wiremesh top --mesh redis://10.0.0.5:6379/0#shop
     """
     from rich.live import Live
 
     from wiremesh.runtime.top import Sampler, top_table
 
-    async def go() -> None:
-        from wiremesh.client import connect
+    def title(client: MeshClient, rows: list[Any]) -> str:
+        registry = (
+            "registry reachable"
+            if client.view.reachable
+            else "[bold red]registry UNREACHABLE[/]: its last view"
+        )
+        return f"wiremesh top: {len(rows)} node(s), every {interval:g}s, {registry}"
 
-        client = await connect(str(mesh), timeout=5.0)
+    async def go() -> None:
+        client = await _connect(mesh)
         sampler = Sampler()
         try:
             await sampler.sample(client.nodes())
             if once:
                 await asyncio.sleep(interval)
-                table = top_table(await sampler.sample(client.nodes()))
+                rows = await sampler.sample(client.nodes())
+                table = top_table(rows, title=title(client, rows))
                 (out if out.is_terminal else Console(width=_PIPE_WIDTH)).print(table)
                 return
             with Live(console=out, auto_refresh=False) as live:
                 while True:
                     await asyncio.sleep(interval)
                     rows = await sampler.sample(client.nodes())
-                    title = f"wiremesh top: {len(rows)} node(s), every {interval:g}s"
-                    live.update(top_table(rows, title=title), refresh=True)
+                    live.update(top_table(rows, title=title(client, rows)), refresh=True)
         finally:
             await client.close()
 
     try:
-        asyncio.run(go())
+        _run_on_mesh(go)
     except KeyboardInterrupt:
         return
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
-    except WiremeshError as exc:
-        raise _fail(_describe(exc)) from None
 
 
 def main() -> None:

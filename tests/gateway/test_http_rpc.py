@@ -236,5 +236,5 @@ async def test_a_service_with_no_live_node_is_503() -> None:
         assert body["error"] == "wiremesh.errors.Unavailable"
         ready = await client.get("/readyz")
         body = problem_of(ready, 503)
-        assert body["details"] == {"missing": ["vault"]}
+        assert body["details"] == {"missing": ["vault"], "registry": "reachable"}
         assert ready.headers["retry-after"] == "1"

@@ -149,6 +149,16 @@ async def test_node_counters_and_link_queues_are_exported() -> None:
     assert {dict(labels)["peer"] for _, labels in queued} >= {node.node_id}
 
 
+async def test_the_registry_gauge_says_whether_the_registry_answers() -> None:
+    async with TestMesh(Shop) as mesh:
+        node = mesh.nodes[0]
+        assert value(await read(node), "wiremesh_registry_reachable") == 1
+        await mesh.registry.stop()
+        await eventually(lambda: not node.view.reachable)
+        assert value(await read(node), "wiremesh_registry_reachable") == 0
+        assert await mesh.call("shop.buy", 1) == 1  # the last view still serves
+
+
 async def test_a_node_without_an_endpoint_serves_no_metrics() -> None:
     async with TestMesh(Shop, metrics_port=None) as mesh:
         node = mesh.nodes[0]

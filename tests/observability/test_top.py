@@ -63,6 +63,7 @@ async def test_top_once_shows_each_node_with_its_call_rate() -> None:
     text = out.decode()
     for column in ("calls/s", "errors/s", "p50 ms", "p99 ms"):
         assert column in text
+    assert "registry reachable" in text  # the title says whether the registry answers
     shop_row = next(line for line in text.splitlines() if shop in line)
     idle_row = next(line for line in text.splitlines() if idle in line)
     numbers = [float(n.replace(",", "")) for n in re.findall(r"\b\d[\d,]*\.\d+\b", shop_row)]

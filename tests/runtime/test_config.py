@@ -271,7 +271,7 @@ def test_range_and_choice_errors(tmp_path: Path) -> None:
         "wiremesh.toml:2: mesh.default_timeout: Input should be greater than 0",
         "wiremesh.toml:3: mesh.drain_grace: Input should be greater than or equal to 0",
         "wiremesh.toml:4: mesh.balancer: Input should be 'round_robin' or 'least_outstanding'",
-        "wiremesh.toml:6: registry.backend: Input should be 'embedded'",
+        "wiremesh.toml:6: registry.backend: Input should be 'embedded' or 'redis'",
     ]
 
 

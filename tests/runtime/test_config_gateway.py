@@ -93,3 +93,15 @@ def test_trusted_proxies_are_addresses_or_networks(tmp_path: Path) -> None:
     assert config.gateway.trusted_proxies == ["10.0.0.0/8", "192.0.2.1", "::1"]
     message = error_of('[gateway]\ntrusted_proxies = ["10.0.0.0/8", "proxy"]\n', tmp_path)
     assert "gateway.trusted_proxies" in message and "'proxy' is not an IP address" in message
+
+
+def test_public_url_is_an_http_url_without_its_trailing_slash(tmp_path: Path) -> None:
+    assert config_from_text("", root=tmp_path).gateway.public_url == ""
+    config = config_from_text(
+        '[gateway]\npublic_url = "https://chat.example.com/"\n', root=tmp_path
+    )
+    assert config.gateway.public_url == "https://chat.example.com"
+    message = error_of('[gateway]\npublic_url = "chat.example.com"\n', tmp_path)
+    assert "wiremesh.toml:2: gateway.public_url" in message and "https://" in message
+    message = error_of('[gateway]\npublic_url = "https://example.com/?a=1"\n', tmp_path)
+    assert "no query" in message

@@ -137,6 +137,32 @@ def test_a_bad_launch_description_exits_78(tmp_path: Path) -> None:
     assert "bad launch description" in done.stderr
 
 
+def test_a_node_reads_its_launch_from_stdin_when_its_argument_is_a_dash(
+    tmp_path: Path,
+) -> None:
+    """How the supervisor starts nodes: the launch holds passwords, and a process's
+    arguments are readable by every local user."""
+    done = subprocess.run(
+        [PYTHON, "-m", "wiremesh.runtime.process", "-"],
+        input=launch_json(tmp_path, target="svc_echo:Missing"),
+        capture_output=True,
+        text=True,
+        timeout=30.0,
+        start_new_session=True,
+    )
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert "has no 'Missing'" in done.stderr  # the launch was read: its target was tried
+    bad = subprocess.run(
+        [PYTHON, "-m", "wiremesh.runtime.process", "-"],
+        input="{not json",
+        capture_output=True,
+        text=True,
+        timeout=30.0,
+    )
+    assert bad.returncode == EXIT_CONFIG
+    assert "bad launch description" in bad.stderr
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

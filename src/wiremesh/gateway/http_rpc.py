@@ -15,8 +15,11 @@ Paths:
   handler finds the token's subject in ``ctx.metadata["principal"]``.
 - ``GET /openapi.json``: the OpenAPI 3.1 document (:mod:`.openapi`).
 - ``GET /docs``: a page that renders that document, served from the package (no CDN).
-- ``GET /readyz``: 200 when the registry answers and every configured service has a live
-  node; 503 with a problem naming what is missing otherwise.
+- ``GET /readyz``: 200 when every configured service has a live node in the gateway's view
+  of the mesh; 503 with a problem naming what is missing otherwise. The view is the last
+  one the registry gave: an outage of the registry alone never makes a gateway unready
+  (it would take every gateway out of its load balancer at once); the body says
+  ``"registry": "reachable"`` or ``"unreachable"``.
 
 Order of the checks on ``/rpc``: method (405), token and access rules (401, 403), rate of
 the principal (429), the gateway's concurrency (503), media type (415), declared body size
@@ -111,7 +114,6 @@ class HttpDoor:
         document: DocumentSettings | None = None,
         body_timeout: float = 10.0,
         write_timeout: float = 10.0,
-        ready_timeout: float = 2.0,
         docs: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -127,7 +129,6 @@ class HttpDoor:
         )
         self.body_timeout = body_timeout
         self.write_timeout = write_timeout
-        self.ready_timeout = ready_timeout
         self.clock = clock
         self._document: tuple[object, bytes] | None = None
         self._routes: dict[str, Endpoint] = {"/readyz": self.readyz}
@@ -315,30 +316,24 @@ class HttpDoor:
     # --------------------------------------------------------------------- health
 
     async def readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Ready: the registry answers now, and each configured service has a live node."""
-        path = scope["path"]
-        try:
-            snapshot = await asyncio.wait_for(
-                self.caller.view.registry.snapshot(), self.ready_timeout
-            )
-        except TimeoutError:
-            error = Unavailable(f"the registry did not answer within {self.ready_timeout:g}s")
-            await send_problem(send, problem_for(error, path, retry_after=1))
-            return
-        except WiremeshError as exc:
-            error = Unavailable(f"the registry did not answer: {exc.message}")
-            await send_problem(send, problem_for(error, path, retry_after=1))
-            return
+        """Ready: each configured service has a live node in the view. The view is the
+        registry's last word, so a registry outage alone leaves the answer as it was; the
+        body says whether the registry answers now."""
+        view = self.caller.view
+        snapshot = view.snapshot
+        registry = "reachable" if view.reachable else "unreachable"
         missing = [name for name in self.services if not snapshot.serving(name)]
         if missing:
             error = Unavailable(
-                f"no live node of {', '.join(missing)}", details={"missing": missing}
+                f"no live node of {', '.join(missing)}",
+                details={"missing": missing, "registry": registry},
             )
-            await send_problem(send, problem_for(error, path, retry_after=1))
+            await send_problem(send, problem_for(error, scope["path"], retry_after=1))
             return
         names = self.services or sorted(snapshot.services - {GATEWAY_NODES})
         nodes = {name: len(snapshot.serving(name)) for name in names}
-        await self._send_json(send, 200, pydantic_core.to_json({"status": "ready", "nodes": nodes}))
+        body = {"status": "ready", "registry": registry, "nodes": nodes}
+        await self._send_json(send, 200, pydantic_core.to_json(body))
 
 
 def gateway_door(

@@ -11,6 +11,8 @@ metrics only when Prometheus scrapes, on the event loop that owns them. Names (a
 - ``ws_closes_total{code}``: sessions ended, by WebSocket close code
 - ``ws_refused_total{status}``: upgrades refused before the WebSocket opened
 - ``http_responses_total{status}``, ``http_request_seconds`` (histogram)
+- ``registry_reachable``: 1 when the registry answered the last time it was asked, 0 while
+  it does not (the gateway keeps routing on its last view meanwhile)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from wiremesh.observability.metrics import LATENCY_BUCKETS
+from wiremesh.observability.metrics import LATENCY_BUCKETS, RegistryReachable
 
 __all__ = ["GatewayMeter"]
 
@@ -30,7 +32,12 @@ __all__ = ["GatewayMeter"]
 class GatewayMeter(Collector):
     """One gateway's counts, and the registry that exports them."""
 
-    def __init__(self, sessions: Callable[[], Iterable[str]]) -> None:
+    def __init__(
+        self,
+        sessions: Callable[[], Iterable[str]],
+        *,
+        reachable: Callable[[], bool] | None = None,
+    ) -> None:
         #: yields the service of every open session (read at scrape time)
         self._sessions = sessions
         self.messages_in = 0
@@ -48,6 +55,8 @@ class GatewayMeter(Collector):
             registry=self.registry,
         )
         self.registry.register(self)
+        if reachable is not None:
+            self.registry.register(RegistryReachable(reachable))
 
     def text(self) -> bytes:
         """Everything, in the Prometheus text format."""

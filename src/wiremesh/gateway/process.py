@@ -1,11 +1,16 @@
-"""The gateway process: ``python -m wiremesh.gateway.process '<json>'``.
+"""The gateway process: ``python -m wiremesh.gateway.process -``.
 
-``wiremesh run`` starts one with a :class:`GatewayLaunch` (the mesh configuration, the
-registry address, the gateway id); ``wiremesh gateway`` runs the same :func:`serve` in
+``wiremesh run`` starts one and writes a :class:`GatewayLaunch` (the mesh configuration,
+the registry address, the gateway id) as JSON to its standard input, never to its
+arguments, which every local user can read: the configuration holds the gateway's secret
+and URLs with passwords (the launch as the one argument, ``'<json>'``, works too);
+``wiremesh gateway`` runs the same :func:`serve` in
 its own process. The gateway registers in the registry as a member of the reserved
-service ``wm-gateway`` (so that ``wiremesh nodes`` and the supervisor see it), serves
-until SIGTERM or SIGINT, then closes its sessions with 1001 and exits 0. Exit code 78
-means it cannot start as configured (the supervisor does not restart it).
+service ``wm-gateway`` (so that ``wiremesh nodes`` and the supervisor see it), with the
+address other hosts reach it at and, under the metadata key ``wm-gateway-url``, the URL
+browsers reach it at (``[gateway] public_url``, or its own); it serves until SIGTERM or
+SIGINT, then closes its sessions with 1001 and exits 0. Exit code 78 means it cannot start
+as configured (the supervisor does not restart it).
 """
 
 from __future__ import annotations
@@ -30,10 +35,19 @@ from wiremesh.gateway.stream import GATEWAY_NODES, GATEWAY_URL_KEY
 from wiremesh.observability import tracing
 from wiremesh.observability.logs import configure_logging
 from wiremesh.runtime import heap
+from wiremesh.runtime.advertise import with_host
 from wiremesh.runtime.config import MeshConfig
 from wiremesh.transport.tls import TlsFiles
 
-__all__ = ["EXIT_CONFIG", "GATEWAY_KEY", "GATEWAY_SERVICE", "GatewayLaunch", "gateway_of", "serve"]
+__all__ = [
+    "EXIT_CONFIG",
+    "GATEWAY_KEY",
+    "GATEWAY_SERVICE",
+    "GatewayLaunch",
+    "gateway_of",
+    "mesh_tls",
+    "serve",
+]
 
 EXIT_CONFIG = 78
 GATEWAY_SERVICE = GATEWAY_NODES
@@ -59,34 +73,47 @@ class GatewayLaunch:
         return cls(**json.loads(text))
 
 
-def gateway_of(config: MeshConfig, registry: str, gateway_id: str | None = None) -> Gateway:
-    """A :class:`Gateway` as ``config`` describes it, for the mesh at ``registry``."""
+def gateway_of(
+    config: MeshConfig, registry: str, gateway_id: str | None = None, *, mesh: str | None = None
+) -> Gateway:
+    """A :class:`Gateway` as ``config`` describes it, for the mesh at ``registry`` (an
+    embedded registry's ``host:port`` or a Redis URL) called ``mesh`` (default: the
+    configuration's ``mesh.name``)."""
     settings = config.gateway
-    mesh_tls = None
-    if config.tls.enabled:
-        ca, cert, key = config.tls_paths()
-        client_cert, client_key = cert.parent / "client.pem", cert.parent / "client-key.pem"
-        mesh_tls = TlsFiles(ca, cert, key)
-        if not cert.is_file() and client_cert.is_file():
-            mesh_tls = TlsFiles(ca, client_cert, client_key)
+    tls = mesh_tls(config)
+    heartbeat_interval, ttl = config.registry.heartbeat_interval, config.registry.ttl
     return Gateway(
         settings,
         registry_address=registry,
         root=config.root,
         data_dir=config.data_path,
-        mesh_tls=mesh_tls,
+        mesh_tls=tls,
         tls=config.gateway_tls_paths() if settings.tls else None,
         max_message_bytes=config.mesh.max_message_bytes,
         gateway_id=gateway_id,
-        heartbeat_interval=config.registry.heartbeat_interval,
+        heartbeat_interval=heartbeat_interval,
+        ttl=ttl,
+        advertise=config.mesh.advertise or None,
         specs=service_specs(
             {name: service.target for name, service in config.services.items()},
             config.python_paths(),
         ),
         services=sorted(config.services),
-        mesh_name=config.mesh.name,
-        dead_letters=DeadLetterCount(config, mesh_tls),
+        mesh_name=mesh or config.mesh.name,
+        dead_letters=DeadLetterCount(config, tls, mesh=mesh),
     )
+
+
+def mesh_tls(config: MeshConfig) -> TlsFiles | None:
+    """The files the gateway reaches the nodes (and a ``rediss://`` registry) with when
+    ``[tls]`` is on: the node pair, or the client pair when only that one is here."""
+    if not config.tls.enabled:
+        return None
+    ca, cert, key = config.tls_paths()
+    client_cert, client_key = cert.parent / "client.pem", cert.parent / "client-key.pem"
+    if not cert.is_file() and client_cert.is_file():
+        return TlsFiles(ca, client_cert, client_key)
+    return TlsFiles(ca, cert, key)
 
 
 class DeadLetterCount:
@@ -96,9 +123,17 @@ class DeadLetterCount:
     #: counted up to this many; the dashboard shows "1000" for "at least 1000"
     LIMIT = 1000
 
-    def __init__(self, config: MeshConfig, tls: TlsFiles | None, every: float = 5.0) -> None:
+    def __init__(
+        self,
+        config: MeshConfig,
+        tls: TlsFiles | None,
+        every: float = 5.0,
+        *,
+        mesh: str | None = None,
+    ) -> None:
         self.config = config
         self.tls = tls
+        self.mesh = mesh or config.mesh.name
         self.every = every
         self._broker: Any = None
         self._count = 0
@@ -115,7 +150,7 @@ class DeadLetterCount:
             self._broker = open_broker(
                 broker.url,
                 data_dir=self.config.data_path,
-                mesh=self.config.mesh.name,
+                mesh=self.mesh,
                 tls=self.tls,
                 quorum_queues=broker.quorum_queues,
             )
@@ -140,10 +175,11 @@ async def serve(
             NodeInfo(
                 node_id=gateway.gateway_id,
                 service=GATEWAY_SERVICE,
-                address=f"{gateway.settings.host}:{gateway.port}",
+                address=with_host(f"{gateway.settings.host}:{gateway.port}", gateway.advertise),
                 pid=os.getpid(),
                 started_at=time.time(),
                 metadata={GATEWAY_KEY: gateway.url},
+                host=gateway.advertise,
             )
         )
         if announce is not None:
@@ -205,10 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("grpc").setLevel(logging.ERROR)
     if len(args) != 1:
-        print("usage: python -m wiremesh.gateway.process '<launch json>'", file=sys.stderr)
+        print(
+            "usage: python -m wiremesh.gateway.process - (the launch JSON on stdin)",
+            file=sys.stderr,
+        )
         return 2
     try:
-        launch = GatewayLaunch.from_json(args[0])
+        launch = GatewayLaunch.from_json(sys.stdin.read() if args[0] == "-" else args[0])
     except (ValueError, TypeError) as exc:
         print(f"bad launch description: {exc}", file=sys.stderr)
         return EXIT_CONFIG

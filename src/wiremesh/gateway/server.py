@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -49,8 +50,9 @@ from wiremesh.gateway.streams import NodeStreams
 from wiremesh.gateway.table import SessionTable
 from wiremesh.gateway.websocket import Refusal
 from wiremesh.observability.dashboard import MeshState
-from wiremesh.registry.embedded import EmbeddedRegistry
+from wiremesh.registry.backends import open_registry
 from wiremesh.registry.view import MeshView
+from wiremesh.runtime.advertise import WILDCARDS, advertised_host
 from wiremesh.runtime.gateway_settings import GatewaySettings, is_loopback
 from wiremesh.service import ServiceSpec
 from wiremesh.transport.client import channel_options
@@ -78,12 +80,15 @@ def default_client_js() -> Path | None:
 
 class Gateway:
     """A gateway serving ``settings`` for the mesh whose registry is at
-    ``registry_address``.
+    ``registry_address`` (``host:port``, or a ``redis://`` URL with the mesh called
+    ``mesh_name``; see :func:`~wiremesh.registry.backends.open_registry`).
 
     ``root`` is the folder relative paths of the settings are read from (the config
     file's), ``data_dir`` where the development secret lives; ``mesh_tls`` the mutual TLS
-    files to reach the nodes with (when the mesh uses TLS); ``tls`` the certificate and key
-    browsers see (when ``settings.tls``).
+    files to reach the nodes (and a ``rediss://`` registry) with, when the mesh uses TLS;
+    ``tls`` the certificate and key browsers see (when ``settings.tls``); ``advertise``
+    the host other hosts reach this one at (``[mesh] advertise``; None: see
+    :mod:`wiremesh.runtime.advertise`).
     """
 
     def __init__(
@@ -99,6 +104,8 @@ class Gateway:
         gateway_id: str | None = None,
         client_js: Path | None = None,
         heartbeat_interval: float = 0.5,
+        ttl: float = 1.5,
+        advertise: str | None = None,
         specs: Mapping[str, ServiceSpec] | None = None,
         services: Sequence[str] = (),
         sweep_interval: float = SWEEP_INTERVAL,
@@ -130,10 +137,16 @@ class Gateway:
             per_principal=limits.connections_per_principal, per_ip=limits.connections_per_ip
         )
         credentials = mesh_tls.channel_credentials() if mesh_tls else None
-        self.registry = EmbeddedRegistry(
-            registry_address, credentials=credentials, heartbeat_interval=heartbeat_interval
+        self.registry = open_registry(
+            registry_address,
+            mesh=mesh_name,
+            tls=mesh_tls,
+            heartbeat_interval=heartbeat_interval,
+            ttl=ttl,
         )
-        self.view = MeshView(self.registry)
+        self.view = MeshView(self.registry, grace=ttl + 1.0)
+        #: the host other hosts reach this gateway at: in its registry record and its URL
+        self.advertise = advertised_host(settings.host, registry_address, advertise)
         #: the HTTP door (``POST /rpc/...``, ``/openapi.json``, ``/docs``, ``/readyz``)
         self.http = (
             gateway_door(
@@ -158,7 +171,9 @@ class Gateway:
             max_message_bytes=max_message_bytes,
         )
         #: what this gateway counts (``/metrics``)
-        self.meter = GatewayMeter(lambda: (c.service for c in self.table))
+        self.meter = GatewayMeter(
+            lambda: (c.service for c in self.table), reachable=lambda: self.view.reachable
+        )
         extras: dict[str, Callable[[], Awaitable[Any]]] = {"sessions": self._session_count}
         if dead_letters is not None:
             extras["dead_letters"] = dead_letters
@@ -191,11 +206,18 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        """The gateway's base URL (``http://127.0.0.1:8080``)."""
-        host = self.settings.host
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
-        if ":" in host:
+        """The URL browsers reach the gateway at: ``[gateway] public_url``, else
+        ``<scheme>://<advertised host>:<port>`` (``http://127.0.0.1:8080``). It is the
+        URL the gateway registers in the mesh."""
+        if self.settings.public_url:
+            return self.settings.public_url
+        return self.local_url
+
+    @property
+    def local_url(self) -> str:
+        """The gateway's own address as a URL, whatever ``public_url`` says."""
+        host = self.advertise
+        if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"{self.scheme}://{host}:{self.port}"
 
@@ -204,9 +226,10 @@ class Gateway:
         return "ws" + self.url[4:]
 
     def own_origins(self) -> set[str]:
-        """The origins of pages this gateway serves itself (always allowed)."""
-        hosts = {self.settings.host}
-        if is_loopback(self.settings.host) or self.settings.host in ("0.0.0.0", "::"):
+        """The origins of pages this gateway serves itself (always allowed): its own
+        addresses, and the origin of its ``public_url``."""
+        hosts = {self.settings.host, self.advertise}
+        if is_loopback(self.settings.host) or self.settings.host in WILDCARDS:
             hosts |= {"127.0.0.1", "localhost", "[::1]"}
         default_port = 443 if self.tls else 80
         found = set()
@@ -214,6 +237,8 @@ class Gateway:
             shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
             port = "" if self.port == default_port else f":{self.port}"
             found.add(f"{self.scheme}://{shown}{port}")
+        if self.settings.public_url:
+            found.add(_origin_of(self.settings.public_url))
         return found
 
     # ------------------------------------------------------------------ lifecycle
@@ -267,7 +292,8 @@ class Gateway:
         self._server = server
         self.origins = frozenset(self.settings.origins) | self.own_origins()
         self._sweeper = self._loop.call_later(self.sweep_interval, self._sweep_tick)
-        log.info("gateway %s serving %s", self.gateway_id, self.url)
+        listening = "" if self.url == self.local_url else f" (listening at {self.local_url})"
+        log.info("gateway %s serving %s%s", self.gateway_id, self.url, listening)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Close every session with 1001, tell the nodes, stop listening and serving."""
@@ -484,6 +510,17 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from None
     sock.setblocking(False)
     return sock
+
+
+def _origin_of(url: str) -> str:
+    """The Origin a browser sends from a page at ``url`` (RFC 6454: scheme, host, and the
+    port unless it is the scheme's default)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    shown = f"[{host}]" if ":" in host else host
+    default = 443 if parts.scheme == "https" else 80
+    port = "" if parts.port in (None, default) else f":{parts.port}"
+    return f"{parts.scheme}://{shown}{port}"
 
 
 def _payload(frame: Any) -> bytes | str:

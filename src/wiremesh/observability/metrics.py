@@ -15,6 +15,8 @@ Names (all prefixed ``wiremesh_``; ``docs/observability.md`` lists them with the
 - ``multicasts_total{service,method,mode}``, ``multicast_replies_total{service,method,outcome}``
 - ``node_<stat>`` for each of the node's counters (``node_publish_dropped_total``, ...)
 - ``link_queued_frames{peer}``: frames waiting on each mesh link
+- ``registry_reachable``: 1 when the registry answered the last time it was asked, 0 while
+  it does not (the node keeps its last view of the mesh meanwhile)
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "MeshMetrics",
     "MethodMetrics",
     "MetricsEndpoint",
+    "RegistryReachable",
     "StatsCollector",
 ]
 
@@ -214,6 +217,30 @@ class StatsCollector(Collector):
         for peer, depth in queues:
             queued.add_metric([peer], depth)
         yield queued
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # dynamic: nothing to check at registration
+
+
+class RegistryReachable(Collector):
+    """``wiremesh_registry_reachable``: whether the registry answered the last time it was
+    asked, read when Prometheus scrapes (``reachable`` is
+    :attr:`~wiremesh.registry.view.MeshView.reachable`, a plain attribute: safe to read
+    from the endpoint's thread)."""
+
+    NAME = "wiremesh_registry_reachable"
+
+    def __init__(self, reachable: Callable[[], bool]) -> None:
+        self._reachable = reachable
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            self.NAME,
+            "1 when the registry answered the last time it was asked, 0 while it does not "
+            "(the last view of the mesh is kept meanwhile)",
+        )
+        gauge.add_metric([], 1 if self._reachable() else 0)
+        yield gauge
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # dynamic: nothing to check at registration

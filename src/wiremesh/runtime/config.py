@@ -6,7 +6,10 @@ file is a valid (if service-less) mesh. A complete example, with every default s
     [mesh]
     name = "ipaas"              # default: name of the folder holding this file
     data_dir = ".wiremesh"      # state, logs, certificates; relative to this file's folder
-    host = "127.0.0.1"          # address the nodes bind to
+    host = "127.0.0.1"          # address the nodes bind to ("0.0.0.0": every interface)
+    advertise = ""              # the address other hosts reach this host's nodes at;
+                                # empty: mesh.host, or with a wildcard host the local
+                                # address that reaches the registry
     default_timeout = 10.0      # seconds; the default deadline of a call (> 0)
     drain_grace = 10.0          # seconds in-flight calls get to finish on shutdown (>= 0)
     max_message_bytes = 4194304 # largest gRPC message (> 0)
@@ -15,11 +18,17 @@ file is a valid (if service-less) mesh. A complete example, with every default s
                                 # this file's folder
 
     [registry]
-    backend = "embedded"        # the only backend for now
-    port = 0                    # 0 = any free port; 0..65535
+    backend = "embedded"        # "embedded" (hosted by `wiremesh run`, one machine) or
+                                # "redis" (many machines, every host joins through it)
+    url = ""                    # redis: "redis://[user:password@]host:6379/0" or
+                                # "rediss://…" (TLS); required with redis, refused with
+                                # embedded
+    port = 0                    # embedded: 0 = any free port; 0..65535 (not with redis)
     heartbeat_interval = 0.5    # seconds (> 0)
     ttl = 1.5                   # seconds a node stays registered without a heartbeat;
-                                # must be greater than heartbeat_interval
+                                # must be greater than heartbeat_interval. On a real
+                                # network 1.0 and 5.0 ride out a late packet (see
+                                # docs/deploy.md); the defaults suit loopback and a LAN
 
     [broker]
     url = "embedded"            # "embedded" (hosted by `wiremesh run`, data on disk) or
@@ -58,6 +67,23 @@ file is a valid (if service-less) mesh. A complete example, with every default s
     store = "postgresql+asyncpg://app@db.internal/connectors"   # the service's own
                                 # database (a SQLAlchemy async url); default: the SQLite
                                 # file <data_dir>/data/<service>/store.db
+    pool_size = 5               # connections each node keeps open to a PostgreSQL store
+                                # (>= 1), default 5; SQLite ignores it
+    max_overflow = 10           # connections a node may open beyond pool_size under
+                                # load (>= 0), default 10; SQLite ignores it
+
+    [hosts.app-1]               # optional, one table per host (the key is its name):
+    services = ["connectors"]   # what `wiremesh run` runs there (services of [services])
+    replicas = { connectors = 3 }   # overrides services.<name>.replicas on this host
+    gateway = false             # whether the gateway runs there; default: gateway.enabled
+
+With ``backend = "redis"`` a mesh spans machines, so some settings become errors:
+``mesh.name`` must be written in the file (every host must name the same mesh),
+``broker.url`` must not be ``"embedded"`` (that broker lives on one machine), and
+``registry.port`` means nothing. A service with no ``store`` url fails when one of its
+nodes opens its store (see :class:`wiremesh.runtime.node.StoreWithoutUrl`); a service
+that never opens it needs none. Which services run on which host:
+:mod:`wiremesh.runtime.placement`.
 
 Service names match ``^[a-z][a-z0-9_-]{0,62}$``; group names are letters, digits, ``_``,
 ``.``, ``:`` and ``-``, at most 63 characters. Unknown settings are errors, as are values
@@ -99,7 +125,7 @@ from pydantic_core import PydanticCustomError
 
 from wiremesh.core.balancing import BalancerName
 from wiremesh.core.delivery import INBOX_KEEP
-from wiremesh.core.names import SERVICE_NAME, check_group
+from wiremesh.core.names import SERVICE_NAME, check_group, redact_url
 from wiremesh.errors import ConfigError, InvalidPayload
 from wiremesh.runtime.gateway_settings import (
     AuthSettings,
@@ -116,6 +142,7 @@ __all__ = [
     "Balancer",
     "BrokerSettings",
     "GatewaySettings",
+    "HostSettings",
     "MeshConfig",
     "MeshSettings",
     "ObservabilitySettings",
@@ -203,6 +230,9 @@ class MeshSettings(BaseModel):
     name: str = Field(default="wiremesh", min_length=1)
     data_dir: _Path = Path(".wiremesh")
     host: str = Field(default="127.0.0.1", min_length=1)
+    #: The host other hosts reach this host's nodes at; empty: :mod:`wiremesh.runtime.advertise`
+    #: decides (``host`` itself, or for a wildcard the address that reaches the registry).
+    advertise: str = ""
     default_timeout: _Seconds = 10.0
     drain_grace: float = Field(default=10.0, ge=0, allow_inf_nan=False)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0, le=2**31 - 1)
@@ -210,15 +240,61 @@ class MeshSettings(BaseModel):
     python_path: list[_Path] = Field(default_factory=lambda: [Path(".")])
 
 
+def _check_registry_url(url: str) -> str:
+    if url and not url.startswith(("redis://", "rediss://")):
+        raise PydanticCustomError(
+            "registry_url",
+            'registry url must be a Redis url, "redis://[user:password@]host:6379/0" or '
+            '"rediss://…", got {url}',
+            {"url": json.dumps(redact_url(url), ensure_ascii=False)},
+        )
+    if "#" in url:
+        raise PydanticCustomError(
+            "registry_url",
+            "the registry url names no mesh (no '#…'): mesh.name does",
+        )
+    return url
+
+
 class RegistrySettings(BaseModel):
     """The ``[registry]`` table: where nodes register and how long they stay registered."""
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["embedded"] = "embedded"
+    backend: Literal["embedded", "redis"] = "embedded"
+    #: The Redis registry's url (``backend = "redis"`` only).
+    url: Annotated[str, AfterValidator(_check_registry_url)] = ""
     port: int = Field(default=0, ge=0, le=65535)
     heartbeat_interval: _Seconds = 0.5
     ttl: _Seconds = 1.5
+
+    @property
+    def redis(self) -> bool:
+        return self.backend == "redis"
+
+    @model_validator(mode="after")
+    def _url_with_redis_only(self) -> Self:
+        if self.redis and not self.url:
+            raise PydanticCustomError(
+                "registry_url_missing",
+                'backend = "redis" needs the url of the Redis to join, e.g. '
+                'url = "redis://redis.internal:6379/0"',
+                {"setting": "url"},
+            )
+        if not self.redis and self.url:
+            raise PydanticCustomError(
+                "registry_url_embedded",
+                'only a Redis registry has a url: set backend = "redis", or remove the url',
+                {"setting": "url"},
+            )
+        if self.redis and self.port:
+            raise PydanticCustomError(
+                "registry_port_redis",
+                "a Redis registry has no port of its own (the url says where Redis is): "
+                "remove registry.port",
+                {"setting": "port"},
+            )
+        return self
 
     @model_validator(mode="after")
     def _ttl_exceeds_heartbeat(self) -> Self:
@@ -358,6 +434,44 @@ class ServiceSettings(BaseModel):
     groups: list[GroupName] = Field(default_factory=list)
     #: The service's own database; None: a SQLite file in the service's data folder.
     store: Annotated[str, AfterValidator(_check_store_url)] | None = None
+    #: Connections each node keeps open to a PostgreSQL store, and how many more it may
+    #: open under load; None: the store's defaults, 5 and 10 (``wiremesh.messaging.store``
+    #: ``POOL_SIZE``, ``MAX_OVERFLOW``, not imported here: reading this file must not load
+    #: SQLAlchemy). SQLite ignores both.
+    pool_size: int | None = Field(default=None, ge=1)
+    max_overflow: int | None = Field(default=None, ge=0)
+
+
+#: What a host name (a ``[hosts.<name>]`` key) may look like: a hostname or its first label.
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,252})")
+
+
+def _check_host_name(name: str) -> str:
+    if _HOST_NAME.fullmatch(name) is None:
+        raise PydanticCustomError(
+            "host_name",
+            "invalid host name {name}: letters, digits, '.', '_' and '-', starting with a "
+            "letter or a digit",
+            {"name": json.dumps(name, ensure_ascii=False)},
+        )
+    return name
+
+
+HostName = Annotated[str, AfterValidator(_check_host_name)]
+
+
+class HostSettings(BaseModel):
+    """One ``[hosts.<name>]`` table: what ``wiremesh run`` runs on that host."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The services whose nodes run on this host (each one of ``[services]``).
+    services: list[ServiceName] = Field(default_factory=list)
+    #: Nodes per service on this host; a service not named here runs
+    #: ``services.<name>.replicas`` nodes.
+    replicas: dict[ServiceName, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    #: Whether the browser gateway runs on this host; None: as ``gateway.enabled`` says.
+    gateway: bool | None = None
 
 
 class MeshConfig(BaseModel):
@@ -373,6 +487,8 @@ class MeshConfig(BaseModel):
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     services: dict[ServiceName, ServiceSettings] = Field(default_factory=dict)
+    #: What runs where, when the mesh spans hosts (``wiremesh run --host``).
+    hosts: dict[HostName, HostSettings] = Field(default_factory=dict)
     #: Absolute folder of the configuration file (the working directory when there is none);
     #: relative paths are resolved against it. Set by the loader, never read from the file.
     root: Path = Field(default_factory=Path.cwd)
@@ -551,6 +667,8 @@ def _validate(
                 _Problem(_line_of(definitions, loc), _dotted(loc), _describe(error, loc))
             )
     else:
+        for loc, message in _across_tables(config, data):
+            problems.append(_Problem(_line_of(definitions, loc), _dotted(loc), message))
         if not problems:
             return config
     unique = list(dict.fromkeys(problems))
@@ -559,6 +677,56 @@ def _validate(
         _report(ordered, source_name),
         details={"errors": [problem._asdict() for problem in ordered]},
     )
+
+
+def _across_tables(
+    config: MeshConfig, data: dict[str, Any]
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """The problems no single table shows: what a mesh across hosts needs, and host tables
+    that name services the file does not have. ``data`` is the file as written."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    if config.registry.redis:
+        written = data.get("mesh")
+        if not isinstance(written, dict) or "name" not in written:
+            problems.append(
+                (
+                    ("mesh", "name"),
+                    "required with a Redis registry: every host must name the same mesh "
+                    "(the name of this file's folder is not good enough across hosts)",
+                )
+            )
+        if config.broker.embedded:
+            problems.append(
+                (
+                    ("broker", "url"),
+                    "the embedded broker lives on one machine: a mesh with a Redis registry "
+                    'needs RabbitMQ, url = "amqp://user:password@host:5672/vhost"',
+                )
+            )
+    for host, settings in config.hosts.items():
+        for index, service in enumerate(settings.services):
+            if service not in config.services:
+                problems.append(
+                    (
+                        ("hosts", host, "services", index),
+                        f"no service {service!r} in [services]{_known(config.services)}",
+                    )
+                )
+        for service in settings.replicas:
+            if service not in settings.services:
+                problems.append(
+                    (
+                        ("hosts", host, "replicas", service),
+                        f"{service!r} does not run on this host: add it to "
+                        f"hosts.{_dotted((host,))}.services",
+                    )
+                )
+    return problems
+
+
+def _known(names: Any) -> str:
+    listed = ", ".join(sorted(names))
+    return f" (services: {listed})" if listed else " (it has none)"
 
 
 def _report(problems: list[_Problem], source_name: str | None) -> str:
@@ -616,6 +784,8 @@ def _known_settings(parent: tuple[str | int, ...]) -> list[str]:
         return list(_TABLES[parent[0]].model_fields)
     if len(parent) == 2 and parent[0] == "services":
         return list(ServiceSettings.model_fields)
+    if len(parent) == 2 and parent[0] == "hosts":
+        return list(HostSettings.model_fields)
     if len(parent) == 2 and parent[0] == "gateway" and parent[1] in _GATEWAY_TABLES:
         return list(_GATEWAY_TABLES[str(parent[1])].model_fields)
     if len(parent) == 3 and parent[:2] == ("gateway", "services"):

@@ -40,8 +40,8 @@ def format_uptime(seconds: float) -> str:
 
 def nodes_table(supervisor: Supervisor) -> Table:
     title = f"wiremesh · {supervisor.config.mesh.name}"
-    if supervisor.registry is not None:
-        title += f" · registry {supervisor.registry.address}"
+    if supervisor.registry_shown:
+        title += f" · registry {supervisor.registry_shown}"
     table = Table(title=title, title_justify="left", expand=False)
     for column in ("service", "node", "address", "pid", "state", "uptime", "restarts"):
         # a narrow terminal folds a cell onto two lines, never cuts a node id or address

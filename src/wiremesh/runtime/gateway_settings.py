@@ -6,6 +6,10 @@ Every setting has a default; a complete example with the defaults spelled out::
     enabled = "auto"            # true | false | "auto": on when a service has @on_socket
     host = "127.0.0.1"          # address the gateway binds to
     port = 8080                 # 0 = any free port
+    public_url = ""             # the URL browsers reach this gateway at, registered in
+                                # the mesh and printed by `wiremesh run` (behind a proxy or
+                                # a load balancer: "https://app.example.com"); empty: made
+                                # of the scheme, the advertised host and the port
     tls = false                 # wss/https with cert and key (relative to mesh.data_dir)
     cert = "certs/node.pem"
     key = "certs/node-key.pem"
@@ -67,6 +71,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -191,6 +196,8 @@ class GatewaySettings(BaseModel):
     enabled: bool | Literal["auto"] = "auto"
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=8080, ge=0, le=65535)
+    #: the URL browsers reach this gateway at ("": scheme, advertised host and port)
+    public_url: str = ""
     tls: bool = False
     cert: _Path = Path("certs/node.pem")
     key: _Path = Path("certs/node-key.pem")
@@ -208,6 +215,21 @@ class GatewaySettings(BaseModel):
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     #: Prometheus text at ``/metrics`` (no token: it names services, never payloads)
     metrics: bool = True
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"{value!r} is not an http:// or https:// URL with a host "
+                "(e.g. https://app.example.com)"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(f"{value!r}: a public URL has no query or fragment")
+        return value.rstrip("/")
 
     @field_validator("trusted_proxies")
     @classmethod

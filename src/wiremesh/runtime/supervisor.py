@@ -1,12 +1,22 @@
-"""``wiremesh run``: the supervisor of one machine's mesh.
+"""``wiremesh run``: the supervisor of one host's part of the mesh.
 
-It hosts the embedded registry and (with ``broker.url = "embedded"``) the embedded
-broker, starts every node as its own process (and the browser gateway, when enabled: see
-``docs/gateway.md``), restarts a node that dies (exponential backoff with jitter, reset
-after a healthy run), kills and restarts a node that hangs (alive but silent to the
-registry), and drains on SIGINT or SIGTERM: the gateway first (its browsers get 1001),
-then every node gets SIGTERM, finishes its in-flight calls within the grace period, and
-the supervisor exits 0. A second Ctrl-C stops at once.
+With the embedded registry it hosts that registry and (with ``broker.url = "embedded"``)
+the embedded broker: the mesh is this machine. With a Redis registry it hosts neither:
+it starts the nodes this host runs (a :class:`~wiremesh.runtime.placement.Placement`),
+which join the mesh through Redis beside the other hosts' nodes.
+
+Either way it starts each node as its own process (and the browser gateway, when it runs
+here: see ``docs/gateway.md``), restarts a node that dies (exponential backoff with
+jitter, reset after a healthy run), kills and restarts a node that hangs (alive but silent
+to the registry, as a :class:`~wiremesh.registry.view.MeshView` of the registry shows it),
+and drains on SIGINT or SIGTERM: the gateway first (its browsers get 1001), then every
+node gets SIGTERM, finishes its in-flight calls within the grace period, and the
+supervisor exits 0. A second Ctrl-C stops at once.
+
+A child gets its launch description (:class:`~wiremesh.runtime.process.NodeLaunch`,
+:class:`~wiremesh.gateway.process.GatewayLaunch`) on its standard input, never in its
+arguments: it holds the registry's, the broker's and the stores' URLs with their
+passwords and the gateway's secret, and any local user can read a process's arguments.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import enum
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -24,18 +35,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wiremesh.core.model import MeshSnapshot
+from wiremesh.core.names import redact_url
 from wiremesh.core.retry import Backoff
-from wiremesh.errors import ConfigError
+from wiremesh.errors import ConfigError, Unavailable
 from wiremesh.gateway.auth import dev_secret, mint_token
 from wiremesh.gateway.process import GatewayLaunch
 from wiremesh.gateway.server import new_gateway_id
 from wiremesh.gateway.stream import GATEWAY_URL_KEY
 from wiremesh.messaging.broker_server import BrokerServer
+from wiremesh.registry.backends import open_registry
 from wiremesh.registry.embedded import RegistryServer
+from wiremesh.registry.view import MeshView
 from wiremesh.runtime.config import MeshConfig
 from wiremesh.runtime.gateway_settings import is_loopback
 from wiremesh.runtime.meshfile import MESH_FILE, MeshFile
 from wiremesh.runtime.node import new_node_id
+from wiremesh.runtime.placement import Placement, place
 from wiremesh.runtime.process import EXIT_CONFIG, NodeLaunch
 from wiremesh.runtime.targets import load_service_class
 from wiremesh.service import ServiceSpec
@@ -92,11 +107,24 @@ Listener = Callable[[str], None]
 
 
 class Supervisor:
-    def __init__(self, config: MeshConfig, *, echo: Listener | None = None) -> None:
+    """Runs ``placement`` of ``config`` (default: what :func:`place` picks for this
+    machine's hostname)."""
+
+    def __init__(
+        self,
+        config: MeshConfig,
+        *,
+        echo: Listener | None = None,
+        placement: Placement | None = None,
+    ) -> None:
         self.config = config
+        self.placement = placement or place(config, hostname=socket.gethostname())
         self.echo: Listener = echo or (lambda line: print(line, flush=True))
         self.slots: list[NodeProcess] = []
+        #: the embedded registry this supervisor hosts (None with a Redis registry)
         self.registry: RegistryServer | None = None
+        #: the mesh as the registry shows it, to follow each process's node
+        self.view: MeshView | None = None
         self.broker: BrokerServer | None = None
         #: what nodes are told to use: ``embedded://host:port`` or the amqp url
         self.broker_url = config.broker.url
@@ -105,8 +133,13 @@ class Supervisor:
         self._slot_tasks: list[asyncio.Task[None]] = []
         self._tls = TlsFiles(*config.tls_paths()) if config.tls.enabled else None
         self.changed: Callable[[], None] = lambda: None
-        #: whether a gateway runs (``gateway.enabled``, or "auto" and a service has sockets)
-        self.gateway_enabled = config.gateway.enabled is True
+        #: whether a gateway runs here: as the placement says, else ``gateway.enabled``
+        #: (or "auto" and a service this host runs has sockets)
+        self.gateway_enabled = (
+            self.placement.gateway
+            if self.placement.gateway is not None
+            else config.gateway.enabled is True
+        )
         #: the gateway's URL once it serves (with a development token when there is one)
         self.gateway_url: str | None = None
         # the gateway's URL once it serves, and since when, until it is announced
@@ -115,9 +148,12 @@ class Supervisor:
     # ------------------------------------------------------------------ lifecycle
 
     def check(self) -> None:
-        """Import every target now, so that a mistake is reported before anything starts."""
+        """Import the target of every service this host runs now, so that a mistake is
+        reported before anything starts (another host's services are its own business:
+        their code need not be installed here)."""
         sockets = False
-        for name, settings in self.config.services.items():
+        for name in self.placement.replicas:
+            settings = self.config.services[name]
             cls = load_service_class(settings.target, self.config.python_paths())
             if cls.name != name:
                 raise ConfigError(
@@ -129,6 +165,8 @@ class Supervisor:
             self._tls.server_credentials()  # reads every file: fails now, clearly
         enabled = self.config.gateway.enabled
         self.gateway_enabled = enabled is True or (enabled == "auto" and sockets)
+        if self.placement.gateway is not None:
+            self.gateway_enabled = self.placement.gateway
         if self.gateway_enabled:
             gateway = self.config.gateway
             if gateway.tls:
@@ -144,36 +182,37 @@ class Supervisor:
                     "with: set gateway.auth.secret_file, public_keys or jwks_file"
                 )
 
+    @property
+    def registry_address(self) -> str:
+        """Where the nodes find the registry: the Redis URL (with its password), or the
+        address of the registry this supervisor hosts."""
+        if self.config.registry.redis:
+            return self.config.registry.url
+        assert self.registry is not None, "the embedded registry is not started"
+        return self.registry.address
+
+    @property
+    def registry_shown(self) -> str:
+        """The registry's address for people: without its password."""
+        if self.config.registry.redis:
+            return redact_url(self.config.registry.url)
+        return self.registry.address if self.registry is not None else ""
+
     async def run(self) -> int:
         """Run until :meth:`stop` (or a signal) and the drain are done. Returns 0."""
         self.check()
         mesh = self.config.mesh
         data = self.config.data_path
         self._refuse_a_second_mesh(data)
-        self.registry = RegistryServer(
-            host=mesh.host,
-            port=self.config.registry.port,
-            ttl=self.config.registry.ttl,
-            credentials=self._tls.server_credentials() if self._tls else None,
-        )
-        await self.registry.start()
-        if self.config.broker.embedded:
-            self.broker = BrokerServer(
-                data / "broker" / "broker.db",
-                host=mesh.host,
-                port=self.config.broker.port,
-                credentials=self._tls.server_credentials() if self._tls else None,
-                max_message_bytes=mesh.max_message_bytes,
-            )
-            try:
-                await self.broker.start()
-            except BaseException:
-                await self.registry.stop()
-                raise
-            self.broker_url = self.broker.url
+        try:
+            await self._start_shared()
+            await self._start_view()
+        except BaseException:
+            await self._stop_shared()
+            raise
         client_tls = self._client_tls()
         MeshFile(
-            registry=self.registry.address,
+            registry=self.registry_address,
             pid=os.getpid(),
             name=mesh.name,
             started_at=time.time(),
@@ -185,14 +224,18 @@ class Supervisor:
             broker=self.broker_url,
             quorum_queues=self.config.broker.quorum_queues,
         ).write(data)
-        where = self.broker.address if self.broker else _without_password(self.broker_url)
+        where = self.broker.address if self.broker else redact_url(self.broker_url)
         self.echo(
-            f"mesh {mesh.name}: registry at {self.registry.address}, broker at {where}, "
+            f"mesh {mesh.name}: registry at {self.registry_shown}, broker at {where}, "
             f"data in {data}"
         )
+        here = f"host {self.placement.host}" if self.placement.host else "this host"
+        gateway = ", the gateway" if self.gateway_enabled else ""
+        self.echo(f"mesh {mesh.name}: {here} runs {self.placement.describe()}{gateway}")
+        self._warn_if_unreachable()
         restart = self.config.restart
-        for name, settings in self.config.services.items():
-            for slot in range(settings.replicas):
+        for name, replicas in self.placement.replicas.items():
+            for slot in range(replicas):
                 backoff = Backoff(restart.initial_backoff, restart.max_backoff, restart.reset_after)
                 self.slots.append(NodeProcess(name, slot, backoff))
         if self.gateway_enabled:
@@ -210,13 +253,83 @@ class Supervisor:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._kill_leftovers()
-            if self.broker is not None:
-                await self.broker.stop()
-            await self.registry.stop()
+            await self._stop_shared()
             with contextlib.suppress(FileNotFoundError):
                 (data / MESH_FILE).unlink()
         self.echo(f"mesh {mesh.name}: stopped")
         return 0
+
+    async def _start_shared(self) -> None:
+        """Start what this supervisor hosts for the mesh: with the embedded registry, that
+        registry and (with ``broker.url = "embedded"``) the broker; with Redis, nothing."""
+        if self.config.registry.redis:
+            return
+        mesh = self.config.mesh
+        registry = RegistryServer(
+            host=mesh.host,
+            port=self.config.registry.port,
+            ttl=self.config.registry.ttl,
+            credentials=self._tls.server_credentials() if self._tls else None,
+        )
+        await registry.start()
+        self.registry = registry
+        if self.config.broker.embedded:
+            broker = BrokerServer(
+                self.config.data_path / "broker" / "broker.db",
+                host=mesh.host,
+                port=self.config.broker.port,
+                credentials=self._tls.server_credentials() if self._tls else None,
+                max_message_bytes=mesh.max_message_bytes,
+            )
+            await broker.start()
+            self.broker = broker
+            self.broker_url = broker.url
+
+    async def _start_view(self) -> None:
+        """Watch the registry as the nodes see it (one path for both backends)."""
+        registry = self.config.registry
+        view = MeshView(
+            open_registry(
+                self.registry_address,
+                mesh=self.config.mesh.name,
+                tls=self._client_tls(),
+                heartbeat_interval=registry.heartbeat_interval,
+                ttl=registry.ttl,
+            ),
+            grace=registry.ttl + 1.0,
+        )
+        timeout = max(5.0, 2 * registry.ttl)
+        try:
+            await view.start(timeout=timeout)
+        except BaseException as exc:
+            await view.registry.close()
+            if isinstance(exc, Unavailable):
+                raise Unavailable(
+                    f"the registry at {self.registry_shown} did not answer within {timeout:g}s"
+                ) from None
+            raise
+        self.view = view
+
+    async def _stop_shared(self) -> None:
+        if self.view is not None:
+            await self.view.close()
+            await self.view.registry.close()
+            self.view = None
+        if self.broker is not None:
+            await self.broker.stop()
+            self.broker = None
+        if self.registry is not None:
+            await self.registry.stop()
+
+    def _warn_if_unreachable(self) -> None:
+        """With a Redis registry, nodes bound to loopback cannot be reached from another
+        host: say so (two supervisors on one machine are a fine use of it, though)."""
+        mesh = self.config.mesh
+        if self.config.registry.redis and is_loopback(mesh.host) and not mesh.advertise:
+            self.echo(
+                f"mesh {mesh.name}: note: the nodes listen on {mesh.host}, which other hosts "
+                'cannot reach: set mesh.host = "0.0.0.0" (and mesh.advertise if needed)'
+            )
 
     @staticmethod
     def _refuse_a_second_mesh(data: Path) -> None:
@@ -232,7 +345,8 @@ class Supervisor:
         if other.running and other.pid != os.getpid():
             raise ConfigError(
                 f"a mesh already runs on {data} (supervisor pid {other.pid}, registry "
-                f"{other.registry}): stop it first, or give this one another mesh.data_dir"
+                f"{redact_url(other.registry)}): stop it first, or give this one another "
+                "mesh.data_dir"
             )
 
     def stop(self) -> None:
@@ -293,38 +407,39 @@ class Supervisor:
 
     # ------------------------------------------------------------------ one slot
 
-    def _command(self, slot: NodeProcess) -> tuple[list[str], dict[str, str]]:
-        """The command line and environment of the process that fills ``slot``."""
-        assert self.registry is not None
+    def _command(self, slot: NodeProcess) -> tuple[list[str], dict[str, str], str]:
+        """The command line, the environment and the launch description (for the
+        standard input, see the module docstring) of the process that fills ``slot``.
+        The environment is the supervisor's, plus a service's own ``env`` table."""
         if slot.gateway:
             launch = GatewayLaunch(
                 config=self.config.model_dump_json(),
-                registry=self.registry.address,
+                registry=self.registry_address,
                 gateway_id=slot.node_id,
                 supervisor_pid=os.getpid(),
             )
-            return [sys.executable, "-m", "wiremesh.gateway.process", launch.to_json()], {
-                **os.environ
-            }
+            command = [sys.executable, "-m", "wiremesh.gateway.process", "-"]
+            return command, {**os.environ}, launch.to_json()
         env = {**os.environ, **self.config.services[slot.service].env}
-        command = [sys.executable, "-m", "wiremesh.runtime.process", self._launch(slot).to_json()]
-        return command, env
+        command = [sys.executable, "-m", "wiremesh.runtime.process", "-"]
+        return command, env, self._launch(slot).to_json()
 
     def _launch(self, slot: NodeProcess) -> NodeLaunch:
         mesh = self.config.mesh
         broker = self.config.broker
-        assert self.registry is not None
         return NodeLaunch(
             target=self.config.services[slot.service].target,
             service=slot.service,
             node_id=slot.node_id,
-            registry=self.registry.address,
+            registry=self.registry_address,
             data_dir=str(self.config.data_path / "data" / slot.service),
             host=mesh.host,
+            advertise=mesh.advertise or None,
             default_timeout=mesh.default_timeout,
             drain_grace=mesh.drain_grace,
             max_message_bytes=mesh.max_message_bytes,
             heartbeat_interval=self.config.registry.heartbeat_interval,
+            ttl=self.config.registry.ttl,
             balancer=mesh.balancer,
             balancers={name: s.balancer for name, s in self.config.services.items() if s.balancer},
             python_path=[str(p) for p in self.config.python_paths()],
@@ -335,6 +450,8 @@ class Supervisor:
             mesh=mesh.name,
             broker=self.broker_url,
             store=self.config.services[slot.service].store,
+            pool_size=self.config.services[slot.service].pool_size,
+            max_overflow=self.config.services[slot.service].max_overflow,
             prefetch=broker.prefetch,
             attempts=broker.attempts,
             initial_backoff=broker.initial_backoff,
@@ -352,15 +469,17 @@ class Supervisor:
             slot.state = ProcessState.STARTING
             slot.was_registered = False
             slot.silent_since = None
-            command, env = self._command(slot)
+            command, env, launch = self._command(slot)
             process = await asyncio.create_subprocess_exec(
                 *command,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
             )
             slot.process, slot.pid, slot.started_at = process, process.pid, time.time()
+            await _hand_over(process, launch)
             self.echo(f"{slot.node_id}: started (pid {process.pid})")
             if self.stopping.is_set():
                 # the drain began while this process was being spawned: it missed the
@@ -413,11 +532,11 @@ class Supervisor:
 
     async def _watch_registry(self) -> None:
         """Follow each process's node in the registry; kill one that hangs."""
-        assert self.registry is not None
+        assert self.view is not None
         while True:
             await asyncio.sleep(0.25)
             try:
-                self._follow(self.registry.membership.snapshot())
+                self._follow(self.view.snapshot)
             except Exception:  # one bad turn never ends the watch (and its restarts)
                 log.exception("following the registry failed; trying again")
 
@@ -488,13 +607,17 @@ class Supervisor:
         return self._tls
 
 
-def _without_password(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not sep or not at:
-        return url
-    user = credentials.partition(":")[0]
-    return f"{scheme}://{user}:***@{host}"
+async def _hand_over(process: asyncio.subprocess.Process, launch: str) -> None:
+    """Write the launch description to the child's standard input and close it (the
+    child reads it to the end). A child that died at once is the restart loop's news."""
+    stdin = process.stdin
+    assert stdin is not None
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stdin.write(launch.encode())
+        await stdin.drain()
+    stdin.close()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        await stdin.wait_closed()
 
 
 def _describe_exit(code: int) -> str:
