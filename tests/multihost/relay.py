@@ -88,9 +88,10 @@ class Relay:
             pass  # the service is away: the client sees its connection close
         except asyncio.CancelledError:
             # The network is closing: a peer that was cut off would never take the rest.
+            # Not raised again: asyncio calls exception() on this connection's task when it
+            # is done, which would log a cancelled one as an error.
             for writer in writers:
                 writer.transport.abort()
-            raise
         finally:
             for writer in writers:
                 writer.close()
