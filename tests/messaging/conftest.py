@@ -7,15 +7,19 @@ reason when RabbitMQ is not there or the backend does not exist yet).
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import importlib.util
 import os
-import secrets
 import socket
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+
+from postgres import PG_HOST, PG_PORT, fresh_database, postgres_running
 
 AMQP_URL = os.environ.get("WIREMESH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -49,38 +53,13 @@ def broker_url(request: pytest.FixtureRequest) -> str:
     return AMQP_URL
 
 
-PG_HOST, PG_PORT = "127.0.0.1", 5432
-
-
-def _pg_admin(statement: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        connection = await asyncpg.connect(
-            host=PG_HOST, port=PG_PORT, user="postgres", database="test", timeout=5
-        )
-        try:
-            await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    asyncio.run(run())
-
-
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A database of its own for this test run, dropped at the end."""
-    if not port_open(PG_HOST, PG_PORT):
+    if not postgres_running():
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
-    name = f"wm_test_{secrets.token_hex(4)}"
-    try:
-        _pg_admin(f"CREATE DATABASE {name}")
-    except Exception as exc:  # reachable but refusing: say why
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 refused to create a database: {exc}")
-    try:
+    with fresh_database() as name:
         yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from meshes import eventually
+from postgres import PG_HOST, PG_PORT, fresh_database, postgres_running
 from svc_messaging import Ledger
 
 from wiremesh.core.retry import Backoff
@@ -42,30 +42,6 @@ from wiremesh.runtime.supervisor import NodeProcess, Supervisor
 
 SERVICE = "billing"
 TOPIC = "billing.charged"
-PG_HOST, PG_PORT = "127.0.0.1", 5432
-
-
-def postgres_running() -> bool:
-    try:
-        socket.create_connection((PG_HOST, PG_PORT), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
-
-
-def _pg_admin(statement: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        connection = await asyncpg.connect(
-            host=PG_HOST, port=PG_PORT, user="postgres", database="test", timeout=5
-        )
-        try:
-            await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    asyncio.run(run())
 
 
 @pytest.fixture
@@ -73,15 +49,8 @@ def database() -> Iterator[str]:
     """A fresh PostgreSQL database for this test alone, dropped at the end."""
     if not postgres_running():
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
-    name = f"wm_test_{secrets.token_hex(4)}"
-    try:
-        _pg_admin(f"CREATE DATABASE {name}")
-    except Exception as exc:  # reachable but refusing: say why
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 refused to create a database: {exc}")
-    try:
+    with fresh_database() as name:
         yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 class Consumer:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import asyncpg
 import grpc
 import msgpack
 import pytest
@@ -38,6 +37,10 @@ from wiremesh.gateway.auth import mint_token
 from wiremesh.registry.redis import mesh_prefix
 
 from .hosts import Host, HostProcess, Network, RedisInstance
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+
+from postgres import fresh_database
 
 pytestmark = pytest.mark.multihost
 
@@ -142,39 +145,10 @@ class Mesh:
         )
 
 
-def _create_databases(names: list[str]) -> None:
-    async def run() -> None:
-        connection = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres")
-        try:
-            for name in names:
-                await connection.execute(f"CREATE DATABASE {name}")
-        finally:
-            await connection.close()
-
-    asyncio.run(run())
-
-
-def _drop_databases(names: list[str]) -> None:
-    async def run() -> None:
-        connection = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres")
-        try:
-            for name in names:
-                await connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await connection.close()
-
-    asyncio.run(run())
-
-
 @pytest.fixture
 def databases(shared_postgres: str) -> Iterator[dict[str, str]]:
-    tag = secrets.token_hex(3)
-    names = {"stock": f"wm_mh_stock_{tag}", "ledger": f"wm_mh_ledger_{tag}"}
-    _create_databases(list(names.values()))
-    try:
-        yield names
-    finally:
-        _drop_databases(list(names.values()))
+    with fresh_database("wm_mh_stock") as stock, fresh_database("wm_mh_ledger") as ledger:
+        yield {"stock": stock, "ledger": ledger}
 
 
 @pytest.fixture
