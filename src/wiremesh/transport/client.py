@@ -8,6 +8,17 @@ Per call it does only what a call needs: the parsed target, the route to a servi
 serving nodes, whether the method is idempotent, its balancer and gRPC path) and the wire
 metadata are cached, the route per mesh snapshot, so that a call is a pick, an encode,
 the gRPC call and a decode.
+
+Over links, the balancer leaves out the nodes found silent from here (ejected; see
+:mod:`wiremesh.core.ejection`), though the registry still lists them, unless every
+candidate is; a call to a named node goes to it regardless. An attempt that may go to
+another node is sent *abandonable*: should its peer fall silent, its link gives it up
+within ``unreachable_after`` and the call is retried elsewhere, within its deadline.
+
+A call made inside a handler carries the age of the handler's work (``wm-work-age``, see
+:mod:`wiremesh.core.drain`). When no node of a service serves, such a call still goes to
+the draining ones: a draining node takes the calls of work that was in flight before it
+drained; any other call gets :class:`Unavailable` at once, as when no node runs.
 """
 
 from __future__ import annotations
@@ -22,10 +33,11 @@ import grpc
 from wiremesh.core.balancing import Balancer, BalancerName, make_balancer
 from wiremesh.core.codec import CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.drain import work_age, work_began
 from wiremesh.core.gather import Mode, MulticastResult
 from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.core.names import Target, method_path, parse_target
-from wiremesh.core.retry import should_retry
+from wiremesh.core.retry import MAX_ATTEMPTS, should_retry
 from wiremesh.core.shape import Shape, is_protobuf_type
 from wiremesh.errors import (
     DeadlineExceeded,
@@ -39,12 +51,13 @@ from wiremesh.observability import tracing
 from wiremesh.observability.metrics import MeshMetrics
 from wiremesh.proto.link_pb2 import Frame as CallFrame
 from wiremesh.registry.view import MeshView
-from wiremesh.transport.grpc_core import OWN_SUBCHANNELS
+from wiremesh.transport.grpc_core import KEEPALIVE, OWN_SUBCHANNELS
 from wiremesh.transport.link import CALL, ERROR, error_of
 from wiremesh.transport.links import Links
 from wiremesh.transport.wire import (
     CALLER_KEY,
     CODEC_KEY,
+    WORK_AGE_KEY,
     custom_metadata,
     error_from_rpc_error,
     raised_by_handler,
@@ -71,9 +84,10 @@ class _Failed(Exception):
 
 class _Route:
     """How to reach one target in one snapshot: its candidate nodes, whether its method is
-    idempotent, the service's balancer and the gRPC path."""
+    idempotent, the service's balancer and the gRPC path. ``draining``: no candidate
+    serves, they all drain (only the calls of work in flight go to them)."""
 
-    __slots__ = ("balancer", "idempotent", "nodes", "path", "proto_reply")
+    __slots__ = ("balancer", "draining", "idempotent", "nodes", "path", "proto_reply")
 
     def __init__(
         self,
@@ -82,12 +96,18 @@ class _Route:
         balancer: Balancer,
         path: str,
         proto_reply: bool,
+        draining: bool = False,
     ) -> None:
         self.nodes = nodes
         self.idempotent = idempotent
         self.balancer = balancer
         self.path = path
         self.proto_reply = proto_reply
+        self.draining = draining
+
+
+#: one attempt: ``send(node, route, remaining, abandonable)``, raising :class:`_Failed`
+_Attempt = Callable[[NodeInfo, _Route, float, bool], Awaitable[bytes]]
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -95,8 +115,7 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.enable_retries", 0),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        *KEEPALIVE,
         OWN_SUBCHANNELS,
     ]
 
@@ -142,6 +161,10 @@ class Caller:
         self._returns: dict[Any, Shape] = {}
         self._metadata: dict[str, tuple[tuple[str, str], ...] | None] = {}
         self._publisher: Any = None
+        #: the nodes left out because they were found silent (see Links.ejections)
+        self._ejected: Mapping[str, object] = {} if links is None else links.ejections.ejected
+        if links is not None and links.locate is None:
+            links.locate = self._locate
         view.on_change(self._forget_gone_nodes)
 
     async def call(
@@ -184,8 +207,13 @@ class Caller:
             span = tracing.client_span(
                 f"{where.service}.{where.method}", node=where.node, size=len(body)
             )
+        # a call made inside a handler belongs to its work: it carries the work's age
+        began = work_began()
+        age = None if began is None else work_age(began, time.monotonic())
         if self.links is not None:
             extra = dict(custom_metadata(metadata)) if metadata else None
+            if age is not None:
+                extra = {**extra, WORK_AGE_KEY: age} if extra else {WORK_AGE_KEY: age}
             send = self._link_send(where, body, at, codec, extra, span)
         else:
             if metadata or codec not in self._metadata:
@@ -194,6 +222,8 @@ class Caller:
                 wire_metadata = self._metadata[codec]
             if span is not None:
                 wire_metadata = (*(wire_metadata or ()), *span.carrier.items())
+            if age is not None:
+                wire_metadata = (*(wire_metadata or ()), (WORK_AGE_KEY, age))
             send = self._unary_send(where, body, at, wire_metadata)
         if span is None and self.metrics is None:
             response, route = await self._send(where, at, send)
@@ -259,7 +289,7 @@ class Caller:
         self,
         where: Target,
         at: float,
-        send: Callable[[NodeInfo, _Route, float], Awaitable[bytes]],
+        send: _Attempt,
         span: tracing.Span | None,
     ) -> tuple[bytes, _Route]:
         """:meth:`_send`, counted in :attr:`metrics` and closing ``span``."""
@@ -282,17 +312,14 @@ class Caller:
                 span.end(status)
         return response, route
 
-    async def _send(
-        self,
-        where: Target,
-        at: float,
-        send: Callable[[NodeInfo, _Route, float], Awaitable[bytes]],
-    ) -> tuple[bytes, _Route]:
+    async def _send(self, where: Target, at: float, send: _Attempt) -> tuple[bytes, _Route]:
         """Choose a node for ``where`` and ``send`` to it before ``at`` (on
         ``time.monotonic()``), trying another node when the rules of :mod:`..core.retry`
-        allow; the answer and the route it took. ``send(node, route, remaining)`` raises
-        :class:`_Failed` to say what happened."""
+        allow; the answer and the route it took. ``send(node, route, remaining,
+        abandonable)`` raises :class:`_Failed` to say what happened; ``abandonable``: the
+        attempt may be given up for another node should its peer fall silent."""
         monotonic = time.monotonic
+        ejected = self._ejected
         attempt = 0
         tried: set[str] = set()
         while True:
@@ -301,13 +328,31 @@ class Caller:
             if remaining <= 0:
                 raise DeadlineExceeded(f"the deadline passed before {where} was sent")
             route = self._route(self.view.snapshot, where)
+            if route.draining and work_began() is None:
+                # a draining node takes only the calls of work in flight: this one is new
+                if where.node is not None:
+                    raise Unavailable(f"node {where.node} is draining", node=where.node)
+                raise Unavailable(f"no live node of service {where.service!r}")
             balancer = route.balancer
-            node = balancer.pick(route.nodes, tried)
+            if ejected and where.node is None:
+                # leave out the nodes found silent, unless that leaves nobody
+                node = balancer.pick(route.nodes, tried.union(ejected))
+                if node is None:
+                    node = balancer.pick(route.nodes, tried)
+            else:
+                node = balancer.pick(route.nodes, tried)
             if node is None:
                 raise Unavailable(f"every node of service {where.service!r} failed")
+            # the same rule as should_retry's, for an Unavailable on this attempt
+            abandonable = (
+                route.idempotent
+                and where.node is None
+                and attempt < MAX_ATTEMPTS
+                and len(route.nodes) - len(tried) > 1
+            )
             balancer.started(node.node_id)
             try:
-                return await send(node, route, remaining), route
+                return await send(node, route, remaining, abandonable), route
             except _Failed as failed:
                 tried.add(node.node_id)
                 if not should_retry(
@@ -325,10 +370,11 @@ class Caller:
 
     def _unary_send(
         self, where: Target, body: bytes, at: float, metadata: tuple[tuple[str, str], ...] | None
-    ) -> Callable[[NodeInfo, _Route, float], Awaitable[bytes]]:
-        """One attempt as a unary gRPC call (when this caller has no links)."""
+    ) -> _Attempt:
+        """One attempt as a unary gRPC call (when this caller has no links); gRPC's
+        keepalive, not a link's watch, finds a silent peer here."""
 
-        async def send(node: NodeInfo, route: _Route, remaining: float) -> bytes:
+        async def send(node: NodeInfo, route: _Route, remaining: float, abandonable: bool) -> bytes:
             stub = self._stub(node.address, route.path)
             if at > self._latest_deadline.get(node.address, 0.0):
                 self._latest_deadline[node.address] = at
@@ -349,13 +395,13 @@ class Caller:
         codec: CodecName,
         metadata: Mapping[str, str] | None,
         span: tracing.Span | None = None,
-    ) -> Callable[[NodeInfo, _Route, float], Awaitable[bytes]]:
+    ) -> _Attempt:
         """One attempt over the mesh link to the node (with ``span``'s trace context)."""
         links = self.links
         assert links is not None
         trace, tracestate = tracing.frame_context(span)
 
-        async def send(node: NodeInfo, route: _Route, remaining: float) -> bytes:
+        async def send(node: NodeInfo, route: _Route, remaining: float, abandonable: bool) -> bytes:
             frame = CallFrame(
                 kind=CALL,
                 service=where.service,
@@ -369,8 +415,8 @@ class Caller:
                 tracestate=tracestate,
             )
             try:
-                reply = await links.to(node).call(frame, at)
-            except WiremeshError as error:  # the link closed, or the deadline passed
+                reply = await links.to(node).call(frame, at, abandonable=abandonable)
+            except WiremeshError as error:  # the link closed or gave up, or the deadline
                 raise _Failed(error) from None
             if reply.kind == ERROR:
                 refused = reply.not_run
@@ -400,11 +446,14 @@ class Caller:
             node = snapshot.by_id.get(where.node)
             if node is None or node.service != service:
                 raise NodeNotFound(f"no node {where.node!r} of service {service!r} in the mesh")
-            if not node.serving:
-                raise Unavailable(f"node {where.node} is draining", node=where.node)
+            draining = not node.serving
             nodes: tuple[NodeInfo, ...] = (node,)
         else:
             nodes = snapshot.serving(service)
+            draining = not nodes
+            if draining:
+                # none serves: the draining ones still take the calls of work in flight
+                nodes = snapshot.by_service.get(service, ())
             if not nodes:
                 if service in snapshot.services:
                     raise Unavailable(f"no live node of service {service!r}")
@@ -416,7 +465,14 @@ class Caller:
                 f"service {service!r} has no method {where.method!r} (methods: {known})"
             )
         path = method_path(service, where.method)
-        return _Route(nodes, info.idempotent, self._balancer(service), path, info.returns_protobuf)
+        return _Route(
+            nodes,
+            info.idempotent,
+            self._balancer(service),
+            path,
+            info.returns_protobuf,
+            draining,
+        )
 
     def _result(self, response: bytes, codec: CodecName, returns: Any) -> Any:
         if returns is None:
@@ -473,6 +529,10 @@ class Caller:
                 )
             stub = self._stubs[(address, path)] = channel.unary_unary(path, None, None)
         return stub
+
+    def _locate(self, node_id: str) -> NodeInfo | None:
+        """The node's record in the mesh as this caller sees it now."""
+        return self.view.snapshot.by_id.get(node_id)
 
     def _forget_gone_nodes(self, old: MeshSnapshot, new: MeshSnapshot) -> None:
         live = {n.address for n in new.nodes}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["ENV", "EXPERIMENTS", "OWN_SUBCHANNELS", "applied", "prepare"]
+__all__ = ["ENV", "EXPERIMENTS", "KEEPALIVE", "OWN_SUBCHANNELS", "applied", "prepare"]
 
 ENV = "GRPC_EXPERIMENTS"
 #: socket I/O on grpc's polling thread, not on the EventEngine's thread pool
@@ -30,6 +30,28 @@ EXPERIMENTS = "-event_engine_client,-event_engine_listener"
 #: old connection's reconnect backoff, failing at once with UNAVAILABLE instead of
 #: connecting (seen with socket I/O on the polling thread).
 OWN_SUBCHANNELS = ("grpc.use_local_subchannel_pool", 1)
+
+#: HTTP/2 keepalive, the same on every channel and server of wiremesh's: a ping every
+#: 20 s, and a connection whose ping is not acknowledged within 10 s is closed (its calls
+#: fail ``Unavailable``), so a dead connection goes within 30 s. Measured with grpcio
+#: 1.85 through a relay that stops relaying:
+#:
+#: - the ping's deadline is ``grpc.http2.ping_timeout_ms`` (60 s by default), not
+#:   ``grpc.keepalive_timeout_ms``, which only sets the sockets' TCP_USER_TIMEOUT (data
+#:   left unacknowledged that long closes the connection: a real network's case);
+#: - on a stream that carries no data (a quiet link), grpc sends two pings, then one a
+#:   minute at most, unless ``grpc.http2.max_pings_without_data`` is 0.
+#:
+#: Nodes accept pings every 5 s at most (``server_options``). This is the backstop: a
+#: link with calls in flight finds a silent peer within about a second
+#: (``wiremesh.core.ejection``).
+KEEPALIVE = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.ping_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
 
 
 def prepare() -> bool:

@@ -17,6 +17,12 @@ append; per batch, one gRPC write and one gRPC read:
   the next message, which costs about as much as running a handler.
 - **Deadlines.** One timer per link, armed for the earliest deadline of the calls in
   flight (a heap), instead of a timer per call; answered calls leave the heap lazily.
+- **Liveness.** One more timer per link, ticking while calls of ours are in flight, runs
+  the rules of :mod:`wiremesh.core.ejection`: every message read is a sign of life (one
+  timestamp per read); a link quiet for a while sends a *probe*, a CALL frame that names
+  no service, which every peer answers at once with an ERROR frame; a peer that answers
+  nothing is *silent*: the calls that may go elsewhere are given up (CANCEL is sent),
+  and whoever listens (:meth:`Link.on_reachability`) ejects the peer.
 
 Both ends of a link are alike (:class:`Link`): either may call the other, and each
 answers the other's calls on the same stream. The process that opened the stream is
@@ -39,6 +45,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from wiremesh.core.ejection import Liveness, Verdict, Watch
 from wiremesh.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -103,6 +110,7 @@ class Link:
         handler: LinkHandler | None = None,
         max_frames: int = 4096,
         max_message_bytes: int = 4 * 1024 * 1024,
+        liveness: Liveness | None = None,
     ) -> None:
         self._stream = stream
         #: the largest payload one frame may carry (a batch must fit in a gRPC message)
@@ -139,6 +147,19 @@ class Link:
         self._on_close: list[Callable[[Link], None]] = []
         self._on_hello: list[Callable[[Link], None]] = []
         self._runner: asyncio.Task[Any] | None = None
+        #: when the last message from the peer was read (``loop.time()``): a sign of life
+        self.heard_at = -math.inf
+        self._liveness = liveness if liveness is not None else Liveness()
+        self._watch = Watch(self._liveness)
+        #: the watch's timer: armed while calls of ours are in flight (None: idle)
+        self._watch_timer: asyncio.TimerHandle | None = None
+        self._watch_due = 0.0
+        #: ids of the calls that may be given up when the peer falls silent (some may be
+        #: answered already: the list is pruned lazily, like the deadline heap)
+        self._abandonable: list[int] = []
+        #: the probe queued and not written yet (the watch learns when it leaves)
+        self._probe: pb.Frame | None = None
+        self._on_reachability: list[Callable[[Link], None]] = []
 
     def __repr__(self) -> str:
         return f"<Link {self.local_id} ↔ {self.remote_id or '?'}>"
@@ -150,6 +171,17 @@ class Link:
         """Run ``callback(link)`` when the peer's HELLO arrives, before any frame after it
         is handled (so that a call it sends next can already be answered over this link)."""
         self._on_hello.append(callback)
+
+    def on_reachability(self, callback: Callable[[Link], None]) -> None:
+        """Run ``callback(link)`` when the peer falls silent (:attr:`unreachable` turns
+        true) and when, silent, it answers again (it turns false)."""
+        self._on_reachability.append(callback)
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether the peer is judged silent: calls of ours waited for it, and it has
+        answered nothing, not even a probe, for :attr:`Liveness.unreachable_after`."""
+        return self._watch.silent
 
     @property
     def queued(self) -> int:
@@ -197,24 +229,28 @@ class Link:
             return exc
         return Resume(write, first)
 
-    async def call(self, frame: pb.Frame, at: float) -> pb.Frame:
+    async def call(self, frame: pb.Frame, at: float, *, abandonable: bool = False) -> pb.Frame:
         """Send a CALL frame (its ``id`` is set here) and wait for its REPLY or ERROR frame
         until ``at`` (``loop.time()``). Raises :class:`DeadlineExceeded` at the deadline
-        and :class:`Unavailable` when the link closes first; cancelling the caller sends
-        CANCEL to the remote handler. Waits for room in the queue first."""
+        and :class:`Unavailable` when the link closes first, or, for an ``abandonable``
+        call (one that may go to another node), when the peer falls silent; cancelling
+        the caller sends CANCEL to the remote handler. Waits for room in the queue first."""
         if len(self._out) >= self._max_frames:
             await self._wait_for_room()
-        future = self.start_call(frame, at)
+        future = self.start_call(frame, at, abandonable=abandonable)
         try:
             return await future
         except asyncio.CancelledError:
             self.cancel(frame.id)
             raise
 
-    def start_call(self, frame: pb.Frame, at: float) -> asyncio.Future[pb.Frame]:
+    def start_call(
+        self, frame: pb.Frame, at: float, *, abandonable: bool = False
+    ) -> asyncio.Future[pb.Frame]:
         """Queue a CALL frame now and return the future of its REPLY or ERROR frame; it
         fails with :class:`DeadlineExceeded` at ``at`` (and CANCEL is sent) or with
-        :class:`Unavailable` when the link closes. Never waits (multicast uses it)."""
+        :class:`Unavailable` when the link closes, or when the peer falls silent if the
+        call is ``abandonable`` (CANCEL is sent too). Never waits (multicast uses it)."""
         if self.closed:
             raise Unavailable(f"the link to {self.remote_id or 'its peer'} is closed")
         size = len(frame.payload)
@@ -225,7 +261,8 @@ class Link:
             )
         self._next_id = call_id = self._next_id + 1
         frame.id = call_id
-        future: asyncio.Future[pb.Frame] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[pb.Frame] = loop.create_future()
         pending = self._pending
         pending[call_id] = future
         # no timer per call: one per link, for the earliest deadline
@@ -237,8 +274,76 @@ class Link:
             # answered calls linger in the heap until their deadline: drop them now
             self._deadlines = [entry for entry in deadlines if entry[1] in pending]
             heapify(self._deadlines)
+        if abandonable:
+            abandonable_ids = self._abandonable
+            abandonable_ids.append(call_id)
+            if len(abandonable_ids) > 2 * len(pending) + 256:
+                self._abandonable = [i for i in abandonable_ids if i in pending]
+        if self._watch_timer is None:  # one watch per link, not a timer per call
+            self._start_watch(loop)
         self._push(frame, size, len(pending) == 1)
         return future
+
+    def probe(self) -> None:
+        """Ask the peer for a sign of life: a CALL frame that names no service, which
+        every peer answers at once with an ERROR frame (no handler runs). The answer is
+        not awaited: like every message read, it moves :attr:`heard_at`."""
+        if not self.closed:
+            self._next_id = call_id = self._next_id + 1
+            self._probe = probe = pb.Frame(kind=CALL, id=call_id)
+            self._push(probe, 0)
+
+    def _start_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        self._watch.start(now, self.heard_at)
+        self._watch_due = due = now + self._liveness.probe_after
+        self._watch_timer = loop.call_at(due, self._on_watch_tick)
+
+    def _on_watch_tick(self) -> None:
+        """One tick of the liveness watch (see :mod:`wiremesh.core.ejection`)."""
+        self._watch_timer = None
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        was_silent = self._watch.silent
+        verdict = self._watch.tick(
+            now, due=self._watch_due, heard_at=self.heard_at, outstanding=bool(self._pending)
+        )
+        if verdict is Verdict.IDLE:
+            self._abandonable.clear()
+            return
+        if verdict is Verdict.PROBE:
+            self.probe()
+        elif verdict is Verdict.SILENT or verdict is Verdict.ABANDON:
+            self._abandon(now - self._watch.quiet_since)
+        if self._watch.silent != was_silent:
+            for callback in self._on_reachability:
+                try:
+                    callback(self)
+                except Exception:
+                    log.exception("link reachability callback failed")
+        if not self.closed:
+            self._watch_due = due = now + self._liveness.probe_after
+            self._watch_timer = loop.call_at(due, self._on_watch_tick)
+
+    def _abandon(self, quiet: float) -> None:
+        """Give up the abandonable calls in flight: the peer is silent, they may go to
+        another node. CANCEL tells the peer, should it hear it."""
+        ids, self._abandonable = self._abandonable, []
+        if not ids:
+            return
+        peer = self.remote_id or "the peer"
+        message = (
+            f"no answer from {peer} for {quiet:.2g}s, not even to a probe: it is "
+            "unreachable from here"
+        )
+        pending = self._pending
+        for call_id in ids:
+            future = pending.pop(call_id, None)
+            if future is not None and not future.done():
+                self._push(pb.Frame(kind=CANCEL, id=call_id), 0)
+                future.set_exception(Unavailable(message, node=self.remote_id or None))
 
     def cancel(self, call_id: int) -> None:
         """Give up on call ``call_id``: forget it and tell the remote end."""
@@ -344,6 +449,9 @@ class Link:
             return
         self.closed = True
         self._room.set()
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
@@ -405,19 +513,25 @@ class Link:
             if size <= self._max_batch_bytes:
                 self.sent_batches += 1
                 await stream.write(batch_of(frames=frames))
-                continue
-            for batch in _split(frames, self._max_batch_bytes):  # big payloads: several
-                self.sent_batches += 1
-                await stream.write(batch_of(frames=batch))
+            else:
+                for batch in _split(frames, self._max_batch_bytes):  # big payloads: several
+                    self.sent_batches += 1
+                    await stream.write(batch_of(frames=batch))
+            probe = self._probe
+            if probe is not None and any(frame is probe for frame in frames):
+                self._probe = None
+                self._watch.probe_sent(loop.time())
 
     async def _read_loop(self) -> None:
         stream = self._stream
         pending = self._pending
         handler = self._handler
+        clock = asyncio.get_running_loop().time
         while True:
             batch = await stream.read()
             if batch is _EOF or batch is None:
                 return
+            self.heard_at = clock()
             frames = batch.frames
             self._dispatching = len(frames) > 1
             for frame in frames:

@@ -5,6 +5,12 @@
 peer for its calls back when it accepted our link. A link that ends (its peer stopped or
 restarted) is forgotten, and the next call opens a new one.
 
+It also keeps the peers found silent (:attr:`Links.ejections`, by the rules of
+:mod:`wiremesh.core.ejection`): a link whose peer falls silent ejects it, and when the
+ejection ends the peer is probed on its link, or on a new one over a new connection
+(grpc's own reconnect backoff grows to minutes; a fresh connection has none). An answer
+puts the peer back; silence ejects it again, for longer.
+
 :class:`NodeLinks` is what a node serves on its links: ``@rpc`` methods and publishes
 (handed to ``NodeLinks.deliver``). Each call runs in a task of its own, so that a CANCEL
 frame or the link closing cancels that handler alone, and so that each handler has its
@@ -21,12 +27,13 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
 
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.ejection import Ejections, Liveness
 from wiremesh.core.model import NodeInfo
 from wiremesh.errors import MethodNotFound, Unavailable, WiremeshError
 from wiremesh.proto import link_pb2 as pb
@@ -55,6 +62,7 @@ class Links:
         options: list[tuple[str, Any]] | None = None,
         max_frames: int = 4096,
         max_message_bytes: int = 4 * 1024 * 1024,
+        liveness: Liveness | None = None,
     ) -> None:
         self._max_message_bytes = max_message_bytes
         self.local_id = local_id
@@ -69,6 +77,16 @@ class Links:
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepted: set[Link] = set()
         self.closed = False
+        #: how quickly a silent peer is judged, and how long it is left out
+        self.liveness = liveness if liveness is not None else Liveness()
+        #: the peers found silent from here: callers' balancers leave them out
+        self.ejections = Ejections(self.liveness)
+        #: finds a node's current record by id, to probe it back when its ejection ends
+        #: (set by the caller that uses these links; None, or no record: the ejection
+        #: simply ends)
+        self.locate: Callable[[str], NodeInfo | None] | None = None
+        #: per ejected node: the timer of its next probe, or of its probe's end
+        self._probes: dict[str, asyncio.TimerHandle] = {}
 
     def to(self, node: NodeInfo) -> Link:
         """The link to ``node``, opened now if there is none (it never waits)."""
@@ -99,11 +117,15 @@ class Links:
             handler=self.handler,
             max_frames=self._max_frames,
             max_message_bytes=limit,
+            liveness=self.liveness,
         )
         link.remote_id = node.node_id
         self._by_node[node.node_id] = link
         self._by_address[node.address] = link
         link.on_close(self._forget)
+        link.on_reachability(self._reachability)
+        # the HELLO of a link we opened is an answer both ways: an ejected peer is back
+        link.on_hello(self._answered)
         self._spawn(link.run(), f"wiremesh-link-{node.node_id}")
         return link
 
@@ -116,9 +138,11 @@ class Links:
             handler=self.handler,
             max_frames=self._max_frames,
             max_message_bytes=self._max_message_bytes,
+            liveness=self.liveness,
         )
         self.accepted.add(link)
         link.on_close(self._forget)
+        link.on_reachability(self._reachability)
         # adopted as the peer's HELLO is read, before the call that follows it runs: a
         # call back to that peer from its handler already finds this link
         link.on_hello(self._adopt)
@@ -137,6 +161,78 @@ class Links:
     def _forget(self, link: Link) -> None:
         if self._by_node.get(link.remote_id) is link:
             del self._by_node[link.remote_id]
+
+    # ------------------------------------------------------------------ ejections
+
+    def _reachability(self, link: Link) -> None:
+        """A link's peer fell silent (eject it) or, silent, answered (take it back)."""
+        if not link.remote_id or self.closed:
+            return
+        if link.unreachable:
+            self._eject(link.remote_id)
+        else:
+            self._answered(link)
+
+    def _eject(self, node_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        until = self.ejections.eject(node_id, loop.time())
+        count = self.ejections.ejected[node_id].count
+        left_out = until - loop.time()
+        log.log(
+            logging.WARNING if count == 1 else logging.DEBUG,
+            "node %s is unreachable from %s (no answer for %gs, not even to a probe): "
+            "left out for %gs",
+            node_id,
+            self.local_id,
+            self.liveness.unreachable_after,
+            round(left_out, 3),
+        )
+        self._set_probe(node_id, loop.call_at(until, self._probe_back, node_id))
+
+    def _answered(self, link: Link) -> None:
+        node_id = link.remote_id
+        if self.ejections.answered(node_id):
+            self._set_probe(node_id, None)
+            log.info("node %s answers %s again: no longer left out", node_id, self.local_id)
+
+    def _set_probe(self, node_id: str, timer: asyncio.TimerHandle | None) -> None:
+        old = self._probes.pop(node_id, None)
+        if old is not None:
+            old.cancel()
+        if timer is not None:
+            self._probes[node_id] = timer
+
+    def _probe_back(self, node_id: str) -> None:
+        """An ejection ended: probe the node, still left out, and wait for its answer."""
+        self._probes.pop(node_id, None)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self.closed or not self.ejections.due(node_id, now):
+            return
+        node = self.locate(node_id) if self.locate is not None else None
+        if node is None:  # it left the mesh (or nothing here can find it): nothing to do
+            self.ejections.forget(node_id)
+            return
+        link = self._by_node.get(node_id)
+        if link is None or link.closed:
+            # a new connection, without the reconnect backoff of the old channel
+            self._close_channel(node.address)
+            link = self.to(node)
+        mark = link.heard_at
+        link.probe()
+        timer = loop.call_at(
+            now + self.liveness.unreachable_after, self._probe_ended, node_id, link, mark
+        )
+        self._set_probe(node_id, timer)
+
+    def _probe_ended(self, node_id: str, link: Link, mark: float) -> None:
+        self._probes.pop(node_id, None)
+        if self.closed or node_id not in self.ejections:
+            return
+        if link.heard_at > mark:
+            self._answered(link)
+        else:
+            self._eject(node_id)
 
     def forget_address(self, address: str) -> None:
         """The node at ``address`` left the mesh: drop its channel once its link ends (the
@@ -176,6 +272,9 @@ class Links:
 
     async def close(self) -> None:
         self.closed = True
+        for timer in self._probes.values():
+            timer.cancel()
+        self._probes.clear()
         for link in [*self._by_node.values(), *self.accepted]:
             link.close()
         for task in list(self._tasks):
@@ -208,19 +307,29 @@ class NodeLinks:
         self.idle.set()
         #: set by the node: delivers a publish frame (topic, payload, codec) in order
         self.deliver: Any = None
-        #: refuse new calls (with ``not_run``, so callers go elsewhere) while draining
+        #: refuse new calls (with ``not_run``, so callers go elsewhere) while draining,
+        #: but those ``admits`` takes: calls of work already in flight (the node's
+        #: :class:`~wiremesh.core.drain.Drain` tells which)
         self.draining = False
+        self.admits: Callable[[pb.Frame], bool] = _refused
+        #: the answer to a probe (a CALL naming no service; see Link.probe)
+        self._probe_answer = error_body(
+            MethodNotFound("a probe names no service: nothing to run"), node_id
+        )
 
     def in_flight(self) -> int:
         return self._in_flight
 
     def on_call(self, link: Link, frame: pb.Frame) -> None:
-        if self.draining:
+        if self.draining and not self.admits(frame):
             refused = Unavailable(f"node {self.node_id} is draining", node=self.node_id)
             link.fail(frame.id, error_body(refused, self.node_id), not_run=True)
             return
         method = self.methods.get(frame.method) if frame.service == self.service else None
         if method is None:
+            if not frame.service:  # a probe: the caller only wants a sign of life
+                link.fail(frame.id, self._probe_answer)
+                return
             error = MethodNotFound(
                 f"node {self.node_id} ({self.service}) has no method {frame.service}.{frame.method}"
             )
@@ -271,6 +380,10 @@ class NodeLinks:
     def on_publish(self, link: Link, frame: pb.Frame) -> None:
         if self.deliver is not None:
             self.deliver(link, frame)
+
+
+def _refused(frame: pb.Frame) -> bool:
+    return False
 
 
 def link_method_handler(links: Links) -> grpc.RpcMethodHandler[Any, Any]:
