@@ -5,7 +5,8 @@ never a retry), run the handler under its concurrency limit with a
 :class:`~wiremesh.Context` (its first store transaction records the message in the inbox,
 and ends the handler when the message was handled before), then settle it as
 the :class:`~wiremesh.core.delivery.DeliveryPolicy` says: ack after success, retry later
-or dead letter after a failure. ``concurrency`` worker tasks per handler take messages
+or dead letter after a failure (logged one line per attempt, the traceback only at the
+first attempt and at the dead letter). ``concurrency`` worker tasks per handler take messages
 from a bounded queue that the broker fills up to the binding's prefetch.
 
 Drain (:meth:`HandlerRunner.close`): stop taking messages, let those running finish
@@ -202,21 +203,32 @@ class MessageHandler:
             exc = TimeoutError(f"the handler ran longer than {self.timeout:g}s")
         outcome = self.policy.after_failure(envelope.attempt, exc)
         where = f"{self.service_name}/{self.spec.attribute}"
+        # the traceback once at the first failure and once at the dead letter, one line for
+        # each retry between; none for a WiremeshError (its message says it all) nor for
+        # the time limit (raised by no line of the handler)
+        traceback = None if isinstance(exc, WiremeshError) or exc.__traceback__ is None else exc
         if isinstance(outcome, Retry):
             log.warning(
-                "%s: message %s failed (attempt %d), retrying in %.2fs: %s",
+                "%s: message %s failed (attempt %d of %d), retrying in %.2fs: %s",
                 where,
                 envelope.id,
                 envelope.attempt,
+                self.policy.attempts,
                 outcome.delay,
                 outcome.reason,
-                exc_info=not isinstance(exc, WiremeshError),
+                exc_info=traceback if envelope.attempt <= 1 else None,
             )
             self.counts["retried"] += 1
             await received.retry(outcome.delay, outcome.reason)
         else:
             assert isinstance(outcome, DeadLetter)
-            log.error("%s: message %s is a dead letter: %s", where, envelope.id, outcome.reason)
+            log.error(
+                "%s: message %s is a dead letter: %s",
+                where,
+                envelope.id,
+                outcome.reason,
+                exc_info=traceback,
+            )
             self.counts["dead"] += 1
             await received.dead(outcome.reason)
 

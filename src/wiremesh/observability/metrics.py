@@ -8,6 +8,8 @@ Hot paths touch only pre-bound children: a :class:`MethodMetrics` per method and
 Counters a node already keeps as plain integers (publish, links, ...) are not counted
 twice: :class:`StatsCollector` reads them when Prometheus scrapes.
 
+:class:`~wiremesh.observability.endpoint.MetricsEndpoint` serves a node's ``/metrics``.
+
 Names (all prefixed ``wiremesh_``; ``docs/observability.md`` lists them with their labels):
 
 - ``calls_handled_total{service,method,status}``, ``call_handle_seconds{service,method}``
@@ -22,12 +24,11 @@ Names (all prefixed ``wiremesh_``; ``docs/observability.md`` lists them with the
 from __future__ import annotations
 
 import asyncio
-import threading
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -36,10 +37,11 @@ __all__ = [
     "METRICS_KEY",
     "MeshMetrics",
     "MethodMetrics",
-    "MetricsEndpoint",
     "RegistryReachable",
     "StatsCollector",
 ]
+
+log = logging.getLogger("wiremesh.metrics")
 
 #: NodeInfo metadata key: the node's ``/metrics`` address, ``host:port``
 METRICS_KEY = "wm-metrics"
@@ -251,35 +253,3 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-class MetricsEndpoint:
-    """``GET /metrics`` in Prometheus text, served from a thread of this process."""
-
-    def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.registry = registry
-        self.host = host
-        self.port = port
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def start(self) -> None:
-        server, thread = start_http_server(self.port, self.host, self.registry)
-        self._server, self._thread = server, thread
-        self.port = server.server_port
-
-    def stop(self) -> None:
-        """Stop serving, without waiting: the server's thread notices within half a
-        second and closes its socket."""
-        server, self._server, self._thread = self._server, None, None
-        if server is not None:
-            threading.Thread(target=_shut, args=(server,), daemon=True).start()
-
-
-def _shut(server: WSGIServer) -> None:
-    server.shutdown()
-    server.server_close()

@@ -1,0 +1,1 @@
+"""Attacks on a real mesh (the hardening issue): each test fails on the code before its fix."""
