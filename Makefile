@@ -14,8 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install wiremesh with what tests need
 
-demo: install  ## run the ipaas demo mesh (Ctrl-C drains and stops it)
-	cd examples/ipaas && ../../$(BIN)/wiremesh run
+DEMO   ?= examples/ipaas
+
+# Ctrl-C must reach `wiremesh run` alone: make, interrupted too, would end with
+# "Interrupt" and status 130 after a clean drain. On a terminal the recipe's shell runs
+# it as a job of its own (set -m) in the terminal's foreground; make, in the background,
+# gets no SIGINT and ends with wiremesh's status (0 after a drain).
+demo: install  ## run the ipaas demo mesh (Ctrl-C drains and stops it; DEMO=folder for another)
+	cd $(DEMO) && { if [ -t 0 ]; then set -m; fi; $(abspath $(BIN))/wiremesh run; }
 
 lint: install  ## ruff: lint and formatting
 	$(BIN)/ruff check src tests benchmarks examples tools

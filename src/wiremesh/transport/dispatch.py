@@ -4,6 +4,12 @@ The unary gRPC path (:mod:`.server`) and mesh links (:mod:`.link`) both hand a r
 bytes, codec and deadline to a :class:`Method` and get the answer's bytes back, or a
 :class:`~wiremesh.errors.WiremeshError` — never another exception: a handler's own
 exception is logged here and becomes :class:`~wiremesh.errors.InternalError`.
+
+Each call runs as part of its work (:mod:`wiremesh.core.drain`): the work's age comes in
+``wm-work-age`` (a link's call carries it among its metadata; the handler never sees it),
+the handler runs inside that work, so that the calls it makes carry the age on, and the
+node's :class:`~wiremesh.core.drain.Drain` is told of the call (what is running, and which
+calling node's work may call again): what a draining node waits for before it goes.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ from typing import Any
 from wiremesh.context import Context, MeshCaller, _current
 from wiremesh.core.codec import CODECS, CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.drain import Drain, began_at, enter_work, leave_work
 from wiremesh.errors import DeadlineExceeded, InternalError, InvalidPayload, WiremeshError
 from wiremesh.observability import tracing
 from wiremesh.observability.metrics import MeshMetrics, MethodMetrics
 from wiremesh.service import MethodSpec, Service, ServiceSpec
-from wiremesh.transport.wire import exception_type_name
+from wiremesh.transport.wire import WORK_AGE_KEY, exception_type_name
 
 __all__ = ["Method", "methods_of"]
 
@@ -33,6 +40,7 @@ class Method:
 
     __slots__ = (
         "_caller",
+        "_drain",
         "_func",
         "_metrics",
         "_node_id",
@@ -52,6 +60,7 @@ class Method:
         node_id: str,
         caller: MeshCaller,
         metrics: MeshMetrics | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.name = spec.name
         self.service = service_name
@@ -65,6 +74,7 @@ class Method:
             metrics.handled(service_name, spec.name) if metrics is not None else None
         )
         self._trace_name = f"{service_name}.{spec.name}"
+        self._drain = drain
 
     async def run(
         self,
@@ -78,11 +88,17 @@ class Method:
         tracestate: str = "",
         peer: str | None = None,
         enforce_deadline: bool = False,
+        work_age: str | None = None,
     ) -> bytes:
         """The encoded answer to ``request``. The caller's trace context is in
-        ``trace`` and ``tracestate`` (a link's frame) or in ``metadata`` (unary gRPC).
+        ``trace`` and ``tracestate`` (a link's frame) or in ``metadata`` (unary gRPC);
+        the age of its work in ``work_age`` or, from a link, in ``metadata``.
         ``enforce_deadline`` cancels the handler when ``deadline`` passes (for transports
         that do not cancel it themselves)."""
+        if metadata is not None and WORK_AGE_KEY in metadata:
+            rest = dict(metadata)
+            work_age = str(rest.pop(WORK_AGE_KEY))
+            metadata = rest or None
         ctx = Context(
             deadline=deadline,
             service=self.service,
@@ -109,6 +125,13 @@ class Method:
             if tracing.enabled()
             else None
         )
+        now = time.monotonic()
+        drain = self._drain
+        if drain is not None:
+            drain.running += 1
+            if caller is not None and work_age is not None:
+                drain.called_by(caller, deadline.at, now)
+        work = enter_work(began_at(work_age, now))
         try:
             if codec not in CODECS:
                 raise InvalidPayload(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
@@ -140,6 +163,9 @@ class Method:
             raise InternalError(str(exc), remote_type=exception_type_name(exc)) from None
         finally:
             _current.reset(token)
+            leave_work(work)
+            if drain is not None:
+                drain.running -= 1
             if self._metrics is not None:
                 self._metrics.observe(status, time.perf_counter() - started)
             if span is not None:
@@ -152,10 +178,11 @@ def methods_of(
     node_id: str,
     caller: MeshCaller,
     metrics: MeshMetrics | None = None,
+    drain: Drain | None = None,
 ) -> dict[str, Method]:
-    """Every method of ``service`` by its wire name."""
+    """Every method of ``service`` by its wire name (telling ``drain`` of each call)."""
     return {
-        name: Method(m, service, spec.name, node_id, caller, metrics)
+        name: Method(m, service, spec.name, node_id, caller, metrics, drain)
         for name, m in spec.methods.items()
     }
 

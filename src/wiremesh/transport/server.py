@@ -14,10 +14,17 @@ The hot path, per call (grpc.aio itself costs far more; see ``benchmarks/rpc.py`
 - every handler, the health service's included, is a *generic* one: for each registered
   method (which the generated ``add_HealthServicer_to_server`` also installs) grpc.aio's
   server loop waits on one more pending future per incoming call, whatever its method.
+
+Draining (:meth:`NodeServer.drain`): the health service answers ``NOT_SERVING`` and ends
+its ``Watch`` streams (an open watch never holds the node); once the node's
+:class:`~wiremesh.core.drain.Drain` has begun, a call of new work is refused, unrun, with
+``UNAVAILABLE`` and no ``wm-error`` (an idempotent call may go to another node), and a call
+of work already in flight runs (see :mod:`wiremesh.core.drain`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,14 +33,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 
 from wiremesh.context import MeshCaller
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.drain import Drain, began_at
 from wiremesh.errors import WiremeshError
 from wiremesh.observability.metrics import MeshMetrics
 from wiremesh.service import Service, ServiceSpec
 from wiremesh.transport.dispatch import Method, methods_of
+from wiremesh.transport.grpc_core import KEEPALIVE
 from wiremesh.transport.link import LINK_SERVICE
 from wiremesh.transport.links import Links, link_method_handler
 from wiremesh.transport.wire import (
@@ -41,12 +49,13 @@ from wiremesh.transport.wire import (
     CODEC_KEY,
     RESERVED_KEYS,
     RESERVED_PREFIXES,
+    WORK_AGE_KEY,
     error_metadata,
     error_status_message,
     grpc_code,
 )
 
-__all__ = ["NodeServer", "server_options"]
+__all__ = ["Health", "NodeServer", "server_options"]
 
 log = logging.getLogger("wiremesh.node")
 
@@ -59,7 +68,11 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
-        ("grpc.keepalive_permit_without_calls", 1),
+        # the node pings its peers too: the end of a link that a peer opened is closed
+        # when the connection goes silent (grpc's default is every two hours)
+        *KEEPALIVE,
+        # a peer may ping every 5 s (and without calls); faster is a strike, and a few
+        # strikes close its connection ("too_many_pings")
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ]
 
@@ -82,6 +95,7 @@ class NodeServer:
         links: Links | None = None,
         metrics: MeshMetrics | None = None,
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+        drain: Drain | None = None,
     ) -> None:
         self.spec = spec
         self.service = service
@@ -91,9 +105,11 @@ class NodeServer:
         self.port = port
         self.default_timeout = default_timeout
         self.credentials = credentials
-        self.health = HealthServicer()
+        #: which calls the node takes while it drains (see :mod:`wiremesh.core.drain`)
+        self.drain_rule = drain or Drain()
+        self.health = Health()
         self.server = grpc.aio.server(options=server_options(max_message_bytes))
-        self.methods = methods_of(spec, service, node_id, caller, metrics)
+        self.methods = methods_of(spec, service, node_id, caller, metrics, self.drain_rule)
         handlers = {f"/{spec.name}/{name}": self._handler(m) for name, m in self.methods.items()}
         health = _GenericOnly()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
@@ -119,24 +135,31 @@ class NodeServer:
         else:
             self.port = self.server.add_secure_port(bind, self.credentials)
         await self.server.start()
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set(self.spec.name, health_pb2.HealthCheckResponse.SERVING)
+        self.health.set("", SERVING)
+        self.health.set(self.spec.name, SERVING)
+
+    def drain(self) -> None:
+        """The node drains: health says ``NOT_SERVING`` from now on, and its watches end."""
+        self.health.end()
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let in-flight ones finish within ``grace`` seconds, then stop."""
-        await self.health.enter_graceful_shutdown()
+        self.health.end()
         await self.server.stop(grace)
 
     def _handler(self, method: Method) -> Handler:
         run = method.run
         default_timeout = self.default_timeout
         abort = self._abort
+        drain = self.drain_rule
+        refusal = f"node {self.node_id} is draining: it takes no new work"
 
         async def handle(
             metadata: Metadata, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
         ) -> bytes:
             codec: str = "msgpack"
             caller: str | None = None
+            work_age: str | None = None
             extra: dict[str, str | bytes] | None = None
             for key, value in metadata:
                 if key in RESERVED_KEYS:  # user-agent, on every call
@@ -145,10 +168,15 @@ class NodeServer:
                     codec = str(value)
                 elif key == CALLER_KEY:
                     caller = str(value)
+                elif key == WORK_AGE_KEY:
+                    work_age = str(value)
                 elif not key.startswith(RESERVED_PREFIXES):
                     if extra is None:
                         extra = {}
                     extra[key] = value
+            if drain.since is not None and not drain.admits(began_at(work_age, time.monotonic())):
+                # unrun, and without wm-error: the caller may send it to another node
+                await context.abort(grpc.StatusCode.UNAVAILABLE, refusal)
             remaining = context.time_remaining()
             deadline = Deadline(
                 time.monotonic() + (default_timeout if remaining is None else remaining)
@@ -163,6 +191,7 @@ class NodeServer:
                     metadata=extra,
                     peer=context.peer(),
                     enforce_deadline=remaining is None,
+                    work_age=work_age,
                 )
                 return answer
             except WiremeshError as exc:
@@ -179,6 +208,79 @@ class NodeServer:
             error_status_message(exc),
             trailing_metadata=error_metadata(exc, self.node_id),
         )
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Health:
+    """The standard ``grpc.health.v1.Health`` service of a node.
+
+    ``Check`` answers a service's status (``NOT_FOUND`` for one it does not know),
+    ``List`` every status; ``Watch`` sends the status, then each change. Once the node
+    drains (:meth:`end`) every status is ``NOT_SERVING`` for good and each ``Watch``
+    stream, having sent it, ends (OK), as does any new one: a watcher learns that the node
+    goes, and its stream does not hold the draining node until the end of its grace.
+    """
+
+    def __init__(self) -> None:
+        self._status: dict[str, health_pb2.HealthCheckResponse.ServingStatus.ValueType] = {
+            "": SERVING
+        }
+        self._changed = asyncio.Event()
+        self.ended = False
+
+    def set(
+        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
+        """Set the status of ``service`` (ignored once the node drains)."""
+        if not self.ended:
+            self._status[service] = status
+            self._notify()
+
+    def end(self) -> None:
+        """Every status ``NOT_SERVING`` from now on, and the watches told so, then ended."""
+        if self.ended:
+            return
+        self.ended = True
+        self._status = dict.fromkeys(self._status, NOT_SERVING)
+        self._notify()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: Any
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: Any
+    ) -> health_pb2.HealthListResponse:
+        statuses = {
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in self._status.items()
+        }
+        return health_pb2.HealthListResponse(statuses=statuses)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        sent: health_pb2.HealthCheckResponse.ServingStatus.ValueType | None = None
+        while True:
+            changed = self._changed
+            status = self._status.get(
+                request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            )
+            if status != sent:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                sent = status
+            if self.ended:
+                return
+            await changed.wait()
 
 
 if TYPE_CHECKING:

@@ -31,6 +31,7 @@ __all__ = [
     "CODEC_KEY",
     "ERROR_KEY",
     "MAX_ERROR_TEXT",
+    "WORK_AGE_KEY",
     "custom_metadata",
     "error_from_rpc_error",
     "error_metadata",
@@ -45,6 +46,9 @@ CODEC_KEY = "wm-codec"
 CALLER_KEY = "wm-caller"
 #: trailing metadata of a failed call: the error as JSON
 ERROR_KEY = "wm-error"
+#: request metadata of a nested call: milliseconds since its work began, as the caller
+#: measures it when it sends (see :mod:`wiremesh.core.drain`); absent: the call begins it
+WORK_AGE_KEY = "wm-work-age"
 
 RESERVED_PREFIXES = ("wm-", "grpc-", ":")
 RESERVED_KEYS = frozenset({"user-agent", "te", "content-type", "authority"})
@@ -147,8 +151,11 @@ def error_body(exc: WiremeshError, node_id: str) -> str:
         "node": exc.node or node_id,
     }
     if exc.details:
-        details = json.dumps(exc.details, default=str, separators=(",", ":"))
-        if len(details) <= MAX_ERROR_DETAILS:
+        try:
+            size = len(json.dumps(exc.details, default=str, separators=(",", ":")))
+        except (ValueError, RecursionError):  # a cycle, or nested too deeply: dropped
+            size = MAX_ERROR_DETAILS + 1
+        if size <= MAX_ERROR_DETAILS:
             body["details"] = exc.details
     return json.dumps(body, default=str, separators=(",", ":"))
 
@@ -162,19 +169,23 @@ def error_from_body(text: str, *, node: str | None) -> WiremeshError:
 
 
 def _parse_error_body(text: str, node: str | None) -> WiremeshError | None:
+    """The error in a peer's ``wm-error`` JSON; None when it is not such an object.
+    Fields of the wrong type are dropped, so that the error prints and travels on."""
     try:
         body = json.loads(text)
         status = Status(body["status"])
-        details = body.get("details")
-        return rebuild(
-            body.get("type"),
-            status,
-            str(body.get("message", "")),
-            node=body.get("node") or node,
-            details=details if isinstance(details, dict) else None,
-        )
-    except (ValueError, KeyError, TypeError):
+        message = body.get("message", "")
+        message = message if isinstance(message, str) else str(message)
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: deep nesting
         return None
+    type_name, sender, details = body.get("type"), body.get("node"), body.get("details")
+    return rebuild(
+        type_name if isinstance(type_name, str) else None,
+        status,
+        message,
+        node=sender if isinstance(sender, str) and sender else node,
+        details=details if isinstance(details, dict) else None,
+    )
 
 
 def grpc_code(exc: WiremeshError) -> grpc.StatusCode:
