@@ -118,6 +118,31 @@ def test_concurrency_places_are_taken_and_given_back() -> None:
     assert rules.in_flight == 2
 
 
+def test_each_principal_holds_at_most_its_own_places() -> None:
+    rules = Admission(
+        rate=1.0,
+        burst=1,
+        concurrency=8,
+        concurrency_per_principal=2,
+        max_body=1,
+        default_timeout=1,
+        max_timeout=1,
+    )
+    rules.begin("mallory")
+    rules.begin("mallory")
+    with pytest.raises(RateLimited) as refused:
+        rules.begin("mallory")
+    assert refused.value.details == {"retry_after": 1}
+    rules.begin("alice")  # another principal's places are its own
+    rules.end("mallory")
+    rules.begin("mallory")
+    assert (rules.in_flight_of("mallory"), rules.in_flight_of("alice")) == (2, 1)
+    for who in ("mallory", "mallory", "alice"):
+        rules.end(who)
+    assert rules.in_flight_of("mallory") == 0
+    assert admission().concurrency_per_principal == 2  # by default: the door's own limit
+
+
 def test_body_size() -> None:
     rules = admission()
     rules.body_size(100)

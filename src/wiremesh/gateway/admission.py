@@ -1,15 +1,20 @@
 """Whether the HTTP door takes a request: rates, concurrency, sizes, deadlines. No I/O.
 
-The door asks, in order, before it reads a body or calls a node:
+The door asks, in order:
 
-1. :meth:`Admission.deadline`: the call's timeout from the ``Wiremesh-Timeout`` header
-   (seconds, ``> 0``), the default when absent, capped by the configured maximum;
-2. :meth:`Admission.rate`: one token from the principal's bucket, or ``RateLimited``
+1. :meth:`Admission.rate`: one token from the principal's bucket, or ``RateLimited``
    with the seconds until the next token (``Retry-After``);
-3. :meth:`Admission.enter`: one of the ``concurrency`` places, or ``Unavailable`` (the
-   gateway is busy: 503 with ``Retry-After: 1``); :meth:`Admission.leave` gives it back;
-4. :meth:`Admission.body_size`: ``PayloadTooLarge`` for a declared or counted size over
-   the limit.
+2. :meth:`Admission.begin`: one of the principal's ``concurrency_per_principal``
+   places, held from before its body is read until the answer, or ``RateLimited``
+   (``Retry-After: 1``); :meth:`Admission.end` gives it back. One principal's slow
+   bodies or slow calls take its own places, never the others';
+3. :meth:`Admission.body_size`: ``PayloadTooLarge`` for a declared or counted size over
+   the limit, while the body is read;
+4. :meth:`Admission.enter`: once the body is read, one of the gateway's ``concurrency``
+   places, or ``Unavailable`` (the gateway is busy: 503 with ``Retry-After: 1``);
+   :meth:`Admission.leave` gives it back. A body that does not come never holds one;
+5. :meth:`Admission.deadline`: the call's timeout from the ``Wiremesh-Timeout`` header
+   (seconds, ``> 0``), the default when absent, capped by the configured maximum.
 
 Every method takes the time as a number (monotonic seconds), so tests drive it with plain
 values.
@@ -32,13 +37,16 @@ class BadHeader(InvalidPayload):
 
 class Admission:
     """The HTTP door's limits: per-principal token buckets (at most ``max_principals``
-    of them, the least recently used forgotten first), a count of requests in flight,
-    the largest body and the deadline rules."""
+    of them, the least recently used forgotten first), counts of requests in flight (in
+    the gateway, and of each principal), the largest body and the deadline rules.
+    ``concurrency_per_principal`` defaults to ``concurrency`` (no cap of its own)."""
 
     __slots__ = (
         "_buckets",
+        "_of_principal",
         "burst",
         "concurrency",
+        "concurrency_per_principal",
         "default_timeout",
         "in_flight",
         "max_body",
@@ -57,16 +65,20 @@ class Admission:
         default_timeout: float,
         max_timeout: float,
         max_principals: int = 10_000,
+        concurrency_per_principal: int | None = None,
     ) -> None:
         self.rate_per_second = rate
         self.burst = burst
         self.concurrency = concurrency
+        self.concurrency_per_principal = concurrency_per_principal or concurrency
         self.max_body = max_body
         self.default_timeout = min(default_timeout, max_timeout)
         self.max_timeout = max_timeout
         self.max_principals = max_principals
         self.in_flight = 0
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        #: requests in flight per principal (only principals with one or more)
+        self._of_principal: dict[str, int] = {}
 
     def deadline(self, header: str | None) -> float:
         """The call's timeout in seconds for a ``Wiremesh-Timeout`` header value (``None``:
@@ -101,6 +113,30 @@ class Admission:
                 f"(burst {self.burst}) from this principal",
                 details={"retry_after": max(1, math.ceil(wait))},
             )
+
+    def begin(self, principal: str) -> None:
+        """Take one of ``principal``'s places, or raise :class:`RateLimited` (retry in a
+        second) when it has ``concurrency_per_principal`` requests in flight already."""
+        held = self._of_principal.get(principal, 0)
+        if held >= self.concurrency_per_principal:
+            raise RateLimited(
+                f"{self.concurrency_per_principal} requests of this principal are in "
+                "flight already",
+                details={"retry_after": 1},
+            )
+        self._of_principal[principal] = held + 1
+
+    def end(self, principal: str) -> None:
+        """Give back the place :meth:`begin` took."""
+        held = self._of_principal[principal] - 1
+        if held:
+            self._of_principal[principal] = held
+        else:
+            del self._of_principal[principal]
+
+    def in_flight_of(self, principal: str) -> int:
+        """How many requests of ``principal`` are in flight."""
+        return self._of_principal.get(principal, 0)
 
     def enter(self) -> None:
         """Take one place among the requests in flight, or raise :class:`Unavailable`."""

@@ -31,6 +31,7 @@ import jwt
 
 from wiremesh.errors import ConfigError, PermissionDenied, Unauthenticated
 from wiremesh.runtime.gateway_settings import AuthSettings, SocketServiceSettings
+from wiremesh.runtime.private import private_folder
 
 __all__ = [
     "BEARER_PREFIX",
@@ -314,7 +315,7 @@ def dev_secret(data_dir: Path, *, create: bool = True) -> str | None:
     except FileNotFoundError:
         if not create:
             return None
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     secret = secrets.token_urlsafe(32)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -26,7 +26,7 @@ __all__ = [
 NORMAL = 1000
 #: the gateway shuts down or restarts
 GOING_AWAY = 1001
-#: a text message the service does not accept
+#: a text message the service does not accept, or an unknown control message
 UNSUPPORTED_DATA = 1003
 #: never sent: the connection dropped without a close frame (what a node's hook sees
 #: when its gateway's stream ended)
@@ -45,7 +45,8 @@ IDLE_TIMEOUT = 4000
 TOKEN_EXPIRED = 4001
 #: the node refused the session
 REFUSED = 4003
-#: the browser does not read: its outbound queue overflowed
+#: the browser does not read: its outbound queue overflowed (``max_queued`` messages or
+#: ``max_queued_bytes`` bytes)
 SLOW_CONSUMER = 4008
 #: too many messages: the rate limit
 RATE_LIMITED = 4029

@@ -11,8 +11,9 @@ waits for the connection to end; everything else is driven from outside:
 - **To the browser** (:meth:`Connection.deliver`): messages are framed at once and
   written together at the end of the batch that brought them (one system call per
   connection and batch). When the transport pauses (the browser does not read fast
-  enough) messages queue, at most ``max_queued``; one more closes the connection with
-  4008 (slow consumer). The node's stream never waits for a browser.
+  enough) messages queue, at most ``max_queued`` of them and ``max_queued_bytes`` bytes
+  (a single message always fits); past either the connection closes with 4008 (slow
+  consumer). The node's stream never waits for a browser.
 - **Timers.** The gateway's one shared timer reads ``last_seen``, ``expires_at`` and the
   protocol's ping state (see :meth:`wiremesh.gateway.server.Gateway.sweep`).
 """
@@ -26,6 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from wiremesh.core import control
 from wiremesh.core.bucket import TokenBucket
 from wiremesh.errors import PermissionDenied, Unauthenticated
 from wiremesh.gateway.auth import check_access
@@ -72,6 +74,7 @@ class Connection:
         "node_id",
         "number",
         "principal",
+        "queued_bytes",
         "service",
         "session_id",
         "socket",
@@ -117,6 +120,8 @@ class Connection:
         self.warned = False
         self.dirty = False
         self.backlog: deque[bytes | str] | None = None
+        #: bytes (characters for a text message) waiting in ``backlog``
+        self.queued_bytes = 0
         self.closed = False
         #: the code the gateway closed the connection with (None: it did not)
         self.close_code: int | None = None
@@ -180,16 +185,12 @@ class Connection:
 
     def _control(self, text: str) -> bool:
         """A text message: True when it is to be forwarded to the node as text."""
-        command: Any = None
-        if text.startswith("{"):
-            try:
-                command = json.loads(text)
-            except ValueError:
-                command = None
-        if isinstance(command, dict) and "wm" in command:
+        command = control.parse(text)
+        if command is not None:
             if command.get("wm") == "refresh":
                 self._refresh(command.get("token"))
             else:
+                log.info("session %s: an unknown control message", self.session_id)
                 self.close(UNSUPPORTED_DATA, "unknown control message")
             return False
         if self.text:
@@ -236,15 +237,20 @@ class Connection:
         meter.bytes_out += len(data)
         backlog = self.backlog
         if backlog is not None:
-            if len(backlog) >= self.gateway.settings.limits.max_queued:
+            limits = self.gateway.settings.limits
+            queued = self.queued_bytes + len(data)
+            if len(backlog) >= limits.max_queued or (queued > limits.max_queued_bytes and backlog):
                 log.info(
-                    "session %s: the browser does not read (%d messages queued); closing it",
+                    "session %s: the browser does not read (%d messages, %d bytes queued); "
+                    "closing it",
                     self.session_id,
                     len(backlog),
+                    self.queued_bytes,
                 )
                 self.close(SLOW_CONSUMER, "slow consumer")
                 return
             backlog.append(data)
+            self.queued_bytes = queued
             return
         socket = self.socket
         if socket is None:
@@ -274,10 +280,13 @@ class Connection:
         if backlog is None or socket is None:
             return
         while backlog:
-            socket.queue_message(backlog.popleft())
+            data = backlog.popleft()
+            self.queued_bytes -= len(data)
+            socket.queue_message(data)
             if len(backlog) % 64 == 0 and not socket.flush():
                 return
         self.backlog = None
+        self.queued_bytes = 0
         socket.on_writable = None
         socket.flush()
 
@@ -298,11 +307,14 @@ class Connection:
             try:
                 await first
                 while self.backlog:
-                    await self._asgi_send(_send_event(self.backlog.popleft()))
+                    data = self.backlog.popleft()
+                    self.queued_bytes -= len(data)
+                    await self._asgi_send(_send_event(data))
             except Exception:
                 self.closed = True
             finally:
                 self.backlog = None
+                self.queued_bytes = 0
 
         self.gateway.spawn(finish(Resume(coro, waits_on)))
 
@@ -317,6 +329,7 @@ class Connection:
         self.close_code = code
         self.close_reason = reason
         self.backlog = None
+        self.queued_bytes = 0
         socket = self.socket
         if socket is not None:
             socket.on_writable = None

@@ -21,10 +21,17 @@ Paths:
   (it would take every gateway out of its load balancer at once); the body says
   ``"registry": "reachable"`` or ``"unreachable"``.
 
+While the gateway stops (:meth:`HttpDoor.drain`), a new request gets a 503 problem; one
+already running finishes within the drain's grace, or gets a 503 problem when the grace
+ends (its call is cancelled), never a bare 500. Its calls belong to work that began when
+the request arrived (``wm-work-age``): a draining node still takes them.
+
 Order of the checks on ``/rpc``: method (405), token and access rules (401, 403), rate of
-the principal (429), the gateway's concurrency (503), media type (415), declared body size
-(413), body read within ``body_timeout`` (408, 413), deadline header (400), JSON (400),
-then the call (404, 422, 409, 503, 504, 500 come from it).
+the principal (429), the principal's requests in flight (429), media type (415), declared
+body size (413), body read within ``body_timeout`` (408, 413), deadline header (400), JSON
+(400, also for a body nested deeper than the decoder's bound), the gateway's concurrency
+(503: only a request whose body is read takes a place), then the call (404, 422, 409,
+503, 504, 500 come from it).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from urllib.parse import parse_qsl
 import grpc
 import pydantic_core
 
+from wiremesh.core.drain import enter_work, leave_work
 from wiremesh.core.model import MeshSnapshot
 from wiremesh.errors import (
     InternalError,
@@ -136,12 +144,32 @@ class HttpDoor:
             self._routes.update({"/openapi.json": self.openapi, "/docs": self.docs})
         #: what :meth:`close` closes: the links and caller the door made for itself
         self._owned: list[Any] = []
+        #: set once the gateway stops (:meth:`drain`): a new request gets a 503 problem
+        self.draining = False
+        # the requests running now, and whether the grace ended under them (see drain)
+        self._running: set[asyncio.Task[Any]] = set()
+        self._cut = False
 
     def route(self, path: str) -> Endpoint | None:
         """The endpoint that serves ``path``, or ``None`` when the door has none."""
         if path.startswith("/rpc/"):
             return self.rpc
         return self._routes.get(path)
+
+    async def drain(self, timeout: float) -> None:
+        """Take no new request (503 problem) and let the running ones finish within
+        ``timeout`` seconds; then cancel the calls of those still running, whose clients
+        get a 503 problem."""
+        self.draining = True
+        deadline = time.monotonic() + timeout
+        while self._running and time.monotonic() < deadline:  # noqa: ASYNC110 - polls
+            await asyncio.sleep(0.05)
+        if self._running:
+            self._cut = True
+            running = list(self._running)
+            for task in running:
+                task.cancel()
+            await asyncio.wait(running, timeout=1.0)
 
     async def close(self) -> None:
         """Close the mesh caller and links the door opened (see :func:`gateway_door`)."""
@@ -152,9 +180,13 @@ class HttpDoor:
     # ------------------------------------------------------------------------- /rpc
 
     async def rpc(self, scope: Scope, receive: Receive, send: Send) -> None:
+        arrived = time.monotonic()  # when the work this request sets going began
         path: str = scope["path"]
         if scope["method"] != "POST":
             await send_problem(send, method_not_allowed("POST", path))
+            return
+        if self.draining:
+            await send_problem(send, _stopping(path), close=True)
             return
         admission = self.admission
         headers = dict(scope["headers"])
@@ -164,15 +196,22 @@ class HttpDoor:
             admission.rate(principal, self.clock())
             if match is None:
                 raise ServiceNotFound(f"no method at {path}: use /rpc/<service>/<method>")
-            admission.enter()
+            admission.begin(principal)
         except WiremeshError as exc:
             await send_problem(send, problem_for(exc, path))
             return
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        work = enter_work(arrived)
         try:
             who = principal if self.authorize is not None else None
             await self._call(scope, receive, send, headers, match.group(1), match.group(2), who)
         finally:
-            admission.leave()
+            leave_work(work)
+            if task is not None:
+                self._running.discard(task)
+            admission.end(principal)
 
     def _principal(self, scope: Scope, headers: dict[bytes, bytes], service: str) -> str:
         if self.authorize is None:
@@ -210,20 +249,37 @@ class HttpDoor:
                 None if timeout_header is None else timeout_header.decode("latin-1")
             )
             try:
+                # depth-bounded: a body nested too deeply is a ValueError here, never a
+                # RecursionError
                 payload = pydantic_core.from_json(body) if body else None
             except ValueError as exc:
                 await send_problem(send, bad_request(f"the body is not JSON: {exc}", path))
                 return
             node = _node_of(scope["query_string"]) if scope["query_string"] else None
-            result = await self.caller.call(
-                f"{service}.{method}",
-                payload,
-                timeout=timeout,
-                node=node,
-                codec="json",
-                metadata=None if principal is None else {"principal": principal},
-            )
+            # a place among the gateway's calls only now that the body is here: a body
+            # that does not come holds its principal's place, never the gateway's
+            self.admission.enter()
+            try:
+                result = await self.caller.call(
+                    f"{service}.{method}",
+                    payload,
+                    timeout=timeout,
+                    node=node,
+                    codec="json",
+                    metadata=None if principal is None else {"principal": principal},
+                )
+            finally:
+                self.admission.leave()
         except _Disconnected:
+            return
+        except asyncio.CancelledError:
+            if not self._cut:
+                raise
+            # the drain's grace ended before the call did: a problem, never a bare 500
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await send_problem(send, _stopping(path, running=True), close=True)
             return
         except BadHeader as exc:
             await send_problem(send, bad_request(exc.message, path))
@@ -318,7 +374,10 @@ class HttpDoor:
     async def readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Ready: each configured service has a live node in the view. The view is the
         registry's last word, so a registry outage alone leaves the answer as it was; the
-        body says whether the registry answers now."""
+        body says whether the registry answers now. A stopping gateway is not ready."""
+        if self.draining:
+            await send_problem(send, _stopping(scope["path"]))
+            return
         view = self.caller.view
         snapshot = view.snapshot
         registry = "reachable" if view.reachable else "unreachable"
@@ -371,6 +430,7 @@ def gateway_door(
         rate=http.rate,
         burst=http.burst,
         concurrency=http.concurrency,
+        concurrency_per_principal=http.concurrency_per_principal,
         max_body=http.max_body,
         default_timeout=http.default_timeout,
         max_timeout=http.max_timeout,
@@ -391,6 +451,15 @@ def gateway_door(
     )
     door._owned = [links, caller]
     return door
+
+
+def _stopping(path: str, *, running: bool = False) -> Problem:
+    """The 503 problem of a request the stopping gateway does not see through."""
+    if running:
+        error = Unavailable("the gateway stopped before the call ended: its drain's grace is over")
+    else:
+        error = Unavailable("the gateway is stopping: send the request to another gateway")
+    return problem_for(error, path, retry_after=1)
 
 
 def _node_of(query_string: bytes) -> str | None:

@@ -9,8 +9,11 @@ its own process. The gateway registers in the registry as a member of the reserv
 service ``wm-gateway`` (so that ``wiremesh nodes`` and the supervisor see it), with the
 address other hosts reach it at and, under the metadata key ``wm-gateway-url``, the URL
 browsers reach it at (``[gateway] public_url``, or its own); it serves until SIGTERM or
-SIGINT, then closes its sessions with 1001 and exits 0. Exit code 78 means it cannot start
-as configured (the supervisor does not restart it).
+SIGINT, then drains within ``mesh.drain_grace``: it takes no new request, closes its
+sessions with 1001, lets its HTTP requests finish (or answers 503 problems when the grace
+ends), leaves the registry and exits 0. While it drains it stays in the registry,
+draining: the nodes it drains with keep serving its requests' calls until it is gone.
+Exit code 78 means it cannot start as configured (the supervisor does not restart it).
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from wiremesh.core.model import NodeInfo
+from wiremesh.core.drain import DRAINS_WITH_KEY, drains_with
+from wiremesh.core.model import NodeInfo, NodeState
 from wiremesh.errors import ConfigError, WiremeshError
 from wiremesh.gateway.openapi import service_specs
 from wiremesh.gateway.server import Gateway
@@ -64,6 +69,8 @@ class GatewayLaunch:
     registry: str
     gateway_id: str
     supervisor_pid: int = 0
+    #: the mesh's join secret for the embedded registry (None: none is asked)
+    join_secret: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -74,17 +81,23 @@ class GatewayLaunch:
 
 
 def gateway_of(
-    config: MeshConfig, registry: str, gateway_id: str | None = None, *, mesh: str | None = None
+    config: MeshConfig,
+    registry: str,
+    gateway_id: str | None = None,
+    *,
+    mesh: str | None = None,
+    join_secret: str | None = None,
 ) -> Gateway:
     """A :class:`Gateway` as ``config`` describes it, for the mesh at ``registry`` (an
     embedded registry's ``host:port`` or a Redis URL) called ``mesh`` (default: the
-    configuration's ``mesh.name``)."""
+    configuration's ``mesh.name``); ``join_secret`` admits it to an embedded registry."""
     settings = config.gateway
     tls = mesh_tls(config)
     heartbeat_interval, ttl = config.registry.heartbeat_interval, config.registry.ttl
     return Gateway(
         settings,
         registry_address=registry,
+        join_secret=join_secret,
         root=config.root,
         data_dir=config.data_path,
         mesh_tls=tls,
@@ -166,10 +179,17 @@ async def serve(
     stop: asyncio.Event,
     grace: float = 2.0,
     announce: Callable[[Gateway], None] | None = None,
+    supervisor_pid: int = 0,
 ) -> None:
-    """Run ``gateway``, registered in the mesh, until ``stop`` is set; then drain it."""
+    """Run ``gateway``, registered in the mesh, until ``stop`` is set; then drain it
+    within ``grace`` seconds (registered as draining until it is done). ``supervisor_pid``:
+    the supervisor that started this process, whose nodes drain with it."""
     await gateway.start()
     lease = None
+    metadata = {GATEWAY_KEY: gateway.url}
+    together = drains_with(socket.gethostname(), supervisor_pid)
+    if together is not None:
+        metadata[DRAINS_WITH_KEY] = together
     try:
         lease = await gateway.registry.lease(
             NodeInfo(
@@ -178,7 +198,7 @@ async def serve(
                 address=with_host(f"{gateway.settings.host}:{gateway.port}", gateway.advertise),
                 pid=os.getpid(),
                 started_at=time.time(),
-                metadata={GATEWAY_KEY: gateway.url},
+                metadata=metadata,
                 host=gateway.advertise,
             )
         )
@@ -189,8 +209,13 @@ async def serve(
     finally:
         if lease is not None:
             with contextlib.suppress(Exception):
-                await lease.release()
-        await gateway.stop(grace)
+                await lease.set_state(NodeState.DRAINING)
+        try:
+            await gateway.stop(grace)
+        finally:
+            if lease is not None:
+                with contextlib.suppress(Exception):
+                    await lease.release()
 
 
 async def _run(launch: GatewayLaunch) -> int:
@@ -207,14 +232,19 @@ async def _run(launch: GatewayLaunch) -> int:
         endpoint=seen.otlp_endpoint or None,
         node_id=launch.gateway_id,
     )
-    gateway = gateway_of(config, launch.registry, launch.gateway_id)
+    gateway = gateway_of(config, launch.registry, launch.gateway_id, join_secret=launch.join_secret)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watcher = asyncio.create_task(_watch_supervisor(launch.supervisor_pid, stop))
     try:
-        await serve(gateway, stop=stop, grace=min(config.mesh.drain_grace, 2.0))
+        await serve(
+            gateway,
+            stop=stop,
+            grace=config.mesh.drain_grace,
+            supervisor_pid=launch.supervisor_pid,
+        )
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

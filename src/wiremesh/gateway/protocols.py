@@ -18,8 +18,9 @@ serves with uvicorn's ``websockets-sansio`` implementation (chosen by measuremen
 - keepalive pings driven by the gateway's one shared timer (:meth:`SocketProtocol.ping`)
   instead of a timer per connection.
 
-:class:`HttpProtocol` counts connections that have not sent a whole request yet, so the
-gateway's timer can close a half-open handshake.
+:class:`HttpProtocol` counts connections that have not sent a whole request head yet (the
+first request's, or the next one's on a keep-alive connection), so the gateway's timer can
+close a connection whose head does not arrive within the handshake timeout.
 """
 
 from __future__ import annotations
@@ -47,16 +48,19 @@ CLOSE_TIMEOUT = 5.0
 
 
 class Handshakes:
-    """Connections that have not finished their request yet, with when they began."""
+    """Connections waiting for a request head: since when, and the request they had
+    then (``None`` before the first one). A head has arrived once the protocol's request
+    is another one."""
 
     def __init__(self) -> None:
-        self.pending: dict[HttpProtocol, float] = {}
+        self.pending: dict[HttpProtocol, tuple[float, object]] = {}
 
     def expire(self, now: float, timeout: float) -> int:
-        """Close every connection pending for more than ``timeout`` seconds."""
+        """Close every connection whose head has been awaited for more than ``timeout``
+        seconds."""
         closed = 0
-        for protocol, since in list(self.pending.items()):
-            if protocol.cycle is not None or protocol.transport.is_closing():
+        for protocol, (since, previous) in list(self.pending.items()):
+            if protocol.cycle is not previous or protocol.transport.is_closing():
                 del self.pending[protocol]
             elif now - since > timeout:
                 del self.pending[protocol]
@@ -66,13 +70,31 @@ class Handshakes:
 
 
 class HttpProtocol(H11Protocol):
-    """uvicorn's h11 protocol, counted while it waits for its first request."""
+    """uvicorn's h11 protocol, counted while it waits for a request head: from the
+    connection's start, and on a keep-alive connection from the first byte of each next
+    request (the time between requests is uvicorn's keep-alive timeout)."""
 
     handshakes: Handshakes
+    #: an answer is complete and no next request has begun: its first byte starts a clock
+    between_requests: bool = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.handshakes.pending[self] = asyncio.get_running_loop().time()
+        self.handshakes.pending[self] = (self.loop.time(), None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.between_requests:
+            # the next request begins: its head must arrive in time, as the first one's
+            self.between_requests = False
+            self.handshakes.pending[self] = (self.loop.time(), self.cycle)
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        answered = self.cycle
+        super().on_response_complete()
+        # unless a pipelined request began at once, or the connection closes
+        if self.cycle is answered and not self.transport.is_closing():
+            self.between_requests = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.handshakes.pending.pop(self, None)
@@ -231,16 +253,22 @@ class SocketProtocol(WebSocketsSansIOProtocol):
         self.frames = []
         if self.close_sent:
             return
-        if self.curr_msg_data_type == "text":
-            try:
-                text = bytes(data).decode()
-            except UnicodeDecodeError:  # websockets checks first: not expected
-                self.conn.send_close(1007)
-                self.handle_parser_exception()
-                return
-            receiver(text)
-        else:
-            receiver(data)
+        try:
+            if self.curr_msg_data_type == "text":
+                try:
+                    text = bytes(data).decode()
+                except UnicodeDecodeError:  # websockets checks first: not expected
+                    self.conn.send_close(1007)
+                    self.handle_parser_exception()
+                    return
+                receiver(text)
+            else:
+                receiver(data)
+        except Exception:
+            # a failure of the gateway's own: the browser gets a close frame (1011), not
+            # a reset connection, and the rest of its messages are not read
+            log.exception("a browser's message could not be handled; closing with 1011")
+            self.close_now(1011, "internal error")
 
     def hold(self) -> None:
         """Stop reading from the browser (its messages wait in the kernel)."""

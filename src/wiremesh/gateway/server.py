@@ -7,8 +7,10 @@ configured, and runs one shared timer (:meth:`Gateway.sweep`, every second) for 
 connection's idle timeout, token expiry and keepalive pings, and for half-open
 handshakes.
 
-Stopping (:meth:`Gateway.stop`) closes every session with 1001, tells the nodes, and
-then stops the server. A node that leaves the mesh or whose stream ends has its sessions
+Stopping (:meth:`Gateway.stop`): the gateway stops listening and its HTTP door takes no
+new request (503), closes every session with 1001 and tells the nodes, lets the HTTP
+requests running finish within the grace (or answers them with a 503 problem when it
+ends), and then stops the server. A node that leaves the mesh or whose stream ends has its sessions
 closed with 1012, so that their browsers reconnect to a live node.
 """
 
@@ -42,6 +44,7 @@ from wiremesh.gateway.codes import (
 )
 from wiremesh.gateway.connection import Connection
 from wiremesh.gateway.http_rpc import gateway_door
+from wiremesh.gateway.listener import Listener
 from wiremesh.gateway.meter import GatewayMeter
 from wiremesh.gateway.node_side import SOCKET_KEY
 from wiremesh.gateway.protocols import Handshakes, SocketProtocol, protocol_classes
@@ -88,7 +91,8 @@ class Gateway:
     files to reach the nodes (and a ``rediss://`` registry) with, when the mesh uses TLS;
     ``tls`` the certificate and key browsers see (when ``settings.tls``); ``advertise``
     the host other hosts reach this one at (``[mesh] advertise``; None: see
-    :mod:`wiremesh.runtime.advertise`).
+    :mod:`wiremesh.runtime.advertise`); ``join_secret`` the mesh's join secret, which
+    admits the gateway to an embedded registry (see :mod:`wiremesh.registry.embedded`).
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class Gateway:
         sweep_interval: float = SWEEP_INTERVAL,
         mesh_name: str = "",
         dead_letters: Callable[[], Awaitable[int]] | None = None,
+        join_secret: str | None = None,
     ) -> None:
         self.settings = settings
         #: seconds between two runs of the shared timer (tests make it shorter)
@@ -143,6 +148,7 @@ class Gateway:
             tls=mesh_tls,
             heartbeat_interval=heartbeat_interval,
             ttl=ttl,
+            join_secret=join_secret,
         )
         self.view = MeshView(self.registry, grace=ttl + 1.0)
         #: the host other hosts reach this gateway at: in its registry record and its URL
@@ -296,8 +302,16 @@ class Gateway:
         log.info("gateway %s serving %s%s", self.gateway_id, self.url, listening)
 
     async def stop(self, grace: float = 2.0) -> None:
-        """Close every session with 1001, tell the nodes, stop listening and serving."""
+        """Stop listening and taking requests, close every session with 1001, tell the
+        nodes, let the running HTTP requests finish within ``grace`` seconds (503 problems
+        past it), then stop serving."""
+        until = time.monotonic() + grace
         self.stopping = True
+        if self.http is not None:
+            self.http.draining = True
+        if self._server is not None:
+            for listening in self._server.servers:  # new connections are refused
+                listening.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -308,6 +322,8 @@ class Gateway:
         if server is not None:
             # let browsers answer the close frames before the transports go
             await self._wait_for_sessions(min(grace, 1.0))
+            if self.http is not None:
+                await self.http.drain(max(0.0, until - time.monotonic()))
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await server.shutdown()
@@ -496,8 +512,9 @@ def _listen(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (a clear error when it is taken)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say
-    # so, and an answer written in two parts would otherwise wait for a delayed ACK (40 ms)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    # so, and an answer written in two parts would otherwise wait for a delayed ACK (40 ms).
+    # A Listener refuses connections when file descriptors run short (see its module).
+    sock = Listener(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]"), port))

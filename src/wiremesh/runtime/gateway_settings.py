@@ -46,7 +46,8 @@ Every setting has a default; a complete example with the defaults spelled out::
                                 # (0: never)
     ping_interval = 20.0        # keepalive pings (0: none); no pong within
     ping_timeout = 20.0         # ping_timeout seconds closes the connection
-    max_queued = 256            # messages waiting for a slow browser; over it: close 4008
+    max_queued = 256            # messages waiting for a slow browser ...
+    max_queued_bytes = 1048576  # ... or bytes (a single message always fits); over: 4008
 
     [gateway.http]              # the HTTP door: POST /rpc/<service>/<method> (docs/http.md)
     enabled = true              # serve /rpc, /openapi.json, /docs and /readyz
@@ -54,7 +55,10 @@ Every setting has a default; a complete example with the defaults spelled out::
     max_body = 1048576          # bytes of a request body; over it: 413
     rate = 100.0                # requests per second per principal, a token bucket ...
     burst = 200                 # ... of this size; over it: 429 with Retry-After
-    concurrency = 1024          # requests in flight in this gateway; over it: 503
+    concurrency = 1024          # requests in flight in this gateway, counted once their
+                                # body is read; over it: 503
+    concurrency_per_principal = 128  # requests of one principal in flight, its bodies
+                                # being read included; over it: 429
     default_timeout = 10.0      # seconds of a call without a Wiremesh-Timeout header
     max_timeout = 60.0          # the most a Wiremesh-Timeout header gets
     body_timeout = 10.0         # seconds to send the request body; over it: 408
@@ -147,6 +151,7 @@ class LimitSettings(BaseModel):
     ping_interval: _Seconds = 20.0
     ping_timeout: float = Field(default=20.0, gt=0, allow_inf_nan=False)
     max_queued: int = Field(default=256, ge=1)
+    max_queued_bytes: int = Field(default=1024 * 1024, ge=1)
 
 
 class SocketServiceSettings(BaseModel):
@@ -183,6 +188,7 @@ class HttpSettings(BaseModel):
     rate: float = Field(default=100.0, gt=0, allow_inf_nan=False)
     burst: int = Field(default=200, ge=1)
     concurrency: int = Field(default=1024, ge=1)
+    concurrency_per_principal: int = Field(default=128, ge=1)
     default_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     max_timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     body_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)

@@ -6,7 +6,11 @@ then the message handlers. Stop order, the drain: mark the node draining (caller
 choosing it), stop taking messages and let running handlers finish, let in-flight calls
 finish within the grace period, hand the outbox over, then ``on_stop`` and close. A node
 process first waits, still serving, until the mesh knows it drains
-(:meth:`Node.announce_drain`), so that no caller is refused a call on its way.
+(:meth:`Node.announce_drain`), so that no caller is refused a call on its way; then it
+takes no new work and waits until nothing in flight may still need it
+(:meth:`Node.finish_work`, by the rules of :mod:`wiremesh.core.drain`): no call runs on
+it, no serving caller's work in flight may call it again, and no other draining node is
+still working. Only then does it stop.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from wiremesh.core.balancing import BalancerName
 from wiremesh.core.delivery import INBOX_KEEP, DeliveryPolicy
+from wiremesh.core.drain import DONE, DRAIN_KEY, DRAINS_WITH_KEY, WORKING, Drain, began_at
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.core.names import check_group
 from wiremesh.errors import ConfigError
@@ -33,23 +38,26 @@ from wiremesh.messaging.consumer import HandlerRunner, MessageHandler
 from wiremesh.messaging.outbound import Outbound, attach, detach
 from wiremesh.messaging.outbox import Relay
 from wiremesh.messaging.store import Store
+from wiremesh.observability.endpoint import MetricsEndpoint
 from wiremesh.observability.metrics import (
     METRICS_KEY,
     MeshMetrics,
-    MetricsEndpoint,
     RegistryReachable,
     StatsCollector,
 )
+from wiremesh.proto import link_pb2
 from wiremesh.registry.backends import open_registry
 from wiremesh.registry.base import Lease
 from wiremesh.registry.view import MeshView
 from wiremesh.runtime.advertise import WILDCARDS, advertised_host, with_host
+from wiremesh.runtime.private import private_folder
 from wiremesh.service import Service, ServiceSpec
 from wiremesh.transport.client import Caller, channel_options
 from wiremesh.transport.links import MAX_MESSAGE_KEY, Links, NodeLinks
 from wiremesh.transport.publish import DEFAULT_QUEUE, Subscriptions, publisher_of
 from wiremesh.transport.server import NodeServer
 from wiremesh.transport.tls import TlsFiles
+from wiremesh.transport.wire import WORK_AGE_KEY
 
 __all__ = ["Node", "StoreWithoutUrl", "new_node_id"]
 
@@ -61,6 +69,8 @@ ANNOUNCE_WAIT = 2.0
 INBOX_PRUNE_EVERY = 3600.0
 #: after its own view shows it draining: time for other callers to read the same news
 ANNOUNCE_MARGIN = 0.1
+#: seconds between two looks at whether the work in flight still needs a draining node
+FINISH_POLL = 0.05
 
 
 def new_node_id(service: str) -> str:
@@ -100,6 +110,7 @@ class Node:
         service: type[Service] | Service,
         *,
         registry_address: str,
+        join_secret: str | None = None,
         mesh: str = "wiremesh",
         node_id: str | None = None,
         host: str = "127.0.0.1",
@@ -129,23 +140,31 @@ class Node:
         handler_timeout: float = 60.0,
         publish_timeout: float | None = None,
         inbox_keep: float = INBOX_KEEP,
+        drains_with: str | None = None,
     ) -> None:
         instance = service if isinstance(service, Service) else service()
         self.spec = ServiceSpec.of(type(instance))
         self.service = instance
         self.node_id = node_id or new_node_id(self.spec.name)
         self.drain_grace = drain_grace
+        #: which calls the node takes while it drains, and what it waits for before it goes
+        self.drain = Drain()
+        #: the supervisor this node drains with (``host/pid``; see :meth:`finish_work`)
+        self.drains_with = drains_with
         #: the named groups this node belongs to (multicast targets a group)
         self.groups: set[str] = {check_group(g) for g in groups}
         self.metadata = {**(metadata or {}), MAX_MESSAGE_KEY: str(max_message_bytes)}
         if self.spec.socket is not None:
             self.metadata[SOCKET_KEY] = "text" if self.spec.socket.text else "binary"
+        if drains_with is not None:
+            self.metadata[DRAINS_WITH_KEY] = drains_with
         self.registry = open_registry(
             registry_address,
             mesh=mesh,
             tls=tls,
             heartbeat_interval=heartbeat_interval,
             ttl=ttl,
+            join_secret=join_secret,
         )
         self.view = MeshView(self.registry, grace=ttl + 1.0)
         #: the host other nodes reach this one at (``[mesh] advertise``; see
@@ -203,8 +222,10 @@ class Node:
             links=self.links,
             metrics=self.metrics,
             extra_handlers=[gateway_method_handler(self.sockets)],
+            drain=self.drain,
         )
         self.node_links.methods = self.server.methods
+        self.node_links.admits = self._admits
         #: the ``@subscribe`` handlers: messages published to this node, per link in order,
         #: at most ``publish_queue`` waiting per link (more are dropped and counted)
         self.subscriptions = Subscriptions(
@@ -273,6 +294,9 @@ class Node:
             )
         self._lease: Lease | None = None
         self.started_at = 0.0
+        # the steps of the drain already taken (finish_work takes them before stop)
+        self._handlers_closed = False
+        self._sockets_closed = False
 
     @property
     def address(self) -> str:
@@ -333,7 +357,7 @@ class Node:
 
     async def start(self) -> None:
         self.started_at = time.time()
-        self.service.data_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(self.service.data_dir)
         if self.broker is not None:
             await self.broker.start()
         await self.service.on_start()
@@ -389,6 +413,7 @@ class Node:
         :meth:`stop` for a drain that costs callers nothing (the node process does);
         ``timeout`` bounds the wait when the registry does not answer.
         """
+        self.server.drain()  # health: NOT_SERVING, and its watches end
         if self._lease is None:
             return
         await self._lease.set_state(NodeState.DRAINING)
@@ -402,6 +427,72 @@ class Node:
             await self.view.wait_for(announced, timeout)
             await asyncio.sleep(ANNOUNCE_MARGIN)
 
+    def _admits(self, frame: link_pb2.Frame) -> bool:
+        """Whether the node, draining, takes a call a link brought: one of work that began
+        before its drain did (see :attr:`drain`)."""
+        if self.drain.since is None:  # the links refuse, but no drain began: all is new
+            return False
+        return self.drain.admits(began_at(frame.metadata.get(WORK_AGE_KEY), time.monotonic()))
+
+    def _refuse_new_work(self) -> None:
+        """From now on, calls of new work are refused (unrun: callers go elsewhere), on
+        links and on the unary path alike; calls of work in flight still run."""
+        self.server.drain()
+        self.drain.begin(time.monotonic())
+        self.node_links.draining = True
+
+    async def _close_handlers(self, grace: float) -> None:
+        """Message handlers: take no new message, let the running ones finish."""
+        if not self._handlers_closed:
+            self._handlers_closed = True
+            await asyncio.gather(*(runner.close(grace) for runner in self.handlers))
+
+    async def _close_sockets(self, grace: float) -> None:
+        """Browser sessions: closed with 1012 (their browsers reconnect to a live node)."""
+        if not self._sockets_closed:
+            self._sockets_closed = True
+            await self.sockets.close(grace)
+
+    async def finish_work(self, until: float) -> None:
+        """Take no new work from now on, and wait (at most until ``until``, on
+        ``time.monotonic()``) until nothing in flight may still need this node.
+
+        New calls, messages and browser frames are refused; the calls of work that was in
+        flight run (see :mod:`wiremesh.core.drain`). The node says in its registry record
+        whether its own part is done (``wm.drain``), and returns once it is and no other
+        node that drains (or that drains with the same supervisor) is still working:
+        callees thus stay while their callers finish, with no call graph known. Call it
+        after :meth:`announce_drain` and before :meth:`stop`.
+        """
+        self._refuse_new_work()
+        left = max(0.0, until - time.monotonic())
+        await asyncio.gather(self._close_handlers(left), self._close_sockets(left))
+        said: str | None = None
+        while True:
+            now = time.monotonic()
+            snapshot = self.view.snapshot
+            settled = self.drain.settled(now, snapshot)
+            state = DONE if settled else WORKING
+            if state != said and self._lease is not None:
+                said = state
+                # a new dict: a record already handed to the registry keeps its own
+                self.metadata = {**self.metadata, DRAIN_KEY: state}
+                await self._lease.update(self.info)
+            working = self.drain.working(snapshot, self.node_id, self.drains_with)
+            if settled and not working:
+                return
+            if now >= until:
+                holding = self.drain.holding(now, snapshot)
+                log.warning(
+                    "node %s: the grace ended with %d call(s) running here%s%s",
+                    self.node_id,
+                    self.drain.running,
+                    f", work in flight on {', '.join(holding)}" if holding else "",
+                    f", {', '.join(working)} still working" if working else "",
+                )
+                return
+            await asyncio.sleep(FINISH_POLL)
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain: no new calls, in-flight calls finish within ``grace`` seconds."""
         grace = self.drain_grace if grace is None else grace
@@ -414,12 +505,10 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pruner
             self._pruner = None
-        # message handlers: take no new message, finish the running ones
-        await asyncio.gather(*(runner.close(grace) for runner in self.handlers))
-        # browser sessions: closed with 1012 (their browsers reconnect to a live node)
-        await self.sockets.close(grace)
-        # calls on links: refuse new ones (callers retry them elsewhere), finish the rest
-        self.node_links.draining = True
+        await self._close_handlers(grace)
+        await self._close_sockets(grace)
+        # calls: refuse new work (callers retry it elsewhere), finish the rest
+        self._refuse_new_work()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.node_links.idle.wait(), grace)
         await self.links.close()

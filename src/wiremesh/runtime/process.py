@@ -5,8 +5,10 @@ JSON, to its standard input (then closes it): the launch holds URLs with passwor
 which a process's arguments would show to every local user. ``python -m
 wiremesh.runtime.process '<json>'`` (the launch as the argument) works too, for a node
 started by hand with nothing secret in it. The
-process imports the service, serves until SIGTERM or SIGINT, drains, and exits 0. It also
-exits (draining) when its supervisor disappears, so no node outlives its mesh.
+process imports the service, serves until SIGTERM or SIGINT, drains within
+``drain_grace`` (the mesh learns it, new work is refused while the work in flight that
+needs the node ends: see :meth:`Node.finish_work`), and exits 0. It also exits
+(draining) when its supervisor disappears, so no node outlives its mesh.
 Exit code 78 (EX_CONFIG) means the node cannot start as configured: the supervisor does
 not restart it.
 """
@@ -19,13 +21,16 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wiremesh.core.balancing import BalancerName
 from wiremesh.core.delivery import INBOX_KEEP, DeliveryPolicy
+from wiremesh.core.drain import drains_with
 from wiremesh.errors import ConfigError, WiremeshError
 from wiremesh.messaging.base import open_broker
 from wiremesh.observability import tracing
@@ -70,6 +75,9 @@ class NodeLaunch:
     #: the ``[observability]`` settings (:class:`ObservabilitySettings` as a dict)
     observability: dict[str, Any] = field(default_factory=dict)
     mesh: str = "wiremesh"
+    #: the mesh's join secret, sent to the embedded registry on the lease (None: none is
+    #: asked, as with TLS on or a Redis registry)
+    join_secret: str | None = None
     #: ``embedded://host:port`` or ``amqp://…``; None: no durable messaging
     broker: str | None = None
     #: the service's store url; None: SQLite in ``data_dir``
@@ -85,6 +93,9 @@ class NodeLaunch:
     inbox_keep: float = INBOX_KEEP
     publish_timeout: float = 10.0
     quorum_queues: bool = False
+    #: how many times the supervisor restarted this node's slot before this start (0: its
+    #: first start); a start that fails logs its traceback only the first time
+    restarts: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -123,6 +134,7 @@ async def run(launch: NodeLaunch) -> int:
     node = Node(
         cls,
         registry_address=launch.registry,
+        join_secret=launch.join_secret,
         mesh=launch.mesh,
         node_id=launch.node_id,
         host=launch.host,
@@ -148,12 +160,20 @@ async def run(launch: NodeLaunch) -> int:
         handler_timeout=launch.handler_timeout,
         inbox_keep=launch.inbox_keep,
         publish_timeout=launch.publish_timeout,
+        # the nodes of one supervisor drain together (see Node.finish_work)
+        drains_with=drains_with(socket.gethostname(), launch.supervisor_pid),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await node.start()
+    try:
+        await node.start()
+    except WiremeshError:
+        raise  # its message says it all (see main)
+    except Exception as exc:
+        _start_failed(launch, exc)
+        return 1
     heap.settle()
     watcher = asyncio.create_task(_watch_supervisor(launch.supervisor_pid, stop))
     try:
@@ -162,10 +182,30 @@ async def run(launch: NodeLaunch) -> int:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        # the whole drain within the grace: the mesh learns it, the work in flight that
+        # needs this node ends (new work is refused), then the node stops
+        until = time.monotonic() + launch.drain_grace
         await node.announce_drain(min(launch.drain_grace, ANNOUNCE_WAIT))
-        await node.stop()
+        await node.finish_work(until)
+        await node.stop(max(0.0, until - time.monotonic()))
         tracing.shutdown()  # flushes the spans still batched
     return 0
+
+
+def _start_failed(launch: NodeLaunch, exc: Exception) -> None:
+    """Log a start that raised (``on_start``, most often): with its traceback at the first
+    start of the slot, in one line at each restart after it (a crash loop would print the
+    same traceback at every restart)."""
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if launch.restarts == 0:
+        log.error("node %s could not start: %s", launch.node_id, reason, exc_info=exc)
+    else:
+        log.error(
+            "node %s could not start (restart %d; a traceback only at the first start): %s",
+            launch.node_id,
+            launch.restarts,
+            reason,
+        )
 
 
 async def _watch_supervisor(pid: int, stop: asyncio.Event) -> None:

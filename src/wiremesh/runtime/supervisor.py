@@ -9,14 +9,22 @@ Either way it starts each node as its own process (and the browser gateway, when
 here: see ``docs/gateway.md``), restarts a node that dies (exponential backoff with
 jitter, reset after a healthy run), kills and restarts a node that hangs (alive but silent
 to the registry, as a :class:`~wiremesh.registry.view.MeshView` of the registry shows it),
-and drains on SIGINT or SIGTERM: the gateway first (its browsers get 1001), then every
-node gets SIGTERM, finishes its in-flight calls within the grace period, and the
-supervisor exits 0. A second Ctrl-C stops at once.
+and drains on SIGINT or SIGTERM: the gateway, then every node gets SIGTERM at once;
+each finishes the work in flight that needs it within the grace period (see
+:mod:`wiremesh.core.drain`: a node takes no new work, and outlives the callers whose work
+still calls it), and the supervisor exits 0. A second Ctrl-C stops at once.
 
 A child gets its launch description (:class:`~wiremesh.runtime.process.NodeLaunch`,
 :class:`~wiremesh.gateway.process.GatewayLaunch`) on its standard input, never in its
 arguments: it holds the registry's, the broker's and the stores' URLs with their
-passwords and the gateway's secret, and any local user can read a process's arguments.
+passwords, the gateway's secret and the mesh's join secret, and any local user can read a
+process's arguments.
+
+The data folder is private to its owner (mode 0700, and so is everything wiremesh makes
+in it: see :mod:`wiremesh.runtime.private`). With the embedded registry and no TLS, the
+supervisor makes a join secret for each run, which the registry asks of every node that
+leases (:mod:`wiremesh.registry.embedded`); it is in ``mesh.json`` for the CLI and for
+``wiremesh gateway``.
 """
 
 from __future__ import annotations
@@ -44,13 +52,14 @@ from wiremesh.gateway.server import new_gateway_id
 from wiremesh.gateway.stream import GATEWAY_URL_KEY
 from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.registry.backends import open_registry
-from wiremesh.registry.embedded import RegistryServer
+from wiremesh.registry.embedded import RegistryServer, new_join_secret
 from wiremesh.registry.view import MeshView
 from wiremesh.runtime.config import MeshConfig
 from wiremesh.runtime.gateway_settings import is_loopback
 from wiremesh.runtime.meshfile import MESH_FILE, MeshFile
 from wiremesh.runtime.node import new_node_id
 from wiremesh.runtime.placement import Placement, place
+from wiremesh.runtime.private import private_folder
 from wiremesh.runtime.process import EXIT_CONFIG, NodeLaunch
 from wiremesh.runtime.targets import load_service_class
 from wiremesh.service import ServiceSpec
@@ -123,6 +132,8 @@ class Supervisor:
         self.slots: list[NodeProcess] = []
         #: the embedded registry this supervisor hosts (None with a Redis registry)
         self.registry: RegistryServer | None = None
+        #: what admits a node to that registry (None: none is asked, see _start_shared)
+        self.join_secret: str | None = None
         #: the mesh as the registry shows it, to follow each process's node
         self.view: MeshView | None = None
         self.broker: BrokerServer | None = None
@@ -204,6 +215,7 @@ class Supervisor:
         mesh = self.config.mesh
         data = self.config.data_path
         self._refuse_a_second_mesh(data)
+        private_folder(data, tighten=True)  # its secrets and data are its owner's alone
         try:
             await self._start_shared()
             await self._start_view()
@@ -223,6 +235,7 @@ class Supervisor:
             tls_key=str(client_tls.key) if client_tls else None,
             broker=self.broker_url,
             quorum_queues=self.config.broker.quorum_queues,
+            join_secret=self.join_secret,
         ).write(data)
         where = self.broker.address if self.broker else redact_url(self.broker_url)
         self.echo(
@@ -265,11 +278,15 @@ class Supervisor:
         if self.config.registry.redis:
             return
         mesh = self.config.mesh
+        # with TLS the registry asks for a client certificate of the mesh's CA: that is
+        # the admission (a gateway on another host has one, never the mesh file)
+        self.join_secret = None if self._tls else new_join_secret()
         registry = RegistryServer(
             host=mesh.host,
             port=self.config.registry.port,
             ttl=self.config.registry.ttl,
             credentials=self._tls.server_credentials() if self._tls else None,
+            join_secret=self.join_secret,
         )
         await registry.start()
         self.registry = registry
@@ -368,19 +385,15 @@ class Supervisor:
                     slot.process.kill()
 
     async def _drain(self) -> None:
+        """Every process drains at once, each by its own rules (``docs/guide.md``,
+        "Stopping"): the gateway first, so that it takes no new request from now on and
+        its browsers get 1001 before any node closes a session; the nodes right after:
+        each one refuses new work as soon as the mesh knows it drains and stays while the
+        work in flight (the gateway's requests, its callers' work, here or on another host)
+        may still call it. Callers thus finish before their callees, with no order given."""
         grace = self.config.mesh.drain_grace
         self.echo(f"draining {len(self.slots)} node(s), grace {grace:g}s")
-        # the gateway first: its browsers get 1001 (going away), not 1012 from the nodes
-        gateways = [s for s in self.slots if s.gateway and s.process is not None]
-        for slot in gateways:
-            if slot.process is not None and slot.process.returncode is None:
-                slot.state = ProcessState.STOPPING
-                with contextlib.suppress(ProcessLookupError):
-                    slot.process.send_signal(signal.SIGTERM)
-        gateway_tasks = [t for s, t in zip(self.slots, self._slot_tasks, strict=False) if s.gateway]
-        if gateway_tasks:
-            await asyncio.wait(gateway_tasks, timeout=5.0)
-        for slot in self.slots:
+        for slot in sorted(self.slots, key=lambda s: not s.gateway):
             if slot.process is not None and slot.process.returncode is None:
                 slot.state = ProcessState.STOPPING
                 with contextlib.suppress(ProcessLookupError):
@@ -417,6 +430,7 @@ class Supervisor:
                 registry=self.registry_address,
                 gateway_id=slot.node_id,
                 supervisor_pid=os.getpid(),
+                join_secret=self.join_secret,
             )
             command = [sys.executable, "-m", "wiremesh.gateway.process", "-"]
             return command, {**os.environ}, launch.to_json()
@@ -432,6 +446,7 @@ class Supervisor:
             service=slot.service,
             node_id=slot.node_id,
             registry=self.registry_address,
+            join_secret=self.join_secret,
             data_dir=str(self.config.data_path / "data" / slot.service),
             host=mesh.host,
             advertise=mesh.advertise or None,
@@ -460,6 +475,7 @@ class Supervisor:
             inbox_keep=broker.inbox_keep,
             publish_timeout=broker.publish_timeout,
             quorum_queues=broker.quorum_queues,
+            restarts=slot.restarts,
         )
 
     async def _keep_running(self, slot: NodeProcess) -> None:
