@@ -344,7 +344,7 @@ async def test_a_change_whose_message_was_lost_reaches_the_view_by_the_version_c
             # a change made behind the watchers' backs: no message on the channel
             direct.hset(prefix + "nodes", stray.node_id, node_to_proto(stray).SerializeToString())
             direct.zadd(prefix + "deadlines", {stray.node_id: time.time() * 1000 + 60_000})
-            direct.incr(prefix + "version")
+            direct.hincrby(prefix + "state", "version", 1)
         await eventually(lambda: stray.node_id in client.snapshot.by_id, 3, "the re-read")
 
 

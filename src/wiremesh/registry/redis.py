@@ -15,12 +15,12 @@ key             type    holds
 ``deadlines``   zset    node id → when its lease ends, in Redis's own milliseconds
 ``stats``       hash    node id → its counters, a serialized ``Heartbeat``
 ``services``    set     every service that has had a node
-``version``     string  bumped by every change of ``nodes``
-``epoch``       string  this keyspace's life: new after Redis lost the mesh
-``seen``        string  when any member last reached Redis (Redis's clock, ms)
-``away``        string  ms that Redis was away, not charged to any lease
-``quiet``       string  the longest pause in ms between members' visits that still
-                        counts as the mesh's time: half the ttl of the latest lease
+``state``       hash    ``version``: bumped by every change of ``nodes``;
+                        ``epoch``: this keyspace's life, new after Redis lost the
+                        mesh; ``seen``: when any member last reached Redis (Redis's
+                        clock, ms); ``away``: ms that Redis was away, charged to no
+                        lease; ``quiet``: the longest pause between members' visits
+                        that still counts as the mesh's time (half the latest ttl)
 ==============  ======  =====================================================
 
 Every change is one Lua script, atomic, which also publishes the change on the channel
@@ -74,36 +74,38 @@ MESHES_KEY = "wiremesh:meshes"
 RETRY_DELAY = 0.1
 #: how long a single Redis command may take before the registry counts as unreachable
 COMMAND_TIMEOUT = 1.0
+#: most changes a watcher applies before it shows a snapshot
+_BATCH = 1000
 
 _ERRORS = (RedisError, OSError, TimeoutError)
-_KEYS = ("nodes", "deadlines", "stats", "services", "version", "epoch", "seen", "away", "quiet")
+_KEYS = ("nodes", "deadlines", "stats", "services", "state")
 
 # Every script starts here. KEYS are _KEYS in order; ARGV[1] is an epoch to use when the
 # keyspace has none (a fresh or emptied Redis), ARGV[2] the change channel, ARGV[3] the
 # longest pause in ms between two members' visits that counts as the mesh's time (a longer
 # one means Redis was away: the rest of it is not charged to the leases) when the mesh has
 # not said it yet (a lease's put says it: watchers alone do not know the mesh's ttl),
-# ARGV[4] the ttl in ms. Defines now (Redis's clock less the time it was away), epoch, change() and
-# drop(), and sweeps the leases that ended.
+# ARGV[4] the ttl in ms. Defines now (Redis's clock less the time it was away), epoch,
+# version, change() and drop(), and sweeps the leases that ended. The state hash holds
+# seen, away, quiet, epoch and version: one read and one write per script.
 _PROLOGUE = """
 local t = redis.call('TIME')
 local wall = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local seen = tonumber(redis.call('GET', KEYS[7]) or '0')
-local away = tonumber(redis.call('GET', KEYS[8]) or '0')
-local quiet = tonumber(redis.call('GET', KEYS[9]) or ARGV[3])
+local s = redis.call('HMGET', KEYS[5], 'seen', 'away', 'quiet', 'epoch', 'version')
+local seen = tonumber(s[1] or '0')
+local away = tonumber(s[2] or '0')
+local quiet = tonumber(s[3] or ARGV[3])
+local epoch = s[4] or ARGV[1]
+local version = tonumber(s[5] or '0')
 if seen > 0 and wall - seen > quiet then
   away = away + (wall - seen - quiet)
-  redis.call('SET', KEYS[8], away)
 end
-redis.call('SET', KEYS[7], wall)
+redis.call('HSET', KEYS[5], 'seen', wall, 'away', away, 'epoch', epoch)
 local now = wall - away
-redis.call('SET', KEYS[6], ARGV[1], 'NX')
-local epoch = redis.call('GET', KEYS[6])
 local ttl = tonumber(ARGV[4])
 local function change(op, id, record)
-  local v = redis.call('INCR', KEYS[5])
-  redis.call('PUBLISH', ARGV[2], epoch .. ' ' .. v .. ' ' .. op .. ' ' .. id .. ' ' .. record)
-  return v
+  version = redis.call('HINCRBY', KEYS[5], 'version', 1)
+  redis.call('PUBLISH', ARGV[2], epoch .. ' ' .. version .. ' ' .. op .. ' ' .. id .. ' ' .. record)
 end
 local function drop(id)
   redis.call('ZREM', KEYS[2], id)
@@ -126,24 +128,24 @@ _PUT = (
     + """
 redis.call('HSET', KEYS[1], ARGV[5], ARGV[7])
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[5])
-redis.call('SET', KEYS[9], ARGV[3])
+redis.call('HSET', KEYS[5], 'quiet', ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[6])
-local v = change('put', ARGV[5], ARGV[7])
-return {epoch, v, swept}
+change('put', ARGV[5], ARGV[7])
+return {epoch, version, swept}
 """
 )
 
-# ARGV[5] node id, ARGV[6] its counters (a serialized Heartbeat, or empty). Answers a
-# version of -1 when the node is unknown here: it registers again with its record.
+# ARGV[5] node id, ARGV[6] its counters (a serialized Heartbeat; empty: unchanged).
+# Answers a version of -1 when the node is unknown here: it registers again.
 _BEAT = (
     _PROLOGUE
     + """
-if redis.call('HEXISTS', KEYS[1], ARGV[5]) == 0 then
+if redis.call('ZSCORE', KEYS[2], ARGV[5]) == false then
   return {epoch, -1, swept}
 end
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[5])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[3], ARGV[5], ARGV[6]) end
-return {epoch, tonumber(redis.call('GET', KEYS[5]) or '0'), swept}
+return {epoch, version, swept}
 """
 )
 
@@ -152,22 +154,21 @@ _DROP = (
     _PROLOGUE
     + """
 drop(ARGV[5])
-return {epoch, tonumber(redis.call('GET', KEYS[5]) or '0'), swept}
+return {epoch, version, swept}
 """
 )
 
 _CHECK = (
     _PROLOGUE
     + """
-return {epoch, tonumber(redis.call('GET', KEYS[5]) or '0'), swept}
+return {epoch, version, swept}
 """
 )
 
 _READ = (
     _PROLOGUE
     + """
-return {epoch, tonumber(redis.call('GET', KEYS[5]) or '0'), swept,
-        redis.call('HGETALL', KEYS[1]), redis.call('SMEMBERS', KEYS[4]),
+return {epoch, version, swept, redis.call('HGETALL', KEYS[1]), redis.call('SMEMBERS', KEYS[4]),
         redis.call('HGETALL', KEYS[3])}
 """
 )
@@ -267,6 +268,9 @@ class RedisRegistry:
         }
         #: whether the last exchange with Redis went through
         self.reachable = True
+        #: the registry's epoch and version in the latest reply of any script, and when
+        #: (the loop's clock): a lease's heartbeat spares its node's view a version check
+        self.last_seen: tuple[str, int, float] = ("", -1, 0.0)
         self._closed = False
         self._leases: list[_RedisLease] = []
 
@@ -283,6 +287,7 @@ class RedisRegistry:
             self._set_reachable(False, exc)
             raise _unreachable(self.address, exc) from None
         self._set_reachable(True)
+        self.last_seen = (reply[0].decode(), int(reply[1]), asyncio.get_running_loop().time())
         swept = reply[2]
         for node_id in swept:
             log.warning("node %s missed its heartbeats and left the mesh", node_id.decode())
@@ -328,23 +333,48 @@ class RedisRegistry:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         task = asyncio.current_task()
         assert task is not None
+        loop = asyncio.get_running_loop()
         try:
             await pubsub.subscribe(self.channel)
             mesh = _Mesh.read(await self.run("read"))  # after subscribing: nothing missed
             yield mesh.snapshot()
+            next_check = loop.time() + self.check_interval
             while True:
-                message = await pubsub.get_message(timeout=self.check_interval)
+                timeout = max(0.0, next_check - loop.time())
+                message = await pubsub.get_message(timeout=timeout)
                 if task.cancelling():
                     # redis-py's get_message can swallow a cancellation that arrives
                     # while it reads; it must still end this watch
                     raise asyncio.CancelledError
-                if message is None:
-                    epoch, version = await self._check()
-                    if (epoch, version) != (mesh.epoch, mesh.version):
-                        return  # a message was lost: subscribe and read again
+                if message is not None:
+                    # every change already here, then one snapshot for them all
+                    changed = 0
+                    while message is not None and changed < _BATCH:
+                        if not mesh.apply(message["data"]):
+                            return  # a gap or another epoch: subscribe and read again
+                        changed += 1
+                        message = await pubsub.get_message(timeout=0)
+                    if message is not None and not mesh.apply(message["data"]):
+                        return
+                    yield mesh.snapshot()
                     continue
-                if not mesh.apply(message["data"]):
-                    return
+                now = loop.time()
+                if now < next_check:
+                    continue  # redis-py read its own health check's answer
+                next_check = now + self.check_interval
+                epoch, version, at = self.last_seen
+                if now - at > self.check_interval:  # no lease's heartbeat said it lately
+                    epoch, version = await self._check()
+                if (epoch, version) == (mesh.epoch, mesh.version):
+                    continue
+                # behind, or a change in flight: take what has arrived, then compare again
+                message = await pubsub.get_message(timeout=0)
+                while message is not None:
+                    if not mesh.apply(message["data"]):
+                        return
+                    message = await pubsub.get_message(timeout=0)
+                if mesh.epoch != epoch or mesh.version < version:
+                    return  # a message was lost: subscribe and read again
                 yield mesh.snapshot()
         finally:
             with contextlib.suppress(*_ERRORS):
@@ -417,17 +447,29 @@ class _RedisLease:
         self.stats: Callable[[], dict[str, int]] = dict
         self._news = asyncio.Event()  # the record changed: put it now
         self._task: asyncio.Task[None] | None = None
+        #: the counters Redis holds (sent again only when they change)
+        self._sent_stats: dict[str, int] | None = None
 
     async def start(self, timeout: float) -> None:
+        """Register, trying again until ``timeout``: a Redis busy with a mesh that
+        starts all at once is not a reason to give up."""
         registry = self.registry
+        why = "no answer"
         try:
             async with asyncio.timeout(timeout):
-                await self._put()
+                while True:
+                    try:
+                        await self._put()
+                        break
+                    except Unavailable as exc:
+                        why = exc.message
+                        await asyncio.sleep(RETRY_DELAY)
                 with contextlib.suppress(*_ERRORS):
                     await registry.redis.sadd(MESHES_KEY, registry.mesh)
         except TimeoutError:
             raise Unavailable(
-                f"could not register with the registry at {registry.address} within {timeout:g}s"
+                f"could not register with the registry at {registry.address} within "
+                f"{timeout:g}s: {why}"
             ) from None
         self._task = asyncio.create_task(self._hold(), name=f"wiremesh-lease-{self.node.node_id}")
 
@@ -455,6 +497,7 @@ class _RedisLease:
         node = self.node
         record = node_to_proto(replace(node, stats={})).SerializeToString()
         await self.registry.run("put", node.node_id, node.service, record)
+        self._sent_stats = None  # a record put anew: its counters go with the next beat
 
     async def _hold(self) -> None:
         """Heartbeats every ``heartbeat_interval``; the record again when Redis forgot it
@@ -467,8 +510,11 @@ class _RedisLease:
                     await self._put()
                 else:
                     stats = self.stats()
-                    blob = pb.Heartbeat(stats=stats).SerializeToString() if stats else b""
+                    changed = stats != self._sent_stats
+                    blob = pb.Heartbeat(stats=stats).SerializeToString() if changed else b""
                     reply = await registry.run("beat", self.node.node_id, blob)
+                    if changed:
+                        self._sent_stats = stats
                     if int(reply[1]) < 0:
                         log.warning(
                             "node %s is not in the registry at %s (it restarted, or this "
