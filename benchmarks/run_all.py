@@ -2,7 +2,9 @@
 
 Each benchmark is a script that prints a human table and, as its last line,
 ``RESULT {json}``. This runner keeps both, adds the machine it ran on, and fails (exit 1)
-when a benchmark fails or prints no RESULT line.
+when a benchmark fails or prints no RESULT line. A benchmark that cannot run on this
+machine (``multihost.py`` needs root, ``ip``, ``nft`` and ``redis-server``) says why in one
+line and exits 77: its section says so instead, and the others run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DOCS = HERE.parent / "docs" / "benchmarks.md"
+#: the exit status of a benchmark that cannot run on this machine
+CANNOT_RUN = 77
 
 
 def benchmarks() -> list[Path]:
@@ -25,12 +29,17 @@ def benchmarks() -> list[Path]:
     )
 
 
-def run(script: Path) -> tuple[str, dict[str, object]]:
+def run(script: Path) -> tuple[str, dict[str, object]] | str:
+    """The table and the result of ``script``, or why it cannot run here."""
     print(f"== {script.name}", flush=True)
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=1800, check=False
     )
     sys.stdout.write(done.stdout)
+    if done.returncode == CANNOT_RUN:
+        why = done.stderr.strip().splitlines()[-1]
+        print(why, flush=True)
+        return why
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
         raise SystemExit(f"{script.name} failed with exit status {done.returncode}")
@@ -43,7 +52,13 @@ def run(script: Path) -> tuple[str, dict[str, object]]:
 def main() -> int:
     sections = []
     for script in benchmarks():
-        table, result = run(script)
+        outcome = run(script)
+        if isinstance(outcome, str):
+            sections.append(
+                f"## {script.stem}\n\n`python benchmarks/{script.name}`\n\nNot run: {outcome}\n"
+            )
+            continue
+        table, result = outcome
         sections.append(
             f"## {script.stem}\n\n`python benchmarks/{script.name}`\n\n```text\n{table}\n```\n\n"
             f"```json\n{json.dumps(result, indent=2, sort_keys=True)}\n```\n"
