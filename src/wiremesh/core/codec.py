@@ -76,12 +76,13 @@ def decode(data: bytes, codec: CodecName = "msgpack") -> Any:
             return msgpack.unpackb(data, raw=False, strict_map_key=False)
         if codec == "json":
             return pydantic_core.from_json(data)
+    except msgpack.StackError as exc:  # (its own message is empty)
+        raise InvalidPayload(f"payload is not valid {codec}: nested too deeply") from exc
     except (
         ValueError,
         TypeError,
         msgpack.ExtraData,
         msgpack.FormatError,
-        msgpack.StackError,
     ) as exc:
         raise InvalidPayload(f"payload is not valid {codec}: {exc}") from exc
     raise InvalidPayload(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")

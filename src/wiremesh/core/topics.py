@@ -40,20 +40,45 @@ def check_pattern(pattern: str) -> str:
 
 
 def matches(pattern: str, topic: str) -> bool:
-    """Whether ``topic`` matches ``pattern``."""
-    return _match_words(tuple(pattern.split(".")), tuple(topic.split(".")))
+    """Whether ``topic`` matches ``pattern``. Time grows with the product of their word
+    counts at worst, memory not at all: no recursion, no copies, whatever their length
+    (topics reach here from other processes unchecked)."""
+    if len(pattern) + len(topic) > _CACHED_UP_TO:
+        return _match_words(pattern.split("."), topic.split("."))
+    return _cached(pattern, topic)
+
+
+#: longest pattern and topic (together, in characters) whose answer is remembered: the
+#: cache then holds at most 16,384 such pairs, a few MB, whatever the traffic
+_CACHED_UP_TO = 256
 
 
 @lru_cache(maxsize=16384)
-def _match_words(pattern: tuple[str, ...], topic: tuple[str, ...]) -> bool:
-    if not pattern:
-        return not topic
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        return any(_match_words(rest, topic[i:]) for i in range(len(topic) + 1))
-    if not topic:
-        return False
-    return (head == "*" or head == topic[0]) and _match_words(rest, topic[1:])
+def _cached(pattern: str, topic: str) -> bool:
+    return _match_words(pattern.split("."), topic.split("."))
+
+
+def _match_words(pattern: list[str], topic: list[str]) -> bool:
+    """Wildcard matching, one pass with one point to go back to: ``#`` is any run of
+    words (the last ``#`` seen is where a mismatch resumes, one word further each time),
+    ``*`` exactly one word."""
+    p = t = 0
+    hash_at, resume = -1, 0  # the last '#' of the pattern, and where its run ends now
+    while t < len(topic):
+        if p < len(pattern) and pattern[p] == "#":
+            hash_at, resume = p, t
+            p += 1
+        elif p < len(pattern) and pattern[p] in ("*", topic[t]):
+            p += 1
+            t += 1
+        elif hash_at >= 0:  # let the last '#' take one more word, and try again
+            resume += 1
+            p, t = hash_at + 1, resume
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "#":
+        p += 1
+    return p == len(pattern)
 
 
 def matching(patterns: Iterable[str], topic: str) -> bool:

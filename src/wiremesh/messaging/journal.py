@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from wiremesh.messaging.base import DeadLetter, Envelope, Kind
 from wiremesh.proto import broker_pb2 as pb
+from wiremesh.runtime.private import private_sqlite
 
 __all__ = ["Journal", "QueueRecord", "Stored", "envelope_from_proto", "envelope_to_proto"]
 
@@ -204,7 +205,7 @@ class Journal:
     def load(self) -> tuple[list[QueueRecord], list[Stored]]:
         """Open the file; drop broadcast queues (their nodes are gone); return the queues
         and every stored message, oldest first."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite(self.path)  # its -wal and -shm files take its mode: 0600
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
@@ -379,9 +380,12 @@ class Journal:
 
     @staticmethod
     def _where(ids: Sequence[str] | None) -> tuple[str, list[str]]:
+        """The clause picking ``ids`` (all when None), with its one parameter: a JSON array,
+        as a client may name more ids than SQLite takes parameters (a failing read would
+        fail every write committed with it)."""
         if ids is None:
             return "", []
-        return f" WHERE id IN ({', '.join('?' * len(ids))})", list(ids)
+        return " WHERE id IN (SELECT value FROM json_each(?))", [json.dumps(list(ids))]
 
     @classmethod
     def list_dead(

@@ -57,6 +57,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from wiremesh.core.defaults import HEARTBEAT_INTERVAL, START_TIMEOUT, TTL
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.core.names import redact_url
 from wiremesh.errors import ConfigError, Unavailable
@@ -223,8 +224,8 @@ class RedisRegistry:
         *,
         mesh: str,
         tls: TlsFiles | None = None,
-        heartbeat_interval: float = 0.5,
-        ttl: float = 1.5,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        ttl: float = TTL,
         check_interval: float | None = None,
     ) -> None:
         if ttl <= heartbeat_interval:
@@ -307,7 +308,7 @@ class RedisRegistry:
 
     # ------------------------------------------------------------------ Registry
 
-    async def lease(self, node: NodeInfo, timeout: float = 10.0) -> _RedisLease:
+    async def lease(self, node: NodeInfo, timeout: float = START_TIMEOUT) -> _RedisLease:
         lease = _RedisLease(self, node)
         await lease.start(timeout)
         self._leases.append(lease)
@@ -415,14 +416,14 @@ class _Mesh:
             if epoch.decode() != self.epoch:
                 return False
             number = int(version)
-        except ValueError:
+            key = node_id.decode()
+        except ValueError:  # UnicodeDecodeError too: a message some other program sent
             return False
         if number <= self.version:
             return True  # already in what was read
         if number != self.version + 1:
             return False
         self.version = number
-        key = node_id.decode()
         if op == b"del":
             self.nodes.pop(key, None)
             return True
@@ -538,15 +539,19 @@ def _snapshot(reply: list[Any]) -> MeshSnapshot:
         with contextlib.suppress(Exception):
             counters[stats[i].decode()] = dict(pb.Heartbeat.FromString(stats[i + 1]).stats)
     nodes = []
-    for i in range(0, len(records), 2):
-        node_id = records[i].decode()
+    for i in range(0, len(records) - 1, 2):
         try:
+            node_id = records[i].decode()
             node = node_from_proto(pb.Node.FromString(records[i + 1]))
-        except Exception:
-            log.warning("the registry's record of %s is unreadable; ignored", node_id)
+        except Exception:  # a record some other program wrote
+            log.warning("an unreadable record in the registry (%r); ignored", records[i][:64])
             continue
         nodes.append(replace(node, stats=counters.get(node_id, {})))
-    return MeshSnapshot.of(version, nodes, (s.decode() for s in services), epoch)
+    names = []
+    for service in services:
+        with contextlib.suppress(UnicodeDecodeError):
+            names.append(service.decode())
+    return MeshSnapshot.of(version, nodes, names, epoch)
 
 
 def _tls_options(url: str, tls: TlsFiles | None) -> dict[str, Any]:

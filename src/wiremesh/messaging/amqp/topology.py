@@ -210,12 +210,17 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+#: the largest attempt number read from a header: a foreign publisher's digits must still
+#: fit in the AMQP integer wiremesh writes back on the retry or dead-letter copy
+MAX_ATTEMPT = 2**31 - 1
+
+
 def _attempt(value: Any) -> int:
     try:
         attempt = int(_text(value)) if not isinstance(value, int) else value
     except ValueError:
         return 1
-    return max(attempt, 1)
+    return min(max(attempt, 1), MAX_ATTEMPT)
 
 
 def envelope_from(
