@@ -23,9 +23,10 @@ DEMO   ?= examples/ipaas
 demo: install  ## run the ipaas demo mesh (Ctrl-C drains and stops it; DEMO=folder for another)
 	cd $(DEMO) && { if [ -t 0 ]; then set -m; fi; $(abspath $(BIN))/wiremesh run; }
 
-lint: install  ## ruff: lint and formatting
+lint: install  ## ruff (lint and formatting) and the import check (cycles, arrows between folders)
 	$(BIN)/ruff check src tests benchmarks examples tools
 	$(BIN)/ruff format --check src tests benchmarks examples tools
+	$(BIN)/python tools/import_cycles.py
 
 typecheck: install  ## mypy --strict on the package
 	$(BIN)/mypy src

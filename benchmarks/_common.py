@@ -7,7 +7,13 @@
 - server processes: :class:`ServerProcess` spawns ``sys.executable`` with arguments, waits
   for its ``READY {json}`` line and always stops it (``stop()``, context manager, and an
   ``atexit`` hook); :func:`announce_ready` and :func:`serve_until_stopped` are the server
-  side of that handshake.
+  side of that handshake;
+- grpc's settings: importing this module calls
+  ``wiremesh.transport.grpc_core.prefer_loop_io(restart=True)``, so that every process of
+  a benchmark, wiremesh's and the raw peers' alike, runs grpc with its socket I/O on the
+  polling thread, as wiremesh's own processes do. The server processes a benchmark
+  starts inherit ``GRPC_EXPERIMENTS``; a benchmark that imported grpc before this module
+  runs again in place with it set (grpc reads it only as it loads).
 
 A benchmark is not a test: nothing here asserts timings.
 """
@@ -27,6 +33,11 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
+
+from wiremesh.transport.grpc_core import prefer_loop_io
+
+# before anything imports grpc, in every benchmark process (see the docstring)
+prefer_loop_io(restart=True)
 
 __all__ = [
     "ServerProcess",
@@ -336,7 +347,7 @@ async def serve_gateway(
     from pathlib import Path
 
     from wiremesh.gateway.server import Gateway
-    from wiremesh.runtime.gateway_settings import GatewaySettings
+    from wiremesh.gateway.settings import GatewaySettings
 
     data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-gw-"))
     validated = GatewaySettings.model_validate({"port": 0, **settings})

@@ -6,6 +6,12 @@ import os
 
 import pytest
 
+from wiremesh.transport.grpc_core import prefer_loop_io
+
+# grpc reads its settings once, when it is imported: the suite runs grpc as wiremesh's
+# processes do (and the node processes it starts inherit the setting)
+prefer_loop_io()
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

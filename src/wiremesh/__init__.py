@@ -7,55 +7,97 @@
 ...     @rpc(idempotent=True)
 ...     async def hello(self, ctx: Context, who: str) -> str:
 ...         return f"hello, {who}"
+
+Importing the package imports none of its modules: each name below is imported where it
+lives when it is first used. So a program can import
+:mod:`wiremesh.transport.grpc_core` and choose grpc's settings before grpc loads.
 """
 
 from __future__ import annotations
 
-# first, before anything imports grpc: grpc reads its settings when it is imported
-from wiremesh.transport import grpc_core  # noqa: F401
-
-# isort: split
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from wiremesh.client import MeshClient, connect
-from wiremesh.context import Context, current_context
-from wiremesh.core.deadline import Deadline
-from wiremesh.core.gather import Mode, MulticastResult, quorum
-from wiremesh.errors import (
-    BrokerUnavailable,
-    Cancelled,
-    ConfigError,
-    DeadlineExceeded,
-    InternalError,
-    InvalidPayload,
-    MethodNotFound,
-    NodeNotFound,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    RateLimited,
-    ServiceError,
-    ServiceNotFound,
-    Status,
-    Unauthenticated,
-    Unavailable,
-    WiremeshError,
-)
-from wiremesh.service import (
-    Service,
-    ServiceProxy,
-    command,
-    on_event,
-    on_socket,
-    rpc,
-    subscribe,
-)
-from wiremesh.session import Session, Sessions
+if TYPE_CHECKING:  # the names as type checkers see them; imported on first use below
+    from wiremesh.client import MeshClient, connect
+    from wiremesh.context import Context, current_context
+    from wiremesh.core.deadline import Deadline
+    from wiremesh.core.gather import Mode, MulticastResult, quorum
+    from wiremesh.errors import (
+        BrokerUnavailable,
+        Cancelled,
+        ConfigError,
+        DeadlineExceeded,
+        InternalError,
+        InvalidPayload,
+        MethodNotFound,
+        NodeNotFound,
+        NotFound,
+        PayloadTooLarge,
+        PermissionDenied,
+        RateLimited,
+        ServiceError,
+        ServiceNotFound,
+        Status,
+        Unauthenticated,
+        Unavailable,
+        WiremeshError,
+    )
+    from wiremesh.service import (
+        Service,
+        ServiceProxy,
+        command,
+        on_event,
+        on_socket,
+        rpc,
+        subscribe,
+    )
+    from wiremesh.session import Session, Sessions
 
 try:
     __version__ = version("wiremesh")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
+
+#: the module each public name lives in
+_HOMES: dict[str, tuple[str, ...]] = {
+    "wiremesh.client": ("MeshClient", "connect"),
+    "wiremesh.context": ("Context", "current_context"),
+    "wiremesh.core.deadline": ("Deadline",),
+    "wiremesh.core.gather": ("Mode", "MulticastResult", "quorum"),
+    "wiremesh.errors": (
+        "BrokerUnavailable",
+        "Cancelled",
+        "ConfigError",
+        "DeadlineExceeded",
+        "InternalError",
+        "InvalidPayload",
+        "MethodNotFound",
+        "NodeNotFound",
+        "NotFound",
+        "PayloadTooLarge",
+        "PermissionDenied",
+        "RateLimited",
+        "ServiceError",
+        "ServiceNotFound",
+        "Status",
+        "Unauthenticated",
+        "Unavailable",
+        "WiremeshError",
+    ),
+    "wiremesh.service": (
+        "Service",
+        "ServiceProxy",
+        "command",
+        "on_event",
+        "on_socket",
+        "rpc",
+        "subscribe",
+    ),
+    "wiremesh.session": ("Session", "Sessions"),
+}
+_HOME = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "BrokerUnavailable",
@@ -95,3 +137,17 @@ __all__ = [
     "rpc",
     "subscribe",
 ]
+
+if not TYPE_CHECKING:  # hidden from type checkers, which would take any name for Any
+
+    def __getattr__(name: str) -> Any:
+        module = _HOME.get(name)
+        if module is None:
+            raise AttributeError(f"module 'wiremesh' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # found directly from now on
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})

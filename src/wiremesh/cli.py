@@ -30,6 +30,7 @@ from rich.table import Table
 import wiremesh
 from wiremesh.client import MESH_VARIABLE
 from wiremesh.errors import ConfigError, Unavailable, WiremeshError
+from wiremesh.transport import grpc_core
 
 if TYPE_CHECKING:
     from wiremesh.client import MeshClient
@@ -669,7 +670,7 @@ def _dead_letters(mesh: str | None, broker_url: str | None, work: Any) -> Any:
     or the one ``broker_url`` names (``--broker``)."""
 
     async def go() -> Any:
-        from wiremesh.messaging.base import open_broker
+        from wiremesh.messaging.backends import open_broker
 
         where = mesh or "."
         if _is_registry(where):
@@ -1051,27 +1052,27 @@ def _config_at(config: Path | None) -> Any:
     return load_config(here) if here.is_file() else default_config(Path.cwd())
 
 
-def _gateway_registry(where: str | None, config: MeshConfig) -> tuple[str, str | None]:
-    """The registry a gateway joins and the mesh's name (None: ask Redis): ``--mesh``
-    when given, else the Redis registry of ``config``, else the mesh running in its
-    folder."""
+def _gateway_registry(where: str | None, config: MeshConfig) -> tuple[str, str | None, str | None]:
+    """The registry a gateway joins, the mesh's name (None: ask Redis) and its join
+    secret (from its ``mesh.json``): ``--mesh`` when given, else the Redis registry of
+    ``config``, else the mesh running in its folder."""
     from wiremesh.registry.redis import is_redis_url, split_mesh
-    from wiremesh.runtime.meshfile import MeshFile
+    from wiremesh.runtime.meshfile import MeshFile, join_secret_of
 
     if where is not None and is_redis_url(where):
         url, name = split_mesh(where)
         if name is None and config.registry.redis and config.registry.url == url:
             name = config.mesh.name  # the configuration's own Redis: its mesh
-        return url, name
+        return url, name, None
     if where is not None and _is_registry(where):
-        return where, config.mesh.name
+        return where, config.mesh.name, join_secret_of(where, config.data_path)
     if where is not None:
         running = MeshFile.find(Path(where))
-        return running.registry, running.name
+        return running.registry, running.name, running.join_secret
     if config.registry.redis:
-        return config.registry.url, config.mesh.name
+        return config.registry.url, config.mesh.name, None
     running = MeshFile.find(config.root)
-    return running.registry, running.name
+    return running.registry, running.name, running.join_secret
 
 
 @app.command()
@@ -1139,7 +1140,7 @@ def gateway(
             mesh_config = mesh_config.model_validate(
                 mesh_config.model_dump() | {"gateway": settings}
             )
-        address, name = _gateway_registry(where, mesh_config)
+        address, name, join_secret = _gateway_registry(where, mesh_config)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except WiremeshError as exc:
@@ -1153,7 +1154,8 @@ def gateway(
         from wiremesh.registry.redis import find_mesh
 
         found = name or await find_mesh(address, tls=mesh_tls(mesh_config))
-        gw = gateway_of(mesh_config, address, mesh=found)  # its gRPC channels: this loop's
+        # its gRPC channels: this loop's
+        gw = gateway_of(mesh_config, address, mesh=found, join_secret=join_secret)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -1300,6 +1302,11 @@ def top(
 
 
 def main() -> None:
+    # grpc read GRPC_EXPERIMENTS as this module imported it: the commands that serve gRPC
+    # in this process (run's registry and broker, a lone gateway) start again with it
+    # set; every command sets it for the processes it starts (see grpc_core)
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    grpc_core.prefer_loop_io(restart=command in ("run", "gateway"))
     app()
 
 

@@ -21,15 +21,24 @@ from typing import Any
 from wiremesh.core.balancing import BalancerName
 from wiremesh.core.codec import CodecName
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.defaults import (
+    BALANCER,
+    CALL_TIMEOUT,
+    MAX_MESSAGE_BYTES,
+    MESH_NAME,
+    START_TIMEOUT,
+)
 from wiremesh.core.gather import Mode, MulticastResult
 from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.errors import BrokerUnavailable, Unavailable
-from wiremesh.messaging.base import Broker, open_broker
+from wiremesh.messaging.backends import open_broker
+from wiremesh.messaging.base import Broker
 from wiremesh.messaging.outbound import Outbound
 from wiremesh.registry.backends import open_registry
 from wiremesh.registry.redis import find_mesh, is_redis_url, split_mesh
 from wiremesh.registry.view import MeshView
 from wiremesh.runtime.meshfile import MeshFile
+from wiremesh.transport import grpc_core
 from wiremesh.transport.client import Caller, channel_options
 from wiremesh.transport.links import Links
 from wiremesh.transport.tls import TlsFiles
@@ -47,14 +56,14 @@ class MeshClient:
         self,
         registry_address: str,
         *,
-        default_timeout: float = 10.0,
-        balancer: BalancerName = "round_robin",
-        max_message_bytes: int = 4 * 1024 * 1024,
+        default_timeout: float = CALL_TIMEOUT,
+        balancer: BalancerName = BALANCER,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         tls: TlsFiles | None = None,
         identity: str | None = None,
         links: bool = True,
         broker: str | Broker | None = None,
-        mesh: str = "wiremesh",
+        mesh: str = MESH_NAME,
         data_dir: Path | None = None,
         quorum_queues: bool = False,
     ) -> None:
@@ -96,7 +105,7 @@ class MeshClient:
             links=self.links,
         )
 
-    async def start(self, timeout: float = 10.0) -> MeshClient:
+    async def start(self, timeout: float = START_TIMEOUT) -> MeshClient:
         await self.view.start(timeout)
         return self
 
@@ -229,7 +238,7 @@ class MeshClient:
 async def connect(
     where: str | os.PathLike[str] | None = None,
     *,
-    timeout: float = 10.0,
+    timeout: float = START_TIMEOUT,
     default_timeout: float | None = None,
     tls: TlsFiles | None = None,
 ) -> MeshClient:
@@ -237,7 +246,13 @@ async def connect(
     where ``wiremesh run`` runs, the address ``host:port`` of an embedded registry, or a
     Redis registry's URL (``redis://host:6379/0``, with ``#name`` when the database holds
     more than one mesh). Without it: the environment variable ``WIREMESH_MESH``, else
-    this folder."""
+    this folder.
+
+    Unless it is set, it sets ``GRPC_EXPERIMENTS`` for the processes the program starts
+    from then on (:func:`wiremesh.transport.grpc_core.prefer_loop_io`); grpc in this
+    process took its settings as it loaded: call that function before importing grpc to
+    choose them here too."""
+    grpc_core.prefer_loop_io()
     text = os.fspath(where) if where is not None else os.environ.get(MESH_VARIABLE) or "."
     if is_redis_url(text):
         url, name = split_mesh(text)

@@ -60,7 +60,9 @@ _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
 
 
 def current_context() -> Context | None:
-    """The context of the handler running in this task, if any."""
+    """The context of the handler running in this task (or in the task that started it),
+    None outside a handler. Set with :meth:`Context.activate`; the variable behind it is
+    private to this module."""
     return _current.get()
 
 
@@ -224,8 +226,14 @@ class Context:
         return found
 
     def activate(self) -> contextvars.Token[Context | None]:
+        """Make this the context of the task that runs from here on: what
+        :func:`current_context` returns, in this task and the tasks it starts. Whoever runs
+        a handler calls it before the handler and gives the token to :meth:`deactivate`
+        after it (in a ``finally``)."""
         return _current.set(self)
 
     @staticmethod
     def deactivate(token: contextvars.Token[Context | None]) -> None:
+        """Give back the context that was current before :meth:`activate` returned
+        ``token``."""
         _current.reset(token)

@@ -50,26 +50,29 @@ from wiremesh.client import MeshClient
 from wiremesh.context import Context
 from wiremesh.core.codec import CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.defaults import CALL_TIMEOUT, HANDLER_TIMEOUT, TTL
 from wiremesh.core.gather import MulticastResult
 from wiremesh.core.model import MeshSnapshot
 from wiremesh.errors import ConfigError, NodeNotFound, Unavailable
-from wiremesh.messaging.base import Broker, Envelope, open_broker
+from wiremesh.messaging.backends import open_broker
+from wiremesh.messaging.base import Broker, Envelope
 from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.messaging.outbound import make_envelope
 from wiremesh.messaging.store import Store
 from wiremesh.registry.embedded import RegistryServer
 from wiremesh.runtime.node import Node
 from wiremesh.service import Service, ServiceProxy, ServiceSpec
+from wiremesh.transport import grpc_core
 
 if TYPE_CHECKING:
     from wiremesh.gateway.server import Gateway
-    from wiremesh.runtime.gateway_settings import GatewaySettings
+    from wiremesh.gateway.settings import GatewaySettings
 
 
 def gateway_settings(**settings: Any) -> GatewaySettings:
     """Gateway settings for a test: a free loopback port, then ``settings`` (nested tables
     as dicts: ``gateway_settings(limits={"burst": 5})``), validated as in a config file."""
-    from wiremesh.runtime.gateway_settings import GatewaySettings
+    from wiremesh.gateway.settings import GatewaySettings
 
     return GatewaySettings.model_validate({"port": 0, **settings})
 
@@ -193,7 +196,7 @@ async def deliver(
     codec: CodecName = "msgpack",
     headers: Mapping[str, str] | None = None,
     attempt: int = 1,
-    timeout: float = 60.0,
+    timeout: float = HANDLER_TIMEOUT,
 ) -> Envelope:
     """Run ``instance``'s ``@on_event`` or ``@command`` method ``handler`` for one message,
     as the broker would: the payload is encoded and decoded with ``codec`` and validated
@@ -239,7 +242,7 @@ async def call_handler(
     method: str,
     payload: Any = None,
     *,
-    timeout: float = 10.0,
+    timeout: float = CALL_TIMEOUT,
     codec: CodecName = "msgpack",
     metadata: Mapping[str, str] | None = None,
     caller: str | None = None,
@@ -284,9 +287,14 @@ class TestMesh:
     ``leave_group`` change one node's groups later). Nodes are real
     :class:`~wiremesh.runtime.node.Node` objects serving gRPC on 127.0.0.1.
 
-    ``gateway=True`` (or a :class:`~wiremesh.runtime.gateway_settings.GatewaySettings`,
+    ``gateway=True`` (or a :class:`~wiremesh.gateway.settings.GatewaySettings`,
     see :func:`gateway_settings`) also starts a browser gateway in the test's event loop,
     once every node is up: ``mesh.gateway``; :meth:`add_gateway` starts more.
+
+    grpc runs here with the settings it took as it loaded. To run it as wiremesh's own
+    processes do, call :func:`wiremesh.transport.grpc_core.prefer_loop_io` at the top of
+    ``conftest.py``, before anything imports grpc; a mesh that starts without it sets
+    the variable for the processes the test starts, and says so once (INFO).
     """
 
     __test__ = False  # not a pytest test class
@@ -298,7 +306,7 @@ class TestMesh:
         replace: Mapping[str, Mapping[str, Any]] | None = None,
         groups: Mapping[str, Sequence[str]] | None = None,
         data_dir: Path | None = None,
-        default_timeout: float = 10.0,
+        default_timeout: float = CALL_TIMEOUT,
         drain_grace: float = 1.0,
         broker: str | None = None,
         mesh_name: str | None = None,
@@ -336,7 +344,8 @@ class TestMesh:
         self.gateways: list[Gateway] = []
 
     async def __aenter__(self) -> TestMesh:
-        self._registry = RegistryServer(ttl=1.5)
+        grpc_core.prefer_loop_io()
+        self._registry = RegistryServer(ttl=TTL)
         await self._registry.start()
         try:
             if self.broker_url == "embedded":

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from wiremesh import Context, Service, ServiceError, rpc
 from wiremesh.gateway.auth import mint_token
 from wiremesh.gateway.http_rpc import HttpDoor
-from wiremesh.runtime.gateway_settings import GatewaySettings
+from wiremesh.gateway.settings import GatewaySettings
 from wiremesh.testing import TestMesh, gateway_settings
 
 SECRET = "http-door-test-secret-of-32-bytes-or-more"

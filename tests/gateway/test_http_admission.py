@@ -25,7 +25,7 @@ from wiremesh.gateway.admission import Admission, BadHeader
 from wiremesh.gateway.auth import TokenVerifier, mint_token
 from wiremesh.gateway.http_auth import BearerCheck
 from wiremesh.gateway.problem import CONTENT_TYPE, bad_request, method_not_allowed, problem_for
-from wiremesh.runtime.gateway_settings import AuthSettings, SocketServiceSettings
+from wiremesh.gateway.settings import AuthSettings, SocketServiceSettings
 
 SECRET = "a-secret-of-thirty-two-bytes-or-more!"
 

@@ -16,7 +16,7 @@ from wiremesh.gateway.auth import (
     mint_token,
     scopes_of,
 )
-from wiremesh.runtime.gateway_settings import AuthSettings, SocketServiceSettings
+from wiremesh.gateway.settings import AuthSettings, SocketServiceSettings
 
 SECRET = "a test secret that is long enough for HS256"
 

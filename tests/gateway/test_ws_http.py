@@ -21,6 +21,10 @@ from wiremesh.testing import TestMesh, gateway_settings
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
+#: what the files that must never be served hold
+HIDDEN, OUTSIDE = "the hidden file's text", "the text of a file outside the folder"
+
+
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def http(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
     tmp_path = tmp_path_factory.mktemp("static")
@@ -28,8 +32,8 @@ async def http(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.
     (web / "app").mkdir(parents=True)
     (web / "index.html").write_text("<h1>home</h1>")
     (web / "app" / "main.js").write_text("export const x = 1;")
-    (web / ".secret").write_text("hidden")
-    (tmp_path / "outside.txt").write_text("outside")
+    (web / ".secret").write_text(HIDDEN)
+    (tmp_path / "outside.txt").write_text(OUTSIDE)
     async with (
         TestMesh(Chat, data_dir=tmp_path, gateway=gateway_settings(static="web")) as mesh,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.gateway.port}") as client,
@@ -60,7 +64,8 @@ async def test_static_files(http: httpx.AsyncClient) -> None:
 async def test_nothing_outside_the_folder_nor_hidden(http: httpx.AsyncClient, path: str) -> None:
     response = await http.get(path)
     assert response.status_code == 404
-    assert "outside" not in response.text and "hidden" not in response.text
+    # the problem names the path asked for, never what such a file holds
+    assert OUTSIDE not in response.text and HIDDEN not in response.text
 
 
 async def test_the_javascript_client_and_health(http: httpx.AsyncClient) -> None:

@@ -42,8 +42,8 @@ from wiremesh.gateway import listener
 from wiremesh.gateway.connection import Connection
 from wiremesh.gateway.listener import LOG_INTERVAL
 from wiremesh.gateway.process import GatewayLaunch
+from wiremesh.gateway.settings import HttpSettings, LimitSettings
 from wiremesh.runtime.config import MeshConfig
-from wiremesh.runtime.gateway_settings import HttpSettings, LimitSettings
 from wiremesh.testing import TestMesh, gateway_settings
 
 SECRET = "hostile-gateway-test-secret-of-32-bytes"

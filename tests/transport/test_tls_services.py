@@ -35,7 +35,8 @@ import sqlalchemy as sa
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from wiremesh.errors import BrokerUnavailable
-from wiremesh.messaging.base import Binding, Envelope, Received, open_broker
+from wiremesh.messaging.backends import open_broker
+from wiremesh.messaging.base import Binding, Envelope, Received
 from wiremesh.messaging.store import Store
 
 WIREMESH = str(Path(sys.executable).with_name("wiremesh"))

@@ -18,13 +18,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from wiremesh.core.defaults import ATTEMPTS, RETRY_INITIAL_BACKOFF, RETRY_MAX_BACKOFF
 from wiremesh.errors import InvalidPayload
 
-__all__ = ["INBOX_KEEP", "DeadLetter", "DeliveryPolicy", "Outcome", "Retry", "retry_delay"]
+__all__ = ["DeadLetter", "DeliveryPolicy", "Outcome", "Retry", "retry_delay"]
 
-#: seconds a handled message's id stays in a store's inbox by default (a week): a
-#: redelivery within it is dropped as a duplicate
-INBOX_KEEP = 7 * 86400.0
 #: a reason longer than this is cut (a dead letter keeps the start of the traceback text)
 MAX_REASON = 2000
 
@@ -66,9 +64,9 @@ class DeliveryPolicy:
     """Retries of failed handlers: ``attempts`` deliveries at most (>= 1), backoff from
     ``initial`` seconds doubling up to ``maximum``."""
 
-    attempts: int = 5
-    initial: float = 0.5
-    maximum: float = 30.0
+    attempts: int = ATTEMPTS
+    initial: float = RETRY_INITIAL_BACKOFF
+    maximum: float = RETRY_MAX_BACKOFF
 
     def __post_init__(self) -> None:
         if self.attempts < 1:

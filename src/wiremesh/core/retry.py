@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from wiremesh.core.defaults import RESTART_INITIAL_BACKOFF, RESTART_MAX_BACKOFF, RESTART_RESET_AFTER
 from wiremesh.errors import Status
 
 __all__ = ["Backoff", "should_retry"]
@@ -44,9 +45,9 @@ class Backoff:
     ``reset_after`` seconds is healthy again and its next failure starts from scratch.
     """
 
-    initial: float = 0.5
-    maximum: float = 30.0
-    reset_after: float = 30.0
+    initial: float = RESTART_INITIAL_BACKOFF
+    maximum: float = RESTART_MAX_BACKOFF
+    reset_after: float = RESTART_RESET_AFTER
     failures: int = 0
 
     def next_delay(self, ran_for: float, rng: random.Random | None = None) -> float:

@@ -8,7 +8,7 @@ own. Built in: ``GET /healthz``, ``GET /ws/...`` (what an upgrade would get, see
 :func:`wiremesh.gateway.websocket.check`), ``GET /_wiremesh/wiremesh.js`` (the JavaScript
 client), ``GET /metrics`` (Prometheus text), the mesh dashboard under ``/_mesh/`` (its
 data at ``/_mesh/state`` needs a token) and the static folder at ``/``. Every HTTP
-answer is counted in the gateway's meter.
+answer is counted in the gateway's meter; every error is a problem (:mod:`.problem`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,20 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from wiremesh.errors import PermissionDenied, Unauthenticated
+from wiremesh.errors import InternalError, NotFound, PermissionDenied, Unauthenticated
 from wiremesh.gateway.auth import check_access, find_token
-from wiremesh.gateway.websocket import Refusal, check, problem, serve_websocket
+from wiremesh.gateway.problem import (
+    CONTENT_TYPE,
+    GATEWAY_FAILED,
+    Problem,
+    method_not_allowed,
+    problem_for,
+    upgrade_required,
+)
+from wiremesh.gateway.settings import SocketServiceSettings
+from wiremesh.gateway.websocket import Refusal, check, refuse, serve_websocket
 from wiremesh.observability import tracing
 from wiremesh.observability.dashboard import DASHBOARD_ASSETS, asset
-from wiremesh.runtime.gateway_settings import SocketServiceSettings
 
 if TYPE_CHECKING:
     from wiremesh.gateway.server import Gateway
@@ -101,13 +109,18 @@ def json_response(status: int, value: Any, headers: Iterable[tuple[str, str]] = 
     )
 
 
-def problem_response(status: int, detail: str, headers: Iterable[tuple[str, str]] = ()) -> Response:
+def problem_response(problem: Problem, headers: Iterable[tuple[str, str]] = ()) -> Response:
+    """``problem`` as an answer (with its ``Retry-After`` and ``Allow``), and ``headers``."""
+    own = [(k.decode(), v.decode()) for k, v in problem.headers() if k != b"content-type"]
     return Response(
-        status,
-        problem(status, detail),
-        content_type="application/problem+json",
-        headers=headers,
+        problem.status, problem.encode(), content_type=CONTENT_TYPE, headers=[*own, *headers]
     )
+
+
+def not_found(request: Request, detail: str = "") -> Response:
+    """404: nothing at the request's path."""
+    error = NotFound(detail or "nothing at this path")
+    return problem_response(problem_for(error, request.path))
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -143,6 +156,14 @@ class Router:
                 known = True
         return None, known
 
+    def allowed(self, path: str) -> str:
+        """The methods ``path`` takes, for an ``Allow`` header (``GET`` brings ``HEAD``)."""
+        methods = {m for m, p in self._exact if p == path}
+        methods.update(m for m, prefix, _ in self._prefixes if path.startswith(prefix))
+        if "GET" in methods:
+            methods.add("HEAD")
+        return ", ".join(sorted(methods))
+
 
 class GatewayApp:
     """The ASGI application of one :class:`~wiremesh.gateway.server.Gateway`."""
@@ -169,19 +190,8 @@ class GatewayApp:
                 await serve_websocket(self.gateway, scope, receive, send)
                 return
             await receive()
-            await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": 404,
-                    "headers": [(b"content-type", b"application/problem+json")],
-                }
-            )
-            await send(
-                {
-                    "type": "websocket.http.response.body",
-                    "body": problem(404, "no WebSocket here: use /ws/<service>"),
-                }
-            )
+            error = NotFound("no WebSocket here: use /ws/<service> or /ws/<service>/<node>")
+            await refuse(send, scope, problem_for(error, scope["path"]))
             return
         if kind == "http":
             send = self._counted(send)
@@ -195,15 +205,20 @@ class GatewayApp:
                 return
             request = Request(scope, receive)
             handler, known = self.router.find(request.method, request.path)
-            if handler is None:
-                status = 405 if known else 404
-                response = problem_response(status, "method not allowed" if known else "not found")
+            if handler is None and known:
+                allowed = self.router.allowed(request.path)
+                response = problem_response(method_not_allowed(allowed, request.path))
+            elif handler is None:
+                response = not_found(request)
             else:
                 try:
                     response = await handler(request)
                 except Exception:
                     log.exception("HTTP handler for %s %s failed", request.method, request.path)
-                    response = problem_response(500, "internal error")
+                    problem = problem_for(
+                        InternalError(), request.path, internal_detail=GATEWAY_FAILED
+                    )
+                    response = problem_response(problem)
             await response(send, head=request.method == "HEAD")
             return
         if kind == "lifespan":
@@ -272,7 +287,7 @@ class GatewayApp:
             return await self._dashboard_state(request)
         content_type = DASHBOARD_ASSETS.get(name)
         if content_type is None:
-            return problem_response(404, "not found")
+            return not_found(request)
         return Response(
             200, asset(name), content_type=content_type, headers=(("cache-control", "no-cache"),)
         )
@@ -282,18 +297,16 @@ class GatewayApp:
         gateway = self.gateway
         settings = gateway.settings
         token = find_token(request.headers, (), b"", cookie=settings.cookie_token)
-        if token is None:
-            return problem_response(401, "no token: send 'Authorization: Bearer <JWT>'")
         try:
+            if token is None:
+                raise Unauthenticated("no token: send 'Authorization: Bearer <JWT>'")
             identity = gateway.verifier.verify(token)
             rules = settings.dashboard
             check_access(
                 identity.claims, SocketServiceSettings(scopes=rules.scopes, roles=rules.roles)
             )
-        except Unauthenticated as exc:
-            return problem_response(401, exc.message)
-        except PermissionDenied as exc:
-            return problem_response(403, exc.message)
+        except (Unauthenticated, PermissionDenied) as exc:
+            return problem_response(problem_for(exc, request.path))
         return json_response(
             200, await gateway.dashboard.document(), (("cache-control", "no-store"),)
         )
@@ -303,20 +316,19 @@ class GatewayApp:
 
     async def _probe(self, request: Request) -> Response:
         if not _is_socket_path(request.path):
-            return problem_response(404, "not found: use /ws/<service> or /ws/<service>/<node>")
+            return not_found(request, "use /ws/<service> or /ws/<service>/<node>")
         result = check(self.gateway, request.scope, count=False)
         if isinstance(result, Refusal):
-            return problem_response(result.status, result.detail, result.headers)
-        return problem_response(
-            426,
-            "upgrade required: this endpoint takes a WebSocket, which would be accepted",
-            (("upgrade", "websocket"),),
+            return problem_response(result.problem(request.path))
+        accepted = upgrade_required(
+            "this endpoint takes a WebSocket, which would be accepted", request.path
         )
+        return problem_response(accepted, (("upgrade", "websocket"),))
 
     async def _client_js(self, request: Request) -> Response:
         path = self.client_js
         if path is None or not path.is_file():
-            return problem_response(404, "the JavaScript client is not installed")
+            return not_found(request, "the JavaScript client is not installed")
         return Response(
             200,
             path.read_bytes(),
@@ -327,17 +339,17 @@ class GatewayApp:
     async def _static(self, request: Request) -> Response:
         root = self.static
         if root is None:
-            return problem_response(404, "not found")
+            return not_found(request)
         relative = request.path.lstrip("/")
         if any(part.startswith(".") for part in relative.split("/") if part):
-            return problem_response(404, "not found")
+            return not_found(request)
         target = (root / relative).resolve()
         if target != root and root not in target.parents:
-            return problem_response(404, "not found")
+            return not_found(request)
         if target.is_dir():
             target = target / "index.html"
         if not target.is_file():
-            return problem_response(404, "not found")
+            return not_found(request)
         content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if content_type.startswith("text/") or content_type in (
             "application/javascript",

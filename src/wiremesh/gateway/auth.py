@@ -30,7 +30,7 @@ from urllib.parse import parse_qs
 import jwt
 
 from wiremesh.errors import ConfigError, PermissionDenied, Unauthenticated
-from wiremesh.runtime.gateway_settings import AuthSettings, SocketServiceSettings
+from wiremesh.gateway.settings import AuthSettings, SocketServiceSettings
 from wiremesh.runtime.private import private_folder
 
 __all__ = [

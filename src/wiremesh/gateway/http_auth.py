@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 
 from wiremesh.errors import Unauthenticated
 from wiremesh.gateway.auth import Identity, TokenVerifier, check_access
-from wiremesh.runtime.gateway_settings import SocketServiceSettings
+from wiremesh.gateway.settings import SocketServiceSettings
 
 __all__ = ["BearerCheck"]
 

@@ -47,6 +47,7 @@ from urllib.parse import parse_qsl
 import grpc
 import pydantic_core
 
+from wiremesh.core.defaults import HTTP_BODY_TIMEOUT, MAX_MESSAGE_BYTES
 from wiremesh.core.drain import enter_work, leave_work
 from wiremesh.core.model import MeshSnapshot
 from wiremesh.errors import (
@@ -62,6 +63,7 @@ from wiremesh.gateway.docs_page import docs_page
 from wiremesh.gateway.http_auth import BearerCheck
 from wiremesh.gateway.openapi import DocumentSettings, openapi_document
 from wiremesh.gateway.problem import (
+    GATEWAY_FAILED,
     Problem,
     bad_request,
     method_not_allowed,
@@ -69,9 +71,9 @@ from wiremesh.gateway.problem import (
     request_timeout,
     unsupported_media_type,
 )
+from wiremesh.gateway.settings import GatewaySettings
 from wiremesh.gateway.stream import GATEWAY_NODES
 from wiremesh.registry.view import MeshView
-from wiremesh.runtime.gateway_settings import GatewaySettings
 from wiremesh.service import ServiceSpec
 from wiremesh.transport.client import Caller, channel_options
 from wiremesh.transport.links import Links
@@ -120,7 +122,7 @@ class HttpDoor:
         specs: Mapping[str, ServiceSpec] | None = None,
         services: Sequence[str] = (),
         document: DocumentSettings | None = None,
-        body_timeout: float = 10.0,
+        body_timeout: float = HTTP_BODY_TIMEOUT,
         write_timeout: float = 10.0,
         docs: bool = True,
         clock: Callable[[], float] = time.monotonic,
@@ -292,7 +294,8 @@ class HttpDoor:
             return
         except Exception as exc:  # a bug of the gateway's: the client still gets a problem
             log.exception("POST %s failed", path)
-            await send_problem(send, problem_for(InternalError(str(exc)), path))
+            error = InternalError(str(exc))
+            await send_problem(send, problem_for(error, path, internal_detail=GATEWAY_FAILED))
             return
         await self._send_json(send, 200, pydantic_core.to_json(result))
 
@@ -404,7 +407,7 @@ def gateway_door(
     specs: Mapping[str, ServiceSpec] | None = None,
     services: Sequence[str] = (),
     credentials: grpc.ChannelCredentials | None = None,
-    max_message_bytes: int = 4 * 1024 * 1024,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> HttpDoor:
     """The door of a gateway: its ``[gateway.http]`` limits, its token verifier and access
     rules, and a mesh caller of its own over ``view`` (calls travel on mesh links, as

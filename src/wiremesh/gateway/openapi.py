@@ -37,6 +37,7 @@ from typing import Any
 import pydantic
 from pydantic.json_schema import JsonSchemaMode
 
+from wiremesh.core.defaults import HTTP_MAX_TIMEOUT, HTTP_TIMEOUT
 from wiremesh.core.model import MeshSnapshot
 from wiremesh.errors import ConfigError
 from wiremesh.service import MethodSpec, ServiceSpec
@@ -83,9 +84,9 @@ class DocumentSettings:
     #: the gateway requires a bearer token on ``/rpc``
     auth: bool = True
     #: the largest ``Wiremesh-Timeout`` accepted, seconds
-    max_timeout: float = 60.0
+    max_timeout: float = HTTP_MAX_TIMEOUT
     #: the deadline when the header is absent, seconds
-    default_timeout: float = 10.0
+    default_timeout: float = HTTP_TIMEOUT
 
 
 def service_specs(

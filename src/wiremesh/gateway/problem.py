@@ -1,6 +1,8 @@
 """Errors as HTTP answers: ``application/problem+json`` bodies (RFC 9457).
 
-Every failed HTTP request the gateway answers carries one problem object::
+Every HTTP error the gateway answers is built here and carries one problem object of one
+shape: the HTTP door's (:mod:`.http_rpc`), the router's, the static files' and the
+dashboard's (:mod:`.app`), and refused WebSocket upgrades (:mod:`.websocket`)::
 
     {"type": "urn:wiremesh:problem:invalid_payload", "title": "Invalid payload",
      "status": 422, "detail": "qty: Input should be a valid integer",
@@ -8,10 +10,13 @@ Every failed HTTP request the gateway answers carries one problem object::
      "errors": [{"field": "qty", "message": "Input should be a valid integer"}]}
 
 The status of a wiremesh error is the HTTP column of :data:`wiremesh.errors.STATUS_TABLE`,
-the one table that also gives its gRPC code and WebSocket close code. A few answers are
-HTTP's own and have no wiremesh status: a body that is not JSON (400), a malformed header
-(400), a wrong HTTP method (405), a body that arrives too slowly (408) and a body declared
-as something else than JSON (415); their ``type`` is ``urn:wiremesh:problem:http-<status>``.
+the one table that also gives its gRPC code and WebSocket close code; an answer known
+only by its HTTP status (a refused upgrade) is the error of that row
+(:func:`problem_for_status`). A few answers are HTTP's own and have no wiremesh status: a
+body that is not JSON (400), a malformed header (400), a wrong HTTP method (405), a body
+that arrives too slowly (408), a body declared as something else than JSON (415) and a
+plain request for a WebSocket (426); their ``type`` is
+``urn:wiremesh:problem:http-<status>`` and their ``error`` ``http.HTTPStatus.<NAME>``.
 
 Members (RFC 9457 §3.1, then wiremesh's extensions, §3.2):
 
@@ -22,7 +27,8 @@ Members (RFC 9457 §3.1, then wiremesh's extensions, §3.2):
   raised unexpectedly stays in the node's log);
 - ``instance``: the request path;
 - ``error``: the wiremesh error type, ``module.QualName`` (``wiremesh.errors.NotFound``,
-  ``shop.errors.OutOfStock``);
+  ``shop.errors.OutOfStock``), or for HTTP's own answers the name of their status
+  (``http.HTTPStatus.METHOD_NOT_ALLOWED``);
 - ``errors``: for ``invalid_payload``, the failing fields, ``[{"field", "message"}]``;
 - ``details``: the error's own JSON-safe extras (a service error's, the services
   ``/readyz`` misses), when it has any;
@@ -38,7 +44,7 @@ from typing import Any
 
 import pydantic_core
 
-from wiremesh.errors import STATUS_TABLE, InternalError, Status, WiremeshError
+from wiremesh.errors import STATUS_TABLE, InternalError, Status, WiremeshError, error_class_for
 
 __all__ = [
     "CONTENT_TYPE",
@@ -46,8 +52,10 @@ __all__ = [
     "bad_request",
     "method_not_allowed",
     "problem_for",
+    "problem_for_status",
     "request_timeout",
     "unsupported_media_type",
+    "upgrade_required",
 ]
 
 CONTENT_TYPE = "application/problem+json"
@@ -70,6 +78,11 @@ TITLES: dict[Status, str] = {
 
 #: what an ``internal`` problem says, whatever the handler raised
 INTERNAL_DETAIL = "the method failed with an unexpected error; the node's log has the cause"
+#: what an ``internal`` problem says when the gateway itself failed
+GATEWAY_FAILED = "the gateway failed to answer; its log has the cause"
+
+#: the wiremesh status of each HTTP status of the status table (one each)
+_BY_HTTP_STATUS = {info.http_status: status for status, info in STATUS_TABLE.items()}
 
 
 @dataclass(frozen=True)
@@ -80,8 +93,9 @@ class Problem:
     type: str
     title: str
     detail: str
+    #: the wiremesh error type, or ``http.HTTPStatus.<NAME>`` for HTTP's own answers
+    error: str
     instance: str = ""
-    error: str | None = None
     errors: Sequence[dict[str, Any]] = ()
     details: dict[str, Any] = field(default_factory=dict)
     node: str | None = None
@@ -92,13 +106,15 @@ class Problem:
 
     def body(self) -> dict[str, Any]:
         """The problem object (RFC 9457 members first, then wiremesh's)."""
-        body: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status}
-        if self.detail:
-            body["detail"] = self.detail
+        body: dict[str, Any] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
         if self.instance:
             body["instance"] = self.instance
-        if self.error:
-            body["error"] = self.error
+        body["error"] = self.error
         if self.errors:
             body["errors"] = list(self.errors)
         if self.details:
@@ -125,9 +141,14 @@ class Problem:
 
 
 def problem_for(
-    error: WiremeshError, instance: str = "", *, retry_after: int | None = None
+    error: WiremeshError,
+    instance: str = "",
+    *,
+    retry_after: int | None = None,
+    internal_detail: str = INTERNAL_DETAIL,
 ) -> Problem:
-    """The problem answer for ``error``: its HTTP status from the status table."""
+    """The problem answer for ``error``: its HTTP status from the status table. An
+    ``internal`` one says ``internal_detail``, never what was raised."""
     status = error.status
     http_status = STATUS_TABLE[status].http_status
     if status is Status.INTERNAL:
@@ -136,9 +157,9 @@ def problem_for(
             http_status,
             TYPE_PREFIX + status.value,
             TITLES[status],
-            INTERNAL_DETAIL,
+            internal_detail,
+            f"wiremesh.errors.{InternalError.__name__}",
             instance,
-            error=f"wiremesh.errors.{InternalError.__name__}",
             node=error.node,
         )
     extras = dict(error.details)
@@ -154,8 +175,8 @@ def problem_for(
         TYPE_PREFIX + status.value,
         TITLES[status],
         error.message or type(error).__name__,
+        error.type_name,
         instance,
-        error=error.type_name,
         errors=errors,
         details=extras,
         node=error.node,
@@ -163,9 +184,28 @@ def problem_for(
     )
 
 
+def problem_for_status(
+    status: int, detail: str, instance: str = "", *, retry_after: int | None = None
+) -> Problem:
+    """The problem answer of an HTTP ``status`` the gateway chose itself (a refused
+    upgrade): the error of the status table's row with that HTTP status, else one of
+    HTTP's own answers."""
+    wiremesh_status = _BY_HTTP_STATUS.get(status)
+    if wiremesh_status is None:
+        problem = _http_problem(HTTPStatus(status), detail, instance)
+        return replace(problem, retry_after=retry_after)
+    error = error_class_for(None, wiremesh_status)(detail)
+    return problem_for(error, instance, retry_after=retry_after)
+
+
 def _http_problem(status: HTTPStatus, detail: str, instance: str) -> Problem:
     return Problem(
-        status.value, f"{TYPE_PREFIX}http-{status.value}", status.phrase, detail, instance
+        status.value,
+        f"{TYPE_PREFIX}http-{status.value}",
+        status.phrase,
+        detail,
+        f"http.HTTPStatus.{status.name}",
+        instance,
     )
 
 
@@ -185,6 +225,11 @@ def unsupported_media_type(instance: str = "") -> Problem:
     return _http_problem(
         HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the payload as application/json", instance
     )
+
+
+def upgrade_required(detail: str, instance: str = "") -> Problem:
+    """426: a plain request where a WebSocket upgrade is expected."""
+    return _http_problem(HTTPStatus.UPGRADE_REQUIRED, detail, instance)
 
 
 def request_timeout(seconds: float, instance: str = "") -> Problem:

@@ -41,7 +41,8 @@ from wiremesh.observability import tracing
 from wiremesh.observability.logs import configure_logging
 from wiremesh.runtime import heap
 from wiremesh.runtime.advertise import with_host
-from wiremesh.runtime.config import MeshConfig
+from wiremesh.runtime.settings import MeshConfig
+from wiremesh.transport import grpc_core
 from wiremesh.transport.tls import TlsFiles
 
 __all__ = [
@@ -157,7 +158,7 @@ class DeadLetterCount:
         if now - self._at < self.every:
             return self._count
         if self._broker is None:
-            from wiremesh.messaging.base import open_broker
+            from wiremesh.messaging.backends import open_broker
 
             broker = self.config.broker
             self._broker = open_broker(
@@ -263,6 +264,9 @@ async def _watch_supervisor(pid: int, stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # grpc read GRPC_EXPERIMENTS as this module imported it; started by `wiremesh run`,
+    # the process inherited it, else it starts again with it (see grpc_core)
+    grpc_core.prefer_loop_io(restart=argv is None)
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(
         level=os.environ.get("WIREMESH_LOG_LEVEL", "INFO").upper(),

@@ -37,6 +37,8 @@ from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 
+from wiremesh.gateway.codes import CloseCode
+
 __all__ = ["EXTENSION", "HttpProtocol", "SocketProtocol", "protocol_classes"]
 
 log = logging.getLogger("wiremesh.gateway")
@@ -107,8 +109,9 @@ class HttpProtocol(H11Protocol):
 
 class _Inbox:
     """What uvicorn's protocol uses of an ``asyncio.Queue`` (``put_nowait``, ``get``,
-    ``empty``) for a queue that holds a message or two: a list and one waiter, a few
-    hundred bytes less per connection than the three deques of a Queue."""
+    ``empty``) for a queue that holds a message or two: a list and one waiter, where a
+    Queue holds three deques (the memory a connection takes in all is what
+    ``benchmarks/connections.py`` measures)."""
 
     __slots__ = ("_items", "_waiter")
 
@@ -258,7 +261,7 @@ class SocketProtocol(WebSocketsSansIOProtocol):
                 try:
                     text = bytes(data).decode()
                 except UnicodeDecodeError:  # websockets checks first: not expected
-                    self.conn.send_close(1007)
+                    self.conn.send_close(CloseCode.INVALID_DATA)
                     self.handle_parser_exception()
                     return
                 receiver(text)
@@ -268,7 +271,7 @@ class SocketProtocol(WebSocketsSansIOProtocol):
             # a failure of the gateway's own: the browser gets a close frame (1011), not
             # a reset connection, and the rest of its messages are not read
             log.exception("a browser's message could not be handled; closing with 1011")
-            self.close_now(1011, "internal error")
+            self.close_now(CloseCode.INTERNAL_ERROR, "internal error")
 
     def hold(self) -> None:
         """Stop reading from the browser (its messages wait in the kernel)."""
@@ -366,8 +369,8 @@ class SocketProtocol(WebSocketsSansIOProtocol):
         """No pong in time: the connection is dead; close it (1011) and abort."""
         if not self.open:
             return
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1011})
-        self.conn.fail(1011, "keepalive ping timeout")
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": CloseCode.INTERNAL_ERROR})
+        self.conn.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         self.transport.abort()
@@ -375,7 +378,7 @@ class SocketProtocol(WebSocketsSansIOProtocol):
     def shutdown(self) -> None:
         """The server stops: a connection the gateway did not close yet gets 1001."""
         if self.handshake_complete and not self.close_sent and not self.disconnected:
-            self.close_now(1001, "the gateway is going away")
+            self.close_now(CloseCode.GOING_AWAY, "the gateway is going away")
             self.transport.close()
             return
         super().shutdown()

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import secrets
 import socket
 import ssl
@@ -31,6 +32,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
+from wiremesh.core.defaults import HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, TTL
 from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.errors import ConfigError
 from wiremesh.gateway.app import GatewayApp
@@ -48,6 +50,7 @@ from wiremesh.gateway.listener import Listener
 from wiremesh.gateway.meter import GatewayMeter
 from wiremesh.gateway.node_side import SOCKET_KEY
 from wiremesh.gateway.protocols import Handshakes, SocketProtocol, protocol_classes
+from wiremesh.gateway.settings import GatewaySettings, is_loopback
 from wiremesh.gateway.stream import CLOSE, DATA, GATEWAY_NODES, PUSH, FrameStream
 from wiremesh.gateway.streams import NodeStreams
 from wiremesh.gateway.table import SessionTable
@@ -56,7 +59,6 @@ from wiremesh.observability.dashboard import MeshState
 from wiremesh.registry.backends import open_registry
 from wiremesh.registry.view import MeshView
 from wiremesh.runtime.advertise import WILDCARDS, advertised_host
-from wiremesh.runtime.gateway_settings import GatewaySettings, is_loopback
 from wiremesh.service import ServiceSpec
 from wiremesh.transport.client import channel_options
 from wiremesh.transport.tls import TlsFiles
@@ -67,6 +69,8 @@ log = logging.getLogger("wiremesh.gateway")
 
 #: seconds between two runs of the shared timer
 SWEEP_INTERVAL = 1.0
+#: a session's number in its id (``<gateway id>.<number>``)
+_SESSION_NUMBER = re.compile(r"[0-9]{1,20}")
 _SENDABLE = frozenset({1000, 1001, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
@@ -104,11 +108,11 @@ class Gateway:
         data_dir: Path | None = None,
         mesh_tls: TlsFiles | None = None,
         tls: tuple[Path, Path] | None = None,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         gateway_id: str | None = None,
         client_js: Path | None = None,
-        heartbeat_interval: float = 0.5,
-        ttl: float = 1.5,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        ttl: float = TTL,
         advertise: str | None = None,
         specs: Mapping[str, ServiceSpec] | None = None,
         services: Sequence[str] = (),
@@ -450,7 +454,9 @@ class Gateway:
         data = _payload(frame)
         if frame.session_id:
             gateway, _, number = frame.session_id.rpartition(".")
-            if gateway != self.gateway_id or not number.isdigit():
+            # ASCII digits only, and not too many of them: str.isdigit() takes '²', and
+            # int() refuses 4,300 digits; either would end the node's whole stream
+            if gateway != self.gateway_id or _SESSION_NUMBER.fullmatch(number) is None:
                 return
             connection = self.table.get(int(number))
             if connection is not None:

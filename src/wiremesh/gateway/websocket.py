@@ -4,7 +4,8 @@
 before the WebSocket opens: too many connections from the address (429), an Origin not
 allowed (403), no or bad token (401), no such service or node (404), access rules not met
 (403), no live node (503), too many connections of the principal (429). A plain ``GET``
-on the same path gets the same answer, or 426 when the upgrade would be accepted.
+on the same path gets the same answer, or 426 when the upgrade would be accepted. Each
+answer is a problem body (:mod:`.problem`): :meth:`Refusal.problem`.
 
 :func:`serve_websocket` is the ASGI handler: it accepts, pins the session to its node and
 then reads the browser's messages until the connection ends. Messages go to the node's
@@ -14,11 +15,9 @@ stream as they come (coalesced by the stream), text messages are the control cha
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from wiremesh.core.bucket import TokenBucket
@@ -32,16 +31,17 @@ from wiremesh.gateway.auth import (
     find_token,
     origin_allowed,
 )
-from wiremesh.gateway.codes import POLICY_VIOLATION
+from wiremesh.gateway.codes import CloseCode
 from wiremesh.gateway.connection import Connection
 from wiremesh.gateway.node_side import SOCKET_KEY
+from wiremesh.gateway.problem import Problem, problem_for_status
 from wiremesh.gateway.protocols import EXTENSION
 from wiremesh.gateway.stream import CLOSE, OPEN, Frame
 
 if TYPE_CHECKING:
     from wiremesh.gateway.server import Gateway
 
-__all__ = ["Refusal", "Ticket", "check", "problem", "serve_websocket"]
+__all__ = ["Refusal", "Ticket", "check", "refuse", "serve_websocket"]
 
 log = logging.getLogger("wiremesh.gateway")
 
@@ -51,11 +51,22 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Refusal:
-    """An upgrade refused before the WebSocket opens."""
+    """An upgrade refused before the WebSocket opens: its HTTP status, what to say, and
+    its ``Retry-After`` header if any (the one header a refusal carries)."""
 
     status: int
     detail: str
     headers: tuple[tuple[str, str], ...] = ()
+
+    def problem(self, instance: str) -> Problem:
+        """The answer: a problem of :attr:`status` (with its ``Retry-After``)."""
+        retry_after = next((v for k, v in self.headers if k.lower() == "retry-after"), None)
+        return problem_for_status(
+            self.status,
+            self.detail,
+            instance,
+            retry_after=None if retry_after is None else int(retry_after),
+        )
 
 
 @dataclass
@@ -149,26 +160,16 @@ def check(gateway: Gateway, scope: Mapping[str, Any], *, count: bool) -> Ticket 
     )
 
 
-def problem(status: int, detail: str) -> bytes:
-    """An ``application/problem+json`` body (RFC 9457)."""
-    title = HTTPStatus(status).phrase
-    return json.dumps(
-        {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    ).encode()
-
-
-async def refuse(send: Send, scope: Mapping[str, Any], refusal: Refusal) -> None:
+async def refuse(send: Send, scope: Mapping[str, Any], problem: Problem) -> None:
+    """Answer an upgrade with ``problem``, before the WebSocket opens; a server without
+    ASGI's ``websocket.http.response`` extension can only close (its own 403)."""
     if "websocket.http.response" not in (scope.get("extensions") or {}):
-        await send({"type": "websocket.close", "code": POLICY_VIOLATION})
+        await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
         return
-    body = problem(refusal.status, refusal.detail)
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode()),
-        *((k.encode(), v.encode()) for k, v in refusal.headers),
-    ]
+    body = problem.encode()
+    headers = [*problem.headers(), (b"content-length", str(len(body)).encode())]
     await send(
-        {"type": "websocket.http.response.start", "status": refusal.status, "headers": headers}
+        {"type": "websocket.http.response.start", "status": problem.status, "headers": headers}
     )
     await send({"type": "websocket.http.response.body", "body": body})
 
@@ -190,7 +191,7 @@ async def serve_websocket(
             ticket.detail,
         )
         gateway.meter.refused[ticket.status] += 1
-        await refuse(send, scope, ticket)
+        await refuse(send, scope, ticket.problem(scope["path"]))
         return
     identity = ticket.identity
     table = gateway.table
@@ -199,7 +200,7 @@ async def serve_websocket(
         table.release(identity.principal, ticket.ip)
         refusal = Refusal(503, "the node is not reachable", (("retry-after", "1"),))
         gateway.meter.refused[503] += 1
-        await refuse(send, scope, refusal)
+        await refuse(send, scope, refusal.problem(scope["path"]))
         return
     limits = gateway.settings.limits
     socket = (scope.get("extensions") or {}).get(EXTENSION)
@@ -234,7 +235,8 @@ async def serve_websocket(
             remote=ticket.ip,
         )
     )
-    code, reason = 1006, ""
+    code: int = CloseCode.ABNORMAL
+    reason = ""
     try:
         if socket is not None:
             socket.receiver = connection.on_message
@@ -263,7 +265,7 @@ async def _read(connection: Connection, receive: Receive) -> tuple[int, str]:
     while True:
         message = await receive()
         if message["type"] != "websocket.receive":
-            return int(message.get("code") or 1005), str(message.get("reason") or "")
+            return int(message.get("code") or CloseCode.NO_STATUS), str(message.get("reason") or "")
         data = message.get("bytes")
         connection.on_message(data if data is not None else message.get("text") or "")
         if stream.full:

@@ -6,7 +6,8 @@ the handlers bound to them (:meth:`Broker.consume`) and keeps each one until the
 says :meth:`Received.ack`, :meth:`Received.retry` or :meth:`Received.dead`. Every decision
 (decode, validate, run the handler, retry or dead-letter, drop a duplicate) is the core's
 (:mod:`wiremesh.messaging.consumer`, :mod:`wiremesh.core.delivery`); a backend only carries
-it out.
+it out. This module imports no backend: :mod:`wiremesh.messaging.backends` opens the one
+an address names.
 """
 
 from __future__ import annotations
@@ -15,13 +16,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
-
-from wiremesh.errors import ConfigError
-
-if TYPE_CHECKING:
-    from wiremesh.transport.tls import TlsFiles
+from typing import Literal, Protocol
 
 __all__ = [
     "HEADER_SENDER",
@@ -36,7 +31,6 @@ __all__ = [
     "Received",
     "Subscription",
     "new_message_id",
-    "open_broker",
 ]
 
 Kind = Literal["event", "command"]
@@ -174,30 +168,3 @@ class Broker(Protocol):
 
     async def purge(self, message_ids: Sequence[str] | None = None) -> int:
         """Delete dead letters; ``None`` = all. Returns how many."""
-
-
-def open_broker(
-    url: str,
-    *,
-    data_dir: Path,
-    mesh: str,
-    tls: TlsFiles | None = None,
-    quorum_queues: bool = False,
-) -> Broker:
-    """The backend for ``url``: ``embedded://host:port`` (the embedded broker the
-    supervisor hosts), ``embedded`` (the one of the mesh running in ``data_dir``,
-    found through its ``mesh.json``) or ``amqp://…`` / ``amqps://…`` (RabbitMQ). ``tls``:
-    the mesh's client certificates, for the embedded broker of a mesh with TLS on;
-    ``quorum_queues``: RabbitMQ quorum queues (``[broker] quorum_queues``)."""
-    if url.startswith(("amqp://", "amqps://")):
-        from wiremesh.messaging.amqp import AmqpBroker
-
-        broker: Broker = AmqpBroker(url, mesh=mesh, quorum_queues=quorum_queues)
-        return broker
-    if url == "embedded" or url.startswith("embedded://"):
-        from wiremesh.messaging.embedded import EmbeddedBroker
-
-        return EmbeddedBroker.from_url(url, data_dir=data_dir, tls=tls)
-    raise ConfigError(
-        f"broker url {url!r}: expected 'embedded' or an 'amqp://user:password@host:port/' url"
-    )

@@ -32,6 +32,7 @@ from typing import Any
 
 import grpc
 
+from wiremesh.core.defaults import HOST, MAX_MESSAGE_BYTES
 from wiremesh.core.topics import matching
 from wiremesh.errors import Unavailable
 from wiremesh.messaging.base import DeadLetter, Kind
@@ -118,10 +119,10 @@ class BrokerServer:
         self,
         path: Path,
         *,
-        host: str = "127.0.0.1",
+        host: str = HOST,
         port: int = 0,
         credentials: grpc.ServerCredentials | None = None,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.path = path
         self.host = host

@@ -22,9 +22,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from wiremesh.context import Context, MeshCaller, _current
+from wiremesh.context import Context, MeshCaller
 from wiremesh.core.codec import CodecName, decode
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.defaults import HANDLER_TIMEOUT
 from wiremesh.core.delivery import DeadLetter, DeliveryPolicy, Retry
 from wiremesh.errors import InvalidPayload, WiremeshError
 from wiremesh.messaging.base import HEADER_SENDER, Binding, Broker, Received, Subscription
@@ -107,7 +108,7 @@ class MessageHandler:
         *,
         store: Store | None = None,
         policy: DeliveryPolicy | None = None,
-        timeout: float = 60.0,
+        timeout: float = HANDLER_TIMEOUT,
     ) -> None:
         self.spec = spec
         self.service_name = service_name
@@ -152,7 +153,7 @@ class MessageHandler:
             caller=envelope.headers.get(HEADER_SENDER),
             message=envelope,
         )
-        token = _current.set(ctx)
+        token = ctx.activate()
         mark = inbox_mark.set(InboxMark(self.service_name, handler, envelope.id))
         span = (
             tracing.server_span(
@@ -195,7 +196,7 @@ class MessageHandler:
                 span.set("wiremesh.attempt", envelope.attempt)
                 span.end(status)
             inbox_mark.reset(mark)
-            _current.reset(token)
+            Context.deactivate(token)
 
     async def _failed(self, received: Received, exc: Exception) -> None:
         envelope = received.envelope

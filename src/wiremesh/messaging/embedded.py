@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from wiremesh.core.defaults import MAX_MESSAGE_BYTES
 from wiremesh.errors import BrokerUnavailable, ConfigError, PayloadTooLarge
 from wiremesh.messaging.base import Binding, DeadLetter, Envelope, Received
 from wiremesh.messaging.broker_server import SERVICE, envelope_from_proto
@@ -51,7 +52,7 @@ class EmbeddedBroker:
         address: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.address = address
         limit = max_message_bytes + 64 * 1024

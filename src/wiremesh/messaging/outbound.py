@@ -16,6 +16,7 @@ from typing import Any
 
 from wiremesh.core.codec import CodecName, encode
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.defaults import PUBLISH_TIMEOUT
 from wiremesh.core.topics import check_topic
 from wiremesh.errors import InvalidPayload
 from wiremesh.messaging.base import (
@@ -77,7 +78,9 @@ def make_envelope(
 class Outbound:
     """Emits events and sends commands through ``broker``, as ``sender``."""
 
-    def __init__(self, broker: Broker, *, sender: str, default_timeout: float = 10.0) -> None:
+    def __init__(
+        self, broker: Broker, *, sender: str, default_timeout: float = PUBLISH_TIMEOUT
+    ) -> None:
         self.broker = broker
         self.sender = sender
         self.default_timeout = default_timeout

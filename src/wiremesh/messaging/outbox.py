@@ -44,6 +44,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from wiremesh.core.defaults import PUBLISH_TIMEOUT
 from wiremesh.core.delivery import retry_delay
 from wiremesh.errors import WiremeshError
 from wiremesh.messaging.base import Broker, Envelope, Kind
@@ -80,7 +81,7 @@ class Relay:
         store: Store,
         broker: Broker,
         *,
-        timeout: float = 10.0,
+        timeout: float = PUBLISH_TIMEOUT,
         sweep_every: float = SWEEP_EVERY,
         sweep_age: float = SWEEP_AGE,
         page: int = PAGE,

@@ -52,6 +52,7 @@ from wiremesh.core.codec import CodecName
 from wiremesh.errors import ConfigError
 from wiremesh.messaging.base import Envelope, Kind
 from wiremesh.messaging.outbound import make_envelope
+from wiremesh.runtime.private import private_folder, private_sqlite
 
 __all__ = [
     "MAX_OVERFLOW",
@@ -190,6 +191,8 @@ class Store:
     ) -> None:
         self.url = url or f"sqlite+aiosqlite:///{path}"
         self.path = path
+        #: the store is the SQLite file ``path`` in the node's data folder (no url given)
+        self._own_file = not url
         self.service = service
         self.sender = sender or service
         self.pool_size = POOL_SIZE if pool_size is None else pool_size
@@ -232,7 +235,11 @@ class Store:
     def _make_engine(self) -> AsyncEngine:
         try:
             if self.is_sqlite:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # the file in the data folder is private, its -wal and -shm files too
+                if self._own_file:
+                    private_sqlite(self.path)
+                else:
+                    private_folder(self.path.parent)
                 engine = create_async_engine(self.url, connect_args={"timeout": 30})
                 _serialise_sqlite_writers(engine)
                 return engine

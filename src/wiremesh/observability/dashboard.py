@@ -1,10 +1,11 @@
 """The mesh dashboard's data: one JSON document of what the mesh is and does now.
 
 The gateway serves the page (``static/dashboard.html``, no build step, no asset from the
-internet) at ``/_mesh/`` and this document at ``/_mesh/state``, both behind its
-authentication. The page asks for the document every second and draws it: services and
-their nodes, the mesh links between nodes as a graph, live rates, latency percentiles and
-errors per node, open sessions and dead letters.
+internet) at ``/_mesh/`` and this document at ``/_mesh/state``, to a token its
+``[gateway.dashboard]`` scopes and roles accept (else a 401 or 403 problem, as every
+HTTP error of the gateway). The page asks for the document every second and draws it:
+services and their nodes, the mesh links between nodes as a graph, live rates, latency
+percentiles and errors per node, open sessions and dead letters.
 
 :class:`MeshState` reads the nodes from a live :class:`~wiremesh.registry.MeshView` and
 their figures from each node's ``/metrics`` (the same reading as ``wiremesh top``); the

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from wiremesh.core.defaults import HOST
+
 __all__ = [
     "METRICS_CONNECTIONS",
     "METRICS_HEAD_LIMIT",
@@ -143,7 +145,7 @@ class MetricsEndpoint:
     def __init__(
         self,
         registry: CollectorRegistry,
-        host: str = "127.0.0.1",
+        host: str = HOST,
         port: int = 0,
         *,
         timeout: float = METRICS_TIMEOUT,

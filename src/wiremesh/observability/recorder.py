@@ -1,9 +1,11 @@
 """Recording wiremesh's own spans cheaply, for OpenTelemetry's SDK to export.
 
-A span opened by the OpenTelemetry SDK costs 15-20 µs of Python on this path (a sampler
-call, a span object with locked attributes, a snapshot at its end); a wiremesh call
-costs about 30 µs in all. So wiremesh records its spans itself: ids from a seeded
-generator, clocks in nanoseconds, a plain tuple appended to a bounded queue at the end.
+A span opened by the OpenTelemetry SDK is, on every call, a sampler call, a span object
+with locked attributes and a snapshot at its end, all on the caller's path. So wiremesh
+records its spans itself: ids from a seeded generator, clocks in nanoseconds, a plain
+tuple appended to a bounded queue at the end (what that costs a call is
+``tracing_on_overhead`` in ``benchmarks/rpc.py``: throughput with tracing on in both
+processes, against off, in the same run).
 A background thread turns the records into the SDK's ``ReadableSpan`` and hands them on
 in batches: straight to the exporter of a ``BatchSpanProcessor`` or
 ``SimpleSpanProcessor`` (this thread already batches, so theirs would only add a second
@@ -165,10 +167,11 @@ _Make = Callable[[str, int, tuple[int, int, int, bool, int], int, int, dict[str,
 def _span_maker(resource: Any, scope: Any) -> _Make:
     """A function that makes the SDK's ``ReadableSpan`` of one record.
 
-    The constructor takes 2 µs a span, as much as all the rest of recording it; so a span
-    is made as the constructor would make it, from a copy of the attributes of one it
-    made, with its ``SpanContext`` tuples built directly. A first span made both ways must
-    come out equal, else (another SDK version) the constructor is used.
+    Rather than through the constructors (``SpanContext`` checks its ids as it is made,
+    and every id here is one wiremesh made valid), a span is made as the constructor
+    would make it, from a copy of the attributes of one it made, with its
+    ``SpanContext`` tuples built directly. A first span made both ways must come out
+    equal, else (another SDK version) the constructor is used.
     """
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags

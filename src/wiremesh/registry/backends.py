@@ -4,6 +4,7 @@ machines (:mod:`wiremesh.registry.redis`)."""
 
 from __future__ import annotations
 
+from wiremesh.core.defaults import HEARTBEAT_INTERVAL, TTL
 from wiremesh.registry.base import Registry
 from wiremesh.transport.tls import TlsFiles
 
@@ -15,11 +16,14 @@ def open_registry(
     *,
     mesh: str = "",
     tls: TlsFiles | None = None,
-    heartbeat_interval: float = 0.5,
-    ttl: float = 1.5,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    ttl: float = TTL,
+    join_secret: str | None = None,
 ) -> Registry:
     """The registry at ``address``; ``mesh`` names the mesh's keys in Redis (a Redis URL
-    may name it in its fragment instead: ``redis://host/0#shop``)."""
+    may name it in its fragment instead: ``redis://host/0#shop``). ``join_secret``: what
+    admits a node to an embedded registry (Redis admits whoever may write to it: its
+    AUTH, ACLs and TLS are a Redis mesh's admission)."""
     if address.startswith(("redis://", "rediss://")):
         from wiremesh.registry.redis import RedisRegistry
 
@@ -32,4 +36,5 @@ def open_registry(
         address,
         credentials=tls.channel_credentials() if tls else None,
         heartbeat_interval=heartbeat_interval,
+        join_secret=join_secret,
     )

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from wiremesh.core.carryover import Carryover
+from wiremesh.core.defaults import START_TIMEOUT
 from wiremesh.core.model import EMPTY, MeshSnapshot
 from wiremesh.registry.base import Registry
 
@@ -58,7 +59,7 @@ class MeshView:
         """Call ``listener(old, new)`` after every change."""
         self._listeners.append(listener)
 
-    async def start(self, timeout: float = 10.0) -> None:
+    async def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start watching; returns once the first snapshot has arrived."""
         self._task = asyncio.create_task(self._watch(), name="wiremesh-mesh-view")
         try:

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from wiremesh.core import defaults
 from wiremesh.core.balancing import BalancerName
-from wiremesh.core.delivery import INBOX_KEEP, DeliveryPolicy
+from wiremesh.core.delivery import DeliveryPolicy
 from wiremesh.core.drain import DONE, DRAIN_KEY, DRAINS_WITH_KEY, WORKING, Drain, began_at
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.core.names import check_group
@@ -111,18 +112,18 @@ class Node:
         *,
         registry_address: str,
         join_secret: str | None = None,
-        mesh: str = "wiremesh",
+        mesh: str = defaults.MESH_NAME,
         node_id: str | None = None,
-        host: str = "127.0.0.1",
+        host: str = defaults.HOST,
         advertise: str | None = None,
         port: int = 0,
         data_dir: Path | None = None,
-        default_timeout: float = 10.0,
-        drain_grace: float = 10.0,
-        max_message_bytes: int = 4 * 1024 * 1024,
-        heartbeat_interval: float = 0.5,
-        ttl: float = 1.5,
-        balancer: BalancerName = "round_robin",
+        default_timeout: float = defaults.CALL_TIMEOUT,
+        drain_grace: float = defaults.DRAIN_GRACE,
+        max_message_bytes: int = defaults.MAX_MESSAGE_BYTES,
+        heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
+        ttl: float = defaults.TTL,
+        balancer: BalancerName = defaults.BALANCER,
         balancers: Mapping[str, BalancerName] | None = None,
         tls: TlsFiles | None = None,
         metadata: Mapping[str, str] | None = None,
@@ -136,10 +137,10 @@ class Node:
         pool_size: int | None = None,
         max_overflow: int | None = None,
         delivery: DeliveryPolicy | None = None,
-        prefetch: int = 32,
-        handler_timeout: float = 60.0,
+        prefetch: int = defaults.PREFETCH,
+        handler_timeout: float = defaults.HANDLER_TIMEOUT,
         publish_timeout: float | None = None,
-        inbox_keep: float = INBOX_KEEP,
+        inbox_keep: float = defaults.INBOX_KEEP,
         drains_with: str | None = None,
     ) -> None:
         instance = service if isinstance(service, Service) else service()

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from wiremesh.errors import ConfigError
-from wiremesh.runtime.config import MeshConfig
+from wiremesh.runtime.settings import MeshConfig
 
 __all__ = ["Placement", "parse_replicas", "parse_services", "place"]
 

@@ -28,18 +28,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wiremesh.core import defaults
 from wiremesh.core.balancing import BalancerName
-from wiremesh.core.delivery import INBOX_KEEP, DeliveryPolicy
+from wiremesh.core.delivery import DeliveryPolicy
 from wiremesh.core.drain import drains_with
 from wiremesh.errors import ConfigError, WiremeshError
-from wiremesh.messaging.base import open_broker
+from wiremesh.messaging.backends import open_broker
 from wiremesh.observability import tracing
 from wiremesh.observability.logs import configure_logging
 from wiremesh.observability.tracing import configure as configure_tracing
 from wiremesh.runtime import heap
-from wiremesh.runtime.config import ObservabilitySettings
 from wiremesh.runtime.node import ANNOUNCE_WAIT, Node
+from wiremesh.runtime.settings import ObservabilitySettings
 from wiremesh.runtime.targets import load_service_class
+from wiremesh.transport import grpc_core
 from wiremesh.transport.tls import TlsFiles
 
 __all__ = ["EXIT_CONFIG", "NodeLaunch", "main"]
@@ -58,15 +60,15 @@ class NodeLaunch:
     node_id: str
     registry: str
     data_dir: str
-    host: str = "127.0.0.1"
+    host: str = defaults.HOST
     #: the host other hosts reach this node at (None: see wiremesh.runtime.advertise)
     advertise: str | None = None
-    default_timeout: float = 10.0
-    drain_grace: float = 10.0
-    max_message_bytes: int = 4 * 1024 * 1024
-    heartbeat_interval: float = 0.5
-    ttl: float = 1.5
-    balancer: BalancerName = "round_robin"
+    default_timeout: float = defaults.CALL_TIMEOUT
+    drain_grace: float = defaults.DRAIN_GRACE
+    max_message_bytes: int = defaults.MAX_MESSAGE_BYTES
+    heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
+    ttl: float = defaults.TTL
+    balancer: BalancerName = defaults.BALANCER
     balancers: dict[str, BalancerName] = field(default_factory=dict)
     python_path: list[str] = field(default_factory=list)
     tls: list[str] | None = None  # ca, cert, key
@@ -74,7 +76,7 @@ class NodeLaunch:
     supervisor_pid: int = 0
     #: the ``[observability]`` settings (:class:`ObservabilitySettings` as a dict)
     observability: dict[str, Any] = field(default_factory=dict)
-    mesh: str = "wiremesh"
+    mesh: str = defaults.MESH_NAME
     #: the mesh's join secret, sent to the embedded registry on the lease (None: none is
     #: asked, as with TLS on or a Redis registry)
     join_secret: str | None = None
@@ -85,13 +87,13 @@ class NodeLaunch:
     #: the store's connection pool (PostgreSQL); None: the store's defaults
     pool_size: int | None = None
     max_overflow: int | None = None
-    prefetch: int = 32
-    attempts: int = 5
-    initial_backoff: float = 0.5
-    max_backoff: float = 30.0
-    handler_timeout: float = 60.0
-    inbox_keep: float = INBOX_KEEP
-    publish_timeout: float = 10.0
+    prefetch: int = defaults.PREFETCH
+    attempts: int = defaults.ATTEMPTS
+    initial_backoff: float = defaults.RETRY_INITIAL_BACKOFF
+    max_backoff: float = defaults.RETRY_MAX_BACKOFF
+    handler_timeout: float = defaults.HANDLER_TIMEOUT
+    inbox_keep: float = defaults.INBOX_KEEP
+    publish_timeout: float = defaults.PUBLISH_TIMEOUT
     quorum_queues: bool = False
     #: how many times the supervisor restarted this node's slot before this start (0: its
     #: first start); a start that fails logs its traceback only the first time
@@ -219,6 +221,9 @@ async def _watch_supervisor(pid: int, stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # grpc read GRPC_EXPERIMENTS as this module imported it; started by `wiremesh run`,
+    # the process inherited it, else it starts again with it (see grpc_core)
+    grpc_core.prefer_loop_io(restart=argv is None)
     args = sys.argv[1:] if argv is None else argv
     configure_logging()
     if len(args) != 1:

@@ -49,18 +49,18 @@ from wiremesh.errors import ConfigError, Unavailable
 from wiremesh.gateway.auth import dev_secret, mint_token
 from wiremesh.gateway.process import GatewayLaunch
 from wiremesh.gateway.server import new_gateway_id
+from wiremesh.gateway.settings import is_loopback
 from wiremesh.gateway.stream import GATEWAY_URL_KEY
 from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.registry.backends import open_registry
 from wiremesh.registry.embedded import RegistryServer, new_join_secret
 from wiremesh.registry.view import MeshView
-from wiremesh.runtime.config import MeshConfig
-from wiremesh.runtime.gateway_settings import is_loopback
 from wiremesh.runtime.meshfile import MESH_FILE, MeshFile
 from wiremesh.runtime.node import new_node_id
 from wiremesh.runtime.placement import Placement, place
 from wiremesh.runtime.private import private_folder
 from wiremesh.runtime.process import EXIT_CONFIG, NodeLaunch
+from wiremesh.runtime.settings import MeshConfig
 from wiremesh.runtime.targets import load_service_class
 from wiremesh.service import ServiceSpec
 from wiremesh.transport.tls import TlsFiles

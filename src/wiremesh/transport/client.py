@@ -54,6 +54,7 @@ from wiremesh.registry.view import MeshView
 from wiremesh.transport.grpc_core import KEEPALIVE, OWN_SUBCHANNELS
 from wiremesh.transport.link import CALL, ERROR, error_of
 from wiremesh.transport.links import Links
+from wiremesh.transport.multicast import multicast
 from wiremesh.transport.wire import (
     CALLER_KEY,
     CODEC_KEY,
@@ -121,7 +122,12 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
 
 
 class Caller:
-    """Calls methods of the services in one mesh."""
+    """Calls methods of the services in one mesh.
+
+    Besides :meth:`call`, :meth:`multicast` and :meth:`publish`, it offers what a multicast
+    sends with (:class:`~wiremesh.transport.multicast.MulticastCaller`): its balancers,
+    its unary stubs, its wire metadata and its decoding of replies.
+    """
 
     def __init__(
         self,
@@ -217,7 +223,7 @@ class Caller:
             send = self._link_send(where, body, at, codec, extra, span)
         else:
             if metadata or codec not in self._metadata:
-                wire_metadata = self._wire_metadata(codec, metadata)
+                wire_metadata = self.wire_metadata(codec, metadata)
             else:
                 wire_metadata = self._metadata[codec]
             if span is not None:
@@ -237,7 +243,7 @@ class Caller:
             reply_codec = "msgpack" if codec == "proto" else codec
         if returns is None:
             return decode(response, reply_codec)
-        return self._result(response, reply_codec, returns)
+        return self.decode_result(response, reply_codec, returns)
 
     async def multicast(
         self,
@@ -256,8 +262,6 @@ class Caller:
         """Call ``service.method`` on many nodes at once: every serving node of the service,
         those in ``group``, or the node ids in ``nodes``; gather the replies by ``mode``
         (``all``, ``first``, ``quorum(n)``) until the deadline. See :mod:`.multicast`."""
-        from wiremesh.transport.multicast import multicast
-
         return await multicast(
             self,
             target,
@@ -375,9 +379,7 @@ class Caller:
         keepalive, not a link's watch, finds a silent peer here."""
 
         async def send(node: NodeInfo, route: _Route, remaining: float, abandonable: bool) -> bytes:
-            stub = self._stub(node.address, route.path)
-            if at > self._latest_deadline.get(node.address, 0.0):
-                self._latest_deadline[node.address] = at
+            stub = self.unary_stub(node.address, route.path, at)
             try:
                 response: bytes = await stub(body, timeout=remaining, metadata=metadata)
                 return response
@@ -468,13 +470,16 @@ class Caller:
         return _Route(
             nodes,
             info.idempotent,
-            self._balancer(service),
+            self.balancer(service),
             path,
             info.returns_protobuf,
             draining,
         )
 
-    def _result(self, response: bytes, codec: CodecName, returns: Any) -> Any:
+    def decode_result(self, response: bytes, codec: CodecName, returns: Any) -> Any:
+        """A reply's payload decoded with ``codec`` and validated into ``returns`` (the plain
+        decoded value when ``returns`` is None); raises
+        :class:`~wiremesh.errors.InvalidPayload`."""
         if returns is None:
             return decode(response, codec)
         shape = self._returns.get(returns)
@@ -493,12 +498,14 @@ class Caller:
                 self._targets[key] = parsed
         return parsed
 
-    def _wire_metadata(
+    def wire_metadata(
         self, codec: CodecName, extra: Mapping[str, str] | None
     ) -> tuple[tuple[str, str], ...] | None:
+        """The gRPC metadata of a unary call sent from here with ``codec`` and the caller's
+        custom ``extra`` keys (checked: :func:`~.wire.custom_metadata`); None when empty."""
         if extra:
             pairs = custom_metadata(extra)
-            return (*(self._wire_metadata(codec, None) or ()), *pairs)
+            return (*(self.wire_metadata(codec, None) or ()), *pairs)
         if codec in self._metadata:
             return self._metadata[codec]
         base: list[tuple[str, str]] = []
@@ -510,12 +517,23 @@ class Caller:
         self._metadata[codec] = result
         return result
 
-    def _balancer(self, service: str) -> Balancer:
+    def balancer(self, service: str) -> Balancer:
+        """The balancer of ``service``'s nodes, one per service, shared by the calls and
+        the multicasts made here (it counts the calls each node has out)."""
         balancer = self._balancers.get(service)
         if balancer is None:
             name = self._balancer_names.get(service, self._balancer_name)
             balancer = self._balancers[service] = make_balancer(name)
         return balancer
+
+    def unary_stub(self, address: str, path: str, at: float) -> _Stub:
+        """The stub of the gRPC method ``path`` at ``address``, for a unary call that may
+        run until ``at`` (on ``time.monotonic()``): when that node leaves the mesh, its
+        channel closes only once the latest such deadline has passed."""
+        stub = self._stub(address, path)
+        if at > self._latest_deadline.get(address, 0.0):
+            self._latest_deadline[address] = at
+        return stub
 
     def _stub(self, address: str, path: str) -> _Stub:
         stub = self._stubs.get((address, path))

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from wiremesh.context import Context, MeshCaller, _current
+from wiremesh.context import Context, MeshCaller
 from wiremesh.core.codec import CODECS, CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.drain import Drain, began_at, enter_work, leave_work
@@ -109,7 +109,7 @@ class Method:
             caller=caller,
             peer=peer,
         )
-        token = _current.set(ctx)
+        token = ctx.activate()
         started = time.perf_counter()
         status = "ok"
         span = (
@@ -162,7 +162,7 @@ class Method:
             log.exception("%s.%s raised %s", self.service, self.name, type(exc).__name__)
             raise InternalError(str(exc), remote_type=exception_type_name(exc)) from None
         finally:
-            _current.reset(token)
+            Context.deactivate(token)
             leave_work(work)
             if drain is not None:
                 drain.running -= 1

@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.defaults import MAX_MESSAGE_BYTES
 from wiremesh.core.ejection import Ejections, Liveness
 from wiremesh.core.model import NodeInfo
 from wiremesh.errors import MethodNotFound, Unavailable, WiremeshError
@@ -61,7 +62,7 @@ class Links:
         credentials: grpc.ChannelCredentials | None = None,
         options: list[tuple[str, Any]] | None = None,
         max_frames: int = 4096,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         liveness: Liveness | None = None,
     ) -> None:
         self._max_message_bytes = max_message_bytes

@@ -16,6 +16,9 @@ name, a bad mode) fails the whole call.
 
 A caller without links (``Caller(links=None)``) sends one unary gRPC call per node, each
 in a task of its own: the slower, compatible path.
+
+What a multicast needs of the caller it goes through is :class:`MulticastCaller`, which
+:class:`~wiremesh.transport.client.Caller` implements; this module does not import it.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
+from wiremesh.core.balancing import Balancer
 from wiremesh.core.codec import CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.gather import Gather, Mode, MulticastResult, parse_mode
@@ -45,18 +49,60 @@ from wiremesh.errors import (
     WiremeshError,
 )
 from wiremesh.observability import tracing
+from wiremesh.observability.metrics import MeshMetrics
 from wiremesh.proto.link_pb2 import Frame as CallFrame
+from wiremesh.registry.view import MeshView
 from wiremesh.transport.link import CALL, ERROR, Link, error_of
+from wiremesh.transport.links import Links
 from wiremesh.transport.wire import custom_metadata, error_from_rpc_error, raised_by_handler
 
-if TYPE_CHECKING:
-    from wiremesh.transport.client import Caller
+__all__ = ["MulticastCaller", "multicast"]
 
-__all__ = ["multicast"]
+
+class MulticastCaller(Protocol):
+    """What a multicast uses of the caller it goes through (a
+    :class:`~wiremesh.transport.client.Caller`): the same view, links, balancers, channels
+    and metrics as its calls."""
+
+    @property
+    def view(self) -> MeshView:
+        """Where the nodes are chosen from."""
+
+    @property
+    def links(self) -> Links | None:
+        """The mesh links to send over; None: one unary gRPC call per node."""
+
+    @property
+    def metrics(self) -> MeshMetrics | None:
+        """Where the multicast is counted (None: not counted)."""
+
+    @property
+    def identity(self) -> str | None:
+        """The calling node (``service@node-id``), None outside the mesh."""
+
+    @property
+    def default_timeout(self) -> float:
+        """Seconds, for a multicast given neither a deadline nor a timeout."""
+
+    def balancer(self, service: str) -> Balancer:
+        """The balancer of ``service``'s nodes, told of each call started and finished."""
+
+    def unary_stub(
+        self, address: str, path: str, at: float
+    ) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+        """The stub of ``path`` at ``address`` for a unary call that may run until ``at``."""
+
+    def wire_metadata(
+        self, codec: CodecName, extra: Mapping[str, str] | None
+    ) -> tuple[tuple[str, str], ...] | None:
+        """The gRPC metadata of a unary call with ``codec`` and the custom ``extra`` keys."""
+
+    def decode_result(self, response: bytes, codec: CodecName, returns: Any) -> Any:
+        """A reply decoded with ``codec`` and validated into ``returns``."""
 
 
 async def multicast(
-    caller: Caller,
+    caller: MulticastCaller,
     target: str,
     payload: Any = None,
     *,
@@ -121,7 +167,7 @@ async def multicast(
         try:
             if returns is None:
                 return decode(response, reply_codec)
-            return caller._result(response, reply_codec, returns)
+            return caller.decode_result(response, reply_codec, returns)
         except WiremeshError as exc:
             return _tagged(exc, node_id)
 
@@ -157,7 +203,7 @@ async def multicast(
 
 
 def _counted(
-    caller: Caller,
+    caller: MulticastCaller,
     where: Target,
     mode: Mode,
     result: MulticastResult,
@@ -227,7 +273,7 @@ def _choose(
 
 
 async def _over_links(
-    caller: Caller,
+    caller: MulticastCaller,
     where: Target,
     chosen: list[NodeInfo],
     gather: Gather,
@@ -245,7 +291,7 @@ async def _over_links(
     assert links is not None
     loop = asyncio.get_running_loop()
     woken: asyncio.Future[None] = loop.create_future()
-    balancer = caller._balancer(where.service)
+    balancer = caller.balancer(where.service)
     out: dict[str, tuple[Link, int]] = {}  # node id -> the link and call id still out
 
     def wake() -> None:
@@ -333,7 +379,7 @@ def _full(link: Link) -> bool:
 
 
 async def _over_unary(
-    caller: Caller,
+    caller: MulticastCaller,
     where: Target,
     chosen: list[NodeInfo],
     gather: Gather,
@@ -346,9 +392,9 @@ async def _over_unary(
     """One unary gRPC call per node, each in a task (no links to share)."""
     loop = asyncio.get_running_loop()
     woken: asyncio.Future[None] = loop.create_future()
-    wire_metadata = caller._wire_metadata(codec, metadata)
+    wire_metadata = caller.wire_metadata(codec, metadata)
     path = method_path(where.service, where.method)
-    balancer = caller._balancer(where.service)
+    balancer = caller.balancer(where.service)
     tasks: dict[str, asyncio.Task[Any]] = {}
 
     def wake() -> None:
@@ -356,12 +402,10 @@ async def _over_unary(
             woken.set_result(None)
 
     async def one(node: NodeInfo) -> Any:
-        stub = caller._stub(node.address, path)
         remaining = at - time.monotonic()
         if remaining <= 0:
             return _LATE
-        if at > caller._latest_deadline.get(node.address, 0.0):
-            caller._latest_deadline[node.address] = at
+        stub = caller.unary_stub(node.address, path, at)
         balancer.started(node.node_id)
         try:
             response: bytes = await stub(body, timeout=remaining, metadata=wire_metadata)

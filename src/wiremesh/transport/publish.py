@@ -32,9 +32,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from wiremesh.context import Context, MeshCaller, _current
+from wiremesh.context import Context, MeshCaller
 from wiremesh.core.codec import CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.defaults import CALL_TIMEOUT
 from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.core.shape import SignatureShapes, is_protobuf_type
 from wiremesh.core.topics import check_topic, matches
@@ -265,7 +266,7 @@ class Subscriptions:
         *,
         node_id: str,
         caller: MeshCaller,
-        default_timeout: float = 10.0,
+        default_timeout: float = CALL_TIMEOUT,
         max_queued: int = DEFAULT_QUEUE,
     ) -> None:
         if max_queued < 1:
@@ -393,7 +394,7 @@ class Subscriptions:
                     if ctx is None or ctx.deadline is not deadline or ctx_of != (handler, topic):
                         ctx = self._context(handler, link, topic, deadline, caller)
                         ctx_of = (handler, topic)
-                    token = _current.set(ctx)
+                    token = ctx.activate()
                     span = self._span(handler, frame, caller) if tracing.enabled() else None
                     status = "ok"
                     try:
@@ -410,7 +411,7 @@ class Subscriptions:
                             topic,
                         )
                     finally:
-                        _current.reset(token)
+                        Context.deactivate(token)
                         if span is not None:
                             span.end(status)
         finally:

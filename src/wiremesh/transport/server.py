@@ -36,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from wiremesh.context import MeshCaller
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.defaults import CALL_TIMEOUT, HOST, MAX_MESSAGE_BYTES
 from wiremesh.core.drain import Drain, began_at
 from wiremesh.errors import WiremeshError
 from wiremesh.observability.metrics import MeshMetrics
@@ -87,10 +88,10 @@ class NodeServer:
         *,
         node_id: str,
         caller: MeshCaller,
-        host: str = "127.0.0.1",
+        host: str = HOST,
         port: int = 0,
-        default_timeout: float = 10.0,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        default_timeout: float = CALL_TIMEOUT,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         credentials: grpc.ServerCredentials | None = None,
         links: Links | None = None,
         metrics: MeshMetrics | None = None,

@@ -11,6 +11,7 @@ from typing import Any
 import aio_pika
 import aio_pika.abc
 
+from wiremesh.core.defaults import START_TIMEOUT
 from wiremesh.errors import BrokerUnavailable, ConfigError
 from wiremesh.messaging.amqp import topology as topo
 from wiremesh.messaging.amqp.consumer import AmqpSubscription, Handler
@@ -41,7 +42,7 @@ class AmqpBroker:
         *,
         mesh: str,
         quorum_queues: bool = False,
-        connect_timeout: float = 10.0,
+        connect_timeout: float = START_TIMEOUT,
         reconnect_interval: float = 1.0,
     ) -> None:
         if not mesh or any(c.isspace() for c in mesh):

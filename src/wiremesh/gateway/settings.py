@@ -79,6 +79,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from wiremesh.core.defaults import HOST, HTTP_BODY_TIMEOUT, HTTP_MAX_TIMEOUT, HTTP_TIMEOUT
+
 __all__ = [
     "AuthSettings",
     "DashboardSettings",
@@ -189,9 +191,9 @@ class HttpSettings(BaseModel):
     burst: int = Field(default=200, ge=1)
     concurrency: int = Field(default=1024, ge=1)
     concurrency_per_principal: int = Field(default=128, ge=1)
-    default_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
-    max_timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
-    body_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    default_timeout: float = Field(default=HTTP_TIMEOUT, gt=0, allow_inf_nan=False)
+    max_timeout: float = Field(default=HTTP_MAX_TIMEOUT, gt=0, allow_inf_nan=False)
+    body_timeout: float = Field(default=HTTP_BODY_TIMEOUT, gt=0, allow_inf_nan=False)
 
 
 class GatewaySettings(BaseModel):
@@ -200,7 +202,7 @@ class GatewaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool | Literal["auto"] = "auto"
-    host: str = Field(default="127.0.0.1", min_length=1)
+    host: str = Field(default=HOST, min_length=1)
     port: int = Field(default=8080, ge=0, le=65535)
     #: the URL browsers reach this gateway at ("": scheme, advertised host and port)
     public_url: str = ""
