@@ -45,7 +45,8 @@ HEADER_SENT_AT = "wm-sent-at"
 
 
 #: random bits of a message id, from a generator seeded by the OS (again in a forked child,
-#: which must not repeat its parent's ids); several times cheaper than ``uuid.uuid4()``
+#: which must not repeat its parent's ids), instead of a system call per id as
+#: ``uuid.uuid4()`` makes
 _id_random = random.Random()
 os.register_at_fork(after_in_child=_id_random.seed)
 #: the bits a version-4 uuid fixes: version (4) and variant (RFC 4122)

@@ -217,7 +217,7 @@ class EmbeddedBroker:
                         codec=e.codec,
                         attempt=e.attempt,
                     )
-                    headers = wire.headers  # (item by item: faster than a map from a dict)
+                    headers = wire.headers  # (a protobuf map is filled item by item)
                     for key, value in e.headers.items():
                         headers[key] = value
                     size += len(e.body) + 256

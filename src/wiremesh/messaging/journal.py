@@ -107,7 +107,7 @@ def envelope_to_proto(e: Envelope) -> pb.Envelope:
 
 def envelope_from_proto(m: pb.Envelope) -> Envelope:
     kind: Kind = "command" if m.kind == "command" else "event"
-    h = m.headers  # (a comprehension copies a protobuf map faster than dict() does)
+    h = m.headers  # (a protobuf map, copied key by key into a plain dict)
     headers = {k: h[k] for k in h}
     return Envelope(m.id, kind, m.topic, m.body, m.codec, headers, m.attempt or 1)
 
