@@ -92,13 +92,15 @@ class WatchRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("version", "nodes", "services", "epoch")
+    __slots__ = ("version", "nodes", "services", "epoch", "more")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     version: int
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     services: _containers.RepeatedScalarFieldContainer[str]
     epoch: str
-    def __init__(self, version: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., services: _Optional[_Iterable[str]] = ..., epoch: _Optional[str] = ...) -> None: ...
+    more: bool
+    def __init__(self, version: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., services: _Optional[_Iterable[str]] = ..., epoch: _Optional[str] = ..., more: _Optional[bool] = ...) -> None: ...

@@ -1,7 +1,10 @@
 """``.wiremesh/mesh.json``: how the CLI and clients find the mesh running in a folder.
 
 ``wiremesh run`` writes it when the registry is up and removes it on exit; a stale file
-(its supervisor no longer runs) is ignored.
+(its supervisor no longer runs) is ignored. It is readable by its owner only (mode 0600,
+in a data folder of mode 0700): it holds the mesh's join secret, which admits a process
+to the embedded registry (see :mod:`wiremesh.registry.embedded`), and may hold the
+broker's password.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from wiremesh.core.defaults import CALL_TIMEOUT, MAX_MESSAGE_BYTES
 from wiremesh.errors import ConfigError, Unavailable
+from wiremesh.runtime.private import private_folder
 from wiremesh.transport.tls import TlsFiles
 
-__all__ = ["MESH_FILE", "MeshFile"]
+__all__ = ["MESH_FILE", "MeshFile", "join_secret_of"]
 
 MESH_FILE = "mesh.json"
 
@@ -36,8 +41,8 @@ class MeshFile:
     pid: int
     name: str = "mesh"
     started_at: float = 0.0
-    default_timeout: float = 10.0
-    max_message_bytes: int = 4 * 1024 * 1024
+    default_timeout: float = CALL_TIMEOUT
+    max_message_bytes: int = MAX_MESSAGE_BYTES
     #: absolute paths of the CA and the client pair, when TLS is on
     tls_ca: str | None = None
     tls_cert: str | None = None
@@ -48,6 +53,10 @@ class MeshFile:
     quorum_queues: bool = False
     #: the browser gateway's URL, once it serves
     gateway: str | None = None
+    #: what a process sends to join the embedded registry (``wm-join`` metadata on
+    #: Lease); None when none is asked: TLS is on (a client certificate admits) or the
+    #: registry is Redis's
+    join_secret: str | None = None
 
     @property
     def running(self) -> bool:
@@ -60,8 +69,9 @@ class MeshFile:
         return None
 
     def write(self, data_dir: Path) -> Path:
-        """Write it (readable by its owner only: ``broker`` may carry a password)."""
-        data_dir.mkdir(parents=True, exist_ok=True)
+        """Write it, readable by its owner only: it holds the join secret, and ``broker``
+        may carry a password."""
+        private_folder(data_dir)
         path = data_dir / MESH_FILE
         tmp = path.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
@@ -100,3 +110,14 @@ class MeshFile:
                 f"(its supervisor, pid {mesh.pid}, is gone); start it with 'wiremesh run'"
             )
         return mesh
+
+
+def join_secret_of(registry: str, data_dir: Path) -> str | None:
+    """The join secret of the mesh whose registry is at ``registry``, when the mesh running
+    on ``data_dir`` is that one; else None (a registry named by its address alone admits
+    only a process that can read its mesh file, or one with a client certificate)."""
+    try:
+        mesh = MeshFile.read(data_dir / MESH_FILE)
+    except ConfigError:
+        return None
+    return mesh.join_secret if mesh.running and mesh.registry == registry else None
