@@ -248,18 +248,19 @@ class BrokerSettings(BaseModel):
 
     @model_validator(mode="after")
     def _max_not_below_initial(self) -> Self:
-        if self.max_backoff < self.initial_backoff:
-            raise PydanticCustomError(
-                "backoff_order",
-                "max_backoff ({max_backoff}) must not be less than initial_backoff "
-                "({initial_backoff})",
-                {
-                    "max_backoff": self.max_backoff,
-                    "initial_backoff": self.initial_backoff,
-                    "setting": "max_backoff",
-                },
-            )
+        _check_backoff_order(self.initial_backoff, self.max_backoff)
         return self
+
+
+def _check_backoff_order(initial: float, maximum: float) -> None:
+    """A backoff that doubles from ``initial`` up to ``maximum`` needs ``maximum >= initial``
+    (``[broker]`` and ``[restart]`` alike)."""
+    if maximum < initial:
+        raise PydanticCustomError(
+            "backoff_order",
+            "max_backoff ({max_backoff}) must not be less than initial_backoff ({initial_backoff})",
+            {"max_backoff": maximum, "initial_backoff": initial, "setting": "max_backoff"},
+        )
 
 
 class TlsSettings(BaseModel):
@@ -284,17 +285,7 @@ class RestartSettings(BaseModel):
 
     @model_validator(mode="after")
     def _max_not_below_initial(self) -> Self:
-        if self.max_backoff < self.initial_backoff:
-            raise PydanticCustomError(
-                "backoff_order",
-                "max_backoff ({max_backoff}) must not be less than initial_backoff "
-                "({initial_backoff})",
-                {
-                    "max_backoff": self.max_backoff,
-                    "initial_backoff": self.initial_backoff,
-                    "setting": "max_backoff",
-                },
-            )
+        _check_backoff_order(self.initial_backoff, self.max_backoff)
         return self
 
 
