@@ -25,6 +25,8 @@ import logging
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
+from wiremesh.core.batching import BatchLimits
+from wiremesh.core.defaults import MAX_MESSAGE_BYTES
 from wiremesh.errors import STATUS_TABLE, WiremeshError
 from wiremesh.gateway.codes import (
     ABNORMAL,
@@ -53,7 +55,6 @@ log = logging.getLogger("wiremesh.node")
 
 #: registry metadata of a node with an ``@on_socket`` method: "binary" or "text"
 SOCKET_KEY = "wm.socket"
-_HEADROOM = 16 * 1024
 
 
 class SocketHub:
@@ -65,14 +66,15 @@ class SocketHub:
         service: Service,
         *,
         node_id: str,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         inbox_limit: int = 1024,
     ) -> None:
         self.spec = spec
         self.service = service
         self.node_id = node_id
         self.max_message_bytes = max_message_bytes
-        self.max_payload = max_message_bytes - _HEADROOM
+        #: the largest browser message a frame to a gateway may carry
+        self.max_payload = BatchLimits(max_message_bytes=max_message_bytes).max_payload
         self.inbox_limit = inbox_limit
         self._handler = getattr(service, spec.socket.attribute) if spec.socket else None
         self._trace_name = f"{spec.name}.{spec.socket.attribute if spec.socket else 'socket'}"

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from wiremesh.core.defaults import MAX_MESSAGE_BYTES
 from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.gateway.stream import CONNECT, GATEWAY_NODES, FrameStream
 from wiremesh.proto import gateway_pb2 as pb
@@ -41,7 +42,7 @@ class NodeStreams:
         on_ended: Callable[[str, FrameStream], None],
         credentials: grpc.ChannelCredentials | None = None,
         options: list[tuple[str, Any]] | None = None,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.gateway_id = gateway_id
         self._on_batch = on_batch

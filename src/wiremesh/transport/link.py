@@ -2,19 +2,14 @@
 
 grpc.aio costs about the same per message whatever its size, so a link carries many
 small frames — calls, replies, errors, cancels, publishes — in one gRPC message
-(``Batch``, ``proto/wiremesh/link/v1/link.proto``). The hot path, per frame, is a list
-append; per batch, one gRPC write and one gRPC read:
+(``Batch``, ``proto/wiremesh/link/v1/link.proto``). A link is a
+:class:`~wiremesh.transport.batching.BatchedStream`: batching, no latency when idle,
+reading and the bounds are that module's (and :mod:`wiremesh.core.batching`'s rules).
+What a link adds:
 
-- **Batching.** Each link has one writer task. While it sleeps, the first frame queued
-  wakes it for the next event-loop turn, and every frame queued before that turn leaves
-  with it, in the same batch; while a write is in flight, frames pile up for the next
-  one. So under load batches grow by themselves.
-- **No latency when idle.** A call that is the only one in flight on its link (or the
-  answer to such a call) does not wait for the next turn: its write starts at once, in
-  the caller's own turn, and the writer task only awaits its completion.
-- **Reading.** After handing a batch's frames out, the reader lets what they woke (the
-  callers, the handlers, then the writer with their answers) run before it asks gRPC for
-  the next message, which costs about as much as running a handler.
+- **Calls.** Each call has an id and a future; the REPLY or ERROR frame with that id
+  resolves it. A call that is the only one in flight on its link (or the answer to such
+  a call) is *alone*: its write starts at once, in the caller's own turn.
 - **Deadlines.** One timer per link, armed for the earliest deadline of the calls in
   flight (a heap), instead of a timer per call; answered calls leave the heap lazily.
 - **Liveness.** One more timer per link, ticking while calls of ours are in flight, runs
@@ -22,29 +17,34 @@ append; per batch, one gRPC write and one gRPC read:
   timestamp per read); a link quiet for a while sends a *probe*, a CALL frame that names
   no service, which every peer answers at once with an ERROR frame; a peer that answers
   nothing is *silent*: the calls that may go elsewhere are given up (CANCEL is sent),
-  and whoever listens (:meth:`Link.on_reachability`) ejects the peer.
+  and whoever listens (:meth:`Link.on_reachability`) ejects the peer. While the link
+  itself does not read (see below), the peer's silence is not counted against it.
 
 Both ends of a link are alike (:class:`Link`): either may call the other, and each
 answers the other's calls on the same stream. The process that opened the stream is
 the *opener*; the other accepted it in its ``Link/Open`` handler.
 
-Limits: at most ``max_frames`` frames wait to be written. A call or reply waits for room
+Limits: a frame carries at most ``max_message_bytes`` less 16 KiB of payload, and every
+batch fits in ``max_message_bytes``. At most ``max_frames`` frames (4096) and four
+messages' worth of bytes (16 MiB) wait to be written. A call waits for room
 (backpressure reaches the caller); a publish never waits: when there is no room it is
-dropped and counted in :attr:`Link.dropped`.
+dropped and counted in :attr:`Link.dropped`; an answer is always queued, but a link
+stops reading from its peer while the frames queued and the calls it is serving reach
+``max_frames`` (or the bytes their bound), until the writer has made room: a peer that
+sends calls and never reads their answers stops being read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from heapq import heapify, heappop, heappush
-from typing import Any, Protocol
+from typing import Protocol
 
-import grpc
-
+from wiremesh.core.batching import BatchLimits
+from wiremesh.core.defaults import MAX_MESSAGE_BYTES
 from wiremesh.core.ejection import Liveness, Verdict, Watch
 from wiremesh.errors import (
     Cancelled,
@@ -54,20 +54,15 @@ from wiremesh.errors import (
     WiremeshError,
 )
 from wiremesh.proto import link_pb2 as pb
-from wiremesh.transport.eager import Resume, yield_now
+from wiremesh.transport.batching import BatchedStream, Stream
 
 __all__ = ["LINK_OPEN", "Frame", "Link", "LinkHandler"]
 
 log = logging.getLogger("wiremesh.link")
 
 LINK_SERVICE = "wiremesh.link.v1.Link"
-#: bytes of a gRPC message kept for the frames' own fields, beside their payloads
-FRAME_HEADROOM = 16 * 1024
 LINK_OPEN = f"/{LINK_SERVICE}/Open"
-_EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009 - the stubs do not know it
 Frame = _Frame = pb.Frame
-#: loop turns a link's reader lets pass, at most, after a batch, before it reads again
-_READ_DEFER_TURNS = 3
 HELLO, CALL, REPLY, ERROR, CANCEL, PUBLISH = (
     pb.Frame.HELLO,
     pb.Frame.CALL,
@@ -76,14 +71,6 @@ HELLO, CALL, REPLY, ERROR, CANCEL, PUBLISH = (
     pb.Frame.CANCEL,
     pb.Frame.PUBLISH,
 )
-
-
-class _Stream(Protocol):
-    """What both a client ``StreamStreamCall`` and a server ``ServicerContext`` offer."""
-
-    async def read(self) -> Any: ...
-
-    async def write(self, message: Any) -> None: ...
 
 
 class LinkHandler(Protocol):
@@ -98,55 +85,51 @@ class LinkHandler(Protocol):
         ...
 
 
-class Link:
+class Link(BatchedStream[pb.Frame]):
     """One end of a mesh link. Call :meth:`run` (it returns when the stream ends)."""
+
+    log = log  # what the batched stream logs goes to this module's logger
 
     def __init__(
         self,
-        stream: _Stream,
+        stream: Stream,
         *,
         local_id: str,
         local_service: str = "",
         handler: LinkHandler | None = None,
         max_frames: int = 4096,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         liveness: Liveness | None = None,
     ) -> None:
-        self._stream = stream
-        #: the largest payload one frame may carry (a batch must fit in a gRPC message)
-        self.max_payload = max_message_bytes - FRAME_HEADROOM
-        self._max_batch_bytes = max_message_bytes - FRAME_HEADROOM // 2
+        #: incoming calls being served, by id: a CANCEL frame cancels one (each owes the
+        #: peer an answer: while they and the frames queued reach the bound, the link
+        #: reads nothing more from its peer)
+        self.serving: dict[int, asyncio.Task[None]] = {}
+        super().__init__(
+            stream,
+            batch=pb.Batch,
+            measure=pb.Frame.ByteSize,
+            hello=pb.Frame(kind=HELLO, node_id=local_id, service=local_service),
+            on_batch=self._received,
+            limits=BatchLimits(max_message_bytes=max_message_bytes, max_frames=max_frames),
+            owed=self.serving,
+            kind="link",
+        )
         self.local_id = local_id
         self.remote_id = ""
         self.remote_service = ""
         self._handler = handler
-        self._max_frames = max_frames
-        self._out: list[pb.Frame] = [pb.Frame(kind=HELLO, node_id=local_id, service=local_service)]
-        self._out_bytes = 0
-        #: what wakes the writer when it waits for frames (None while it writes)
-        self._writer_idle: asyncio.Future[Resume | BaseException | None] | None = None
-        #: the reader is handing a batch's frames out (answers to them coalesce)
-        self._dispatching = False
-        self._room = asyncio.Event()
-        self._room.set()
         self._pending: dict[int, asyncio.Future[pb.Frame]] = {}
         #: (deadline, call id) of the calls sent, earliest first; one timer, armed for the
         #: earliest, serves them all. Answered calls leave lazily (see :meth:`_on_deadline`).
         self._deadlines: list[tuple[float, int]] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_timer_at = math.inf
-        #: incoming calls being served, by id: a CANCEL frame cancels one
-        self.serving: dict[int, asyncio.Task[None]] = {}
         self._next_id = 0
-        self.closed = False
         self.hello = asyncio.Event()
         #: publishes dropped because the link's queue was full
         self.dropped = 0
-        self.sent_batches = 0
-        self.sent_frames = 0
-        self._on_close: list[Callable[[Link], None]] = []
         self._on_hello: list[Callable[[Link], None]] = []
-        self._runner: asyncio.Task[Any] | None = None
         #: when the last message from the peer was read (``loop.time()``): a sign of life
         self.heard_at = -math.inf
         self._liveness = liveness if liveness is not None else Liveness()
@@ -164,9 +147,6 @@ class Link:
     def __repr__(self) -> str:
         return f"<Link {self.local_id} ↔ {self.remote_id or '?'}>"
 
-    def on_close(self, callback: Callable[[Link], None]) -> None:
-        self._on_close.append(callback)
-
     def on_hello(self, callback: Callable[[Link], None]) -> None:
         """Run ``callback(link)`` when the peer's HELLO arrives, before any frame after it
         is handled (so that a call it sends next can already be answered over this link)."""
@@ -183,51 +163,7 @@ class Link:
         answered nothing, not even a probe, for :attr:`Liveness.unreachable_after`."""
         return self._watch.silent
 
-    @property
-    def queued(self) -> int:
-        return len(self._out)
-
     # ------------------------------------------------------------------ sending
-
-    @property
-    def full(self) -> bool:
-        """Whether the queue of frames to write is at its bound (a call would wait)."""
-        return not self._room.is_set()
-
-    def _push(self, frame: pb.Frame, size: int, alone: bool = False) -> None:
-        """Queue ``frame`` (whose payload is ``size`` bytes) for the writer. ``alone``: it
-        is the only call in flight on this link, so nothing would join it in a batch."""
-        out = self._out
-        out.append(frame)
-        self._out_bytes += size + 64
-        if len(out) >= self._max_frames:
-            self._room.clear()
-        waiter = self._writer_idle
-        if waiter is not None:  # the writer sleeps
-            self._writer_idle = None
-            if not waiter.done():
-                # a lone call (or its answer) on an idle link leaves now: gRPC has it before
-                # this loop turn ends. Otherwise the writer runs at the next turn, with what
-                # else was queued in this one.
-                lone = alone and len(out) == 1 and not self._dispatching
-                waiter.set_result(self._start_write() if lone else None)
-
-    def _start_write(self) -> Resume | BaseException | None:
-        """Begin the write of what is queued: run it up to its first wait (gRPC has the
-        message then); the writer awaits the rest."""
-        frames = self._out
-        self._out = []
-        self._out_bytes = 0
-        self.sent_frames += len(frames)
-        self.sent_batches += 1
-        write = self._stream.write(pb.Batch(frames=frames))
-        try:
-            first = write.send(None)
-        except StopIteration:
-            return None
-        except Exception as exc:  # the writer raises it, and the link ends
-            return exc
-        return Resume(write, first)
 
     async def call(self, frame: pb.Frame, at: float, *, abandonable: bool = False) -> pb.Frame:
         """Send a CALL frame (its ``id`` is set here) and wait for its REPLY or ERROR frame
@@ -235,8 +171,8 @@ class Link:
         and :class:`Unavailable` when the link closes first, or, for an ``abandonable``
         call (one that may go to another node), when the peer falls silent; cancelling
         the caller sends CANCEL to the remote handler. Waits for room in the queue first."""
-        if len(self._out) >= self._max_frames:
-            await self._wait_for_room()
+        if self._outbox.full:
+            await self.wait_for_room()
         future = self.start_call(frame, at, abandonable=abandonable)
         try:
             return await future
@@ -281,7 +217,7 @@ class Link:
                 self._abandonable = [i for i in abandonable_ids if i in pending]
         if self._watch_timer is None:  # one watch per link, not a timer per call
             self._start_watch(loop)
-        self._push(frame, size, len(pending) == 1)
+        self.send(frame, size, len(pending) == 1)
         return future
 
     def probe(self) -> None:
@@ -291,7 +227,8 @@ class Link:
         if not self.closed:
             self._next_id = call_id = self._next_id + 1
             self._probe = probe = pb.Frame(kind=CALL, id=call_id)
-            self._push(probe, 0)
+            self.on_written = self._probe_written
+            self.send(probe, 0, False)
 
     def _start_watch(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
@@ -307,8 +244,11 @@ class Link:
         loop = asyncio.get_running_loop()
         now = loop.time()
         was_silent = self._watch.silent
+        # while this end does not read (its queue is full), the peer's answers may be
+        # waiting unread: its silence is not counted against it
+        heard_at = now if self.reading_paused else self.heard_at
         verdict = self._watch.tick(
-            now, due=self._watch_due, heard_at=self.heard_at, outstanding=bool(self._pending)
+            now, due=self._watch_due, heard_at=heard_at, outstanding=bool(self._pending)
         )
         if verdict is Verdict.IDLE:
             self._abandonable.clear()
@@ -342,14 +282,14 @@ class Link:
         for call_id in ids:
             future = pending.pop(call_id, None)
             if future is not None and not future.done():
-                self._push(pb.Frame(kind=CANCEL, id=call_id), 0)
+                self.send(pb.Frame(kind=CANCEL, id=call_id), 0, False)
                 future.set_exception(Unavailable(message, node=self.remote_id or None))
 
     def cancel(self, call_id: int) -> None:
         """Give up on call ``call_id``: forget it and tell the remote end."""
         future = self._pending.pop(call_id, None)
         if future is not None and not self.closed:
-            self._push(pb.Frame(kind=CANCEL, id=call_id), 0)
+            self.send(pb.Frame(kind=CANCEL, id=call_id), 0, False)
         if future is not None and not future.done():
             future.cancel()
 
@@ -382,12 +322,8 @@ class Link:
         if future is None or future.done():
             return
         if not self.closed:
-            self._push(pb.Frame(kind=CANCEL, id=call_id), 0)
+            self.send(pb.Frame(kind=CANCEL, id=call_id), 0, False)
         future.set_exception(DeadlineExceeded("deadline exceeded", node=self.remote_id or None))
-
-    async def _wait_for_room(self) -> None:
-        while not self._room.is_set() and not self.closed:
-            await self._room.wait()
 
     def reply(self, call_id: int, payload: bytes, node_id: str = "") -> None:
         if self.closed:
@@ -402,12 +338,12 @@ class Link:
             )
             self.fail(call_id, error_body(error, node_id or self.local_id))
             return
-        self._push(_Frame(kind=REPLY, id=call_id, payload=payload), size, len(self.serving) <= 1)
+        self.send(_Frame(kind=REPLY, id=call_id, payload=payload), size, len(self.serving) <= 1)
 
     def fail(self, call_id: int, error_json: str, *, not_run: bool = False) -> None:
         if not self.closed:
             frame = _Frame(kind=ERROR, id=call_id, error=error_json, not_run=not_run)
-            self._push(frame, len(error_json))
+            self.send(frame, len(error_json), False)
 
     def publish(self, frame: pb.Frame, size: int | None = None) -> bool:
         """Queue a PUBLISH frame; False (and counted as dropped) when there is no room.
@@ -419,36 +355,17 @@ class Link:
                 f"the payload is {size} bytes; a message may carry "
                 f"{self.max_payload} (mesh.max_message_bytes)"
             )
-        if self.closed or len(self._out) >= self._max_frames:
+        if self.closed or self._outbox.full:
             self.dropped += 1
             return False
-        self._push(frame, size)
+        self.send(frame, size, False)
         return True
 
     # ------------------------------------------------------------------ running
 
-    async def run(self) -> None:
-        """Read and write until the stream ends or fails; then fail what is pending."""
-        self._runner = asyncio.current_task()
-        writer = asyncio.create_task(self._write_loop(), name=f"wiremesh-link-write-{self}")
-        try:
-            await self._read_loop()
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError) as exc:
-            log.debug("%r ended: %s", self, exc)
-        except asyncio.CancelledError:
-            if not self.closed:  # cancelled from outside, not by close()
-                raise
-        finally:
-            self.close()  # first: whatever the writer ends with, nothing pending may hang
-            writer.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await writer
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._room.set()
+    def _closing(self) -> None:
+        """The link closes: its timers stop, its calls fail ``Unavailable``, the handlers
+        serving its peer's calls are cancelled."""
         if self._watch_timer is not None:
             self._watch_timer.cancel()
             self._watch_timer = None
@@ -467,123 +384,47 @@ class Link:
         self._pending.clear()
         for task in self.serving.values():
             task.cancel()
-        cancel = getattr(self._stream, "cancel", None)  # a client-side call: end it
-        if cancel is not None:
-            cancel()
-        if self._runner is not None and self._runner is not asyncio.current_task():
-            self._runner.cancel()
-        for callback in self._on_close:
-            try:
-                callback(self)
-            except Exception:
-                log.exception("link close callback failed")
 
-    async def _write_loop(self) -> None:
-        try:
-            await self._write_batches()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the stream failed under a write: the link is over
-            log.debug("%r: write failed: %r", self, exc)
-            self.close()
+    def _probe_written(self, frames: list[pb.Frame]) -> None:
+        """Watch the messages written while a probe waits: the watch learns when it left."""
+        probe = self._probe
+        if probe is not None and any(frame is probe for frame in frames):
+            self._probe = None
+            self.on_written = None
+            self._watch.probe_sent(self.clock())
 
-    async def _write_batches(self) -> None:
-        stream = self._stream
-        loop = asyncio.get_running_loop()
-        room = self._room
-        batch_of = pb.Batch
-        while True:
-            if not self._out:
-                # sleep until a frame is queued; whatever else is queued in the same loop
-                # turn leaves with it, in one batch (or it was written at once: see _push)
-                waiter = self._writer_idle = loop.create_future()
-                started = await waiter
-                if isinstance(started, BaseException):
-                    raise started
-                if started is not None:
-                    await started
-                continue
-            frames = self._out
-            size = self._out_bytes
-            self._out = []
-            self._out_bytes = 0
-            if not room.is_set():
-                room.set()
-            self.sent_frames += len(frames)
-            if size <= self._max_batch_bytes:
-                self.sent_batches += 1
-                await stream.write(batch_of(frames=frames))
-            else:
-                for batch in _split(frames, self._max_batch_bytes):  # big payloads: several
-                    self.sent_batches += 1
-                    await stream.write(batch_of(frames=batch))
-            probe = self._probe
-            if probe is not None and any(frame is probe for frame in frames):
-                self._probe = None
-                self._watch.probe_sent(loop.time())
-
-    async def _read_loop(self) -> None:
-        stream = self._stream
+    def _received(self, frames: Sequence[pb.Frame]) -> None:
+        """Hand out the frames of one message from the peer, in order."""
+        self.heard_at = self.clock()
         pending = self._pending
         handler = self._handler
-        clock = asyncio.get_running_loop().time
-        while True:
-            batch = await stream.read()
-            if batch is _EOF or batch is None:
-                return
-            self.heard_at = clock()
-            frames = batch.frames
-            self._dispatching = len(frames) > 1
-            for frame in frames:
-                kind = frame.kind
-                if kind in (REPLY, ERROR):
-                    future = pending.pop(frame.id, None)
-                    if future is not None and not future.done():
-                        future.set_result(frame)
-                elif kind == CALL:
-                    if handler is None:
-                        self.fail(frame.id, _no_handler(self.local_id))
-                    else:
-                        handler.on_call(self, frame)
-                elif kind == PUBLISH:
-                    if handler is not None:
-                        handler.on_publish(self, frame)
-                elif kind == CANCEL:
-                    task = self.serving.pop(frame.id, None)
-                    if task is not None:
-                        task.cancel()
-                elif kind == HELLO:
-                    self.remote_id = frame.node_id
-                    self.remote_service = frame.service
-                    self.hello.set()
-                    for callback in self._on_hello:
-                        try:
-                            callback(self)
-                        except Exception:
-                            log.exception("link hello callback failed")
-            self._dispatching = False
-            # Before asking gRPC for the next message (as costly as running a handler),
-            # let what this batch woke run first (the callers and handlers), then the
-            # writer with what they queued: the answers leave sooner, and nothing is lost
-            # meanwhile (the next message waits in gRPC's buffers).
-            for _ in range(_READ_DEFER_TURNS):
-                await yield_now()
-                if not self._out:
-                    break
-
-
-def _split(frames: list[pb.Frame], budget: int) -> list[list[pb.Frame]]:
-    """``frames`` in order, in groups whose payloads fit in ``budget`` bytes each."""
-    groups: list[list[pb.Frame]] = [[]]
-    used = 0
-    for frame in frames:
-        cost = len(frame.payload) + 64
-        if groups[-1] and used + cost > budget:
-            groups.append([])
-            used = 0
-        groups[-1].append(frame)
-        used += cost
-    return groups
+        for frame in frames:
+            kind = frame.kind
+            if kind in (REPLY, ERROR):
+                future = pending.pop(frame.id, None)
+                if future is not None and not future.done():
+                    future.set_result(frame)
+            elif kind == CALL:
+                if handler is None:
+                    self.fail(frame.id, _no_handler(self.local_id))
+                else:
+                    handler.on_call(self, frame)
+            elif kind == PUBLISH:
+                if handler is not None:
+                    handler.on_publish(self, frame)
+            elif kind == CANCEL:
+                task = self.serving.pop(frame.id, None)
+                if task is not None:
+                    task.cancel()
+            elif kind == HELLO:
+                self.remote_id = frame.node_id
+                self.remote_service = frame.service
+                self.hello.set()
+                for callback in self._on_hello:
+                    try:
+                        callback(self)
+                    except Exception:
+                        log.exception("link hello callback failed")
 
 
 def _no_handler(local_id: str) -> str:
