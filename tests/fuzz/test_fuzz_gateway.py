@@ -165,40 +165,16 @@ def test_any_bytes_parse_as_a_gateway_batch_or_fail_with_decode_error(data: byte
 OPEN = pb.Frame(kind=pb.Frame.OPEN, session=1, session_id="gw-1.1", principal="ada")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="gateway/node_side.py: SocketHub._open catches only ValueError around "
-    "json.loads(frame.claims); claims nested 100,000 deep raise RecursionError, which ends "
-    "the whole stream (every session on it) instead of opening with claims {}",
-)
 def test_claims_nested_too_deeply_open_the_session_with_no_claims() -> None:
     deep = pb.Frame(kind=pb.Frame.OPEN, session=1, session_id="gw-1.1", claims="[" * 100_000)
     asyncio.run(node_reads([pb.Batch(frames=[deep])]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="gateway/node_side.py: SocketHub._work decodes a text DATA frame's payload "
-    "(frame.payload.decode()) before the handler runs, outside the try of _deliver; bytes "
-    "that are not UTF-8 raise out of _on_batch and end the whole stream instead of "
-    "closing that one session (1007)",
-)
 def test_a_text_frame_that_is_not_utf8_costs_only_its_own_session() -> None:
     bad = pb.Frame(kind=pb.Frame.DATA, session=1, text=True, payload=b"\xff\xfe")
     asyncio.run(node_reads([pb.Batch(frames=[OPEN]), pb.Batch(frames=[bad])]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="gateway/node_side.py: SocketHub._open replaces table[number] when an OPEN "
-    "reuses a session number that is still open, without ending the session it replaces: "
-    "that one stays in by_principal (and by_id) for the node's life, its close hook never "
-    "runs, and a gateway that repeats OPEN frames grows the node's memory without bound. "
-    "_open should end (or refuse) the session already under that number",
-)
 def test_an_open_that_reuses_a_session_number_leaves_no_session_behind() -> None:
     asyncio.run(node_reads([pb.Batch(frames=[OPEN, OPEN])]))
 

@@ -31,8 +31,10 @@ from wiremesh.errors import STATUS_TABLE, WiremeshError
 from wiremesh.gateway.codes import (
     ABNORMAL,
     INTERNAL_ERROR,
+    POLICY_VIOLATION,
     SERVICE_RESTART,
     SLOW_CONSUMER,
+    CloseCode,
 )
 from wiremesh.gateway.stream import (
     CLOSE,
@@ -151,8 +153,14 @@ class SocketHub:
             return
         try:
             claims = json.loads(frame.claims) if frame.claims else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # what a gateway sends is checked, not trusted
             claims = {}
+        replaced = table.get(number)
+        if replaced is not None and not replaced.closed:
+            # a gateway numbers its sessions once: a number used again ends the old session
+            # (its close hook runs) rather than leave it in the tables for the node's life
+            replaced.closed = True
+            self._ended(replaced, POLICY_VIOLATION, "its number was opened again")
         session = Session(
             self,
             stream,
@@ -273,7 +281,15 @@ class SocketHub:
         kind = frame.kind
         if kind == DATA:
             assert self._handler is not None
-            payload: bytes | str = frame.payload.decode() if frame.text else frame.payload
+            payload: bytes | str = frame.payload
+            if frame.text:
+                try:
+                    payload = frame.payload.decode()
+                except UnicodeDecodeError:  # ends this session, never the whole stream
+                    self.close_session(
+                        session, CloseCode.INVALID_DATA, "a text message must be UTF-8"
+                    )
+                    return _nothing()
             result: Coroutine[Any, Any, None] = self._handler(session, payload)
             if frame.trace and tracing.enabled():
                 return self._traced(result, session, len(frame.payload), frame.trace)
@@ -380,3 +396,7 @@ def _reason(text: str) -> str:
     if len(data) <= 123:
         return text
     return data[:123].decode(errors="ignore")
+
+
+async def _nothing() -> None:
+    """The work of a message that ended its session before any handler ran."""
