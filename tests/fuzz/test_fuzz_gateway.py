@@ -126,7 +126,7 @@ async def node_reads(batches: list[pb.Batch]) -> list[pb.Frame]:
 
 def once_per_number(batches: list[pb.Batch]) -> list[pb.Batch]:
     """``batches`` without the OPEN frames that reuse a session number still open on the
-    stream (a gateway numbers its sessions once; see the xfail below)."""
+    stream (a gateway numbers its sessions once; a number reused is tested below)."""
     open_numbers: set[int] = set()
     kept = []
     for batch in batches:
@@ -156,7 +156,7 @@ def test_any_bytes_parse_as_a_gateway_batch_or_fail_with_decode_error(data: byte
         batch = pb.Batch.FromString(data)
     except DecodeError:
         return  # grpc refuses the message before the stream reads it
-    for frame in batch.frames:  # what a node reads as text is text (see the xfail below)
+    for frame in batch.frames:  # what a node reads as text is text (text that is not: below)
         if frame.text:
             frame.payload = frame.payload.decode("utf-8", "replace").encode()
     asyncio.run(node_reads(once_per_number([batch])))
