@@ -241,8 +241,10 @@ async def test_a_passing_deadline_sends_cancel_and_the_handler_is_cancelled(
     link = client_link(mesh, node)
     frames = link.sent_frames
 
+    # a deadline shorter than the liveness watch's first probe (0.25 s of quiet), so that
+    # the link sends the CALL and its CANCEL and nothing between them
     with pytest.raises(DeadlineExceeded):
-        await mesh.call("keeper.block", timeout=0.3)
+        await mesh.call("keeper.block", timeout=0.2)
     # a link call carries its timeout, so the node does not enforce it itself: only the
     # caller's CANCEL frame can have cancelled the handler
     await asyncio.wait_for(PROBE.cancelled_event.wait(), WAIT)
