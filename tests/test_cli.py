@@ -14,11 +14,15 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-
-from meshes import FIXTURES, WIREMESH, RunningMesh, mesh_client, serving_nodes, write_mesh
-
 import wiremesh
+from tests.fixtures.meshes import (
+    FIXTURES,
+    WIREMESH,
+    RunningMesh,
+    mesh_client,
+    serving_nodes,
+    write_mesh,
+)
 
 LONG = "notification-reminders-for-subscribers"
 

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,11 +18,8 @@ from urllib.parse import quote
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-
-from meshes import WIREMESH, LoneNode, serving_nodes
-from redis_server import RedisServer, redis_available
-
+from tests.fixtures.meshes import WIREMESH, LoneNode, serving_nodes
+from tests.fixtures.redis_server import RedisServer, redis_available
 from wiremesh.client import connect
 from wiremesh.messaging.broker_server import BrokerServer
 

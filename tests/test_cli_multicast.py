@@ -7,19 +7,15 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-
-from meshes import WIREMESH, RunningMesh, mesh_client, serving_nodes, write_mesh
 from typer.testing import CliRunner
 
+from tests.fixtures.meshes import WIREMESH, RunningMesh, mesh_client, serving_nodes, write_mesh
 from wiremesh.cli import app
 
 

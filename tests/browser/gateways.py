@@ -1,16 +1,14 @@
 """Meshes with a browser gateway for the browser tests: ``wiremesh run`` in a folder, over
-``wss`` with development certificates. Test modules put this folder on ``sys.path``."""
+``wss`` with development certificates. Test modules import it as ``tests.browser.gateways``."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "fixtures"))
 
-from meshes import RunningMesh  # noqa: E402
+from tests.fixtures.meshes import RunningMesh  # noqa: E402
 
 
 @dataclass

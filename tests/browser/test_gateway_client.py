@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,9 +13,7 @@ from typing import TYPE_CHECKING, Any
 import jwt
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from gateways import Gateway, run_with_gateway
+from tests.browser.gateways import Gateway, run_with_gateway
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

@@ -6,7 +6,6 @@ import asyncio
 import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -15,10 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import REPO, RunningMesh, eventually, mesh_client, serving, serving_nodes
-
+from tests.fixtures.meshes import REPO, RunningMesh, eventually, mesh_client, serving, serving_nodes
 from wiremesh import ServiceError
 from wiremesh.client import MeshClient
 

@@ -25,14 +25,10 @@ Shared pieces (strategies, the in-memory stream, the allocation probe) live in
 from __future__ import annotations
 
 import os
-import sys
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, settings
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

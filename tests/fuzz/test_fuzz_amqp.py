@@ -18,10 +18,10 @@ from typing import Any
 import pamqp.decode
 import pamqp.encode
 import pytest
-from fuzzing import mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz.fuzzing import mutated
 from wiremesh.messaging.amqp import topology as topo
 
 FUZZ = settings.get_profile("wiremesh-fuzz")

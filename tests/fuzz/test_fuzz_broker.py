@@ -22,11 +22,11 @@ from typing import Any
 
 import grpc
 import pytest
-from fuzzing import peak_bytes, protobuf_bytes
 from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz.fuzzing import peak_bytes, protobuf_bytes
 from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.messaging.journal import _SCHEMA, Journal, Stored, envelope_from_proto
 from wiremesh.proto import broker_pb2 as pb

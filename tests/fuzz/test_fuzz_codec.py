@@ -20,10 +20,10 @@ import msgpack
 import pydantic
 import pydantic_core
 import pytest
-from fuzzing import json_values, msgpack_values, mutated, peak_bytes, same
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz.fuzzing import json_values, msgpack_values, mutated, peak_bytes, same
 from wiremesh.core.codec import decode, encode
 from wiremesh.core.shape import MAX_LISTED_ERRORS, signature_shapes
 from wiremesh.errors import InvalidPayload

@@ -15,10 +15,10 @@ import base64
 import json
 from typing import Any
 
-from fuzzing import Pipe, a_gateway, a_session, json_values, mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz.fuzzing import Pipe, a_gateway, a_session, json_values, mutated
 from wiremesh.core import envelope
 from wiremesh.errors import Unauthenticated
 from wiremesh.gateway.auth import mint_token

@@ -14,11 +14,11 @@ import json
 from typing import Any
 
 import pytest
-from fuzzing import Pipe, a_gateway, a_session, json_values, mutated, protobuf_bytes
 from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz.fuzzing import Pipe, a_gateway, a_session, json_values, mutated, protobuf_bytes
 from wiremesh import Service, Session, on_socket
 from wiremesh.gateway.node_side import SocketHub
 from wiremesh.gateway.stream import FrameStream

@@ -16,11 +16,11 @@ from typing import Any
 
 import grpc
 import pytest
-from fuzzing import mutated, protobuf_bytes
 from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz.fuzzing import mutated, protobuf_bytes
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.proto import registry_pb2 as pb
 from wiremesh.registry.embedded import RegistryServer, node_from_proto, snapshot_from_proto

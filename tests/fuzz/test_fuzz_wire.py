@@ -20,11 +20,18 @@ import grpc
 import msgpack
 import pydantic
 import pytest
-from fuzzing import Pipe, json_values, msgpack_values, mutated, peak_bytes, protobuf_bytes
 from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz.fuzzing import (
+    Pipe,
+    json_values,
+    msgpack_values,
+    mutated,
+    peak_bytes,
+    protobuf_bytes,
+)
 from wiremesh import Context, Service, rpc
 from wiremesh.core.topics import matches
 from wiremesh.errors import Status, WiremeshError

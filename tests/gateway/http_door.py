@@ -2,7 +2,7 @@
 
 A real gateway (uvicorn on a free loopback port, JWT, access rules) in front of real nodes,
 both run by :class:`~wiremesh.testing.TestMesh` in the test's event loop, or in a thread of
-their own for synchronous clients. Test modules put this folder on ``sys.path``.
+their own for synchronous clients. Test modules import it as ``tests.gateway.http_door``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,11 +19,15 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import WIREMESH, LoneNode, RunningMesh, eventually_async, serving_nodes, write_mesh
-from redis_server import RedisServer, redis_available
-
+from tests.fixtures.meshes import (
+    WIREMESH,
+    LoneNode,
+    RunningMesh,
+    eventually_async,
+    serving_nodes,
+    write_mesh,
+)
+from tests.fixtures.redis_server import RedisServer, redis_available
 from wiremesh.client import connect
 from wiremesh.gateway.auth import mint_token
 from wiremesh.gateway.stream import GATEWAY_NODES, GATEWAY_URL_KEY

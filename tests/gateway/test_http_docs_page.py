@@ -4,15 +4,12 @@ form sends a request that succeeds."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from http_door import Catalog, gateway_in_thread, token
+from tests.gateway.http_door import Catalog, gateway_in_thread, token
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -4,15 +4,11 @@ body that does not come, ``/healthz`` and ``/readyz``; a real gateway, real node
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from http_door import Shop, bearer, gateway_mesh
+from tests.gateway.http_door import Shop, bearer, gateway_mesh
 
 PROBLEM = "application/problem+json"
 

@@ -5,7 +5,6 @@ error and no answer that contradicts it."""
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,7 @@ from openapi_spec_validator import validate
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from http_door import Catalog, Shop, bearer, gateway_in_thread
-
+from tests.gateway.http_door import Catalog, Shop, bearer, gateway_in_thread
 from wiremesh import Context, Service, rpc
 from wiremesh.core.model import MeshSnapshot, MethodInfo, NodeInfo
 from wiremesh.gateway.openapi import DocumentSettings, openapi_document, service_specs

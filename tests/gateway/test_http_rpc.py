@@ -3,18 +3,13 @@ client (httpx) against a real gateway in front of real nodes."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from http_door import Clock, Shop, Vault, bearer, gateway_mesh, token
-
+from tests.gateway.http_door import Clock, Shop, Vault, bearer, gateway_mesh, token
 from wiremesh.errors import STATUS_TABLE, Status
 from wiremesh.testing import TestMesh
 

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import pytest
 import websockets
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ws_mesh import Chat, chat_mesh, closed_with, connect
-
+from tests.gateway.ws_mesh import Chat, chat_mesh, closed_with, connect
 from wiremesh.core.envelope import parse, request
 from wiremesh.testing import TestMesh, call_handler, worker
 

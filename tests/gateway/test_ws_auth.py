@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,10 +21,7 @@ import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ws_mesh import ROOMY, chat_mesh, closed_with, connect
-
+from tests.gateway.ws_mesh import ROOMY, chat_mesh, closed_with, connect
 from wiremesh.gateway.auth import dev_secret, mint_token
 from wiremesh.gateway.server import Gateway
 from wiremesh.testing import TestMesh, gateway_settings

@@ -4,16 +4,11 @@ reach sessions held by another gateway."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest_asyncio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ws_mesh import ROOMY, Chat, closed_with, connect
-
+from tests.gateway.ws_mesh import ROOMY, Chat, closed_with, connect
 from wiremesh.testing import TestMesh, gateway_settings
 
 

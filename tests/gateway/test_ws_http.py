@@ -3,18 +3,13 @@ JavaScript client and the health check."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ws_mesh import Chat
-
+from tests.gateway.ws_mesh import Chat
 from wiremesh.gateway.server import default_client_js
 from wiremesh.testing import TestMesh, gateway_settings
 

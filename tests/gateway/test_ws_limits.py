@@ -8,19 +8,14 @@ import base64
 import os
 import socket
 import struct
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ws_mesh import ROOMY, chat_mesh, closed_with, connect
-
+from tests.gateway.ws_mesh import ROOMY, chat_mesh, closed_with, connect
 from wiremesh.gateway.server import Gateway
 from wiremesh.testing import TestMesh, gateway_settings
 

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,9 +14,7 @@ import jwt
 import pytest
 import websockets
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import WIREMESH, RunningMesh, mesh_client, write_mesh
+from tests.fixtures.meshes import WIREMESH, RunningMesh, mesh_client, write_mesh
 
 GATEWAY = """\
 [gateway]

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import ssl
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ws_mesh import ROOMY, Chat
-
+from tests.gateway.ws_mesh import ROOMY, Chat
 from wiremesh.gateway.server import Gateway
 from wiremesh.testing import TestMesh, gateway_settings
 from wiremesh.transport.certs import create_dev_ca

@@ -1,24 +1,19 @@
 """The WebSocket tests' mesh: real nodes (registry, Chat, Notes, Plain) and a real gateway.
 
-Test modules put this folder on ``sys.path`` and import from here. Clients are real
+Test modules import it as ``tests.gateway.ws_mesh``. Clients are real
 ``websockets`` clients; :func:`connect` opens one with a token.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from svc_socket import Chat, Notes, Plain
-
+from tests.fixtures.svc_socket import Chat, Notes, Plain
 from wiremesh.testing import TestMesh, gateway_settings
 
 #: limits high enough that only the tests meant to hit them do

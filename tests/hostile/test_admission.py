@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import stat
-import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -28,10 +27,7 @@ import httpx
 import msgpack
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import FIXTURES, RunningMesh, eventually, mesh_client, serving_nodes
-
+from tests.fixtures.meshes import FIXTURES, RunningMesh, eventually, mesh_client, serving_nodes
 from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.errors import Unauthenticated
 from wiremesh.proto import registry_pb2 as pb

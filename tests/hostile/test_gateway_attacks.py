@@ -32,11 +32,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
-
-from http_door import Shop, bearer, gateway_mesh
-from ws_mesh import ROOMY, Chat, Notes, closed_with, connect
-
+from tests.gateway.http_door import Shop, bearer, gateway_mesh
+from tests.gateway.ws_mesh import ROOMY, Chat, Notes, closed_with, connect
 from wiremesh.core import control
 from wiremesh.gateway import listener
 from wiremesh.gateway.connection import Connection

@@ -17,7 +17,6 @@ import doctest
 import os
 import re
 import socket
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,10 +25,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import RunningMesh, eventually, mesh_client, serving_nodes, write_mesh
-
+from tests.fixtures.meshes import RunningMesh, eventually, mesh_client, serving_nodes, write_mesh
 from wiremesh.core.model import NodeInfo
 from wiremesh.observability import endpoint
 from wiremesh.observability.endpoint import METRICS_CONNECTIONS, METRICS_TIMEOUT

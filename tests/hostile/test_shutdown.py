@@ -28,9 +28,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import (
+from tests.fixtures.meshes import (
     FIXTURES,
     REPO,
     LoneNode,
@@ -40,7 +38,6 @@ from meshes import (
     mesh_client,
     serving_nodes,
 )
-
 from wiremesh.client import connect
 from wiremesh.core import drain
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +25,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import RunningMesh, mesh_client, serving_nodes, write_mesh
-
+from tests.fixtures.meshes import RunningMesh, mesh_client, serving_nodes, write_mesh
 from wiremesh.core.model import NodeInfo
 from wiremesh.proto import link_pb2 as pb
 from wiremesh.transport.link import LINK_OPEN

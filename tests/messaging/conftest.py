@@ -11,15 +11,11 @@ import importlib
 import importlib.util
 import os
 import socket
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from postgres import PG_HOST, PG_PORT, fresh_database, postgres_running
+from tests.fixtures.postgres import PG_HOST, PG_PORT, fresh_database, postgres_running
 
 AMQP_URL = os.environ.get("WIREMESH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from meshes import eventually, eventually_async
-from svc_messaging import Audit, Flaky, Gate, Ledger, Opened, Order, Shop, Singleton
-
+from tests.fixtures.meshes import eventually, eventually_async
+from tests.messaging.svc_messaging import Audit, Flaky, Gate, Ledger, Opened, Order, Shop, Singleton
 from wiremesh import BrokerUnavailable, InvalidPayload
 from wiremesh.client import MeshClient
 from wiremesh.core.delivery import DeliveryPolicy

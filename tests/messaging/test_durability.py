@@ -7,15 +7,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import WIREMESH, RunningMesh, eventually_async, mesh_client, serving_nodes
-
+from tests.fixtures.meshes import (
+    WIREMESH,
+    RunningMesh,
+    eventually_async,
+    mesh_client,
+    serving_nodes,
+)
 from wiremesh.client import MeshClient
 from wiremesh.errors import WiremeshError
 

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import eventually
-
+from tests.fixtures.meshes import eventually
 from wiremesh.messaging.base import Binding, Envelope, Received, new_message_id
 from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.messaging.embedded import EmbeddedBroker

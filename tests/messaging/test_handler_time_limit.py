@@ -4,14 +4,10 @@ retried, the others around it go on, and its worker takes the next message."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import eventually
-
+from tests.fixtures.meshes import eventually
 from wiremesh import Context, Service, on_event
 from wiremesh.core.delivery import DeliveryPolicy
 from wiremesh.messaging.base import Binding

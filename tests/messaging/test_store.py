@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,12 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from meshes import eventually
-from svc_messaging import Ledger, Opened
-
+from tests.fixtures.meshes import eventually
+from tests.messaging.svc_messaging import Ledger, Opened
 from wiremesh.messaging.base import Envelope
 from wiremesh.messaging.outbox import Relay
 from wiremesh.messaging.store import (

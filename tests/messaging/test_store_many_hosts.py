@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -20,13 +19,9 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from meshes import eventually
-from postgres import PG_HOST, PG_PORT, fresh_database, postgres_running
-from svc_messaging import Ledger
-
+from tests.fixtures.meshes import eventually
+from tests.fixtures.postgres import PG_HOST, PG_PORT, fresh_database, postgres_running
+from tests.messaging.svc_messaging import Ledger
 from wiremesh.core.retry import Backoff
 from wiremesh.errors import ConfigError
 from wiremesh.messaging import outbox

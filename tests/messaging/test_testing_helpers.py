@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from svc_messaging import Audit, Ledger, Order, Shop, credits
-
+from tests.messaging.svc_messaging import Audit, Ledger, Order, Shop, credits
 from wiremesh import Context, InvalidPayload, Service, on_event
 from wiremesh.testing import call_handler, deliver, worker
 

@@ -31,16 +31,13 @@ import redis
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from tests.fixtures.postgres import fresh_database
 from wiremesh.client import MeshClient, connect
 from wiremesh.core.model import NodeInfo
 from wiremesh.gateway.auth import mint_token
 from wiremesh.registry.redis import mesh_prefix
 
 from .hosts import Host, HostProcess, Network, RedisInstance
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from postgres import fresh_database
 
 pytestmark = pytest.mark.multihost
 

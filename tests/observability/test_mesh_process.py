@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import WIREMESH, RunningMesh, write_mesh
+from tests.fixtures.meshes import WIREMESH, RunningMesh, write_mesh
 
 
 def test_json_logs_and_metrics_of_a_running_mesh(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,11 +15,8 @@ import grpc
 import pytest
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import LoneNode, eventually, process_exists, serving_nodes
-from redis_server import RedisServer, redis_available
-
+from tests.fixtures.meshes import LoneNode, eventually, process_exists, serving_nodes
+from tests.fixtures.redis_server import RedisServer, redis_available
 from wiremesh.client import connect
 from wiremesh.core.model import NodeInfo, NodeState
 from wiremesh.errors import Unavailable

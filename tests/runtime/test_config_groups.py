@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import LoneNode, eventually
-
+from tests.fixtures.meshes import LoneNode, eventually
 from wiremesh.client import MeshClient
 from wiremesh.core.retry import Backoff
 from wiremesh.errors import ConfigError

@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +20,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import (
+from tests.fixtures.meshes import (
     FIXTURES,
     RunningMesh,
     eventually,
@@ -32,7 +29,6 @@ from meshes import (
     serving_nodes,
     supervising,
 )
-
 from wiremesh.cli import app
 from wiremesh.client import MeshClient
 from wiremesh.errors import ConfigError

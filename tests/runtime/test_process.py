@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -16,9 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import (
+from tests.fixtures.meshes import (
     FIXTURES,
     PYTHON,
     LoneNode,
@@ -28,7 +25,6 @@ from meshes import (
     process_exists,
     serving_nodes,
 )
-
 from wiremesh.client import MeshClient, connect
 from wiremesh.errors import Unavailable, WiremeshError
 from wiremesh.registry.embedded import RegistryServer

@@ -10,15 +10,12 @@ import random
 import re
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import (
+from tests.fixtures.meshes import (
     RunningMesh,
     eventually,
     kill_nodes,
@@ -29,7 +26,6 @@ from meshes import (
     supervising,
     write_mesh,
 )
-
 from wiremesh.errors import Unavailable
 from wiremesh.runtime.config import load_config
 from wiremesh.runtime.display import nodes_table

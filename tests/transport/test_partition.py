@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -26,10 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import LoneNode, eventually, eventually_async, serving_nodes
-
+from tests.fixtures.meshes import LoneNode, eventually, eventually_async, serving_nodes
 from wiremesh.client import MeshClient, connect
 from wiremesh.core.ejection import MAX_EJECTION, PROBE_AFTER, UNREACHABLE_AFTER
 from wiremesh.errors import DeadlineExceeded, Unavailable

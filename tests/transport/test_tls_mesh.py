@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from meshes import WIREMESH, RunningMesh, mesh_client, serving_nodes, write_mesh
+from tests.fixtures.meshes import WIREMESH, RunningMesh, mesh_client, serving_nodes, write_mesh
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
