@@ -191,7 +191,7 @@ async def broker_serves(
         async def publish_all() -> None:
             nonlocal routed
             for request in publishes:
-                routed += (await broker._publish(request, context)).routed
+                routed += (await broker.publish(request, context)).routed
 
         async def requests() -> AsyncIterator[pb.ConsumeRequest]:
             for n, message in enumerate(consume):
@@ -202,15 +202,15 @@ async def broker_serves(
 
         try:
             try:
-                async for _ in broker._consume(requests(), context):
+                async for _ in broker.consume(requests(), context):
                     pass
             except Aborted as exc:  # documented: a stream that does not subscribe first
                 assert exc.code is grpc.StatusCode.INVALID_ARGUMENT
             await publish_all()
             assert sum(broker.stats().values()) <= routed
-            await broker._list_dead(dead[0], context)
-            await broker._replay(dead[1], context)
-            await broker._purge(dead[2], context)
+            await broker.list_dead(dead[0], context)
+            await broker.replay(dead[1], context)
+            await broker.purge(dead[2], context)
         finally:
             await broker.stop(0)
 

@@ -135,7 +135,7 @@ async def lease(requests: list[pb.LeaseRequest]) -> RegistryServer:
             await asyncio.sleep(0)
 
     try:
-        await asyncio.wait_for(server._lease(stream(), Context()), 10)
+        await asyncio.wait_for(server.lease(stream(), Context()), 10)
     except Aborted as exc:  # documented: a stream that leases a second node id
         assert exc.code is grpc.StatusCode.INVALID_ARGUMENT
     await server.stop(0)

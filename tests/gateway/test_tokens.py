@@ -37,9 +37,10 @@ def test_a_cached_token_still_expires() -> None:
     token = mint_token(SECRET, subject="ada", ttl=10)
     assert check.verify(token).principal == "ada"
     assert check.verify(token, now=time.time() + 5).principal == "ada"  # from the cache
+    assert check.cached == 1
     with pytest.raises(Unauthenticated, match="expired"):
         check.verify(token, now=time.time() + 20)
-    assert token not in check._cache  # an expired entry leaves the cache
+    assert check.cached == 0  # an expired entry leaves the cache
     with pytest.raises(Unauthenticated, match="not valid yet"):
         check.verify(mint_token(SECRET, ttl=60, claims={"nbf": time.time() + 30}))
 
@@ -49,7 +50,7 @@ def test_the_cache_is_bounded() -> None:
     check.CACHE_SIZE = 3
     for i in range(10):
         check.verify(mint_token(SECRET, subject=f"u{i}", ttl=60))
-    assert len(check._cache) == 3
+    assert check.cached == 3
 
 
 def test_no_key_is_a_config_error() -> None:

@@ -329,7 +329,7 @@ async def test_a_store_has_the_pool_size_its_service_sets(database: str, tmp_pat
     supervisor = Supervisor(config, echo=lambda line: None)
     supervisor.registry = SimpleNamespace(address="127.0.0.1:7400")  # type: ignore[assignment]
     slot = NodeProcess(service="ledger", slot=0, backoff=Backoff(), node_id="ledger-1")
-    launch = NodeLaunch.from_json(supervisor._launch(slot).to_json())
+    launch = NodeLaunch.from_json(supervisor.launch_of(slot).to_json())
     assert (launch.store, launch.pool_size, launch.max_overflow) == (database, 3, 0)
 
     node = Node(

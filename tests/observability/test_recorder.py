@@ -100,8 +100,8 @@ def test_the_quick_span_maker_is_used_and_matches_the_constructor() -> None:
     recorder = Recorder(TracerProvider())
     try:
         record = ("a.b", 3, (7, 8, 9, True, 1), 10, 20, {"k": 1}, "deadline_exceeded")
-        made = recorder._make(*record)
-        assert recorder._make.__name__ == "quick"
+        made = recorder.make_span(*record)
+        assert recorder.make_span.__name__ == "quick"
         assert isinstance(made, ReadableSpan)
         assert (made.name, made.kind, made.start_time, made.end_time) == (
             "a.b",

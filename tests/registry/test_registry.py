@@ -368,8 +368,7 @@ async def test_meshes_in_one_redis_database_are_apart_and_a_url_finds_the_only_o
 async def test_a_node_record_carries_its_host_and_the_advertised_address(
     private_redis: Redis, tmp_path: Path
 ) -> None:
-    from svc_echo import Echo
-
+    from tests.fixtures.svc_echo import Echo
     from wiremesh.runtime.node import Node
 
     node = Node(

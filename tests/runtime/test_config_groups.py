@@ -68,7 +68,7 @@ def test_the_launch_of_a_node_carries_its_services_groups(tmp_path: Path) -> Non
     launches: dict[str, Any] = {}
     for service in ("cache", "orders"):
         slot = NodeProcess(service=service, slot=0, backoff=Backoff(), node_id="x-1")
-        launches[service] = supervisor._launch(slot)
+        launches[service] = supervisor.launch_of(slot)
     assert launches["cache"].groups == ["eu", "hot:tier-1"]
     assert launches["orders"].groups == []
     again = NodeLaunch.from_json(launches["cache"].to_json())

@@ -110,6 +110,11 @@ class TokenVerifier:
     #: the same one): their signature is not checked again, their times are
     CACHE_SIZE = 4096
 
+    @property
+    def cached(self) -> int:
+        """How many tokens are in the cache now (at most :attr:`CACHE_SIZE`)."""
+        return len(self._cache)
+
     def verify(self, token: str, *, now: float | None = None) -> Identity:
         """The identity ``token`` proves at ``now`` (default: the clock's time)."""
         at = time.time() if now is None else now

@@ -143,27 +143,27 @@ class BrokerServer:
         )
         handlers = {
             "Publish": grpc.unary_unary_rpc_method_handler(
-                self._publish,
+                self.publish,
                 request_deserializer=pb.PublishRequest.FromString,
                 response_serializer=pb.PublishReply.SerializeToString,
             ),
             "Consume": grpc.stream_stream_rpc_method_handler(
-                self._consume,
+                self.consume,
                 request_deserializer=pb.ConsumeRequest.FromString,
                 response_serializer=pb.Deliveries.SerializeToString,
             ),
             "ListDead": grpc.unary_unary_rpc_method_handler(
-                self._list_dead,
+                self.list_dead,
                 request_deserializer=pb.ListDeadRequest.FromString,
                 response_serializer=pb.DeadLetters.SerializeToString,
             ),
             "Replay": grpc.unary_unary_rpc_method_handler(
-                self._replay,
+                self.replay,
                 request_deserializer=pb.MessageIds.FromString,
                 response_serializer=pb.Count.SerializeToString,
             ),
             "Purge": grpc.unary_unary_rpc_method_handler(
-                self._purge,
+                self.purge,
                 request_deserializer=pb.MessageIds.FromString,
                 response_serializer=pb.Count.SerializeToString,
             ),
@@ -251,7 +251,7 @@ class BrokerServer:
             self._routes[key] = found
         return found
 
-    async def _publish(self, request: pb.PublishRequest, context: Any) -> pb.PublishReply:
+    async def publish(self, request: pb.PublishRequest, context: Any) -> pb.PublishReply:
         copies: list[Stored] = []
         new_seq = self.journal.new_seq
         for message in request.envelopes:
@@ -319,7 +319,7 @@ class BrokerServer:
             await self.journal.submit(Journal.save_queue(record))
         return queue
 
-    async def _consume(
+    async def consume(
         self, requests: AsyncIterator[pb.ConsumeRequest], context: Any
     ) -> AsyncIterator[pb.Deliveries]:
         first = await anext(aiter(requests), None)
@@ -434,12 +434,12 @@ class BrokerServer:
 
     # ------------------------------------------------------------------ dead letters
 
-    async def _list_dead(self, request: pb.ListDeadRequest, context: Any) -> pb.DeadLetters:
+    async def list_dead(self, request: pb.ListDeadRequest, context: Any) -> pb.DeadLetters:
         ids = list(request.ids) or None
         found = await self.journal.submit(Journal.list_dead(request.limit or 100, ids))
         return pb.DeadLetters(dead_letters=[dead_to_proto(d) for d in found])
 
-    async def _replay(self, request: pb.MessageIds, context: Any) -> pb.Count:
+    async def replay(self, request: pb.MessageIds, context: Any) -> pb.Count:
         ids = None if request.all else list(request.ids)
         if ids == []:
             return pb.Count(count=0)
@@ -453,7 +453,7 @@ class BrokerServer:
                 found.pump()
         return pb.Count(count=len(back))
 
-    async def _purge(self, request: pb.MessageIds, context: Any) -> pb.Count:
+    async def purge(self, request: pb.MessageIds, context: Any) -> pb.Count:
         ids = None if request.all else list(request.ids)
         if ids == []:
             return pb.Count(count=0)

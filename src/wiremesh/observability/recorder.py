@@ -72,7 +72,7 @@ class Recorder:
         )
         self.scope = InstrumentationScope("wiremesh")
         self._exporters, self._others = _sinks(self.processor)
-        self._make = _span_maker(self.resource, self.scope)
+        self.make_span = _span_maker(self.resource, self.scope)
         self._random = random.Random(os.urandom(16))
         self._queue: deque[SpanRecord] = deque()
         self._wake = threading.Event()
@@ -137,7 +137,7 @@ class Recorder:
 
     def _spans(self, limit: int) -> list[Any]:
         """Up to ``limit`` records off the queue, as the SDK's ``ReadableSpan``."""
-        make = self._make
+        make = self.make_span
         spans = []
         pop = self._queue.popleft
         for _ in range(limit):

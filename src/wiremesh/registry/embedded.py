@@ -244,7 +244,7 @@ class RegistryServer:
         self._sweeper: asyncio.Task[None] | None = None
         handlers = {
             "Lease": grpc.stream_unary_rpc_method_handler(
-                self._lease,
+                self.lease,
                 request_deserializer=pb.LeaseRequest.FromString,
                 response_serializer=pb.LeaseReply.SerializeToString,
             ),
@@ -315,7 +315,7 @@ class RegistryServer:
                 sent = value.encode() if isinstance(value, str) else bytes(value)
         return hmac.compare_digest(sent, self._join_secret)
 
-    async def _lease(self, requests: AsyncIterator[pb.LeaseRequest], context: Any) -> pb.LeaseReply:
+    async def lease(self, requests: AsyncIterator[pb.LeaseRequest], context: Any) -> pb.LeaseReply:
         peer = str(context.peer())
         if not self._admits(context):
             self.unauthenticated.add(peer, time.monotonic())

@@ -436,9 +436,9 @@ class Supervisor:
             return command, {**os.environ}, launch.to_json()
         env = {**os.environ, **self.config.services[slot.service].env}
         command = [sys.executable, "-m", "wiremesh.runtime.process", "-"]
-        return command, env, self._launch(slot).to_json()
+        return command, env, self.launch_of(slot).to_json()
 
-    def _launch(self, slot: NodeProcess) -> NodeLaunch:
+    def launch_of(self, slot: NodeProcess) -> NodeLaunch:
         mesh = self.config.mesh
         broker = self.config.broker
         return NodeLaunch(
