@@ -96,6 +96,19 @@ def test_help_teaches_with_examples(tmp_path: Path, command: tuple[str, ...], ex
     assert done.returncode == 0
     assert "Examples:" in done.stdout
     assert example in done.stdout
+    # a flag takes no value, and its help does not pretend it does
+    assert "<bool>" not in done.stdout
+    assert "--help " in done.stdout
+
+
+@pytest.mark.parametrize("target", ["nodot", "a.b.c", "svc@.m", ".method"])
+def test_a_bad_call_target_is_a_usage_error_before_any_mesh_is_reached(
+    tmp_path: Path, target: str
+) -> None:
+    done = wiremesh_cli("call", target, "1", cwd=tmp_path)  # no mesh runs here
+    assert done.returncode == 2
+    assert f"bad call target {target!r}" in done.stderr
+    assert "service.method" in done.stderr
 
 
 def test_call_without_a_running_mesh_says_to_start_one(tmp_path: Path) -> None:
@@ -283,6 +296,18 @@ def test_a_payload_that_is_not_json_exits_2(mesh: Mesh, payload: str) -> None:
     done = wiremesh_cli("call", "echo.echo", payload, cwd=mesh.folder)
     assert done.returncode == 2
     assert "not valid JSON" in done.stderr
+    assert """a string is '"A-1"'""" in done.stderr  # how to quote it
+
+
+def test_an_object_for_a_method_of_one_parameter_says_to_send_the_bare_value(
+    mesh: Mesh,
+) -> None:
+    done = wiremesh_cli("call", "echo.slow", '{"seconds": 0.1}', cwd=mesh.folder)
+    assert done.returncode == 1
+    assert "InvalidPayload" in done.stderr
+    assert "takes one parameter, seconds: send its value itself" in done.stderr
+    bare = wiremesh_cli("call", "echo.slow", "0.1", cwd=mesh.folder)
+    assert bare.returncode == 0, bare.stderr
 
 
 def test_payload_from_a_file(mesh: Mesh, tmp_path: Path) -> None:

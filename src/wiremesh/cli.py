@@ -403,7 +403,12 @@ def _read_payload(text: str | None) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise _fail(f"the payload is not valid JSON: {exc}", EXIT_USAGE) from None
+        message = (
+            f"the payload is not valid JSON: {exc}. Quote it for the shell in single "
+            """quotes, as JSON inside them: a string is '"A-1"', an object '{"sku": "A-1"}', """
+            "a number 3"
+        )
+        raise _fail(message, EXIT_USAGE) from None
 
 
 def _to_json(value: Any) -> str:
@@ -461,8 +466,12 @@ def call(
 ) -> None:
     """Call a method and print its result as JSON.
 
-    On error, prints the error type and message and exits 1 (3 when the mesh's
-    registry is unreachable: nothing was called).
+    A method of one parameter takes its value itself ('"A-1"' for
+    stock(sku: str)); a method of several takes an object of them by name.
+
+    On error, prints the error type and message and exits 1 (2 for a bad
+    target or payload, 3 when the mesh's registry is unreachable: nothing was
+    called in either case).
 
     With --all (or --group NAME) the call is a multicast: it goes to every
     serving node of the service (or those in the group) under one deadline,
@@ -501,6 +510,12 @@ def call(
             parse_mode(mode)
         except WiremeshError as exc:
             raise _fail(f"--mode: {exc}", EXIT_USAGE) from None
+    from wiremesh.core.names import parse_target
+
+    try:
+        parse_target(target, node=node)
+    except WiremeshError as exc:
+        raise _fail(exc.message, EXIT_USAGE) from None
     value = _read_payload(payload)
 
     async def go() -> Any:

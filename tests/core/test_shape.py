@@ -234,3 +234,22 @@ def test_no_payload_reports_each_required_parameter() -> None:
 def test_an_unknown_key_is_refused_by_name() -> None:
     with pytest.raises(InvalidPayload, match=r"qyt: Extra inputs are not permitted"):
         shapes("many").arguments({"sku": "A", "qyt": 5})
+
+
+def test_an_object_naming_the_one_parameter_says_to_send_the_value_itself() -> None:
+    plain = signature_shapes(Handlers.plain, skip=2)
+    with pytest.raises(InvalidPayload) as caught:
+        plain.arguments({"sku": "A-1"})
+    assert caught.value.message.startswith("payload: Input should be a valid string")
+    assert "takes one parameter, sku: send its value itself" in caught.value.message
+    assert caught.value.details["errors"][0]["field"] == "payload"
+    assert plain.arguments("A-1") == (("A-1",), {})
+
+
+def test_an_object_that_does_not_name_the_parameter_gets_no_hint() -> None:
+    with pytest.raises(InvalidPayload) as caught:
+        signature_shapes(Handlers.plain, skip=2).arguments({"code": "A-1"})
+    assert "takes one parameter" not in caught.value.message
+    with pytest.raises(InvalidPayload) as caught:
+        Shape(int).validate({"x": 1})  # a shape of no name: nothing to name
+    assert "takes one parameter" not in caught.value.message

@@ -139,7 +139,18 @@ class SignatureShapes:
         if self._single is not None:
             if payload is None and self._single_default is not inspect.Parameter.empty:
                 return (self._single_default,), {}
-            return (self._single.validate(payload),), {}
+            try:
+                return (self._single.validate(payload),), {}
+            except InvalidPayload as exc:
+                (name,) = self.param_types
+                if not (isinstance(payload, dict) and name in payload):
+                    raise
+                # {"sku": "A-1"} for ``stock(self, ctx, sku: str)``: the likeliest mistake
+                raise InvalidPayload(
+                    f"{exc.message} (the method takes one parameter, {name}: send its value "
+                    "itself, not an object that names it)",
+                    details=exc.details,
+                ) from exc
         if self._params is not None:
             return (), self._params.validate(payload)
         return (), {}
