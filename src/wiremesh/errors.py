@@ -181,8 +181,10 @@ class Unavailable(WiremeshError):
 
 
 class BrokerUnavailable(Unavailable):
-    """The broker did not durably accept a message within the deadline (down, unreachable
-    or refusing); nothing was half sent: sending again is safe."""
+    """The broker did not confirm a message within the deadline (down, unreachable or
+    refusing). It may have stored the message all the same (its confirmation lost on the
+    way): sending again is allowed and may deliver it twice, which idempotent consumers
+    (the inbox of ``messaging/store.py``) absorb."""
 
 
 class PayloadTooLarge(WiremeshError):
