@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 from collections.abc import Iterator
@@ -60,6 +61,8 @@ def test_the_page_shows_a_flow_run_step_by_step(page: Page, demo: Gateway, artif
 
     page.select_option("#flow", "welcome")
     page.fill("#input", '{"name": "Ada"}')
+    # the page offers the pauses the flows node accepts (pace <= 2 s), no more
+    assert page.get_attribute("#pace", "max") == "2000"
     page.fill("#pace", "100")
     page.evaluate(WATCH_STEPS)
     page.click("#run")
@@ -68,6 +71,8 @@ def test_the_page_shows_a_flow_run_step_by_step(page: Page, demo: Gateway, artif
 
     assert run.get_attribute("data-state") == "done"
     assert run.locator(".title").inner_text() == f"welcome on {flows_node}"
+    # each run says which it is and when it started: "run 1a2b3c4d · started 10:41:07"
+    assert re.fullmatch(r"run [0-9a-f]{8} · started .*\d\d.*", run.locator(".meta").inner_text())
     assert run.locator(".step .connector").all_inner_texts() == ["greeting", "shout"]
     connectors = {node for node in demo.running.node_pids() if node.startswith("connectors-")}
     assert set(run.locator(".step .node").all_inner_texts()) <= connectors

@@ -96,6 +96,7 @@ $("#run-form").addEventListener("submit", async (event) => {
     const started = fromJson(await conn.request(toJson(request), { timeout: 5000 }));
     const run = runElement(started.run);
     $(".title", run).textContent = `${started.flow} on ${started.node}`;
+    $(".meta", run).textContent = `run ${started.run} · started ${new Date().toLocaleTimeString()}`;
     fillSteps(run, started.steps);
   } catch (problem) {
     error.textContent = problem.message;
@@ -110,7 +111,7 @@ function runElement(id) {
   run.dataset.run = id;
   run.dataset.state = "running";
   run.innerHTML =
-    '<header><h3 class="title"></h3><span class="status">running</span></header>' +
+    '<header><h3 class="title"></h3><span class="meta muted"></span><span class="status">running</span></header>' +
     '<ol class="steps"></ol><pre class="output" hidden></pre>';
   runs.set(id, run);
   $("#no-runs").hidden = true;
