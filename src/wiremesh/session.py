@@ -9,21 +9,77 @@ principal, through ``self.sessions`` (:class:`Sessions`)::
     @rpc
     async def notify(self, ctx: Context, user: str, text: str) -> int:
         return await self.sessions.send_to_principal(user, text.encode())
+
+The node's side of the gateway streams (``gateway/node_side.py``) holds the sessions; this
+module knows it only through two interfaces: :class:`SessionHolder`, what one session
+needs (send, wait for room, close), and :class:`SessionHub`, what :class:`Sessions` needs
+(the sessions pinned here, a push through the gateways).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Collection, Iterator, Mapping
+from typing import Any, Protocol
 
 from wiremesh.core import envelope
-from wiremesh.gateway.stream import Frame, FrameStream
 
-if TYPE_CHECKING:
-    from wiremesh.gateway.node_side import SocketHub
+__all__ = ["Session", "SessionHolder", "SessionHub", "Sessions"]
 
-__all__ = ["Session", "Sessions"]
+
+class SessionHolder(Protocol):
+    """What a :class:`Session` needs of the node side that holds it: the way back to its
+    browser (``gateway/node_side.py`` gives each session one)."""
+
+    @property
+    def closed(self) -> bool:
+        """The session ended (either side closed it, or its gateway went away)."""
+        ...
+
+    @property
+    def full(self) -> bool:
+        """The stream to the session's gateway takes no more until :meth:`wait_for_room`."""
+        ...
+
+    def wait_for_room(self) -> Awaitable[None]:
+        """Wait until the stream to the gateway has room again."""
+        ...
+
+    def send(self, data: bytes | str) -> None:
+        """Queue one message for the browser (binary for ``bytes``, text for ``str``), or
+        drop it when the session has ended; raises
+        :class:`~wiremesh.errors.PayloadTooLarge` when it could not travel."""
+        ...
+
+    def close(self, code: int, reason: str) -> None:
+        """End the session: its gateway closes the browser's WebSocket with ``code`` and
+        ``reason``, then the close hook runs after the session's last message."""
+        ...
+
+
+class SessionHub(Protocol):
+    """What :class:`Sessions` needs of the node's side of the gateway streams
+    (``gateway/node_side.py:SocketHub``): the sessions pinned to this node, and a push
+    through the gateways connected to it."""
+
+    @property
+    def by_id(self) -> Mapping[str, Session]:
+        """The sessions pinned to this node, by id."""
+        ...
+
+    @property
+    def by_principal(self) -> Mapping[str, Collection[Session]]:
+        """The sessions pinned to this node, by principal."""
+        ...
+
+    async def push_to_session(self, session_id: str, data: bytes | str) -> bool:
+        """Send one message to a session another node holds, through the gateway that
+        holds it; False when no gateway connected to this node holds it."""
+        ...
+
+    async def push_to_principal(self, principal: str, data: bytes | str) -> int:
+        """Send one message to every gateway connected to this node, for the sessions of
+        ``principal`` it holds; the number of gateways reached."""
+        ...
 
 
 class Session:
@@ -32,17 +88,13 @@ class Session:
     ``id`` is unique in the mesh (``"<gateway id>.<number>"``); ``principal`` is the
     token's subject and ``claims`` all of the token's claims, as the gateway verified them
     when the session opened; ``service``, ``path``, ``origin`` and ``remote`` (the browser's
-    address) describe the connection; ``node_id`` is this node.
+    address) describe the connection; ``node_id`` is this node. The node side makes it
+    with its ``holder`` (:class:`SessionHolder`), through which it sends and closes.
     """
 
     __slots__ = (
-        "_busy",
-        "_hub",
-        "_inbox",
-        "_number",
-        "_stream",
+        "_holder",
         "claims",
-        "closed",
         "id",
         "node_id",
         "origin",
@@ -54,9 +106,7 @@ class Session:
 
     def __init__(
         self,
-        hub: SocketHub,
-        stream: FrameStream,
-        number: int,
+        holder: SessionHolder,
         *,
         session_id: str,
         principal: str,
@@ -67,11 +117,7 @@ class Session:
         origin: str = "",
         remote: str = "",
     ) -> None:
-        self._hub = hub
-        self._stream = stream
-        self._number = number
-        self._busy = False
-        self._inbox: deque[Frame] = deque()
+        self._holder = holder
         self.id = session_id
         self.principal = principal
         self.claims = claims
@@ -80,8 +126,11 @@ class Session:
         self.path = path
         self.origin = origin
         self.remote = remote
-        #: the session ended (either side closed it, or its gateway went away)
-        self.closed = False
+
+    @property
+    def closed(self) -> bool:
+        """The session ended (either side closed it, or its gateway went away)."""
+        return self._holder.closed
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
@@ -93,13 +142,10 @@ class Session:
         Waits only when the stream to the gateway is full. A session that has ended takes
         nothing (the message is dropped): sessions end at any time.
         """
-        stream = self._stream
-        if stream.full:
-            await stream.wait_for_room()
-        if self.closed:
-            return
-        frame = self._hub.data_frame(self._number, data)
-        stream.send(frame, len(frame.payload))
+        holder = self._holder
+        if holder.full:
+            await holder.wait_for_room()
+        holder.send(data)
 
     async def reply(self, correlation: int, payload: bytes) -> None:
         """Answer the browser's ``request()`` number ``correlation`` (see
@@ -119,13 +165,13 @@ class Session:
             raise ValueError(f"a session closes with 1000 or a code in 3000-4999, not {code}")
         if len(reason.encode()) > 123:
             raise ValueError("a close reason is at most 123 bytes of UTF-8")
-        self._hub.close_session(self, code, reason)
+        self._holder.close(code, reason)
 
 
 class Sessions:
     """The browser sessions of the mesh, as one node reaches them (``self.sessions``)."""
 
-    def __init__(self, hub: SocketHub) -> None:
+    def __init__(self, hub: SessionHub) -> None:
         self._hub = hub
 
     def get(self, session_id: str) -> Session | None:
@@ -150,26 +196,9 @@ class Sessions:
         if local is not None:
             await local.send(data)
             return True
-        gateway = session_id.rpartition(".")[0]
-        stream = self._hub.streams.get(gateway)
-        if stream is None or stream.closed:
-            return False
-        await self._push(stream, self._hub.push_frame(data, session_id=session_id))
-        return True
+        return await self._hub.push_to_session(session_id, data)
 
     async def send_to_principal(self, principal: str, data: bytes | str) -> int:
         """Send one message to every session of ``principal`` in the mesh (every gateway
         delivers it to the sessions it holds). Returns the number of gateways reached."""
-        frame = self._hub.push_frame(data, principal=principal)
-        reached = 0
-        for stream in list(self._hub.streams.values()):
-            if not stream.closed:
-                await self._push(stream, frame)
-                reached += 1
-        return reached
-
-    @staticmethod
-    async def _push(stream: FrameStream, frame: Frame) -> None:
-        if stream.full:
-            await stream.wait_for_room()
-        stream.send(frame, len(frame.payload))
+        return await self._hub.push_to_principal(principal, data)

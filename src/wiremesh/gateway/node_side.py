@@ -13,6 +13,12 @@ is its gRPC handler). The frames of a session are handled in order, one at a tim
 - **Ends.** ``on_session_close`` runs once per session, after its last message: when the
   browser or the gateway closed it, when the node closed it, or when its gateway's stream
   ended (code 1006). Draining the node closes its sessions with 1012 first.
+
+The turns of a session's messages are :class:`~wiremesh.core.session_inbox.SessionInbox`'s
+rules; this module runs the handlers and does what it answers. Each session's record
+(:class:`_Pinned`: its stream, its number, its inbox) is what the :class:`Session` holds,
+as a :class:`~wiremesh.session.SessionHolder`; the hub is the
+:class:`~wiremesh.session.SessionHub` of ``self.sessions``.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ import contextlib
 import contextvars
 import json
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any
 
 from wiremesh.core.batching import BatchLimits
 from wiremesh.core.defaults import MAX_MESSAGE_BYTES
+from wiremesh.core.session_inbox import OVERFLOW, RUN, SessionInbox
 from wiremesh.errors import STATUS_TABLE, WiremeshError
 from wiremesh.gateway.codes import (
     ABNORMAL,
@@ -59,6 +66,42 @@ log = logging.getLogger("wiremesh.node")
 SOCKET_KEY = "wm.socket"
 
 
+class _Pinned:
+    """The hub's record of one session pinned to this node: the stream it came by, its
+    number there and its inbox. Its :class:`Session` holds it (it is the session's
+    :class:`~wiremesh.session.SessionHolder`)."""
+
+    __slots__ = ("hub", "inbox", "number", "session", "stream")
+
+    session: Session
+
+    def __init__(self, hub: SocketHub, stream: FrameStream, number: int) -> None:
+        self.hub = hub
+        self.stream = stream
+        self.number = number
+        self.inbox: SessionInbox[Frame] = SessionInbox(hub.inbox_limit)
+
+    @property
+    def closed(self) -> bool:
+        return self.inbox.closed
+
+    @property
+    def full(self) -> bool:
+        return self.stream.full
+
+    def wait_for_room(self) -> Awaitable[None]:
+        return self.stream.wait_for_room()
+
+    def send(self, data: bytes | str) -> None:
+        if self.inbox.closed:
+            return
+        frame = self.hub.data_frame(self.number, data)
+        self.stream.send(frame, len(frame.payload))
+
+    def close(self, code: int, reason: str) -> None:
+        self.hub._close_session(self, code, reason)
+
+
 class SocketHub:
     """Every browser session pinned to this node, and the streams of the gateways."""
 
@@ -77,6 +120,9 @@ class SocketHub:
         self.max_message_bytes = max_message_bytes
         #: the largest browser message a frame to a gateway may carry
         self.max_payload = BatchLimits(max_message_bytes=max_message_bytes).max_payload
+        if inbox_limit < 1:
+            raise ValueError(f"a session's inbox holds at least 1 message, not {inbox_limit}")
+        #: how many messages of a session may wait while its handler runs
         self.inbox_limit = inbox_limit
         self._handler = getattr(service, spec.socket.attribute) if spec.socket else None
         self._trace_name = f"{spec.name}.{spec.socket.attribute if spec.socket else 'socket'}"
@@ -85,9 +131,11 @@ class SocketHub:
         self._close_hook = cls.on_session_close is not Service.on_session_close
         #: the stream of each gateway connected to this node, by gateway id
         self.streams: dict[str, FrameStream] = {}
+        #: the sessions pinned to this node, by id and by principal
         self.by_id: dict[str, Session] = {}
         self.by_principal: dict[str, set[Session]] = {}
-        self._tables: dict[FrameStream, dict[int, Session]] = {}
+        #: each gateway stream's sessions, by their number on it
+        self._tables: dict[FrameStream, dict[int, _Pinned]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self.sessions = Sessions(self)
@@ -111,10 +159,9 @@ class SocketHub:
         if self.streams.get(stream.remote_id) is stream:
             del self.streams[stream.remote_id]
         table = self._tables.pop(stream, {})
-        for session in table.values():
-            if not session.closed:
-                session.closed = True
-                self._ended(session, ABNORMAL, "the gateway stream ended")
+        for pinned in table.values():
+            if not pinned.closed:
+                self._ended(pinned, ABNORMAL, "the gateway stream ended")
 
     def _on_batch(self, stream: FrameStream, frames: Any) -> None:
         table = self._tables.get(stream)
@@ -123,16 +170,20 @@ class SocketHub:
         for frame in frames:
             kind = frame.kind
             if kind == DATA:
-                session = table.get(frame.session)
-                if session is not None and not session.closed:
-                    self._deliver(session, frame)
+                pinned = table.get(frame.session)
+                if pinned is not None:
+                    # what _deliver does, written out: this is the path of every message
+                    action = pinned.inbox.arrived(frame)
+                    if action is RUN:
+                        self._run(pinned, frame)
+                    elif action is OVERFLOW:
+                        self._overflowed(pinned)
             elif kind == OPEN:
                 self._open(stream, table, frame)
             elif kind == CLOSE:
-                session = table.get(frame.session)
-                if session is not None and not session.closed:
-                    session.closed = True
-                    self._ended(session, frame.code, frame.reason)
+                pinned = table.get(frame.session)
+                if pinned is not None and not pinned.closed:
+                    self._ended(pinned, frame.code, frame.reason)
             elif kind == HELLO:
                 current = self.streams.get(frame.sender)
                 if current is not None and current is not stream:
@@ -141,7 +192,7 @@ class SocketHub:
 
     # ------------------------------------------------------------------ sessions
 
-    def _open(self, stream: FrameStream, table: dict[int, Session], frame: Frame) -> None:
+    def _open(self, stream: FrameStream, table: dict[int, _Pinned], frame: Frame) -> None:
         number = frame.session
         if self.closing or self._handler is None:
             code, reason = (
@@ -159,12 +210,10 @@ class SocketHub:
         if replaced is not None and not replaced.closed:
             # a gateway numbers its sessions once: a number used again ends the old session
             # (its close hook runs) rather than leave it in the tables for the node's life
-            replaced.closed = True
             self._ended(replaced, POLICY_VIOLATION, "its number was opened again")
-        session = Session(
-            self,
-            stream,
-            number,
+        pinned = _Pinned(self, stream, number)
+        session = pinned.session = Session(
+            pinned,
             session_id=frame.session_id,
             principal=frame.principal,
             claims=claims if isinstance(claims, dict) else {},
@@ -174,24 +223,26 @@ class SocketHub:
             origin=frame.origin,
             remote=frame.remote,
         )
-        table[number] = session
+        table[number] = pinned
         self.by_id[session.id] = session
         self.by_principal.setdefault(session.principal, set()).add(session)
         if self._open_hook:
-            self._deliver(session, frame)
+            self._deliver(pinned, frame)
 
-    def close_session(self, session: Session, code: int, reason: str) -> None:
-        """The node ends ``session``: tell its gateway, then run the close hook."""
-        session.closed = True
-        stream = session._stream
-        stream.send(Frame(kind=CLOSE, session=session._number, code=code, reason=reason))
-        self._ended(session, code, reason)
+    def _close_session(self, pinned: _Pinned, code: int, reason: str) -> None:
+        """The node ends a session: tell its gateway, then run the close hook."""
+        pinned.stream.send(Frame(kind=CLOSE, session=pinned.number, code=code, reason=reason))
+        self._ended(pinned, code, reason)
 
-    def _ended(self, session: Session, code: int, reason: str) -> None:
-        """``session`` is over: forget it, and queue its close hook after its messages."""
-        table = self._tables.get(session._stream)
-        if table is not None and table.get(session._number) is session:
-            del table[session._number]
+    def _ended(self, pinned: _Pinned, code: int, reason: str) -> None:
+        """A session is over: forget it, and queue its close hook after its messages."""
+        last = pinned.inbox.close(
+            Frame(kind=CLOSE, code=code, reason=reason) if self._close_hook else None
+        )
+        table = self._tables.get(pinned.stream)
+        if table is not None and table.get(pinned.number) is pinned:
+            del table[pinned.number]
+        session = pinned.session
         if self.by_id.get(session.id) is session:
             del self.by_id[session.id]
         same = self.by_principal.get(session.principal)
@@ -199,10 +250,29 @@ class SocketHub:
             same.discard(session)
             if not same:
                 del self.by_principal[session.principal]
-        if self._close_hook:
-            self._deliver(session, Frame(kind=CLOSE, code=code, reason=reason), force=True)
-        else:
-            session._inbox.clear()
+        if last is not None:
+            self._run(pinned, last)
+
+    async def push_to_session(self, session_id: str, data: bytes | str) -> bool:
+        """Send one message to session ``session_id`` of another node, through the gateway
+        that holds it (its id names it). False when that gateway has no stream here."""
+        gateway = session_id.rpartition(".")[0]
+        stream = self.streams.get(gateway)
+        if stream is None or stream.closed:
+            return False
+        await _push(stream, self.push_frame(data, session_id=session_id))
+        return True
+
+    async def push_to_principal(self, principal: str, data: bytes | str) -> int:
+        """Send one message to every gateway connected to this node, for the sessions of
+        ``principal`` it holds. Returns the number of gateways reached."""
+        frame = self.push_frame(data, principal=principal)
+        reached = 0
+        for stream in list(self.streams.values()):
+            if not stream.closed:
+                await _push(stream, frame)
+                reached += 1
+        return reached
 
     def data_frame(self, number: int, data: bytes | str) -> Frame:
         text = isinstance(data, str)
@@ -229,55 +299,71 @@ class SocketHub:
 
     # ------------------------------------------------------------------ running handlers
 
-    def _deliver(self, session: Session, frame: Frame, *, force: bool = False) -> None:
-        if session._busy:
-            if len(session._inbox) >= self.inbox_limit and not force:
-                log.warning(
-                    "session %s: its handler is %d messages behind; closing it",
-                    session.id,
-                    self.inbox_limit,
-                )
-                session._inbox.clear()
-                self.close_session(session, SLOW_CONSUMER, "the node cannot keep up")
-                return
-            session._inbox.append(frame)
-            return
-        # the handler runs in a context of its own, begun here and finished (if it waits)
-        # in a task of that same context: what it sets (the current span, say) stays its
-        coro = self._work(session, frame)
-        context = contextvars.copy_context()
-        try:
-            waits_on = context.run(coro.send, None)
-        except StopIteration:
-            return
-        except Exception as exc:
-            self._failed(session, frame, exc)
-            return
-        session._busy = True
-        task = asyncio.get_running_loop().create_task(
-            self._finish(session, frame, Resume(coro, waits_on)), context=context
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _deliver(self, pinned: _Pinned, frame: Frame) -> None:
+        """A message of the session arrived: run it, let it wait, or end the session."""
+        action = pinned.inbox.arrived(frame)
+        if action is RUN:
+            self._run(pinned, frame)
+        elif action is OVERFLOW:
+            self._overflowed(pinned)
 
-    async def _finish(self, session: Session, frame: Frame, started: Resume) -> None:
+    def _overflowed(self, pinned: _Pinned) -> None:
+        """The session's handler is ``inbox_limit`` messages behind: end the session."""
+        log.warning(
+            "session %s: its handler is %d messages behind; closing it",
+            pinned.session.id,
+            self.inbox_limit,
+        )
+        self._close_session(pinned, SLOW_CONSUMER, "the node cannot keep up")
+
+    def _run(self, pinned: _Pinned, frame: Frame | None) -> None:
+        """Run the session's work for ``frame`` here, then the next that its inbox gives,
+        until one has to wait: that one is finished in a task (:meth:`_finish`)."""
+        inbox = pinned.inbox
+        while frame is not None:
+            # the handler runs in a context of its own, begun here and finished (if it
+            # waits) in a task of that same context: what it sets (the current span, say)
+            # stays its
+            coro = self._work(pinned, frame)
+            context = contextvars.copy_context()
+            try:
+                waits_on = context.run(coro.send, None)
+            except StopIteration:
+                frame = inbox.finished()
+                continue
+            except Exception as exc:
+                self._failed(pinned, frame, exc)
+                frame = inbox.finished()
+                continue
+            task = asyncio.get_running_loop().create_task(
+                self._finish(pinned, frame, Resume(coro, waits_on)), context=context
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+
+    async def _finish(self, pinned: _Pinned, frame: Frame, started: Resume) -> None:
         """Finish a handler that had to wait, then handle what queued meanwhile."""
+        inbox = pinned.inbox
         try:
             try:
                 await started
             except Exception as exc:
-                self._failed(session, frame, exc)
-            inbox = session._inbox
-            while inbox:
-                frame = inbox.popleft()
+                self._failed(pinned, frame, exc)
+            while (waiting := inbox.finished()) is not None:
                 try:
-                    await self._work(session, frame)
+                    await self._work(pinned, waiting)
                 except Exception as exc:
-                    self._failed(session, frame, exc)
-        finally:
-            session._busy = False
+                    self._failed(pinned, waiting, exc)
+        except BaseException:
+            # cancelled (the node stops): what waits is dropped, so nothing stays behind it
+            while inbox.finished() is not None:
+                pass
+            raise
 
-    def _work(self, session: Session, frame: Frame) -> Coroutine[Any, Any, None]:
+    def _work(self, pinned: _Pinned, frame: Frame) -> Coroutine[Any, Any, None]:
+        """The coroutine that handles ``frame``: the socket handler or a hook."""
+        session = pinned.session
         kind = frame.kind
         if kind == DATA:
             assert self._handler is not None
@@ -286,8 +372,8 @@ class SocketHub:
                 try:
                     payload = frame.payload.decode()
                 except UnicodeDecodeError:  # ends this session, never the whole stream
-                    self.close_session(
-                        session, CloseCode.INVALID_DATA, "a text message must be UTF-8"
+                    self._close_session(
+                        pinned, CloseCode.INVALID_DATA, "a text message must be UTF-8"
                     )
                     return _nothing()
             result: Coroutine[Any, Any, None] = self._handler(session, payload)
@@ -305,7 +391,10 @@ class SocketHub:
         size: int,
         carrier: Mapping[str, str],
     ) -> None:
-        """``handling`` inside a span that continues the gateway's trace."""
+        """``handling`` inside a span that continues the gateway's trace.
+
+        The node side's own copy of the entrypoint pipeline (a span, the status mapped
+        from the error), kept in this one function: the shared pipeline replaces it."""
         span = tracing.server_span(
             self._trace_name, carrier, node=self.node_id, size=size, kind="consumer"
         )
@@ -323,7 +412,10 @@ class SocketHub:
                 span.set("wiremesh.session", session.id)
                 span.end(status)
 
-    def _failed(self, session: Session, frame: Frame, exc: Exception) -> None:
+    def _failed(self, pinned: _Pinned, frame: Frame, exc: Exception) -> None:
+        """``frame``'s work raised ``exc``: the session ends with the error's close code
+        (a close hook's error is only logged)."""
+        session = pinned.session
         kind = frame.kind
         if kind == CLOSE:
             log.error("session %s: on_session_close raised %r", session.id, exc)
@@ -341,8 +433,8 @@ class SocketHub:
                 type(exc).__name__,
                 exc_info=exc,
             )
-        if not session.closed:
-            self.close_session(session, code, _reason(reason))
+        if not pinned.closed:
+            self._close_session(pinned, code, _reason(reason))
 
     # ------------------------------------------------------------------ draining
 
@@ -350,9 +442,9 @@ class SocketHub:
         """Drain: close every session with 1012 (its browser reconnects to a live node),
         let the close hooks run within ``grace`` seconds, then end the streams."""
         self.closing = True
-        for session in list(self.by_id.values()):
-            if not session.closed:
-                self.close_session(session, SERVICE_RESTART, "the node is draining")
+        for pinned in [p for table in self._tables.values() for p in table.values()]:
+            if not pinned.closed:
+                self._close_session(pinned, SERVICE_RESTART, "the node is draining")
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
         for _ in range(50):  # let the writers take the CLOSE frames
@@ -388,6 +480,13 @@ def gateway_method_handler(hub: SocketHub) -> Any:
             )
         },
     )
+
+
+async def _push(stream: FrameStream, frame: Frame) -> None:
+    """Queue ``frame`` on ``stream``, once it has room."""
+    if stream.full:
+        await stream.wait_for_room()
+    stream.send(frame, len(frame.payload))
 
 
 def _reason(text: str) -> str:
