@@ -3,7 +3,7 @@ failures, drains, size limits, and one stream per pair of nodes.
 
 Every test runs real nodes on 127.0.0.1 in the test's event loop. Calls from the mesh's
 client travel over its links (the default); the assertions look at the links themselves
-(``Links._by_node``, a link's counters, its pending calls), not only at the answers.
+(``Links.get``, a link's counters, its pending calls), not only at the answers.
 Nothing here asserts a timing: waits are bounded generously, to fail instead of hanging.
 """
 
@@ -150,7 +150,9 @@ def client_link(mesh: TestMesh, node: Node) -> Link:
     """The link from the mesh's client to ``node`` (opened by a call before)."""
     links = mesh.client.links
     assert links is not None
-    return links._by_node[node.node_id]
+    link = links.get(node.node_id)
+    assert link is not None
+    return link
 
 
 def accepted_from(node: Node, remote_id: str) -> list[Link]:
@@ -228,7 +230,7 @@ async def test_cancelling_the_caller_cancels_the_remote_handler(mesh: TestMesh) 
 
     assert PROBE.cancelled == [node.node_id]
     await eventually(lambda: not served.serving, "the node forgets the cancelled call")
-    assert not link._pending
+    assert not link.pending
     assert not link.closed  # a CANCEL frame, not a broken link
     assert await mesh.call("keeper.whoami") == node.node_id
 
@@ -252,7 +254,7 @@ async def test_a_passing_deadline_sends_cancel_and_the_handler_is_cancelled(
     assert PROBE.cancelled == [node.node_id]
     assert link.sent_frames - frames == 2  # the CALL, then its CANCEL
     assert not link.closed
-    assert not link._pending
+    assert not link.pending
     assert await mesh.call("keeper.whoami") == node.node_id
 
 
@@ -270,11 +272,11 @@ async def test_each_call_expires_at_its_own_deadline(mesh: TestMesh) -> None:
     assert all(isinstance(result, DeadlineExceeded) for result in results), results
     await eventually(lambda: len(PROBE.cancelled) == 3, "three handlers cancelled")
     assert not long.done()
-    assert len(link._pending) == 1
+    assert link.pending == 1
     PROBE.release.set()
     assert await asyncio.wait_for(long, WAIT) == node.node_id
     assert PROBE.cancelled == [node.node_id] * 3
-    assert not link._pending
+    assert not link.pending
 
 
 async def test_answered_calls_leave_no_deadline_behind(mesh: TestMesh) -> None:
@@ -284,8 +286,8 @@ async def test_answered_calls_leave_no_deadline_behind(mesh: TestMesh) -> None:
     for _ in range(1000):
         await mesh.call("keeper.whoami")
     # one timer per link, not per call; what answered calls leave is swept away
-    assert len(link._deadlines) < 600
-    assert not link._pending
+    assert link.calls.held < 600
+    assert not link.pending
 
 
 # -- peers that restart, die or drain -------------------------------------------------------
@@ -350,7 +352,7 @@ async def test_a_new_node_gets_a_new_link_and_the_old_one_closes(mesh: TestMesh)
     assert old_link.closed
     links = mesh.client.links
     assert links is not None
-    assert old.node_id not in links._by_node
+    assert links.get(old.node_id) is None
     assert not client_link(mesh, new).closed
 
 
@@ -366,7 +368,7 @@ async def test_a_peer_dying_mid_call_fails_the_call_unavailable(mesh: TestMesh) 
         await asyncio.wait_for(call, WAIT)
     assert info.value.node == node.node_id
     assert link.closed
-    assert not link._pending
+    assert not link.pending
 
 
 async def test_an_idempotent_call_is_retried_on_another_node_when_its_peer_dies(
@@ -448,12 +450,12 @@ async def test_a_node_calls_back_over_the_link_it_accepted() -> None:
             # client -> a, a -> b (a opens the link), b -> a (over that same link)
             assert await mesh.call("ping.start") == a.node_id
 
-        opened = a.links._by_node[b.node_id]
+        opened = a.links.get(b.node_id)
         assert opened not in a.links.accepted  # a opened it
-        adopted = b.links._by_node[a.node_id]
+        adopted = b.links.get(a.node_id)
+        assert opened is not None and adopted is not None
         assert adopted in b.links.accepted  # b uses the stream a opened
         assert not accepted_from(a, b.node_id)  # b never opened a stream of its own to a
-        assert a.address not in b.links._channels
         # both ends sent frames on that one stream: a its calls and b's answers, b the reverse
         a_stats, b_stats = a.links.stats()[b.node_id], b.links.stats()[a.node_id]
         assert a_stats["frames"] >= 10 and b_stats["frames"] >= 10

@@ -55,6 +55,7 @@ __all__ = [
     "BATCH_FRAMES",
     "FRAME_COST",
     "HEADROOM",
+    "QUEUED_FRAMES",
     "QUEUED_MESSAGES",
     "BatchLimits",
     "Outbox",
@@ -71,6 +72,8 @@ HEADROOM = 16 * 1024
 BATCH_FRAMES = 2048
 #: by default, a queue is full at this many messages' worth of bytes
 QUEUED_MESSAGES = 4
+#: by default, a queue is full at this many frames (a mesh link's bound)
+QUEUED_FRAMES = 4096
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class BatchLimits:
     #: the largest gRPC message either end accepts
     max_message_bytes: int = MAX_MESSAGE_BYTES
     #: frames that may wait to be written before the queue is full
-    max_frames: int = 4096
+    max_frames: int = QUEUED_FRAMES
     #: bytes that may wait (payloads plus FRAME_COST each); 0: QUEUED_MESSAGES messages
     max_queued_bytes: int = 0
     #: loop turns a writer may let pass after a busy write (0: it never lingers)

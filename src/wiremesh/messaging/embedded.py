@@ -39,6 +39,10 @@ _RECONNECT_DELAY = 0.2
 _SENDERS = 4
 #: longest consume() waits for the broker to confirm the subscription
 _SUBSCRIBE_WAIT = 5.0
+#: seconds a dead-letter request (list, replay, purge) may take
+_ADMIN_TIMEOUT = 10.0
+#: seconds a cancelled subscription waits to send its last settles and end its stream
+_CANCEL_WAIT = 2.0
 
 _T = TypeVar("_T")
 
@@ -274,22 +278,24 @@ class EmbeddedBroker:
     # ------------------------------------------------------------------ dead letters
 
     async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
-        reply = await self._admin(self._list_dead(pb.ListDeadRequest(limit=limit), timeout=10))
+        reply = await self._admin(
+            self._list_dead(pb.ListDeadRequest(limit=limit), timeout=_ADMIN_TIMEOUT)
+        )
         return [_dead_from_proto(d) for d in reply.dead_letters]
 
     async def dead_letter(self, message_id: str) -> DeadLetter | None:
         request = pb.ListDeadRequest(limit=1, ids=[message_id])
-        reply = await self._admin(self._list_dead(request, timeout=10))
+        reply = await self._admin(self._list_dead(request, timeout=_ADMIN_TIMEOUT))
         return _dead_from_proto(reply.dead_letters[0]) if reply.dead_letters else None
 
     async def replay(self, message_ids: Sequence[str] | None = None) -> int:
         request = pb.MessageIds(ids=message_ids or [], all=message_ids is None)
-        reply = await self._admin(self._replay(request, timeout=10))
+        reply = await self._admin(self._replay(request, timeout=_ADMIN_TIMEOUT))
         return int(reply.count)
 
     async def purge(self, message_ids: Sequence[str] | None = None) -> int:
         request = pb.MessageIds(ids=message_ids or [], all=message_ids is None)
-        reply = await self._admin(self._purge(request, timeout=10))
+        reply = await self._admin(self._purge(request, timeout=_ADMIN_TIMEOUT))
         return int(reply.count)
 
     async def _admin(self, call: Awaitable[_T]) -> _T:
@@ -441,10 +447,10 @@ class _Subscription:
         request = self._take()
         if call is not None and request is not None:
             with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
-                await asyncio.wait_for(call.write(request), 2.0)
+                await asyncio.wait_for(call.write(request), _CANCEL_WAIT)
         if call is not None:
             with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, TimeoutError):
-                await asyncio.wait_for(call.done_writing(), 2.0)
+                await asyncio.wait_for(call.done_writing(), _CANCEL_WAIT)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -33,6 +33,7 @@ import grpc
 from wiremesh.core.balancing import Balancer, BalancerName, make_balancer
 from wiremesh.core.codec import CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
+from wiremesh.core.defaults import BALANCER, CALL_TIMEOUT, MAX_MESSAGE_BYTES
 from wiremesh.core.drain import work_age, work_began
 from wiremesh.core.gather import Mode, MulticastResult
 from wiremesh.core.model import MeshSnapshot, NodeInfo
@@ -134,10 +135,10 @@ class Caller:
         view: MeshView,
         *,
         identity: str | None = None,
-        default_timeout: float = 10.0,
-        balancer: BalancerName = "round_robin",
+        default_timeout: float = CALL_TIMEOUT,
+        balancer: BalancerName = BALANCER,
         balancers: Mapping[str, BalancerName] | None = None,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
         links: Links | None = None,
         metrics: MeshMetrics | None = None,

@@ -5,13 +5,15 @@ small frames — calls, replies, errors, cancels, publishes — in one gRPC mess
 (``Batch``, ``proto/wiremesh/link/v1/link.proto``). A link is a
 :class:`~wiremesh.transport.batching.BatchedStream`: batching, no latency when idle,
 reading and the bounds are that module's (and :mod:`wiremesh.core.batching`'s rules).
-What a link adds:
+What a link adds, the rules being those of :mod:`wiremesh.core.calls` (numbers,
+answers, deadlines, a silent peer, the peer's CANCEL), which :attr:`Link.calls` holds;
+this module runs its two timers, sends its frames and resolves its futures:
 
-- **Calls.** Each call has an id and a future; the REPLY or ERROR frame with that id
-  resolves it. A call that is the only one in flight on its link (or the answer to such
-  a call) is *alone*: its write starts at once, in the caller's own turn.
+- **Calls.** Each call has a number and a future; the REPLY or ERROR frame with that
+  number resolves it. A call that is the only one in flight on its link (or the answer
+  to such a call) is *alone*: its write starts at once, in the caller's own turn.
 - **Deadlines.** One timer per link, armed for the earliest deadline of the calls in
-  flight (a heap), instead of a timer per call; answered calls leave the heap lazily.
+  flight, instead of a timer per call.
 - **Liveness.** One more timer per link, ticking while calls of ours are in flight, runs
   the rules of :mod:`wiremesh.core.ejection`: every message read is a sign of life (one
   timestamp per read); a link quiet for a while sends a *probe*, a CALL frame that names
@@ -25,13 +27,14 @@ answers the other's calls on the same stream. The process that opened the stream
 the *opener*; the other accepted it in its ``Link/Open`` handler.
 
 Limits: a frame carries at most ``max_message_bytes`` less 16 KiB of payload, and every
-batch fits in ``max_message_bytes``. At most ``max_frames`` frames (4096) and four
-messages' worth of bytes (16 MiB) wait to be written. A call waits for room
-(backpressure reaches the caller); a publish never waits: when there is no room it is
-dropped and counted in :attr:`Link.dropped`; an answer is always queued, but a link
-stops reading from its peer while the frames queued and the calls it is serving reach
-``max_frames`` (or the bytes their bound), until the writer has made room: a peer that
-sends calls and never reads their answers stops being read.
+batch fits in ``max_message_bytes``. At most ``max_frames`` frames (by default
+:data:`~wiremesh.core.batching.QUEUED_FRAMES`) and four messages' worth of bytes wait
+to be written. A call waits for room (backpressure reaches the caller); a publish
+never waits: when there is no room it is dropped and counted in :attr:`Link.dropped`;
+an answer is always queued, but a link stops reading from its peer while the frames
+queued and the calls it is serving reach ``max_frames`` (or the bytes their bound),
+until the writer has made room: a peer that sends calls and never reads their answers
+stops being read.
 """
 
 from __future__ import annotations
@@ -40,12 +43,12 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Sequence
-from heapq import heapify, heappop, heappush
 from typing import Protocol
 
-from wiremesh.core.batching import BatchLimits
+from wiremesh.core.batching import QUEUED_FRAMES, BatchLimits
+from wiremesh.core.calls import LinkCalls
 from wiremesh.core.defaults import MAX_MESSAGE_BYTES
-from wiremesh.core.ejection import Liveness, Verdict, Watch
+from wiremesh.core.ejection import Liveness
 from wiremesh.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -97,14 +100,18 @@ class Link(BatchedStream[pb.Frame]):
         local_id: str,
         local_service: str = "",
         handler: LinkHandler | None = None,
-        max_frames: int = 4096,
+        max_frames: int = QUEUED_FRAMES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         liveness: Liveness | None = None,
     ) -> None:
+        #: the calls on this link, both ways: the rules (numbers, answers, deadlines, a
+        #: silent peer, the peer's CANCEL) are :mod:`wiremesh.core.calls`'; this class
+        #: runs its timers, sends its frames and resolves its futures
+        self.calls: LinkCalls[asyncio.Future[pb.Frame], asyncio.Task[None]] = LinkCalls(liveness)
         #: incoming calls being served, by id: a CANCEL frame cancels one (each owes the
         #: peer an answer: while they and the frames queued reach the bound, the link
         #: reads nothing more from its peer)
-        self.serving: dict[int, asyncio.Task[None]] = {}
+        self.serving = self.calls.serving
         super().__init__(
             stream,
             batch=pb.Batch,
@@ -119,27 +126,17 @@ class Link(BatchedStream[pb.Frame]):
         self.remote_id = ""
         self.remote_service = ""
         self._handler = handler
-        self._pending: dict[int, asyncio.Future[pb.Frame]] = {}
-        #: (deadline, call id) of the calls sent, earliest first; one timer, armed for the
-        #: earliest, serves them all. Answered calls leave lazily (see :meth:`_on_deadline`).
-        self._deadlines: list[tuple[float, int]] = []
+        #: the deadline timer, set for ``calls.wake_at`` (None, and inf: not set)
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_timer_at = math.inf
-        self._next_id = 0
         self.hello = asyncio.Event()
         #: publishes dropped because the link's queue was full
         self.dropped = 0
         self._on_hello: list[Callable[[Link], None]] = []
         #: when the last message from the peer was read (``loop.time()``): a sign of life
         self.heard_at = -math.inf
-        self._liveness = liveness if liveness is not None else Liveness()
-        self._watch = Watch(self._liveness)
-        #: the watch's timer: armed while calls of ours are in flight (None: idle)
+        #: the watch's timer: set while calls of ours are in flight (``calls.watching``)
         self._watch_timer: asyncio.TimerHandle | None = None
-        self._watch_due = 0.0
-        #: ids of the calls that may be given up when the peer falls silent (some may be
-        #: answered already: the list is pruned lazily, like the deadline heap)
-        self._abandonable: list[int] = []
         #: the probe queued and not written yet (the watch learns when it leaves)
         self._probe: pb.Frame | None = None
         self._on_reachability: list[Callable[[Link], None]] = []
@@ -161,7 +158,12 @@ class Link(BatchedStream[pb.Frame]):
     def unreachable(self) -> bool:
         """Whether the peer is judged silent: calls of ours waited for it, and it has
         answered nothing, not even a probe, for :attr:`Liveness.unreachable_after`."""
-        return self._watch.silent
+        return self.calls.silent
+
+    @property
+    def pending(self) -> int:
+        """How many calls of ours wait for their answers on this link."""
+        return len(self.calls.pending)
 
     # ------------------------------------------------------------------ sending
 
@@ -195,29 +197,15 @@ class Link(BatchedStream[pb.Frame]):
                 f"the payload is {size} bytes; a message may carry "
                 f"{self.max_payload} (mesh.max_message_bytes)"
             )
-        self._next_id = call_id = self._next_id + 1
-        frame.id = call_id
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[pb.Frame] = loop.create_future()
-        pending = self._pending
-        pending[call_id] = future
-        # no timer per call: one per link, for the earliest deadline
-        deadlines = self._deadlines
-        heappush(deadlines, (at, call_id))
-        if at < self._deadline_timer_at:
-            self._arm_deadline_timer(at)
-        elif len(deadlines) > 2 * len(pending) + 256:
-            # answered calls linger in the heap until their deadline: drop them now
-            self._deadlines = [entry for entry in deadlines if entry[1] in pending]
-            heapify(self._deadlines)
-        if abandonable:
-            abandonable_ids = self._abandonable
-            abandonable_ids.append(call_id)
-            if len(abandonable_ids) > 2 * len(pending) + 256:
-                self._abandonable = [i for i in abandonable_ids if i in pending]
-        if self._watch_timer is None:  # one watch per link, not a timer per call
-            self._start_watch(loop)
-        self.send(frame, size, len(pending) == 1)
+        calls = self.calls
+        future: asyncio.Future[pb.Frame] = asyncio.get_running_loop().create_future()
+        frame.id = calls.start(future, at, abandonable)
+        # no timer per call: one per link, for the earliest deadline, and one watch
+        if calls.wake_at < self._deadline_timer_at:
+            self._arm_deadline_timer(calls.wake_at)
+        if not calls.watching:
+            self._start_watch()
+        self.send(frame, size, len(calls.pending) == 1)
         return future
 
     def probe(self) -> None:
@@ -225,73 +213,58 @@ class Link(BatchedStream[pb.Frame]):
         every peer answers at once with an ERROR frame (no handler runs). The answer is
         not awaited: like every message read, it moves :attr:`heard_at`."""
         if not self.closed:
-            self._next_id = call_id = self._next_id + 1
-            self._probe = probe = pb.Frame(kind=CALL, id=call_id)
+            self._probe = probe = pb.Frame(kind=CALL, id=self.calls.probe_number())
             self.on_written = self._probe_written
             self.send(probe, 0, False)
 
-    def _start_watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        self._watch.start(now, self.heard_at)
-        self._watch_due = due = now + self._liveness.probe_after
+    def _start_watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = self.calls.start_watch(loop.time(), self.heard_at)
         self._watch_timer = loop.call_at(due, self._on_watch_tick)
 
     def _on_watch_tick(self) -> None:
-        """One tick of the liveness watch (see :mod:`wiremesh.core.ejection`)."""
+        """One tick of the liveness watch (see :mod:`wiremesh.core.calls`)."""
         self._watch_timer = None
         if self.closed:
             return
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        was_silent = self._watch.silent
-        # while this end does not read (its queue is full), the peer's answers may be
-        # waiting unread: its silence is not counted against it
-        heard_at = now if self.reading_paused else self.heard_at
-        verdict = self._watch.tick(
-            now, due=self._watch_due, heard_at=heard_at, outstanding=bool(self._pending)
-        )
-        if verdict is Verdict.IDLE:
-            self._abandonable.clear()
-            return
-        if verdict is Verdict.PROBE:
+        tick = self.calls.tick(loop.time(), self.heard_at, reading=not self.reading_paused)
+        if tick.probe:
             self.probe()
-        elif verdict is Verdict.SILENT or verdict is Verdict.ABANDON:
-            self._abandon(now - self._watch.quiet_since)
-        if self._watch.silent != was_silent:
+        if tick.abandoned:
+            self._abandon(tick.abandoned, tick.quiet)
+        if tick.reachability_changed:
             for callback in self._on_reachability:
                 try:
                     callback(self)
                 except Exception:
                     log.exception("link reachability callback failed")
-        if not self.closed:
-            self._watch_due = due = now + self._liveness.probe_after
-            self._watch_timer = loop.call_at(due, self._on_watch_tick)
+        if tick.next_tick is not None and not self.closed:
+            self._watch_timer = loop.call_at(tick.next_tick, self._on_watch_tick)
 
-    def _abandon(self, quiet: float) -> None:
-        """Give up the abandonable calls in flight: the peer is silent, they may go to
-        another node. CANCEL tells the peer, should it hear it."""
-        ids, self._abandonable = self._abandonable, []
-        if not ids:
-            return
+    def _abandon(
+        self, calls: tuple[tuple[int, asyncio.Future[pb.Frame]], ...], quiet: float
+    ) -> None:
+        """Give up ``calls``: the peer is silent, they may go to another node. CANCEL
+        tells the peer, should it hear it."""
         peer = self.remote_id or "the peer"
         message = (
             f"no answer from {peer} for {quiet:.2g}s, not even to a probe: it is "
             "unreachable from here"
         )
-        pending = self._pending
-        for call_id in ids:
-            future = pending.pop(call_id, None)
-            if future is not None and not future.done():
+        for call_id, future in calls:
+            if not future.done():
                 self.send(pb.Frame(kind=CANCEL, id=call_id), 0, False)
                 future.set_exception(Unavailable(message, node=self.remote_id or None))
 
     def cancel(self, call_id: int) -> None:
         """Give up on call ``call_id``: forget it and tell the remote end."""
-        future = self._pending.pop(call_id, None)
-        if future is not None and not self.closed:
-            self.send(pb.Frame(kind=CANCEL, id=call_id), 0, False)
-        if future is not None and not future.done():
-            future.cancel()
+        future = self.calls.cancel(call_id)
+        if future is not None:
+            if not self.closed:
+                self.send(pb.Frame(kind=CANCEL, id=call_id), 0, False)
+            if not future.done():
+                future.cancel()
 
     def _arm_deadline_timer(self, at: float) -> None:
         if self._deadline_timer is not None:
@@ -303,27 +276,15 @@ class Link(BatchedStream[pb.Frame]):
         """Expire every call whose deadline passed; arm the timer for the next one."""
         self._deadline_timer = None
         self._deadline_timer_at = math.inf
-        deadlines = self._deadlines
-        pending = self._pending
-        now = asyncio.get_running_loop().time()
-        while deadlines:
-            at, call_id = deadlines[0]
-            if call_id not in pending:  # answered, cancelled or expired already
-                heappop(deadlines)
-            elif at <= now:
-                heappop(deadlines)
-                self._expire(call_id)
-            else:
-                self._arm_deadline_timer(at)
-                return
-
-    def _expire(self, call_id: int) -> None:
-        future = self._pending.pop(call_id, None)
-        if future is None or future.done():
-            return
-        if not self.closed:
-            self.send(pb.Frame(kind=CANCEL, id=call_id), 0, False)
-        future.set_exception(DeadlineExceeded("deadline exceeded", node=self.remote_id or None))
+        calls = self.calls
+        for call_id, future in calls.expire(asyncio.get_running_loop().time()):
+            if future.done():
+                continue
+            if not self.closed:
+                self.send(pb.Frame(kind=CANCEL, id=call_id), 0, False)
+            future.set_exception(DeadlineExceeded("deadline exceeded", node=self.remote_id or None))
+        if calls.wake_at != math.inf:
+            self._arm_deadline_timer(calls.wake_at)
 
     def reply(self, call_id: int, payload: bytes, node_id: str = "") -> None:
         if self.closed:
@@ -373,16 +334,15 @@ class Link(BatchedStream[pb.Frame]):
             self._deadline_timer.cancel()
             self._deadline_timer = None
         self._deadline_timer_at = math.inf
-        self._deadlines.clear()
+        waiters, serving = self.calls.close()
         error = Unavailable(
             f"the link to {self.remote_id or 'its peer'} closed", node=self.remote_id or None
         )
-        for future in self._pending.values():
+        for future in waiters:
             if not future.done():
                 future.set_exception(error)
                 future.exception()  # its caller may be gone: no "never retrieved" noise
-        self._pending.clear()
-        for task in self.serving.values():
+        for task in serving:
             task.cancel()
 
     def _probe_written(self, frames: list[pb.Frame]) -> None:
@@ -391,17 +351,17 @@ class Link(BatchedStream[pb.Frame]):
         if probe is not None and any(frame is probe for frame in frames):
             self._probe = None
             self.on_written = None
-            self._watch.probe_sent(self.clock())
+            self.calls.probe_sent(self.clock())
 
     def _received(self, frames: Sequence[pb.Frame]) -> None:
         """Hand out the frames of one message from the peer, in order."""
         self.heard_at = self.clock()
-        pending = self._pending
+        calls = self.calls
         handler = self._handler
         for frame in frames:
             kind = frame.kind
             if kind in (REPLY, ERROR):
-                future = pending.pop(frame.id, None)
+                future = calls.answered(frame.id)
                 if future is not None and not future.done():
                     future.set_result(frame)
             elif kind == CALL:
@@ -413,7 +373,7 @@ class Link(BatchedStream[pb.Frame]):
                 if handler is not None:
                     handler.on_publish(self, frame)
             elif kind == CANCEL:
-                task = self.serving.pop(frame.id, None)
+                task = calls.peer_cancelled(frame.id)
                 if task is not None:
                     task.cancel()
             elif kind == HELLO:

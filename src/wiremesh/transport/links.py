@@ -32,6 +32,7 @@ from typing import Any
 
 import grpc
 
+from wiremesh.core.batching import QUEUED_FRAMES
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.defaults import MAX_MESSAGE_BYTES
 from wiremesh.core.ejection import Ejections, Liveness
@@ -61,7 +62,7 @@ class Links:
         handler: LinkHandler | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: list[tuple[str, Any]] | None = None,
-        max_frames: int = 4096,
+        max_frames: int = QUEUED_FRAMES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         liveness: Liveness | None = None,
     ) -> None:
@@ -88,6 +89,11 @@ class Links:
         self.locate: Callable[[str], NodeInfo | None] | None = None
         #: per ejected node: the timer of its next probe, or of its probe's end
         self._probes: dict[str, asyncio.TimerHandle] = {}
+
+    def get(self, node_id: str) -> Link | None:
+        """The link this process reaches ``node_id`` over, opened or adopted; None when
+        there is none (it never opens one: :meth:`to` does)."""
+        return self._by_node.get(node_id)
 
     def to(self, node: NodeInfo) -> Link:
         """The link to ``node``, opened now if there is none (it never waits)."""

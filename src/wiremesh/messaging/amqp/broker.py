@@ -16,7 +16,12 @@ from wiremesh.errors import BrokerUnavailable, ConfigError
 from wiremesh.messaging.amqp import topology as topo
 from wiremesh.messaging.amqp.consumer import AmqpSubscription, Handler
 from wiremesh.messaging.amqp.dead import DeadLetters
-from wiremesh.messaging.amqp.failures import DISCONNECTED, broker_errors, translate
+from wiremesh.messaging.amqp.failures import (
+    CLOSE_TIMEOUT,
+    DISCONNECTED,
+    broker_errors,
+    translate,
+)
 from wiremesh.messaging.amqp.publisher import Outgoing, Publisher, properties
 from wiremesh.messaging.base import Binding, DeadLetter, Envelope, Subscription
 
@@ -122,7 +127,7 @@ class AmqpBroker:
         self._channel = None
         if connection is not None:
             with contextlib.suppress(*DISCONNECTED):
-                await asyncio.wait_for(connection.close(), 5.0)
+                await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT)
 
     def forget(self, subscription: AmqpSubscription) -> None:
         self._subscriptions.discard(subscription)

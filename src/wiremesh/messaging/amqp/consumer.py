@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aio_pika.abc
 import aiormq
@@ -23,19 +23,36 @@ import aiormq.abc
 from pamqp import commands as spec
 
 from wiremesh.messaging.amqp import topology as topo
-from wiremesh.messaging.amqp.failures import DISCONNECTED
-from wiremesh.messaging.amqp.publisher import Outgoing, properties
+from wiremesh.messaging.amqp.failures import CLOSE_TIMEOUT, DISCONNECTED
+from wiremesh.messaging.amqp.publisher import CONFIRM_TIMEOUT, Outgoing, Publisher, properties
 from wiremesh.messaging.base import Binding, Envelope, Received
 
-if TYPE_CHECKING:
-    from wiremesh.messaging.amqp.broker import AmqpBroker
-
-__all__ = ["AmqpReceived", "AmqpSubscription"]
+__all__ = ["AmqpReceived", "AmqpSubscription", "SubscriptionHost"]
 
 log = logging.getLogger("wiremesh.messaging.amqp")
 
-#: how long a retry or a dead letter may wait for the broker's confirm
-SETTLE_TIMEOUT = 30.0
+
+class SubscriptionHost(Protocol):
+    """What a subscription uses of the broker that made it
+    (:class:`~wiremesh.messaging.amqp.broker.AmqpBroker`)."""
+
+    @property
+    def topology(self) -> topo.Topology:
+        """The names of the mesh's exchanges and queues."""
+        ...
+
+    @property
+    def publisher(self) -> Publisher:
+        """The confirmed publisher that copies a retry or a dead letter."""
+        ...
+
+    async def ensure_delay_queue(self, bucket_ms: int) -> None:
+        """Declare the delay queue of ``bucket_ms`` (once)."""
+        ...
+
+    def forget(self, subscription: AmqpSubscription) -> None:
+        """``subscription`` was cancelled: the broker no longer closes it."""
+        ...
 
 
 class AmqpReceived:
@@ -115,7 +132,7 @@ class AmqpReceived:
             self._subscription.broker.publisher.send(
                 [Outgoing(exchange, routing_key, envelope.body, props)]
             ),
-            SETTLE_TIMEOUT,
+            CONFIRM_TIMEOUT,
         )
         await self._send_ack()
 
@@ -191,7 +208,7 @@ class AmqpSubscription:
 
     def __init__(
         self,
-        broker: AmqpBroker,
+        broker: SubscriptionHost,
         binding: Binding,
         handler: Handler,
         channel: aio_pika.abc.AbstractRobustChannel,
@@ -257,7 +274,7 @@ class AmqpSubscription:
         with contextlib.suppress(*DISCONNECTED):
             channel = await asyncio.wait_for(self._channel.get_underlay_channel(), 1.0)
             if self._consumer_tag is not None and not channel.is_closed:
-                await asyncio.wait_for(channel.basic_cancel(self._consumer_tag), 5.0)
+                await asyncio.wait_for(channel.basic_cancel(self._consumer_tag), CLOSE_TIMEOUT)
         with contextlib.suppress(*DISCONNECTED):
-            await asyncio.wait_for(self._channel.close(), 5.0)
+            await asyncio.wait_for(self._channel.close(), CLOSE_TIMEOUT)
         self.broker.forget(self)

@@ -11,19 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aio_pika.abc
 
 from wiremesh.messaging.amqp import topology as topo
-from wiremesh.messaging.amqp.failures import DISCONNECTED, broker_errors
-from wiremesh.messaging.amqp.publisher import Outgoing, properties
+from wiremesh.messaging.amqp.failures import CLOSE_TIMEOUT, DISCONNECTED, broker_errors
+from wiremesh.messaging.amqp.publisher import CONFIRM_TIMEOUT, Outgoing, Publisher, properties
 from wiremesh.messaging.base import DeadLetter
 
-if TYPE_CHECKING:
-    from wiremesh.messaging.amqp.broker import AmqpBroker
-
-__all__ = ["DeadLetters"]
+__all__ = ["DeadLetters", "DeadLettersHost"]
 
 #: most dead letters a replay or a purge holds unsettled at once while it scans
 SCAN_LIMIT = 100_000
@@ -37,8 +34,29 @@ _DEAD_HEADERS = (
 )
 
 
+class DeadLettersHost(Protocol):
+    """What the dead letters use of the broker that made them
+    (:class:`~wiremesh.messaging.amqp.broker.AmqpBroker`)."""
+
+    @property
+    def topology(self) -> topo.Topology:
+        """The names of the mesh's exchanges and queues."""
+        ...
+
+    @property
+    def publisher(self) -> Publisher:
+        """The confirmed publisher that replays a dead letter."""
+        ...
+
+    async def connected(self) -> aio_pika.abc.AbstractRobustConnection:
+        """The broker's connection, started if need be."""
+        ...
+
+
 class DeadLetters:
-    def __init__(self, broker: AmqpBroker) -> None:
+    """The dead-letter queue of a mesh: list, find, replay, purge."""
+
+    def __init__(self, broker: DeadLettersHost) -> None:
         self.broker = broker
 
     async def _scan(self, limit: int) -> AsyncGenerator[aio_pika.abc.AbstractIncomingMessage, None]:
@@ -59,7 +77,7 @@ class DeadLetters:
                     yield message
         finally:
             with contextlib.suppress(*DISCONNECTED):
-                await asyncio.wait_for(channel.close(), 5.0)
+                await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT)
 
     def _letter(self, message: aio_pika.abc.AbstractIncomingMessage) -> DeadLetter:
         envelope = topo.envelope_from(
@@ -109,7 +127,8 @@ class DeadLetters:
             )
             with broker_errors("replay a dead letter"):
                 await asyncio.wait_for(
-                    self.broker.publisher.send([Outgoing("", queue, message.body, props)]), 30.0
+                    self.broker.publisher.send([Outgoing("", queue, message.body, props)]),
+                    CONFIRM_TIMEOUT,
                 )
                 await message.ack()
             count += 1

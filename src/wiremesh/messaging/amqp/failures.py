@@ -17,7 +17,11 @@ from wiremesh.errors import (
     WiremeshError,
 )
 
-__all__ = ["DISCONNECTED", "broker_errors", "translate"]
+__all__ = ["CLOSE_TIMEOUT", "DISCONNECTED", "broker_errors", "translate"]
+
+#: seconds closing a channel or the connection (or cancelling a consumer) may take: a
+#: broker that is gone never answers
+CLOSE_TIMEOUT = 5.0
 
 #: what a lost connection or channel looks like from inside aio-pika / aiormq
 DISCONNECTED: tuple[type[BaseException], ...] = (

@@ -23,11 +23,13 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-__all__ = ["Outgoing", "Publisher", "properties"]
+__all__ = ["CONFIRM_TIMEOUT", "Outgoing", "Publisher", "properties"]
 
 log = logging.getLogger("wiremesh.messaging.amqp")
 
 PERSISTENT = 2
+#: seconds the copy a settle or a replay publishes may wait for the broker's confirm
+CONFIRM_TIMEOUT = 30.0
 
 
 @dataclass(slots=True)
