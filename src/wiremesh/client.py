@@ -257,9 +257,11 @@ async def connect(
     if is_redis_url(text):
         url, name = split_mesh(text)
         name = name or await find_mesh(url, tls=tls, timeout=timeout)
-        client = MeshClient(url, default_timeout=default_timeout or 10.0, tls=tls, mesh=name)
+        client = MeshClient(
+            url, default_timeout=default_timeout or CALL_TIMEOUT, tls=tls, mesh=name
+        )
     elif _looks_like_address(text):
-        client = MeshClient(text, default_timeout=default_timeout or 10.0, tls=tls)
+        client = MeshClient(text, default_timeout=default_timeout or CALL_TIMEOUT, tls=tls)
     else:
         mesh = MeshFile.find(Path(text))
         client = MeshClient(

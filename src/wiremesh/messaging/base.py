@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 __all__ = [
+    "DEAD_LETTERS_LIMIT",
     "HEADER_SENDER",
     "HEADER_SENT_AT",
     "HEADER_TRACEPARENT",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 Kind = Literal["event", "command"]
+#: how many dead letters a listing returns unless told
+DEAD_LETTERS_LIMIT = 100
 Delivery = Literal["pool", "broadcast", "singleton"]
 DeliveryMode = Delivery
 
@@ -159,7 +162,7 @@ class Broker(Protocol):
         ``binding.prefetch`` at once, keeping each message until it is settled.
         Reconnects by itself."""
 
-    async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]: ...
+    async def dead_letters(self, *, limit: int = DEAD_LETTERS_LIMIT) -> list[DeadLetter]: ...
 
     async def dead_letter(self, message_id: str) -> DeadLetter | None: ...
 

@@ -50,6 +50,9 @@ __all__ = ["BrokerServer", "envelope_from_proto", "envelope_to_proto"]
 log = logging.getLogger("wiremesh.broker")
 
 SERVICE = "wiremesh.broker.v1.Broker"
+#: bytes a gRPC message of the broker may hold beyond its largest payload: the
+#: envelope's other fields and the batch around it
+ENVELOPE_ROOM = 64 * 1024
 #: most deliveries sent in one stream message
 _BATCH = 512
 
@@ -133,7 +136,7 @@ class BrokerServer:
         self._routes: dict[tuple[str, str], list[_Queue]] = {}
         self._delayed: list[tuple[float, int, Stored]] = []
         self._timer: asyncio.TimerHandle | None = None
-        limit = max_message_bytes + 64 * 1024
+        limit = max_message_bytes + ENVELOPE_ROOM
         self.server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 0),

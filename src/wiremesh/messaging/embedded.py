@@ -22,8 +22,8 @@ import grpc
 
 from wiremesh.core.defaults import MAX_MESSAGE_BYTES
 from wiremesh.errors import BrokerUnavailable, ConfigError, PayloadTooLarge
-from wiremesh.messaging.base import Binding, DeadLetter, Envelope, Received
-from wiremesh.messaging.broker_server import SERVICE, envelope_from_proto
+from wiremesh.messaging.base import DEAD_LETTERS_LIMIT, Binding, DeadLetter, Envelope, Received
+from wiremesh.messaging.broker_server import ENVELOPE_ROOM, SERVICE, envelope_from_proto
 from wiremesh.proto import broker_pb2 as pb
 from wiremesh.transport.grpc_core import OWN_SUBCHANNELS
 from wiremesh.transport.tls import TlsFiles
@@ -59,7 +59,7 @@ class EmbeddedBroker:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.address = address
-        limit = max_message_bytes + 64 * 1024
+        limit = max_message_bytes + ENVELOPE_ROOM
         options = [
             ("grpc.enable_retries", 0),
             ("grpc.initial_reconnect_backoff_ms", 200),
@@ -277,7 +277,7 @@ class EmbeddedBroker:
 
     # ------------------------------------------------------------------ dead letters
 
-    async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
+    async def dead_letters(self, *, limit: int = DEAD_LETTERS_LIMIT) -> list[DeadLetter]:
         reply = await self._admin(
             self._list_dead(pb.ListDeadRequest(limit=limit), timeout=_ADMIN_TIMEOUT)
         )

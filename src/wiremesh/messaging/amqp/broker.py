@@ -23,7 +23,7 @@ from wiremesh.messaging.amqp.failures import (
     translate,
 )
 from wiremesh.messaging.amqp.publisher import Outgoing, Publisher, properties
-from wiremesh.messaging.base import Binding, DeadLetter, Envelope, Subscription
+from wiremesh.messaging.base import DEAD_LETTERS_LIMIT, Binding, DeadLetter, Envelope, Subscription
 
 __all__ = ["AmqpBroker"]
 
@@ -280,8 +280,8 @@ class AmqpBroker:
             await asyncio.sleep(min(0.1, max(deadline - loop.time(), 0)))
         raise BrokerUnavailable(
             f"RabbitMQ at {_safe(self.url)} did not accept {len(items)} message(s) within "
-            f"{timeout:g}s: {last or 'no answer'}; nothing was lost by the broker, and "
-            "sending again is safe"
+            f"{timeout:g}s: {last or 'no answer'}; it may have stored them all the same, and "
+            "sending again may deliver them twice"
         ) from last
 
     # ------------------------------------------------------------------ consume
@@ -317,7 +317,7 @@ class AmqpBroker:
 
     # ------------------------------------------------------------------ dead letters
 
-    async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
+    async def dead_letters(self, *, limit: int = DEAD_LETTERS_LIMIT) -> list[DeadLetter]:
         return await self._dead.list(limit)
 
     async def dead_letter(self, message_id: str) -> DeadLetter | None:
