@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, overload
 
+from wiremesh.core.delivery import Delivery
 from wiremesh.core.model import MethodInfo
 from wiremesh.core.names import SERVICE_NAME, is_method_name
 from wiremesh.core.shape import SignatureShapes, signature_shapes
@@ -59,7 +60,6 @@ _RPC_MARK = "__wiremesh_rpc__"
 _SUBSCRIBE_MARK = "__wiremesh_subscribe__"
 _HANDLER_MARK = "__wiremesh_handler__"
 
-DeliveryMode = Literal["pool", "broadcast", "singleton"]
 _DELIVERIES = ("pool", "broadcast", "singleton")
 #: handler runs at once per node when a decorator does not say
 DEFAULT_CONCURRENCY = 8
@@ -128,7 +128,7 @@ def subscribe(pattern: str, /, *patterns: str) -> Callable[[F], F]:
 class _HandlerOptions:
     kind: Literal["event", "command"]
     patterns: tuple[str, ...]
-    delivery: DeliveryMode
+    delivery: Delivery
     concurrency: int
     name: str | None = None
 
@@ -137,7 +137,7 @@ def on_event(
     pattern: str,
     /,
     *patterns: str,
-    delivery: DeliveryMode = "pool",
+    delivery: Delivery = "pool",
     concurrency: int = DEFAULT_CONCURRENCY,
 ) -> Callable[[F], F]:
     """Mark an ``async def`` method of a :class:`Service` as a handler of durable events.
@@ -280,7 +280,7 @@ class HandlerSpec:
     kind: Literal["event", "command"]
     #: event topic patterns, or ``("<service>.<command>",)``
     patterns: tuple[str, ...]
-    delivery: DeliveryMode
+    delivery: Delivery
     concurrency: int
     shapes: SignatureShapes
 

@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 from wiremesh.core.defaults import ATTEMPTS, RETRY_INITIAL_BACKOFF, RETRY_MAX_BACKOFF
 from wiremesh.errors import InvalidPayload
 
-__all__ = ["DeadLetter", "DeliveryPolicy", "Outcome", "Retry", "retry_delay"]
+__all__ = ["DeadLetter", "Delivery", "DeliveryPolicy", "Outcome", "Retry", "retry_delay"]
+
+#: which nodes handle a durable message: one node of the service (``pool``), every node of
+#: it (``broadcast``), or one node of the whole mesh (``singleton``)
+Delivery = Literal["pool", "broadcast", "singleton"]
 
 #: a reason longer than this is cut (a dead letter keeps the start of the traceback text)
 MAX_REASON = 2000

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from wiremesh.core.delivery import Delivery
+
 __all__ = [
     "DEAD_LETTERS_LIMIT",
     "HEADER_SENDER",
@@ -29,6 +31,7 @@ __all__ = [
     "Delivery",
     "Envelope",
     "Kind",
+    "OnReceived",
     "Received",
     "Subscription",
     "new_message_id",
@@ -37,8 +40,6 @@ __all__ = [
 Kind = Literal["event", "command"]
 #: how many dead letters a listing returns unless told
 DEAD_LETTERS_LIMIT = 100
-Delivery = Literal["pool", "broadcast", "singleton"]
-DeliveryMode = Delivery
 
 HEADER_TRACEPARENT = "traceparent"
 #: the sending node id (or ``client`` for a program outside the mesh)
@@ -127,6 +128,10 @@ class Received(Protocol):
         """Move it to the dead letters, with the reason."""
 
 
+#: what a consumer gives :meth:`Broker.consume`: called with each message it receives
+OnReceived = Callable[[Received], Awaitable[None]]
+
+
 class Subscription(Protocol):
     async def cancel(self) -> None:
         """Stop receiving; unacknowledged messages go back to the broker."""
@@ -155,9 +160,7 @@ class Broker(Protocol):
         all again (their ids make a resend harmless).
         """
 
-    async def consume(
-        self, binding: Binding, handler: Callable[[Received], Awaitable[None]]
-    ) -> Subscription:
+    async def consume(self, binding: Binding, handler: OnReceived) -> Subscription:
         """Call ``handler`` for each message bound to ``binding``, at most
         ``binding.prefetch`` at once, keeping each message until it is settled.
         Reconnects by itself."""

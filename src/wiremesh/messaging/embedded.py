@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +22,13 @@ import grpc
 
 from wiremesh.core.defaults import MAX_MESSAGE_BYTES
 from wiremesh.errors import BrokerUnavailable, ConfigError, PayloadTooLarge
-from wiremesh.messaging.base import DEAD_LETTERS_LIMIT, Binding, DeadLetter, Envelope, Received
+from wiremesh.messaging.base import (
+    DEAD_LETTERS_LIMIT,
+    Binding,
+    DeadLetter,
+    Envelope,
+    OnReceived,
+)
 from wiremesh.messaging.broker_server import ENVELOPE_ROOM, SERVICE, envelope_from_proto
 from wiremesh.proto import broker_pb2 as pb
 from wiremesh.transport.grpc_core import OWN_SUBCHANNELS
@@ -265,9 +271,7 @@ class EmbeddedBroker:
 
     # ------------------------------------------------------------------ consuming
 
-    async def consume(
-        self, binding: Binding, handler: Callable[[Received], Awaitable[None]]
-    ) -> _Subscription:
+    async def consume(self, binding: Binding, handler: OnReceived) -> _Subscription:
         subscription = _Subscription(self, binding, handler)
         self._subscriptions.append(subscription)
         subscription.start()
@@ -338,7 +342,7 @@ class _Subscription:
         self,
         broker: EmbeddedBroker,
         binding: Binding,
-        handler: Callable[[Received], Awaitable[None]],
+        handler: OnReceived,
     ) -> None:
         self.broker = broker
         self.binding = binding

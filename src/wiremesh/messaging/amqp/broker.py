@@ -14,7 +14,7 @@ import aio_pika.abc
 from wiremesh.core.defaults import START_TIMEOUT
 from wiremesh.errors import BrokerUnavailable, ConfigError
 from wiremesh.messaging.amqp import topology as topo
-from wiremesh.messaging.amqp.consumer import AmqpSubscription, Handler
+from wiremesh.messaging.amqp.consumer import AmqpSubscription
 from wiremesh.messaging.amqp.dead import DeadLetters
 from wiremesh.messaging.amqp.failures import (
     CLOSE_TIMEOUT,
@@ -22,8 +22,15 @@ from wiremesh.messaging.amqp.failures import (
     broker_errors,
     translate,
 )
-from wiremesh.messaging.amqp.publisher import Outgoing, Publisher, properties
-from wiremesh.messaging.base import DEAD_LETTERS_LIMIT, Binding, DeadLetter, Envelope, Subscription
+from wiremesh.messaging.amqp.publisher import AmqpPublisher, Outgoing, properties
+from wiremesh.messaging.base import (
+    DEAD_LETTERS_LIMIT,
+    Binding,
+    DeadLetter,
+    Envelope,
+    OnReceived,
+    Subscription,
+)
 
 __all__ = ["AmqpBroker"]
 
@@ -57,7 +64,7 @@ class AmqpBroker:
         self.quorum = quorum_queues
         self.connect_timeout = connect_timeout
         self.reconnect_interval = reconnect_interval
-        self.publisher = Publisher()
+        self.publisher = AmqpPublisher()
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: aio_pika.abc.AbstractRobustChannel | None = None
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
@@ -286,7 +293,7 @@ class AmqpBroker:
 
     # ------------------------------------------------------------------ consume
 
-    async def consume(self, binding: Binding, handler: Handler) -> Subscription:
+    async def consume(self, binding: Binding, handler: OnReceived) -> Subscription:
         t = self.topology
         connection = await self.connected()
         name = t.queue(binding)

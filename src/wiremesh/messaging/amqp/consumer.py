@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -24,8 +24,8 @@ from pamqp import commands as spec
 
 from wiremesh.messaging.amqp import topology as topo
 from wiremesh.messaging.amqp.failures import CLOSE_TIMEOUT, DISCONNECTED
-from wiremesh.messaging.amqp.publisher import CONFIRM_TIMEOUT, Outgoing, Publisher, properties
-from wiremesh.messaging.base import Binding, Envelope, Received
+from wiremesh.messaging.amqp.publisher import CONFIRM_TIMEOUT, AmqpPublisher, Outgoing, properties
+from wiremesh.messaging.base import Binding, Envelope, OnReceived
 
 __all__ = ["AmqpReceived", "AmqpSubscription", "SubscriptionHost"]
 
@@ -42,7 +42,7 @@ class SubscriptionHost(Protocol):
         ...
 
     @property
-    def publisher(self) -> Publisher:
+    def publisher(self) -> AmqpPublisher:
         """The confirmed publisher that copies a retry or a dead letter."""
         ...
 
@@ -200,9 +200,6 @@ def _settled(future: asyncio.Future[Any]) -> None:
         log.debug("ack not sent: %s", future.exception())
 
 
-Handler = Callable[[Received], Awaitable[None]]
-
-
 class AmqpSubscription:
     """The consumer of one binding, resumed by itself after every reconnection."""
 
@@ -210,7 +207,7 @@ class AmqpSubscription:
         self,
         broker: SubscriptionHost,
         binding: Binding,
-        handler: Handler,
+        handler: OnReceived,
         channel: aio_pika.abc.AbstractRobustChannel,
         queue_name: str,
     ) -> None:

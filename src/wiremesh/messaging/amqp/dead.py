@@ -17,7 +17,7 @@ import aio_pika.abc
 
 from wiremesh.messaging.amqp import topology as topo
 from wiremesh.messaging.amqp.failures import CLOSE_TIMEOUT, DISCONNECTED, broker_errors
-from wiremesh.messaging.amqp.publisher import CONFIRM_TIMEOUT, Outgoing, Publisher, properties
+from wiremesh.messaging.amqp.publisher import CONFIRM_TIMEOUT, AmqpPublisher, Outgoing, properties
 from wiremesh.messaging.base import DeadLetter
 
 __all__ = ["DeadLetters", "DeadLettersHost"]
@@ -44,7 +44,7 @@ class DeadLettersHost(Protocol):
         ...
 
     @property
-    def publisher(self) -> Publisher:
+    def publisher(self) -> AmqpPublisher:
         """The confirmed publisher that replays a dead letter."""
         ...
 

@@ -23,7 +23,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-__all__ = ["CONFIRM_TIMEOUT", "Outgoing", "Publisher", "properties"]
+__all__ = ["CONFIRM_TIMEOUT", "AmqpPublisher", "Outgoing", "properties"]
 
 log = logging.getLogger("wiremesh.messaging.amqp")
 
@@ -81,7 +81,7 @@ class _Batch:
     confirms: list[asyncio.Future[Any]] = field(default_factory=list)
 
 
-class Publisher:
+class AmqpPublisher:
     """Publishes on one channel in confirm mode (the channel is set with :meth:`attach`
     after every (re)connection)."""
 
