@@ -42,7 +42,8 @@ def nodes_table(supervisor: Supervisor) -> Table:
     title = f"wiremesh · {supervisor.config.mesh.name}"
     if supervisor.registry_shown:
         title += f" · registry {supervisor.registry_shown}"
-    table = Table(title=title, title_justify="left", expand=False)
+    # a reload's progress (``reloading pricing (1/2)``) under the table while it runs
+    table = Table(title=title, title_justify="left", caption=supervisor.reloading, expand=False)
     for column in ("service", "node", "address", "pid", "state", "uptime", "restarts"):
         # a narrow terminal folds a cell onto two lines, never cuts a node id or address
         table.add_column(column, overflow="fold")

@@ -14,6 +14,11 @@ each finishes the work in flight that needs it within the grace period (see
 :mod:`wiremesh.core.drain`: a node takes no new work, and outlives the callers whose work
 still calls it), and the supervisor exits 0. A second Ctrl-C stops at once.
 
+With ``reload=True`` (``wiremesh run --reload``, for development on one machine) it also
+watches the services' source (:mod:`wiremesh.runtime.reload`) and replaces the nodes of
+a changed service one at a time (:meth:`Supervisor.replace`): a new node, once it serves,
+takes the place of an old one, which drains as at a shutdown.
+
 A child gets its launch description (:class:`~wiremesh.runtime.process.NodeLaunch`,
 :class:`~wiremesh.gateway.process.GatewayLaunch`) on its standard input, never in its
 arguments: it holds the registry's, the broker's and the stores' URLs with their
@@ -50,7 +55,7 @@ from wiremesh.gateway.auth import dev_secret, mint_token
 from wiremesh.gateway.process import GatewayLaunch
 from wiremesh.gateway.server import new_gateway_id
 from wiremesh.gateway.settings import is_loopback
-from wiremesh.gateway.stream import GATEWAY_URL_KEY
+from wiremesh.gateway.stream import GATEWAY_NODES, GATEWAY_URL_KEY
 from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.registry.backends import open_registry
 from wiremesh.registry.embedded import RegistryServer, new_join_secret
@@ -60,6 +65,7 @@ from wiremesh.runtime.node import new_node_id
 from wiremesh.runtime.placement import Placement, place
 from wiremesh.runtime.private import private_folder
 from wiremesh.runtime.process import EXIT_CONFIG, NodeLaunch
+from wiremesh.runtime.reload import Reloader, require_watchfiles
 from wiremesh.runtime.settings import MeshConfig
 from wiremesh.runtime.targets import load_service_class
 from wiremesh.service import ServiceSpec
@@ -75,6 +81,10 @@ HUNG_AFTER = 3.0
 ANNOUNCE_GATEWAY_AFTER = 10.0
 #: seconds the development token printed by ``wiremesh run`` stays valid
 DEV_TOKEN_TTL = 12 * 3600.0
+#: seconds a reload waits for a new node to serve before it gives the node up
+RELOAD_START_TIMEOUT = 30.0
+#: seconds a reload waits for the mesh to see a replaced node drain before it goes on
+RELOAD_RETIRE_WAIT = 10.0
 
 
 class ProcessState(enum.Enum):
@@ -106,6 +116,13 @@ class NodeProcess:
     was_registered: bool = False
     #: this slot runs the browser gateway, not a node of ``service``
     gateway: bool = False
+    #: a reload's new node that has not served yet: it is given up, not restarted, when
+    #: it exits (see :meth:`Supervisor.replace`)
+    trial: bool = False
+    #: set when a reload replaced this slot: its node drains and it is not started again
+    retired: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    #: the task that keeps this slot's process running
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def uptime(self) -> float:
@@ -125,8 +142,13 @@ class Supervisor:
         *,
         echo: Listener | None = None,
         placement: Placement | None = None,
+        reload: bool = False,
     ) -> None:
         self.config = config
+        #: whether a change to the services' source replaces their nodes (``--reload``)
+        self.reload = reload
+        #: what a reload is doing now (``reloading pricing (1/2)``), for the table
+        self.reloading: str | None = None
         self.placement = placement or place(config, hostname=socket.gethostname())
         self.echo: Listener = echo or (lambda line: print(line, flush=True))
         self.slots: list[NodeProcess] = []
@@ -142,6 +164,7 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._slot_tasks: list[asyncio.Task[None]] = []
+        self._reloader: asyncio.Task[None] | None = None
         self._tls = TlsFiles(*config.tls_paths()) if config.tls.enabled else None
         self.changed: Callable[[], None] = lambda: None
         #: whether a gateway runs here: as the placement says, else ``gateway.enabled``
@@ -162,6 +185,14 @@ class Supervisor:
         """Import the target of every service this host runs now, so that a mistake is
         reported before anything starts (another host's services are its own business:
         their code need not be installed here)."""
+        if self.reload:
+            if self.config.registry.redis:
+                # a mesh on many machines is changed by deploying, host by host
+                raise ConfigError(
+                    "--reload is for development on one machine: it cannot be used with a "
+                    "Redis registry (a mesh on many hosts); run without it"
+                )
+            require_watchfiles()
         sockets = False
         for name in self.placement.replicas:
             settings = self.config.services[name]
@@ -255,11 +286,19 @@ class Supervisor:
             if not self.config.gateway.auth.configured:
                 dev_secret(data)  # made now, before the gateway and `wiremesh token` read it
             backoff = Backoff(restart.initial_backoff, restart.max_backoff, restart.reset_after)
-            self.slots.append(NodeProcess("(gateway)", 0, backoff, gateway=True))
-        self._slot_tasks = [asyncio.create_task(self._keep_running(s)) for s in self.slots]
-        self._tasks = [*self._slot_tasks, asyncio.create_task(self._watch_registry())]
+            self.slots.append(NodeProcess(GATEWAY_NODES, 0, backoff, gateway=True))
+        for process in self.slots:
+            self._spawn(process)
+        self._tasks.append(asyncio.create_task(self._watch_registry()))
+        if self.reload:
+            self._reloader = asyncio.create_task(self._watch_source())
+            self._tasks.append(self._reloader)
         try:
             await self.stopping.wait()
+            if self._reloader is not None:
+                # no node is replaced once the drain begins
+                self._reloader.cancel()
+                await asyncio.gather(self._reloader, return_exceptions=True)
             await self._drain()
         finally:
             for task in self._tasks:
@@ -418,6 +457,137 @@ class Supervisor:
                 process.kill()
         await asyncio.gather(*(p.wait() for p in left), return_exceptions=True)
 
+    # ------------------------------------------------------------------ reload
+
+    async def _watch_source(self) -> None:
+        """Reload the services whose source changes (``--reload``), until cancelled."""
+        services = {
+            name: self.config.services[name].target.partition(":")[0]
+            for name in self.placement.replicas
+        }
+        reloader = Reloader(
+            self,
+            services,
+            roots=self.config.python_paths(),
+            skip=[self.config.data_path],
+            root=self.config.root,
+            config_file=self.config.source,
+        )
+        try:
+            await reloader.run()
+        except Exception as exc:  # the mesh runs on without reloads
+            log.exception("reloading failed")
+            self.echo(f"reload: stopped by an error, the mesh runs on without it: {exc!r}")
+
+    async def replace(self, service: str) -> str | None:
+        """Replace the nodes of ``service`` one at a time with nodes of its code as it is
+        now: a new node starts; once the registry shows it serving, the old one drains as
+        at a shutdown (SIGTERM: it takes no new work, its work in flight finishes); once
+        the mesh sees the old one draining, the next. Callers find as many serving nodes
+        at every moment as before, and a call a draining node refuses has not run and goes
+        to another node.
+
+        Returns None once done, else why it stopped: a new node that exits before it
+        serves (or does not serve within :data:`RELOAD_START_TIMEOUT`) is given up, and
+        the old node it was to replace goes on.
+        """
+        slots = [
+            s
+            for s in self.slots
+            if s.service == service and not s.gateway and not s.retired.is_set()
+        ]
+        try:
+            for number, old in enumerate(slots, 1):
+                if self.stopping.is_set():
+                    return "the mesh is stopping"
+                self.reloading = f"reloading {service} ({number}/{len(slots)})"
+                self.echo(self.reloading)
+                self.changed()
+                new, why = await self._successor(old)
+                if new is None:
+                    return why
+                self._retire(old, new)
+                await self._until_drain_seen(old)
+        finally:
+            self.reloading = None
+            self.changed()
+        self.echo(f"reloaded {service}")
+        return None
+
+    async def _successor(self, old: NodeProcess) -> tuple[NodeProcess | None, str]:
+        """Start the node to take ``old``'s place and wait until it serves; it, or None
+        and why not."""
+        assert self.view is not None
+        restart = self.config.restart
+        backoff = Backoff(restart.initial_backoff, restart.max_backoff, restart.reset_after)
+        new = NodeProcess(old.service, old.slot, backoff, trial=True)
+        self.slots.insert(self.slots.index(old) + 1, new)
+        self._spawn(new)
+        task = new.task
+        assert task is not None
+        deadline = time.monotonic() + RELOAD_START_TIMEOUT
+        while not task.done() and not self.stopping.is_set():
+            snapshot = self.view.snapshot
+            node = snapshot.by_id.get(new.node_id) if new.node_id else None
+            if node is not None and node.serving:
+                new.trial = False
+                self._follow(snapshot)  # the table (and the log) show it serving first
+                return new, ""
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        if self.stopping.is_set():
+            return None, "the mesh is stopping"  # the drain stops the new node too
+        keeps = f"{old.node_id} keeps serving" if old.state is ProcessState.SERVING else ""
+        if task.done():
+            code = new.last_exit
+            exited = f"exited with {_describe_exit(code)}" if code is not None else "stopped"
+            why = f"its new node {new.node_id} {exited} before serving (its output is above)"
+        else:
+            why = f"its new node {new.node_id} did not serve within {RELOAD_START_TIMEOUT:g}s"
+            new.retired.set()
+            if new.process is not None and new.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    new.process.kill()
+            await asyncio.wait([task], timeout=5.0)
+        new.retired.set()
+        if new in self.slots:
+            self.slots.remove(new)
+        self.changed()
+        return None, f"{why}; {keeps}" if keeps else why
+
+    def _retire(self, old: NodeProcess, new: NodeProcess) -> None:
+        """``new`` serves in ``old``'s place: ``old``'s node drains, and its slot goes once
+        the node has stopped."""
+        old.retired.set()
+        self.echo(f"{old.node_id}: replaced by {new.node_id}; draining")
+        process = old.process
+        if process is not None and process.returncode is None:
+            old.state = ProcessState.STOPPING
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        elif (old.task is None or old.task.done()) and old in self.slots:
+            self.slots.remove(old)  # it had failed: nothing runs there
+        # else its task, waiting to restart the node, wakes and removes the slot
+        self.changed()
+
+    async def _until_drain_seen(self, old: NodeProcess) -> None:
+        """Wait until the mesh sees ``old``'s node draining (callers no longer choose it)
+        or gone, at most :data:`RELOAD_RETIRE_WAIT` seconds."""
+        assert self.view is not None
+        deadline = time.monotonic() + RELOAD_RETIRE_WAIT
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            node = self.view.snapshot.by_id.get(old.node_id)
+            process = old.process
+            if (
+                node is None
+                or not node.serving
+                or process is None
+                or process.returncode is not None
+            ):
+                return
+            await asyncio.sleep(0.05)
+
     # ------------------------------------------------------------------ one slot
 
     def _command(self, slot: NodeProcess) -> tuple[list[str], dict[str, str], str]:
@@ -478,8 +648,25 @@ class Supervisor:
             restarts=slot.restarts,
         )
 
+    def _spawn(self, slot: NodeProcess) -> None:
+        """Start the task that keeps ``slot``'s process running."""
+        slot.task = asyncio.create_task(self._keep_running(slot))
+        # a finished task (a slot a reload replaced) is forgotten
+        self._slot_tasks = [t for t in self._slot_tasks if not t.done()]
+        self._slot_tasks.append(slot.task)
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(slot.task)
+
     async def _keep_running(self, slot: NodeProcess) -> None:
-        while not self.stopping.is_set():
+        try:
+            await self._run_slot(slot)
+        finally:
+            if slot.retired.is_set() and slot in self.slots:
+                self.slots.remove(slot)
+                self.changed()
+
+    async def _run_slot(self, slot: NodeProcess) -> None:
+        while not self.stopping.is_set() and not slot.retired.is_set():
             slot.node_id = new_gateway_id() if slot.gateway else new_node_id(slot.service)
             slot.address = ""
             slot.state = ProcessState.STARTING
@@ -497,9 +684,9 @@ class Supervisor:
             slot.process, slot.pid, slot.started_at = process, process.pid, time.time()
             await _hand_over(process, launch)
             self.echo(f"{slot.node_id}: started (pid {process.pid})")
-            if self.stopping.is_set():
-                # the drain began while this process was being spawned: it missed the
-                # SIGTERM the others got
+            if self.stopping.is_set() or slot.retired.is_set():
+                # the drain began (or a reload replaced the slot) while this process was
+                # being spawned: it missed the SIGTERM the others got
                 slot.state = ProcessState.STOPPING
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
@@ -509,13 +696,18 @@ class Supervisor:
             code = await process.wait()
             ran_for = time.time() - slot.started_at
             slot.last_exit, slot.pid = code, 0
-            if self.stopping.is_set():
-                # draining: whatever the exit, the node is not started again
+            if self.stopping.is_set() or slot.retired.is_set():
+                # draining (or replaced): whatever the exit, the node is not started again
                 slot.state = ProcessState.STOPPED
                 if code in (0, -signal.SIGTERM, -signal.SIGKILL):
                     self.echo(f"{slot.node_id}: stopped")
                 else:
                     self.echo(f"{slot.node_id}: stopped, exited with {_describe_exit(code)}")
+                self.changed()
+                return
+            if slot.trial:
+                # a reload's node that never served: the reload gives it up (see replace)
+                slot.state = ProcessState.FAILED
                 self.changed()
                 return
             if code == EXIT_CONFIG:
@@ -530,8 +722,7 @@ class Supervisor:
                 f"{slot.node_id}: exited with {_describe_exit(code)}; restart in {delay:.1f}s"
             )
             self.changed()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), delay)
+            await _first_of(delay, self.stopping, slot.retired)
         slot.state = ProcessState.STOPPED
 
     async def _relay_output(self, node_id: str, stream: asyncio.StreamReader) -> None:
@@ -634,6 +825,16 @@ async def _hand_over(process: asyncio.subprocess.Process, launch: str) -> None:
     stdin.close()
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         await stdin.wait_closed()
+
+
+async def _first_of(timeout: float, *events: asyncio.Event) -> None:
+    """Wait until one of ``events`` is set, at most ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def _describe_exit(code: int) -> str:
