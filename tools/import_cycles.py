@@ -47,41 +47,7 @@ KINDS = ("module", "function", "type-checking")
 #: the cycles known today, each with why it is still there and what removes it; a cycle is
 #: allowed when all its modules are in one entry. The list only shrinks: an entry that
 #: covers no cycle any more fails the check until it is removed.
-ALLOWED: dict[frozenset[str], str] = {
-    frozenset(
-        {
-            "wiremesh.gateway.app",
-            "wiremesh.gateway.connection",
-            "wiremesh.gateway.server",
-            "wiremesh.gateway.websocket",
-        }
-    ): (
-        "app.py, connection.py and websocket.py name Gateway (server.py) under TYPE_CHECKING "
-        "and use its attributes; issue 15 item 1 gives each part a Protocol of what it needs "
-        "and leaves server.py to assemble them, imported by nothing in the gateway"
-    ),
-    frozenset({"wiremesh.gateway.node_side", "wiremesh.service", "wiremesh.session"}): (
-        "session.py names SocketHub (gateway/node_side.py) under TYPE_CHECKING and "
-        "node_side.py writes Session's private fields (issue 15 item 1); node_side.py is "
-        "being reworked: an interface of the hub that Session reads is the fix"
-    ),
-    frozenset(
-        {
-            "wiremesh.messaging.amqp.broker",
-            "wiremesh.messaging.amqp.consumer",
-            "wiremesh.messaging.amqp.dead",
-        }
-    ): (
-        "amqp/consumer.py and amqp/dead.py take the AmqpBroker that builds them (named "
-        "under TYPE_CHECKING) for its topology, publisher, connected(), ensure_delay_queue() "
-        "and forget(): a Protocol of that surface beside them is the fix"
-    ),
-    frozenset({"wiremesh.transport.client", "wiremesh.transport.publish"}): (
-        "publish.py names Caller under TYPE_CHECKING (it reads only its view and links, and "
-        "keys a weak map by it) and Caller.publish imports publish.py in a function: a "
-        "Protocol of what a publisher needs, as multicast.py's MulticastCaller, is the fix"
-    ),
-}
+ALLOWED: dict[frozenset[str], str] = {}
 
 #: what each folder may import of wiremesh besides itself, as module or folder names
 #: (module-level, TYPE_CHECKING and function imports alike): the arrows of ARCHITECTURE.md

@@ -35,8 +35,8 @@ import pytest
 from tests.gateway.http_door import Shop, bearer, gateway_mesh
 from tests.gateway.ws_mesh import ROOMY, Chat, Notes, closed_with, connect
 from wiremesh.core import control
+from wiremesh.core.socket_session import SessionRules
 from wiremesh.gateway import listener
-from wiremesh.gateway.connection import Connection
 from wiremesh.gateway.listener import LOG_INTERVAL
 from wiremesh.gateway.process import GatewayLaunch
 from wiremesh.gateway.settings import HttpSettings, LimitSettings
@@ -424,10 +424,10 @@ async def test_a_deeply_nested_control_message_closes_with_1003_and_one_log_line
 async def test_a_failure_while_handling_a_message_closes_with_1011_not_a_reset(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(self: Connection, text: str) -> bool:
+    def broken(self: SessionRules, text: str, size: int, now: float) -> None:
         raise RuntimeError("a bug of the gateway's")
 
-    monkeypatch.setattr(Connection, "_control", broken)
+    monkeypatch.setattr(SessionRules, "received_text", broken)
     async with (
         TestMesh(Chat, gateway=gateway_settings(limits=ROOMY)) as mesh,
         connect(mesh) as bystander,

@@ -1,14 +1,17 @@
 """The gateway's ASGI application: ``websocket`` scopes to the WebSocket door, ``http``
-scopes to a small router.
+scopes to the ASGI endpoints mounted on it, then to a small router.
 
-Routes are exact paths or path prefixes, per method. The HTTP door
-(``POST /rpc/<service>/<method>``, ``/openapi.json``, ``/docs``, ``/readyz``; see
-:mod:`wiremesh.gateway.http_rpc`) is asked first: its endpoints read and answer on their
-own. Built in: ``GET /healthz``, ``GET /ws/...`` (what an upgrade would get, see
-:func:`wiremesh.gateway.websocket.check`), ``GET /_wiremesh/wiremesh.js`` (the JavaScript
-client), ``GET /metrics`` (Prometheus text), the mesh dashboard under ``/_mesh/`` (its
-data at ``/_mesh/state`` needs a token) and the static folder at ``/``. Every HTTP
-answer is counted in the gateway's meter; every error is a problem (:mod:`.problem`).
+The application is given its doors as plain ASGI callables and knows nothing else of
+them: the WebSocket door (:class:`wiremesh.gateway.websocket.SocketDoor`) takes every
+``websocket`` scope and the plain requests under ``/ws/`` (what an upgrade would get);
+the HTTP door's endpoints (``POST /rpc/<service>/<method>``, ``/openapi.json``,
+``/docs``, ``/readyz``; see :mod:`wiremesh.gateway.http_rpc`) are mounted at their paths
+and asked first: they read and answer on their own. Routes are exact paths or path
+prefixes, per method. Built in: ``GET /healthz``, ``GET /_wiremesh/wiremesh.js`` (the
+JavaScript client), ``GET /metrics`` (Prometheus text), the mesh dashboard under
+``/_mesh/`` (its data at ``/_mesh/state`` needs a token) and the static folder at ``/``.
+Every HTTP answer is counted in the gateway's meter; every error is a problem
+(:mod:`.problem`).
 """
 
 from __future__ import annotations
@@ -19,34 +22,43 @@ import mimetypes
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from wiremesh.errors import InternalError, NotFound, PermissionDenied, Unauthenticated
-from wiremesh.gateway.auth import check_access, find_token
+from wiremesh.gateway.auth import TokenVerifier, check_access, find_token
+from wiremesh.gateway.meter import GatewayMeter
 from wiremesh.gateway.problem import (
     CONTENT_TYPE,
     GATEWAY_FAILED,
     Problem,
     method_not_allowed,
     problem_for,
-    upgrade_required,
 )
-from wiremesh.gateway.settings import SocketServiceSettings
-from wiremesh.gateway.websocket import Refusal, check, refuse, serve_websocket
-from wiremesh.observability import tracing
-from wiremesh.observability.dashboard import DASHBOARD_ASSETS, asset
+from wiremesh.gateway.settings import GatewaySettings, SocketServiceSettings
+from wiremesh.observability.dashboard import DASHBOARD_ASSETS, MeshState, asset
 
-if TYPE_CHECKING:
-    from wiremesh.gateway.server import Gateway
-
-__all__ = ["GatewayApp", "Request", "Response", "Router", "json_response", "problem_response"]
+__all__ = [
+    "Asgi",
+    "GatewayApp",
+    "Mount",
+    "Request",
+    "Response",
+    "Router",
+    "json_response",
+    "problem_response",
+]
 
 log = logging.getLogger("wiremesh.gateway")
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+#: an ASGI application or endpoint
+Asgi = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
+#: an ASGI endpoint at a path: ``(path, endpoint, prefix)``, with ``prefix`` when it
+#: takes every path under ``path`` too; it answers every method on its own
+Mount = tuple[str, Asgi, bool]
 
 
 class Request:
@@ -123,17 +135,17 @@ def not_found(request: Request, detail: str = "") -> Response:
     return problem_response(problem_for(error, request.path))
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+RouteHandler = Callable[[Request], Awaitable[Response]]
 
 
 class Router:
     """HTTP handlers by method and path: exact paths first, then the longest prefix."""
 
     def __init__(self) -> None:
-        self._exact: dict[tuple[str, str], Handler] = {}
-        self._prefixes: list[tuple[str, str, Handler]] = []
+        self._exact: dict[tuple[str, str], RouteHandler] = {}
+        self._prefixes: list[tuple[str, str, RouteHandler]] = []
 
-    def add(self, method: str, path: str, handler: Handler, *, prefix: bool = False) -> None:
+    def add(self, method: str, path: str, handler: RouteHandler, *, prefix: bool = False) -> None:
         """Serve ``method`` requests for ``path`` (or every path under it, with ``prefix``)
         with ``handler``; ``GET`` routes answer ``HEAD`` too."""
         if prefix:
@@ -142,7 +154,7 @@ class Router:
         else:
             self._exact[(method.upper(), path)] = handler
 
-    def find(self, method: str, path: str) -> tuple[Handler | None, bool]:
+    def find(self, method: str, path: str) -> tuple[RouteHandler | None, bool]:
         """The handler of a request, and whether the path is known under another method."""
         lookup = "GET" if method == "HEAD" else method
         handler = self._exact.get((lookup, path))
@@ -166,42 +178,78 @@ class Router:
 
 
 class GatewayApp:
-    """The ASGI application of one :class:`~wiremesh.gateway.server.Gateway`."""
+    """The ASGI application of one gateway (``gateway_id``).
 
-    def __init__(self, gateway: Gateway, *, static: Path | None, client_js: Path | None) -> None:
-        self.gateway = gateway
+    ``websocket`` is the WebSocket door: it takes every ``websocket`` scope, and the plain
+    requests under ``/ws/``. ``mounts`` are the other ASGI endpoints, asked before the
+    built-in routes (the HTTP door's, see
+    :meth:`~wiremesh.gateway.http_rpc.HttpDoor.mounts`). ``settings`` say which built-in
+    routes there are (``metrics``, ``dashboard``) and where the dashboard's token may
+    travel, ``verifier`` checks it and ``dashboard`` is the document it opens; ``meter``
+    counts every answer (and is ``/metrics``); ``static`` is the folder served at ``/``,
+    ``client_js`` the JavaScript client.
+    """
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        gateway_id: str,
+        meter: GatewayMeter,
+        verifier: TokenVerifier,
+        dashboard: MeshState,
+        websocket: Asgi,
+        mounts: Iterable[Mount] = (),
+        static: Path | None = None,
+        client_js: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.gateway_id = gateway_id
+        self.meter = meter
+        self.verifier = verifier
+        self.dashboard = dashboard
+        self.websocket = websocket
+        self._exact: dict[str, Asgi] = {}
+        self._prefixes: list[tuple[str, Asgi]] = []
+        for path, endpoint, prefix in [*mounts, ("/ws/", websocket, True)]:
+            if prefix:
+                self._prefixes.append((path, endpoint))
+            else:
+                self._exact[path] = endpoint
+        self._prefixes.sort(key=lambda mount: -len(mount[0]))
         self.router = Router()
         self.static = static.resolve() if static is not None else None
         self.client_js = client_js
         self.router.add("GET", "/healthz", self._healthz)
-        self.router.add("GET", "/ws/", self._probe, prefix=True)
         self.router.add("GET", "/_wiremesh/wiremesh.js", self._client_js)
-        if gateway.settings.metrics:
+        if settings.metrics:
             self.router.add("GET", "/metrics", self._metrics)
-        if gateway.settings.dashboard.enabled:
+        if settings.dashboard.enabled:
             self.router.add("GET", "/_mesh", self._dashboard_home)
             self.router.add("GET", "/_mesh/", self._dashboard_asset, prefix=True)
         self.router.add("GET", "/", self._static, prefix=True)
 
+    def mounted(self, path: str) -> Asgi | None:
+        """The mounted endpoint that answers ``path``, if any (exact paths first, then
+        the longest prefix)."""
+        endpoint = self._exact.get(path)
+        if endpoint is not None:
+            return endpoint
+        for prefix, prefixed in self._prefixes:
+            if path.startswith(prefix):
+                return prefixed
+        return None
+
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "websocket":
-            if _is_socket_path(scope["path"]):
-                await serve_websocket(self.gateway, scope, receive, send)
-                return
-            await receive()
-            error = NotFound("no WebSocket here: use /ws/<service> or /ws/<service>/<node>")
-            await refuse(send, scope, problem_for(error, scope["path"]))
+            await self.websocket(scope, receive, send)
             return
         if kind == "http":
             send = self._counted(send)
-            door = self.gateway.http
-            endpoint = door.route(scope["path"]) if door is not None else None
-            if endpoint is not None:  # the HTTP door reads and answers on its own
-                if tracing.enabled():
-                    await self._traced(endpoint, scope, receive, send)
-                else:
-                    await endpoint(scope, receive, send)
+            endpoint = self.mounted(scope["path"])
+            if endpoint is not None:  # it reads and answers on its own
+                await endpoint(scope, receive, send)
                 return
             request = Request(scope, receive)
             handler, known = self.router.find(request.method, request.path)
@@ -232,7 +280,7 @@ class GatewayApp:
 
     def _counted(self, send: Send) -> Send:
         """``send``, counting the answer's status and latency in the gateway's meter."""
-        meter = self.gateway.meter
+        meter = self.meter
         started = time.perf_counter()
 
         async def counted(message: dict[str, Any]) -> None:
@@ -243,40 +291,10 @@ class GatewayApp:
 
         return counted
 
-    async def _traced(
-        self,
-        endpoint: Callable[..., Awaitable[None]],
-        scope: dict[str, Any],
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        """The HTTP door's ``endpoint`` in a span that continues the request's trace (W3C
-        ``traceparent`` header) or starts one; the call it makes is that span's child."""
-        carrier = {
-            key.decode("latin-1"): value.decode("latin-1")
-            for key, value in scope.get("headers") or ()
-            if key in (b"traceparent", b"tracestate")
-        }
-        span = tracing.server_span(f"{scope['method']} {scope['path']}", carrier)
-        status = 0
-
-        async def seen(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await endpoint(scope, receive, seen)
-        finally:
-            if span is not None:
-                span.set("http.response.status_code", status)
-                span.end("ok" if 0 < status < 500 else f"http_{status or 'aborted'}")
-
     # ------------------------------------------------------------------ built-in routes
 
     async def _metrics(self, request: Request) -> Response:
-        return Response(200, self.gateway.meter.text(), content_type=CONTENT_TYPE_LATEST)
+        return Response(200, self.meter.text(), content_type=CONTENT_TYPE_LATEST)
 
     async def _dashboard_home(self, request: Request) -> Response:
         return Response(307, b"", headers=(("location", "/_mesh/"),))
@@ -294,36 +312,22 @@ class GatewayApp:
 
     async def _dashboard_state(self, request: Request) -> Response:
         """The dashboard's document, for a token that may see the mesh."""
-        gateway = self.gateway
-        settings = gateway.settings
+        settings = self.settings
         token = find_token(request.headers, (), b"", cookie=settings.cookie_token)
         try:
             if token is None:
                 raise Unauthenticated("no token: send 'Authorization: Bearer <JWT>'")
-            identity = gateway.verifier.verify(token)
+            identity = self.verifier.verify(token)
             rules = settings.dashboard
             check_access(
                 identity.claims, SocketServiceSettings(scopes=rules.scopes, roles=rules.roles)
             )
         except (Unauthenticated, PermissionDenied) as exc:
             return problem_response(problem_for(exc, request.path))
-        return json_response(
-            200, await gateway.dashboard.document(), (("cache-control", "no-store"),)
-        )
+        return json_response(200, await self.dashboard.document(), (("cache-control", "no-store"),))
 
     async def _healthz(self, request: Request) -> Response:
-        return json_response(200, {"status": "ok", "gateway": self.gateway.gateway_id})
-
-    async def _probe(self, request: Request) -> Response:
-        if not _is_socket_path(request.path):
-            return not_found(request, "use /ws/<service> or /ws/<service>/<node>")
-        result = check(self.gateway, request.scope, count=False)
-        if isinstance(result, Refusal):
-            return problem_response(result.problem(request.path))
-        accepted = upgrade_required(
-            "this endpoint takes a WebSocket, which would be accepted", request.path
-        )
-        return problem_response(accepted, (("upgrade", "websocket"),))
+        return json_response(200, {"status": "ok", "gateway": self.gateway_id})
 
     async def _client_js(self, request: Request) -> Response:
         path = self.client_js
@@ -362,8 +366,3 @@ class GatewayApp:
             content_type=content_type,
             headers=(("cache-control", "no-cache"), ("x-content-type-options", "nosniff")),
         )
-
-
-def _is_socket_path(path: str) -> bool:
-    parts = path.split("/")
-    return len(parts) in (3, 4) and parts[1] == "ws" and all(parts[2:])

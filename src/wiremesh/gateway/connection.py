@@ -1,21 +1,26 @@
-"""One browser WebSocket at the gateway: its session, its limits, its outbound queue.
+"""One browser WebSocket at the gateway: the adapter between its socket and its rules.
 
-Kept small (``__slots__``, no task of its own): the server's task per connection only
-waits for the connection to end; everything else is driven from outside:
+What a session may do is decided by its :class:`~wiremesh.core.socket_session.SessionRules`
+(no I/O): a :class:`Connection` feeds them every event and performs the action they return
+(forward, queue, close with their code, answer a refresh, ping). Kept small
+(``__slots__``, no task of its own): the server's task per connection only waits for the
+connection to end; everything else is driven from outside:
 
 - **From the browser** (:meth:`Connection.on_message`, called by the protocol in
-  ``data_received``): the rate limit (a token bucket), the size limit, text messages as
-  the control channel (token refresh), then the message joins the node's stream. When the
-  stream is full, the connection stops reading until it has room (backpressure reaches
-  the browser's TCP window, never other sessions).
+  ``data_received``): the rules judge the message (rate, size, text messages as the
+  control channel), then it joins the node's stream. When the stream is full, the
+  connection stops reading until it has room (backpressure reaches the browser's TCP
+  window, never other sessions).
 - **To the browser** (:meth:`Connection.deliver`): messages are framed at once and
   written together at the end of the batch that brought them (one system call per
   connection and batch). When the transport pauses (the browser does not read fast
-  enough) messages queue, at most ``max_queued`` of them and ``max_queued_bytes`` bytes
-  (a single message always fits); past either the connection closes with 4008 (slow
-  consumer). The node's stream never waits for a browser.
-- **Timers.** The gateway's one shared timer reads ``last_seen``, ``expires_at`` and the
-  protocol's ping state (see :meth:`wiremesh.gateway.server.Gateway.sweep`).
+  enough) messages queue while the rules take them (``max_queued`` messages,
+  ``max_queued_bytes`` bytes); past that the connection closes with 4008 (slow consumer).
+  The node's stream never waits for a browser.
+- **Timers.** The gateway's one shared timer calls :meth:`Connection.tick`: token expiry,
+  idle timeout, the expiry warning and the keepalive ping.
+
+What a connection needs of the gateway that holds it is :class:`ConnectionHost`.
 """
 
 from __future__ import annotations
@@ -25,29 +30,29 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from wiremesh.core import control
 from wiremesh.core.bucket import TokenBucket
-from wiremesh.errors import PermissionDenied, Unauthenticated
-from wiremesh.gateway.auth import check_access
-from wiremesh.gateway.codes import (
-    MESSAGE_TOO_BIG,
-    RATE_LIMITED,
-    REFUSED,
-    SLOW_CONSUMER,
-    TOKEN_EXPIRED,
-    UNSUPPORTED_DATA,
+from wiremesh.core.socket_session import (
+    ACCEPT,
+    NO_PONG,
+    PING,
+    REFRESH_FORBIDDEN,
+    Close,
+    Expiring,
+    SessionLimits,
+    SessionRules,
 )
-from wiremesh.gateway.protocols import SocketProtocol
+from wiremesh.errors import PermissionDenied, Unauthenticated
+from wiremesh.gateway.auth import TokenVerifier, check_access
+from wiremesh.gateway.meter import GatewayMeter
+from wiremesh.gateway.settings import SocketServiceSettings
+from wiremesh.gateway.socket_protocol import SocketProtocol
 from wiremesh.gateway.stream import DATA, Frame, FrameStream
 from wiremesh.observability import tracing
 from wiremesh.transport.eager import Resume
 
-if TYPE_CHECKING:
-    from wiremesh.gateway.server import Gateway
-
-__all__ = ["Connection"]
+__all__ = ["Connection", "ConnectionHost"]
 
 log = logging.getLogger("wiremesh.gateway")
 
@@ -55,38 +60,58 @@ AsgiSend = Callable[[dict[str, Any]], Awaitable[None]]
 _clock = time.monotonic
 
 
+class ConnectionHost(Protocol):
+    """What a :class:`Connection` needs of the gateway that holds it."""
+
+    @property
+    def meter(self) -> GatewayMeter:
+        """Where the messages and bytes in and out are counted."""
+
+    @property
+    def session_limits(self) -> SessionLimits:
+        """The limits every session shares (queue, timeouts, keepalive)."""
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        """Checks the token of a refresh."""
+
+    def access_rules(self, service: str) -> SocketServiceSettings | None:
+        """The access rules a refreshed token must meet for ``service`` (None: any)."""
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` in a task the host keeps until it ends (rare paths only)."""
+
+
 class Connection:
-    """A session's WebSocket, as the gateway holds it."""
+    """A session's WebSocket, as the gateway holds it: the I/O around its :attr:`rules`.
+
+    ``bucket``, ``expires_at`` (wall seconds), ``max_bytes`` and ``text`` (whether its
+    service takes text messages) are the session's own limits; the rest come from
+    ``host``'s :attr:`~ConnectionHost.session_limits`."""
 
     __slots__ = (
         "_asgi_send",
         "backlog",
-        "bucket",
         "close_code",
         "close_reason",
         "closed",
         "dirty",
-        "expires_at",
-        "gateway",
+        "host",
         "ip",
-        "last_seen",
-        "max_bytes",
         "node_id",
         "number",
         "principal",
-        "queued_bytes",
+        "rules",
         "service",
         "session_id",
         "socket",
         "stream",
         "tell_node",
-        "text",
-        "warned",
     )
 
     def __init__(
         self,
-        gateway: Gateway,
+        host: ConnectionHost,
         *,
         number: int,
         session_id: str,
@@ -102,7 +127,7 @@ class Connection:
         max_bytes: int,
         text: bool,
     ) -> None:
-        self.gateway = gateway
+        self.host = host
         self.number = number
         self.session_id = session_id
         self.principal = principal
@@ -112,16 +137,20 @@ class Connection:
         self.stream = stream
         self.socket = socket
         self._asgi_send = asgi_send
-        self.bucket = bucket
-        self.expires_at = expires_at
-        self.last_seen = _clock()
-        self.max_bytes = max_bytes
-        self.text = text
-        self.warned = False
+        #: what the session may do, and the state that decides it
+        self.rules = SessionRules(
+            host.session_limits,
+            principal=principal,
+            expires_at=expires_at,
+            max_bytes=max_bytes,
+            text=text,
+            bucket=bucket,
+            now=_clock(),
+        )
         self.dirty = False
+        #: messages waiting for the browser while its transport is paused (the rules
+        #: count them)
         self.backlog: deque[bytes | str] | None = None
-        #: bytes (characters for a text message) waiting in ``backlog``
-        self.queued_bytes = 0
         self.closed = False
         #: the code the gateway closed the connection with (None: it did not)
         self.close_code: int | None = None
@@ -138,27 +167,24 @@ class Connection:
         """One message from the browser."""
         if self.closed:
             return
-        now = _clock()
-        self.last_seen = now
-        if not self.bucket.take(now):
-            log.info("session %s: over its message rate; closing it", self.session_id)
-            self.close(RATE_LIMITED, "too many messages")
-            return
         if isinstance(data, str):
-            if not self._control(data):
-                return
             payload = data.encode()
             text = True
+            verdict = self.rules.received_text(data, len(payload), _clock())
+            if verdict is not ACCEPT:
+                if isinstance(verdict, Close):
+                    self._close_for(verdict)
+                else:
+                    self._refresh(verdict.token)
+                return
         else:
             payload = data
             text = False
-        if len(payload) > self.max_bytes:
-            log.info(
-                "session %s: a message over %d bytes; closing it", self.session_id, self.max_bytes
-            )
-            self.close(MESSAGE_TOO_BIG, "message too big")
-            return
-        meter = self.gateway.meter
+            verdict = self.rules.received(len(data), _clock())
+            if verdict is not ACCEPT:
+                self._close_for(verdict)
+                return
+        meter = self.host.meter
         meter.messages_in += 1
         meter.bytes_in += len(payload)
         stream = self.stream
@@ -176,53 +202,34 @@ class Connection:
         stream.send(frame, alone=socket is None or not socket.burst)
         if stream.full and socket is not None:
             socket.hold()
-            self.gateway.spawn(self._release_when_room())
+            self.host.spawn(self._release_when_room())
 
     async def _release_when_room(self) -> None:
         await self.stream.wait_for_room()
         if self.socket is not None:
             self.socket.release()
 
-    def _control(self, text: str) -> bool:
-        """A text message: True when it is to be forwarded to the node as text."""
-        command = control.parse(text)
-        if command is not None:
-            if command.get("wm") == "refresh":
-                self._refresh(command.get("token"))
-            else:
-                log.info("session %s: an unknown control message", self.session_id)
-                self.close(UNSUPPORTED_DATA, "unknown control message")
-            return False
-        if self.text:
-            return True
-        log.info("session %s: a text message, which its service does not take", self.session_id)
-        self.close(UNSUPPORTED_DATA, "text messages are not accepted")
-        return False
-
-    def _refresh(self, token: object) -> None:
-        """``{"wm": "refresh", "token": ...}``: a new token for the same principal."""
-        if not isinstance(token, str) or not token:
-            self.close(TOKEN_EXPIRED, "refresh without a token")
-            return
+    def _refresh(self, token: str) -> None:
+        """``{"wm": "refresh", "token": ...}``: a new token, for the same principal."""
+        rules = self.rules
         try:
-            identity = self.gateway.verifier.verify(token)
+            identity = self.host.verifier.verify(token)
         except Unauthenticated as exc:
-            log.info("session %s: refresh refused: %s", self.session_id, exc.message)
-            self.close(TOKEN_EXPIRED, "invalid token")
+            self._close_for(rules.token_refused(), exc.message)
             return
-        if identity.principal != self.principal:
-            log.info("session %s: refresh for another principal", self.session_id)
-            self.close(TOKEN_EXPIRED, "the token is for another principal")
-            return
+        denied: PermissionDenied | None = None
         try:
-            check_access(identity.claims, self.gateway.settings.services.get(self.service))
+            check_access(identity.claims, self.host.access_rules(self.service))
         except PermissionDenied as exc:
-            log.info("session %s: refresh refused: %s", self.session_id, exc.message)
-            self.close(REFUSED, "forbidden")
+            denied = exc
+        verdict = rules.token_refreshed(
+            identity.principal, identity.expires_at, allowed=denied is None
+        )
+        if verdict is not ACCEPT:
+            why = denied.message if denied is not None and verdict is REFRESH_FORBIDDEN else ""
+            self._close_for(verdict, why)
             return
-        self.expires_at = identity.expires_at
-        self.warned = False
-        self.deliver(json.dumps({"wm": "refreshed", "exp": int(identity.expires_at)}))
+        self.deliver(json.dumps({"wm": "refreshed", "exp": int(rules.expires_at)}))
 
     # ------------------------------------------------------------------ to the browser
 
@@ -232,25 +239,21 @@ class Connection:
         the connection with 4008 (slow consumer)."""
         if self.closed:
             return
-        meter = self.gateway.meter
+        meter = self.host.meter
         meter.messages_out += 1
         meter.bytes_out += len(data)
         backlog = self.backlog
         if backlog is not None:
-            limits = self.gateway.settings.limits
-            queued = self.queued_bytes + len(data)
-            if len(backlog) >= limits.max_queued or (queued > limits.max_queued_bytes and backlog):
-                log.info(
-                    "session %s: the browser does not read (%d messages, %d bytes queued); "
-                    "closing it",
-                    self.session_id,
-                    len(backlog),
-                    self.queued_bytes,
+            rules = self.rules
+            verdict = rules.queued(len(data))
+            if verdict is not ACCEPT:
+                detail = (
+                    f"the browser does not read ({rules.queued_messages} messages, "
+                    f"{rules.queued_bytes} bytes queued)"
                 )
-                self.close(SLOW_CONSUMER, "slow consumer")
+                self._close_for(verdict, detail)
                 return
             backlog.append(data)
-            self.queued_bytes = queued
             return
         socket = self.socket
         if socket is None:
@@ -279,14 +282,15 @@ class Connection:
         socket = self.socket
         if backlog is None or socket is None:
             return
+        rules = self.rules
         while backlog:
             data = backlog.popleft()
-            self.queued_bytes -= len(data)
+            rules.dequeued(len(data))
             socket.queue_message(data)
             if len(backlog) % 64 == 0 and not socket.flush():
                 return
         self.backlog = None
-        self.queued_bytes = 0
+        rules.drained()
         socket.on_writable = None
         socket.flush()
 
@@ -308,15 +312,44 @@ class Connection:
                 await first
                 while self.backlog:
                     data = self.backlog.popleft()
-                    self.queued_bytes -= len(data)
+                    self.rules.dequeued(len(data))
                     await self._asgi_send(_send_event(data))
             except Exception:
                 self.closed = True
             finally:
                 self.backlog = None
-                self.queued_bytes = 0
+                self.rules.drained()
 
-        self.gateway.spawn(finish(Resume(coro, waits_on)))
+        self.host.spawn(finish(Resume(coro, waits_on)))
+
+    # ------------------------------------------------------------------ the timer
+
+    def tick(self, now: float, wall: float) -> None:
+        """One run of the gateway's shared timer, at ``now`` (the loop's time) and
+        ``wall`` (epoch seconds): token expiry, idle timeout, the warning that the token
+        expires soon, and the keepalive ping."""
+        if self.closed:
+            return
+        rules = self.rules
+        verdict = rules.due(now, wall)
+        if verdict is not ACCEPT:
+            if isinstance(verdict, Expiring):
+                self.deliver(json.dumps({"wm": "expiring", "exp": int(verdict.expires_at)}))
+            else:
+                self._close_for(verdict)
+                return
+        socket = self.socket
+        if not isinstance(socket, SocketProtocol):
+            return
+        ping = rules.keepalive(now, socket.ping_pending_since, socket.last_ping_sent)
+        if ping is PING:
+            socket.last_ping_sent = now
+            socket.ping(now)
+        elif ping is NO_PONG:
+            # the peer is gone: no close handshake to wait for, the connection is dropped
+            log.info("session %s: no pong in time", self.session_id)
+            self.closed = True
+            socket.keepalive_failed()
 
     # ------------------------------------------------------------------ closing
 
@@ -329,16 +362,27 @@ class Connection:
         self.close_code = code
         self.close_reason = reason
         self.backlog = None
-        self.queued_bytes = 0
+        self.rules.drained()
         socket = self.socket
         if socket is not None:
             socket.on_writable = None
             socket.receiver = None
             socket.close_now(code, reason)
             return
-        self.gateway.spawn(
+        self.host.spawn(
             self._asgi_send({"type": "websocket.close", "code": code, "reason": reason})
         )
+
+    def _close_for(self, verdict: Close, detail: str = "") -> None:
+        """Close as a rule decided, with one log line (``detail``: why, if more than the
+        close's reason says)."""
+        log.info(
+            "session %s: %s; closing it (%d)",
+            self.session_id,
+            detail or verdict.reason,
+            verdict.code,
+        )
+        self.close(verdict.code, verdict.reason)
 
 
 def _send_event(data: bytes | str) -> dict[str, Any]:

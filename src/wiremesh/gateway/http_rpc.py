@@ -1,10 +1,11 @@
 """The HTTP door: ``POST /rpc/<service>/<method>`` and the pages around it.
 
-The gateway's application asks :meth:`HttpDoor.route` first for every HTTP request; the
-door's endpoints are plain ASGI callables that read and answer on their own (a body read
-under a deadline, a problem before the body is read, ``Connection: close`` when the rest
-of a request is left unread). ``GET /healthz`` (the process is up) is the gateway's.
-Paths:
+The door is an ASGI application (:meth:`HttpDoor.__call__`), mounted on the gateway's
+application at the paths :meth:`HttpDoor.mounts` names, which are asked first; its
+endpoints read and answer on their own (a body read under a deadline, a problem before the
+body is read, ``Connection: close`` when the rest of a request is left unread), each in a
+span that continues the request's trace when tracing is on. ``GET /healthz`` (the process
+is up) is the gateway's. Paths:
 
 - ``POST /rpc/<service>/<method>[?node=<id>]``: the JSON body is the method's payload; the
   answer is its result as JSON, or a problem (:mod:`.problem`). The call goes over the
@@ -14,7 +15,9 @@ Paths:
   deadline (capped by ``[gateway.http] max_timeout``), and nested calls inherit it. The
   handler finds the token's subject in ``ctx.metadata["principal"]``.
 - ``GET /openapi.json``: the OpenAPI 3.1 document (:mod:`.openapi`).
-- ``GET /docs``: a page that renders that document, served from the package (no CDN).
+- ``GET /asyncapi.json``: the AsyncAPI 3 document of the events, commands, publish topics
+  and sockets (:mod:`.asyncapi`).
+- ``GET /docs``: a page that renders both documents, served from the package (no CDN).
 - ``GET /readyz``: 200 when every configured service has a live node in the gateway's view
   of the mesh; 503 with a problem naming what is missing otherwise. The view is the last
   one the registry gave: an outage of the registry alone never makes a gateway unready
@@ -41,6 +44,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -52,15 +56,18 @@ from wiremesh.core.drain import enter_work, leave_work
 from wiremesh.core.model import MeshSnapshot
 from wiremesh.errors import (
     InternalError,
+    NotFound,
     PayloadTooLarge,
     ServiceNotFound,
     Unavailable,
     WiremeshError,
 )
 from wiremesh.gateway.admission import Admission, BadHeader
+from wiremesh.gateway.asyncapi import AsyncApiSettings, asyncapi_document, asyncapi_servers
 from wiremesh.gateway.auth import TokenVerifier
 from wiremesh.gateway.docs_page import docs_page
 from wiremesh.gateway.http_auth import BearerCheck
+from wiremesh.gateway.node_side import SOCKET_KEY
 from wiremesh.gateway.openapi import DocumentSettings, openapi_document
 from wiremesh.gateway.problem import (
     GATEWAY_FAILED,
@@ -73,6 +80,7 @@ from wiremesh.gateway.problem import (
 )
 from wiremesh.gateway.settings import GatewaySettings
 from wiremesh.gateway.stream import GATEWAY_NODES
+from wiremesh.observability import tracing
 from wiremesh.registry.view import MeshView
 from wiremesh.service import ServiceSpec
 from wiremesh.transport.client import Caller, channel_options
@@ -94,6 +102,10 @@ Authorize = Callable[[str | None, str], str]
 
 _RPC_PATH = re.compile(r"^/rpc/([a-z][a-z0-9_-]{0,62})/([A-Za-z_][A-Za-z0-9_]*)$")
 _JSON = (b"content-type", b"application/json")
+#: a ``Host`` header the AsyncAPI document may repeat: a name or address, and a port
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+#: the AsyncAPI document's JSON is kept for this many gateway URLs at most
+_URLS_KEPT = 8
 #: a response body over this size is written under ``write_timeout``; a smaller one goes
 #: straight into the socket's buffer, which never makes a write wait
 _BUFFERED = 64 * 1024
@@ -109,8 +121,9 @@ class HttpDoor:
     ``authorize`` checks a request's token and the service's access rules (``None``: no
     authentication, every request is the principal ``anonymous@<client address>``);
     ``specs`` are the services whose classes the gateway could import (schemas for the
-    OpenAPI document); ``services`` the ones ``/readyz`` waits for; ``docs=False`` leaves
-    out ``/openapi.json`` and ``/docs``.
+    OpenAPI and AsyncAPI documents); ``services`` the ones ``/readyz`` waits for;
+    ``asyncapi`` what the AsyncAPI document says of the mesh; ``docs=False`` leaves out
+    ``/openapi.json``, ``/asyncapi.json`` and ``/docs``.
     """
 
     def __init__(
@@ -122,6 +135,7 @@ class HttpDoor:
         specs: Mapping[str, ServiceSpec] | None = None,
         services: Sequence[str] = (),
         document: DocumentSettings | None = None,
+        asyncapi: AsyncApiSettings | None = None,
         body_timeout: float = HTTP_BODY_TIMEOUT,
         write_timeout: float = 10.0,
         docs: bool = True,
@@ -141,9 +155,18 @@ class HttpDoor:
         self.write_timeout = write_timeout
         self.clock = clock
         self._document: tuple[object, bytes] | None = None
+        #: what the AsyncAPI document says of the mesh (``gateway``: empty, the URL each
+        #: request came to)
+        self.asyncapi_settings = asyncapi or AsyncApiSettings(
+            version=self.document_settings.version, auth=authorize is not None, gateway=""
+        )
+        #: the AsyncAPI document of a mesh and settings, and its JSON per gateway URL
+        self._asyncapi: tuple[object, dict[str, Any], dict[str, bytes]] | None = None
         self._routes: dict[str, Endpoint] = {"/readyz": self.readyz}
         if docs:
-            self._routes.update({"/openapi.json": self.openapi, "/docs": self.docs})
+            self._routes.update(
+                {"/openapi.json": self.openapi, "/asyncapi.json": self.asyncapi, "/docs": self.docs}
+            )
         #: what :meth:`close` closes: the links and caller the door made for itself
         self._owned: list[Any] = []
         #: set once the gateway stops (:meth:`drain`): a new request gets a 503 problem
@@ -157,6 +180,25 @@ class HttpDoor:
         if path.startswith("/rpc/"):
             return self.rpc
         return self._routes.get(path)
+
+    def mounts(self) -> list[tuple[str, Endpoint, bool]]:
+        """Where the door answers, as an application mounts it: ``(path, the door,
+        prefix)``, ``prefix`` when every path under ``path`` is the door's too."""
+        return [("/rpc/", self, True), *((path, self, False) for path in self._routes)]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The door as an ASGI application: the endpoint of the request's path (a 404
+        problem when there is none), in a span that continues the request's trace (W3C
+        ``traceparent`` header) or starts one when tracing is on; the call it makes is
+        that span's child."""
+        path: str = scope["path"]
+        endpoint = self.route(path)
+        if endpoint is None:
+            await send_problem(send, problem_for(NotFound("nothing at this path"), path))
+        elif tracing.enabled():
+            await _traced(endpoint, scope, receive, send)
+        else:
+            await endpoint(scope, receive, send)
 
     async def drain(self, timeout: float) -> None:
         """Take no new request (503 problem) and let the running ones finish within
@@ -352,6 +394,33 @@ class HttpDoor:
             return
         await self._send_json(send, 200, self.document())
 
+    def asyncapi_json(self, gateway: str = "") -> bytes:
+        """The AsyncAPI document as JSON, rebuilt when the mesh's subscriptions or
+        sockets change; ``gateway``: the URL the request came to, the gateway's address in
+        the document when the settings name none (a new one costs its servers only, so a
+        client sending many ``Host`` headers never makes the schemas be built again)."""
+        snapshot = self.caller.view.snapshot
+        settings = self.asyncapi_settings
+        key = (_messages_key(snapshot, self.specs), settings)
+        cached = self._asyncapi
+        if cached is None or cached[0] != key:
+            cached = self._asyncapi = (key, asyncapi_document(self.specs, snapshot, settings), {})
+        document, by_url = cached[1], cached[2]
+        url = settings.gateway or gateway
+        body = by_url.get(url)
+        if body is None:
+            if len(by_url) >= _URLS_KEPT:
+                by_url.clear()
+            servers = asyncapi_servers(replace(settings, gateway=url))
+            body = by_url[url] = pydantic_core.to_json({**document, "servers": servers})
+        return body
+
+    async def asyncapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_problem(send, method_not_allowed("GET, HEAD", scope["path"]))
+            return
+        await self._send_json(send, 200, self.asyncapi_json(_base_url(scope)))
+
     async def docs(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
             await send_problem(send, method_not_allowed("GET, HEAD", scope["path"]))
@@ -408,10 +477,14 @@ def gateway_door(
     services: Sequence[str] = (),
     credentials: grpc.ChannelCredentials | None = None,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    mesh: str = "",
+    broker: str = "",
 ) -> HttpDoor:
     """The door of a gateway: its ``[gateway.http]`` limits, its token verifier and access
     rules, and a mesh caller of its own over ``view`` (calls travel on mesh links, as
-    ``wiremesh call``'s do); :meth:`HttpDoor.close` closes them."""
+    ``wiremesh call``'s do); :meth:`HttpDoor.close` closes them. ``mesh`` (``[mesh]
+    name``) and ``broker`` (``[broker] url``) are what the AsyncAPI document names the
+    broker's exchanges and server by (empty: not known here)."""
     from wiremesh import __version__
 
     http = settings.http
@@ -449,11 +522,42 @@ def gateway_door(
             default_timeout=admission.default_timeout,
             max_timeout=admission.max_timeout,
         ),
+        asyncapi=AsyncApiSettings(
+            version=__version__,
+            mesh=mesh,
+            broker=broker,
+            gateway=settings.public_url,
+            text_sockets=frozenset(name for name, rules in settings.services.items() if rules.text),
+        ),
         body_timeout=http.body_timeout,
         docs=http.docs,
     )
     door._owned = [links, caller]
     return door
+
+
+async def _traced(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+    """``endpoint`` in a server span named after the request, with its status."""
+    carrier = {
+        key.decode("latin-1"): value.decode("latin-1")
+        for key, value in scope.get("headers") or ()
+        if key in (b"traceparent", b"tracestate")
+    }
+    span = tracing.server_span(f"{scope['method']} {scope['path']}", carrier)
+    status = 0
+
+    async def seen(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    try:
+        await endpoint(scope, receive, seen)
+    finally:
+        if span is not None:
+            span.set("http.response.status_code", status)
+            span.end("ok" if 0 < status < 500 else f"http_{status or 'aborted'}")
 
 
 def _stopping(path: str, *, running: bool = False) -> Problem:
@@ -481,6 +585,26 @@ def _is_json(content_type: bytes) -> bool:
     return media == b"application/json" or (
         media.startswith(b"application/") and media.endswith(b"+json")
     )
+
+
+def _messages_key(snapshot: MeshSnapshot, specs: Mapping[str, ServiceSpec]) -> object:
+    """What the AsyncAPI document depends on in ``snapshot``: the subscriptions and
+    sockets of unimported services."""
+    return frozenset(
+        (node.service, node.subscriptions, node.metadata.get(SOCKET_KEY))
+        for node in snapshot.nodes
+        if node.service not in specs
+    )
+
+
+def _base_url(scope: Scope) -> str:
+    """The URL the request came to (its ``Host`` header when it names a host), for
+    the gateway's own address in the AsyncAPI document."""
+    host = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1")
+    if not _HOST.fullmatch(host):
+        server = scope.get("server") or ("127.0.0.1", 0)
+        host = f"[{server[0]}]:{server[1]}" if ":" in server[0] else f"{server[0]}:{server[1]}"
+    return f"{scope.get('scheme', 'http')}://{host}"
 
 
 def _methods_key(snapshot: MeshSnapshot, specs: Mapping[str, ServiceSpec]) -> object:

@@ -114,6 +114,7 @@ def gateway_of(
         ),
         services=sorted(config.services),
         mesh_name=mesh or config.mesh.name,
+        broker_url=config.broker.url,
         dead_letters=DeadLetterCount(config, tls, mesh=mesh),
     )
 

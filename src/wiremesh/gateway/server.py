@@ -1,11 +1,14 @@
 """The gateway: one process holding browsers' WebSockets and forwarding them to nodes.
 
-:class:`Gateway` watches the registry, keeps a stream to every node
-(:class:`~wiremesh.gateway.streams.NodeStreams`), serves the ASGI application
-(:class:`~wiremesh.gateway.app.GatewayApp`) with uvicorn on one port, with TLS when
-configured, and runs one shared timer (:meth:`Gateway.sweep`, every second) for every
-connection's idle timeout, token expiry and keepalive pings, and for half-open
-handshakes.
+:class:`Gateway` assembles the parts and owns what they share: it watches the registry,
+keeps a stream to every node (:class:`~wiremesh.gateway.streams.NodeStreams`), builds the
+WebSocket door (:class:`~wiremesh.gateway.websocket.SocketDoor`, whose
+:class:`~wiremesh.gateway.websocket.SocketHost` it is) and the HTTP door
+(:class:`~wiremesh.gateway.http_rpc.HttpDoor`), hands both to the ASGI application
+(:class:`~wiremesh.gateway.app.GatewayApp`) as plain ASGI callables, serves it with uvicorn
+on one port, with TLS when configured, and runs one shared timer (:meth:`Gateway.sweep`,
+every second) that ticks every connection (idle timeout, token expiry, keepalive pings)
+and closes half-open handshakes. No module of the gateway imports this one.
 
 Stopping (:meth:`Gateway.stop`): the gateway stops listening and its HTTP door takes no
 new request (503), closes every session with 1001 and tells the nodes, lets the HTTP
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import secrets
@@ -34,27 +36,22 @@ import uvicorn
 
 from wiremesh.core.defaults import HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, TTL
 from wiremesh.core.model import MeshSnapshot, NodeInfo
+from wiremesh.core.socket_session import SessionLimits
 from wiremesh.errors import ConfigError
 from wiremesh.gateway.app import GatewayApp
 from wiremesh.gateway.auth import TokenVerifier, dev_secret
-from wiremesh.gateway.codes import (
-    GOING_AWAY,
-    IDLE_TIMEOUT,
-    INTERNAL_ERROR,
-    SERVICE_RESTART,
-    TOKEN_EXPIRED,
-)
+from wiremesh.gateway.codes import GOING_AWAY, INTERNAL_ERROR, SERVICE_RESTART, sendable
 from wiremesh.gateway.connection import Connection
+from wiremesh.gateway.http_protocol import Handshakes, protocol_classes
 from wiremesh.gateway.http_rpc import gateway_door
 from wiremesh.gateway.listener import Listener
 from wiremesh.gateway.meter import GatewayMeter
 from wiremesh.gateway.node_side import SOCKET_KEY
-from wiremesh.gateway.protocols import Handshakes, SocketProtocol, protocol_classes
-from wiremesh.gateway.settings import GatewaySettings, is_loopback
+from wiremesh.gateway.settings import GatewaySettings, SocketServiceSettings, is_loopback
 from wiremesh.gateway.stream import CLOSE, DATA, GATEWAY_NODES, PUSH, FrameStream
 from wiremesh.gateway.streams import NodeStreams
 from wiremesh.gateway.table import SessionTable
-from wiremesh.gateway.websocket import Refusal
+from wiremesh.gateway.websocket import Refusal, SocketDoor
 from wiremesh.observability.dashboard import MeshState
 from wiremesh.registry.backends import open_registry
 from wiremesh.registry.view import MeshView
@@ -71,7 +68,6 @@ log = logging.getLogger("wiremesh.gateway")
 SWEEP_INTERVAL = 1.0
 #: a session's number in its id (``<gateway id>.<number>``)
 _SESSION_NUMBER = re.compile(r"[0-9]{1,20}")
-_SENDABLE = frozenset({1000, 1001, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
 def new_gateway_id() -> str:
@@ -96,7 +92,9 @@ class Gateway:
     ``tls`` the certificate and key browsers see (when ``settings.tls``); ``advertise``
     the host other hosts reach this one at (``[mesh] advertise``; None: see
     :mod:`wiremesh.runtime.advertise`); ``join_secret`` the mesh's join secret, which
-    admits the gateway to an embedded registry (see :mod:`wiremesh.registry.embedded`).
+    admits the gateway to an embedded registry (see :mod:`wiremesh.registry.embedded`);
+    ``broker_url`` the ``[broker] url``, which the AsyncAPI document describes (never its
+    user and password).
     """
 
     def __init__(
@@ -118,6 +116,7 @@ class Gateway:
         services: Sequence[str] = (),
         sweep_interval: float = SWEEP_INTERVAL,
         mesh_name: str = "",
+        broker_url: str = "",
         dead_letters: Callable[[], Awaitable[int]] | None = None,
         join_secret: str | None = None,
     ) -> None:
@@ -145,6 +144,15 @@ class Gateway:
         self.table: SessionTable[Connection] = SessionTable(
             per_principal=limits.connections_per_principal, per_ip=limits.connections_per_ip
         )
+        #: the limits every session shares (see :mod:`wiremesh.core.socket_session`)
+        self.session_limits = SessionLimits(
+            max_queued=limits.max_queued,
+            max_queued_bytes=limits.max_queued_bytes,
+            idle_timeout=limits.idle_timeout,
+            refresh_before=settings.refresh_before,
+            ping_interval=limits.ping_interval,
+            ping_timeout=limits.ping_timeout,
+        )
         credentials = mesh_tls.channel_credentials() if mesh_tls else None
         self.registry = open_registry(
             registry_address,
@@ -168,6 +176,8 @@ class Gateway:
                 services=services,
                 credentials=credentials,
                 max_message_bytes=max_message_bytes,
+                mesh=mesh_name,
+                broker=broker_url,
             )
             if settings.http.enabled
             else None
@@ -188,9 +198,26 @@ class Gateway:
         if dead_letters is not None:
             extras["dead_letters"] = dead_letters
         #: the document the dashboard at ``/_mesh/`` draws
-        self.dashboard = MeshState(lambda: self.view.snapshot, mesh=mesh_name, extras=extras)
+        self.dashboard = MeshState(
+            lambda: self.view.snapshot,
+            mesh=mesh_name,
+            extras=extras,
+            gateway_id=self.gateway_id,
+            session_nodes=lambda: (c.node_id for c in self.table),
+            home="/" if settings.static else None,
+        )
         static = (self.root / settings.static) if settings.static else None
-        self.app = GatewayApp(self, static=static, client_js=client_js or default_client_js())
+        self.app = GatewayApp(
+            settings,
+            gateway_id=self.gateway_id,
+            meter=self.meter,
+            verifier=self.verifier,
+            dashboard=self.dashboard,
+            websocket=SocketDoor(self),
+            mounts=self.http.mounts() if self.http is not None else (),
+            static=static,
+            client_js=client_js or default_client_js(),
+        )
         self.handshakes = Handshakes()
         self.origins: frozenset[str] = frozenset(settings.origins)
         self.port = settings.port
@@ -395,6 +422,14 @@ class Gateway:
         ordered = ready[start:] + ready[:start]
         return min(ordered, key=lambda n: table.count_of_node(n.node_id))
 
+    def stream_to(self, node_id: str) -> FrameStream | None:
+        """The open stream to the node ``node_id``, if any."""
+        return self.streams.get(node_id)
+
+    def access_rules(self, service: str) -> SocketServiceSettings | None:
+        """``[gateway.services.<service>]``: who may hold a session of ``service``."""
+        return self.settings.services.get(service)
+
     def _mesh_changed(self, old: MeshSnapshot, new: MeshSnapshot) -> None:
         self.streams.sync(new)
         for node in old.nodes:
@@ -419,7 +454,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ from the nodes
 
-    def spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Awaitable[Any]) -> None:
         """Run ``coro`` in a task the gateway keeps until it ends (rare paths only)."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -443,7 +478,7 @@ class Gateway:
                 connection = table.get(frame.session)
                 if connection is not None and connection.stream is stream:
                     code = frame.code
-                    if code not in _SENDABLE and not 3000 <= code <= 4999:
+                    if not sendable(code):
                         code = INTERNAL_ERROR
                     connection.tell_node = False
                     connection.close(code, frame.reason)
@@ -476,42 +511,12 @@ class Gateway:
             self._sweeper = self._loop.call_later(self.sweep_interval, self._sweep_tick)
 
     def sweep(self) -> None:
-        """One run of the shared timer over every connection."""
-        limits = self.settings.limits
+        """One run of the shared timer: half-open handshakes, then every connection."""
         now = self.loop_time()
         wall = time.time()
-        self.handshakes.expire(now, limits.handshake_timeout)
-        idle = limits.idle_timeout
-        refresh_before = self.settings.refresh_before
-        ping_interval = limits.ping_interval
-        ping_timeout = limits.ping_timeout
+        self.handshakes.expire(now, self.settings.limits.handshake_timeout)
         for connection in self.table:
-            if connection.closed:
-                continue
-            if wall >= connection.expires_at:
-                log.info("session %s: its token expired", connection.session_id)
-                connection.close(TOKEN_EXPIRED, "token expired")
-                continue
-            if idle and now - connection.last_seen > idle:
-                log.info("session %s: idle for %.0fs", connection.session_id, idle)
-                connection.close(IDLE_TIMEOUT, "idle timeout")
-                continue
-            if not connection.warned and wall >= connection.expires_at - refresh_before:
-                connection.warned = True
-                connection.deliver(
-                    json.dumps({"wm": "expiring", "exp": int(connection.expires_at)})
-                )
-            socket = connection.socket
-            if ping_interval and isinstance(socket, SocketProtocol):
-                pending = socket.ping_pending_since
-                if pending:
-                    if now - pending > ping_timeout:
-                        log.info("session %s: no pong in time", connection.session_id)
-                        connection.closed = True
-                        socket.keepalive_failed()
-                elif now - max(connection.last_seen, socket.last_ping_sent) >= ping_interval:
-                    socket.last_ping_sent = now
-                    socket.ping(now)
+            connection.tick(now, wall)
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -11,6 +11,10 @@ answer is a problem body (:mod:`.problem`): :meth:`Refusal.problem`.
 then reads the browser's messages until the connection ends. Messages go to the node's
 stream as they come (coalesced by the stream), text messages are the control channel
 (token refresh) unless the service takes text.
+
+:class:`SocketDoor` is the door as one ASGI application (``websocket`` scopes, and the
+plain requests under ``/ws/``), over a :class:`SocketHost`: what the door needs of the
+gateway it serves.
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from wiremesh.core.bucket import TokenBucket
 from wiremesh.core.model import NodeInfo
-from wiremesh.errors import PermissionDenied, Unauthenticated
+from wiremesh.errors import NotFound, PermissionDenied, Unauthenticated
 from wiremesh.gateway.auth import (
     SUBPROTOCOL,
     Identity,
@@ -32,16 +36,30 @@ from wiremesh.gateway.auth import (
     origin_allowed,
 )
 from wiremesh.gateway.codes import CloseCode
-from wiremesh.gateway.connection import Connection
+from wiremesh.gateway.connection import Connection, ConnectionHost
 from wiremesh.gateway.node_side import SOCKET_KEY
-from wiremesh.gateway.problem import Problem, problem_for_status
-from wiremesh.gateway.protocols import EXTENSION
-from wiremesh.gateway.stream import CLOSE, OPEN, Frame
+from wiremesh.gateway.problem import (
+    Problem,
+    method_not_allowed,
+    problem_for,
+    problem_for_status,
+    upgrade_required,
+)
+from wiremesh.gateway.settings import GatewaySettings
+from wiremesh.gateway.socket_protocol import EXTENSION
+from wiremesh.gateway.stream import CLOSE, OPEN, Frame, FrameStream
+from wiremesh.gateway.table import SessionTable
 
-if TYPE_CHECKING:
-    from wiremesh.gateway.server import Gateway
-
-__all__ = ["Refusal", "Ticket", "check", "refuse", "serve_websocket"]
+__all__ = [
+    "Refusal",
+    "SocketDoor",
+    "SocketHost",
+    "Ticket",
+    "check",
+    "is_socket_path",
+    "refuse",
+    "serve_websocket",
+]
 
 log = logging.getLogger("wiremesh.gateway")
 
@@ -85,6 +103,83 @@ class Ticket:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class SocketHost(ConnectionHost, Protocol):
+    """What the WebSocket door needs of the gateway it serves, beside what each of its
+    connections needs (:class:`~wiremesh.gateway.connection.ConnectionHost`)."""
+
+    @property
+    def settings(self) -> GatewaySettings:
+        """Where tokens may travel, the limits, the services' rules."""
+
+    @property
+    def gateway_id(self) -> str:
+        """The first part of every session id."""
+
+    @property
+    def table(self) -> SessionTable[Connection]:
+        """The sessions, counted per principal and address."""
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """The Origins allowed (the gateway's own among them)."""
+
+    def route(self, service: str, node_id: str) -> NodeInfo | Refusal:
+        """The node a new session of ``service`` (or the named node) is pinned to."""
+
+    def stream_to(self, node_id: str) -> FrameStream | None:
+        """The open stream to the node ``node_id``, if any."""
+
+    def loop_time(self) -> float:
+        """The event loop's time."""
+
+
+class SocketDoor:
+    """The WebSocket door of ``host`` as one ASGI application: a ``websocket`` scope is a
+    session (:func:`serve_websocket`; an upgrade to a path that is not
+    ``/ws/<service>[/<node>]`` gets a 404 problem), and a plain ``GET`` under ``/ws/``
+    gets the answer its upgrade would (:func:`check`), or 426 when it would be
+    accepted."""
+
+    def __init__(self, host: SocketHost) -> None:
+        self.host = host
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if scope["type"] == "websocket":
+            if is_socket_path(path):
+                await serve_websocket(self.host, scope, receive, send)
+                return
+            await receive()
+            error = NotFound("no WebSocket here: use /ws/<service> or /ws/<service>/<node>")
+            await refuse(send, scope, problem_for(error, path))
+            return
+        method = scope["method"]
+        extra: tuple[tuple[bytes, bytes], ...] = ()
+        if method not in ("GET", "HEAD"):
+            problem = method_not_allowed("GET, HEAD", path)
+        elif not is_socket_path(path):
+            problem = problem_for(NotFound("use /ws/<service> or /ws/<service>/<node>"), path)
+        else:
+            result = check(self.host, scope, count=False)
+            if isinstance(result, Refusal):
+                problem = result.problem(path)
+            else:
+                problem = upgrade_required(
+                    "this endpoint takes a WebSocket, which would be accepted", path
+                )
+                extra = ((b"upgrade", b"websocket"),)
+        body = problem.encode()
+        headers = [*problem.headers(), *extra, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": problem.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+
+def is_socket_path(path: str) -> bool:
+    """Whether ``path`` is ``/ws/<service>`` or ``/ws/<service>/<node>``."""
+    parts = path.split("/")
+    return len(parts) in (3, 4) and parts[1] == "ws" and all(parts[2:])
+
+
 def header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
     for key, value in headers:
         if key == name:
@@ -100,19 +195,19 @@ def subprotocols_of(headers: list[tuple[bytes, bytes]]) -> list[str]:
     return found
 
 
-def check(gateway: Gateway, scope: Mapping[str, Any], *, count: bool) -> Ticket | Refusal:
+def check(host: SocketHost, scope: Mapping[str, Any], *, count: bool) -> Ticket | Refusal:
     """What an upgrade of ``scope`` gets. With ``count``, a ticket counts the connection
     against the per-address and per-principal limits (release it with
-    ``gateway.table.release`` if the upgrade does not happen)."""
-    settings = gateway.settings
+    ``host.table.release`` if the upgrade does not happen)."""
+    settings = host.settings
     headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
     client = scope.get("client") or ("", 0)
     ip = str(client[0])
-    table = gateway.table
+    table = host.table
     if table.ip_full(ip):
         return Refusal(429, "too many connections from this address", (("retry-after", "5"),))
     origin = header(headers, b"origin")
-    if not origin_allowed(origin, gateway.origins):
+    if not origin_allowed(origin, host.origins):
         return Refusal(403, "this Origin is not allowed")
     subprotocols = list(scope.get("subprotocols") or ()) or subprotocols_of(headers)
     token = find_token(
@@ -125,15 +220,15 @@ def check(gateway: Gateway, scope: Mapping[str, Any], *, count: bool) -> Ticket 
     if token is None:
         return Refusal(401, "no token: send one in Sec-WebSocket-Protocol (bearer.<token>)")
     try:
-        identity = gateway.verifier.verify(token)
+        identity = host.verifier.verify(token)
     except Unauthenticated as exc:
         return Refusal(401, exc.message)
     parts = scope["path"].split("/")
     service, node_id = parts[2], (parts[3] if len(parts) > 3 else "")
-    route = gateway.route(service, node_id)
+    route = host.route(service, node_id)
     if isinstance(route, Refusal):
         return route
-    rules = settings.services.get(service)
+    rules = host.access_rules(service)
     try:
         check_access(identity.claims, rules)
     except PermissionDenied as exc:
@@ -175,13 +270,13 @@ async def refuse(send: Send, scope: Mapping[str, Any], problem: Problem) -> None
 
 
 async def serve_websocket(
-    gateway: Gateway, scope: Mapping[str, Any], receive: Receive, send: Send
+    host: SocketHost, scope: Mapping[str, Any], receive: Receive, send: Send
 ) -> None:
     """The ASGI handler of one WebSocket connection."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    ticket = check(gateway, scope, count=True)
+    ticket = check(host, scope, count=True)
     if isinstance(ticket, Refusal):
         log.info(
             "refused %s from %s: %d %s",
@@ -190,25 +285,25 @@ async def serve_websocket(
             ticket.status,
             ticket.detail,
         )
-        gateway.meter.refused[ticket.status] += 1
+        host.meter.refused[ticket.status] += 1
         await refuse(send, scope, ticket.problem(scope["path"]))
         return
     identity = ticket.identity
-    table = gateway.table
-    stream = gateway.streams.get(ticket.node.node_id)
+    table = host.table
+    stream = host.stream_to(ticket.node.node_id)
     if stream is None:  # the node left between check() and now
         table.release(identity.principal, ticket.ip)
         refusal = Refusal(503, "the node is not reachable", (("retry-after", "1"),))
-        gateway.meter.refused[503] += 1
+        host.meter.refused[503] += 1
         await refuse(send, scope, refusal.problem(scope["path"]))
         return
-    limits = gateway.settings.limits
+    limits = host.settings.limits
     socket = (scope.get("extensions") or {}).get(EXTENSION)
     number = table.next_number()
     connection = Connection(
-        gateway,
+        host,
         number=number,
-        session_id=f"{gateway.gateway_id}.{number}",
+        session_id=f"{host.gateway_id}.{number}",
         principal=identity.principal,
         ip=ticket.ip,
         node_id=ticket.node.node_id,
@@ -216,7 +311,7 @@ async def serve_websocket(
         stream=stream,
         socket=socket,
         asgi_send=send,
-        bucket=TokenBucket(limits.messages_per_second, limits.burst, gateway.loop_time()),
+        bucket=TokenBucket(limits.messages_per_second, limits.burst, host.loop_time()),
         expires_at=identity.expires_at,
         max_bytes=ticket.max_bytes,
         text=ticket.text,
@@ -251,7 +346,7 @@ async def serve_websocket(
         table.release(connection.principal, connection.ip)
         if connection.close_code is not None:
             code, reason = connection.close_code, connection.close_reason
-        gateway.meter.closes[code] += 1
+        host.meter.closes[code] += 1
         if connection.tell_node and not stream.closed:
             stream.send(Frame(kind=CLOSE, session=number, code=code, reason=reason))
         connection.closed = True
