@@ -131,9 +131,34 @@ async def test_the_dashboard_data_needs_a_token_with_its_scope() -> None:
             assert answer.status_code == 200
             document = answer.json()
             expected = {n.node_id for n in mesh.client.nodes()}
+            gateway_id = mesh.gateway.gateway_id
     assert {n["id"] for n in document["nodes"]} >= expected
     assert {s["name"] for s in document["services"]} >= {"echo", "orders"}
     assert document["sessions"] == 0
+    assert document["gateway"] == gateway_id
+    assert document["home"] is None  # no static folder: no page to link back to
+
+
+async def test_the_dashboard_draws_the_gateways_edges_to_its_sessions_nodes() -> None:
+    async with TestMesh(Echo, Orders, replicas={"echo": 2}, gateway=True) as mesh:
+        gateway = mesh.gateway
+        gateway.dashboard.min_interval = 0.0
+        token = mesh.token("ada")
+        async with socket(mesh, "echo", token) as first, socket(mesh, "echo", token) as second:
+            for ws in (first, second):
+                await ws.send(b"ping")
+                assert await ws.recv() == b"ping"
+            held = [c.node_id for c in gateway.table]
+            document = await gateway.dashboard.document()
+        after = await gateway.dashboard.document()
+    edges = {(e["from"], e["to"]): e for e in document["links"] if e["kind"] == "sessions"}
+    # one edge per node the sessions are on, counted; none to orders (no session there)
+    assert {to: e["sessions"] for (_, to), e in edges.items()} == {
+        node: held.count(node) for node in held
+    }
+    assert {frm for frm, _ in edges} == {gateway.gateway_id}
+    assert document["sessions"] == 2
+    assert all(e["kind"] == "mesh" for e in after["links"])  # the sessions ended
 
 
 @pytest.fixture

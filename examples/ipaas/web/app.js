@@ -15,6 +15,9 @@ const fromJson = (bytes) => JSON.parse(decoder.decode(bytes));
 const toJson = (value) => encoder.encode(JSON.stringify(value));
 
 const token = new URLSearchParams(location.hash.slice(1)).get("token") || undefined;
+// the gateway's dashboard, in a tab of its own (this page's session stays open, so the
+// dashboard draws it), with the same token: it reads `#token=` too
+if (token) $("#dashboard-link").href = `/_mesh/#token=${encodeURIComponent(token)}`;
 /** @type {Map<string, {steps: string[]}>} */
 const flows = new Map();
 /** @type {Map<string, HTMLElement>} */
