@@ -1,4 +1,7 @@
-"""The ``/docs`` page: one self-contained HTML file that renders ``/openapi.json``.
+"""The ``/docs`` page: one self-contained HTML file that renders ``/openapi.json`` (the
+calls, with a form to send one) and ``/asyncapi.json`` (the events, commands, publish
+topics and sockets, by service: each operation's channel, AMQP exchange and queue, and
+message payloads).
 
 The page ships inside the package (``wiremesh/gateway/static/docs.html``) and loads
 nothing from elsewhere, so it works with no internet access. Its one script and one style
