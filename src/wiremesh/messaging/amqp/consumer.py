@@ -244,6 +244,7 @@ class AmqpSubscription:
                 content_type=props.content_type,
                 routing_key=message.routing_key,
                 default_kind=self.binding.kind,
+                exchange=message.exchange or "",
             )
         except Exception:  # the mapping is total; this is a last guard for a poison message
             log.exception("undecodable AMQP message on %s: rejected", self.queue_name)

@@ -232,6 +232,7 @@ def envelope_from(
     content_type: str | None,
     routing_key: str | None,
     default_kind: Kind,
+    exchange: str = "",
 ) -> Envelope:
     """The envelope an incoming AMQP message stands for.
 
@@ -239,6 +240,11 @@ def envelope_from(
     anything but msgpack, a ``content_type``: the topic comes from its routing key, the
     kind from the exchange it came through, a missing ``message_id`` is made up (such a
     message cannot be recognised as a duplicate) and ``wm-attempt`` starts at 1.
+
+    ``wm-attempt`` is read only from a message that came through the default exchange
+    (``exchange`` ``""``): a retry back from its delay queue, or a replayed dead letter.
+    A message published to the mesh's exchanges is a first delivery, whatever its
+    headers say, so that a publisher cannot shrink a handler's retry budget.
     """
     headers = headers or {}
     kind: Kind = message_type if message_type in ("event", "command") else default_kind  # type: ignore[assignment]
@@ -251,7 +257,7 @@ def envelope_from(
         body=body,
         codec=codec_for(content_type),
         headers={k: _text(v) for k, v in headers.items() if k not in OWN_HEADERS},
-        attempt=_attempt(headers.get(ATTEMPT_HEADER, 1)),
+        attempt=_attempt(headers.get(ATTEMPT_HEADER, 1)) if exchange == "" else 1,
     )
 
 
