@@ -39,6 +39,7 @@ Two levels, as in Nameko (``worker_factory``, ``entrypoint_hook``):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -60,7 +61,7 @@ from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.messaging.outbound import make_envelope
 from wiremesh.messaging.store import Store
 from wiremesh.registry.embedded import RegistryServer
-from wiremesh.runtime.node import Node
+from wiremesh.runtime.node import Node, NodeMembership, NodeMessaging, NodeNetwork, NodeTransport
 from wiremesh.service import Service, ServiceProxy, ServiceSpec
 from wiremesh.transport import grpc_core
 
@@ -278,6 +279,29 @@ async def call_handler(
     return result
 
 
+#: the settings of a node, by the keyword of Node that takes each
+_NODE_SETTINGS: dict[str, type[Any]] = {
+    "network": NodeNetwork,
+    "membership": NodeMembership,
+    "transport": NodeTransport,
+    "messaging": NodeMessaging,
+}
+
+
+def _node_arguments(options: Mapping[str, Any]) -> dict[str, Any]:
+    """:class:`Node`'s keyword arguments from flat ones: each field of one of its settings
+    (``max_message_bytes=``) goes into that settings object (the one given whole, as
+    ``transport=NodeTransport(...)``, or the defaults); the rest are Node's own
+    (``broker=``)."""
+    arguments = {k: v for k, v in options.items() if k not in _NODE_SETTINGS}
+    for keyword, settings in _NODE_SETTINGS.items():
+        names = {f.name for f in dataclasses.fields(settings)}
+        changes = {name: arguments.pop(name) for name in names & set(arguments)}
+        given = options.get(keyword, settings())
+        arguments[keyword] = dataclasses.replace(given, **changes) if changes else given
+    return arguments
+
+
 class TestMesh:
     """Real services on loopback inside the test's event loop.
 
@@ -286,6 +310,12 @@ class TestMesh:
     service name to the named groups its nodes join at start (``Node.join_group`` and
     ``leave_group`` change one node's groups later). Nodes are real
     :class:`~wiremesh.runtime.node.Node` objects serving gRPC on 127.0.0.1.
+
+    Any other keyword is a setting of every node: a field of one of
+    :class:`~wiremesh.runtime.node.Node`'s settings (:class:`~wiremesh.runtime.node.NodeNetwork`,
+    ``NodeMembership``, ``NodeTransport``, ``NodeMessaging``), as ``max_message_bytes=``,
+    ``metrics_port=None`` or ``delivery=``; or a whole settings object, as
+    ``transport=NodeTransport(...)``.
 
     ``gateway=True`` (or a :class:`~wiremesh.gateway.settings.GatewaySettings`,
     see :func:`gateway_settings`) also starts a browser gateway in the test's event loop,
@@ -403,14 +433,18 @@ class TestMesh:
             if not hasattr(cls, attribute):
                 raise AttributeError(f"{cls.__qualname__} has no dependency {attribute!r}")
             setattr(instance, attribute, replacement)
+        options = {
+            "broker": self._new_broker(),
+            "default_timeout": self.default_timeout,
+            "drain_grace": self.drain_grace,
+            "groups": self.groups.get(spec.name, ()),
+            **self.node_options,
+        }
         node = Node(
             instance,
             registry_address=self.registry.address,
             data_dir=self.data_dir / spec.name,
-            default_timeout=self.default_timeout,
-            drain_grace=self.drain_grace,
-            groups=self.groups.get(spec.name, ()),
-            **{"broker": self._new_broker(), **self.node_options},
+            **_node_arguments(options),
         )
         await node.start()
         self.nodes.append(node)

@@ -399,7 +399,7 @@ def test_make_demo_ends_with_status_0_after_a_clean_drain(tmp_path: Path) -> Non
     write_config(tmp_path, '[services.echo]\ntarget = "svc_echo:Echo"\n', grace=2)
     # the interpreter of this test run, not a fresh .venv (-o: install nothing)
     bin_dir = Path(sys.executable).parent
-    argv = [make, "-C", str(REPO), "-o", ".venv/.installed-dev", f"BIN={bin_dir}"]
+    argv = [make, "-C", str(REPO), "-o", ".venv/.installed", f"BIN={bin_dir}"]
     argv += ["demo", f"DEMO={tmp_path}"]
     code, output = run_under_a_terminal(argv, tmp_path, ": serving at ", timeout=60)
     kill_nodes(int(pid) for pid in re.findall(r"started \(pid (\d+)\)", output))

@@ -4,6 +4,7 @@ retried, the others around it go on, and its worker takes the next message."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from wiremesh.messaging.consumer import HandlerRunner, MessageHandler
 from wiremesh.messaging.embedded import EmbeddedBroker
 from wiremesh.messaging.outbound import make_envelope
 from wiremesh.service import ServiceSpec
+from wiremesh.transport.entrypoint import stop
 
 
 class Sleepy(Service):
@@ -80,7 +82,7 @@ async def test_a_handler_past_its_time_limit_is_retried_and_the_rest_go_on(
         )
         await eventually(lambda: (4, 1) in service.done, 10)
     finally:
-        await runner.close(1.0)
+        await stop(runner, time.monotonic() + 1.0)
         await broker.close()
         await server.stop()
 
@@ -100,7 +102,7 @@ async def test_cancelling_a_handler_from_outside_is_not_a_timeout(tmp_path: Path
         envelope = make_envelope("event", "naps.x", -1, "msgpack", None, sender="test")
         await broker.publish([envelope], timeout=5)
         await eventually(lambda: service.started == [-1], 10)
-        await runner.close(0.0)  # drain: the running handler is cancelled, not failed
+        await stop(runner, time.monotonic())  # the running handler is cancelled, not failed
         assert service.cancelled == [-1]
         assert handler.counts["retried"] == 0 and handler.counts["dead"] == 0
         assert server.stats() == {"sleepy/nap": 1}  # unsettled: back on its queue

@@ -31,7 +31,7 @@ from wiremesh.messaging.embedded import EmbeddedBroker
 from wiremesh.messaging.outbox import PAGE, SWEEP_AGE, SWEEP_EVERY, Relay
 from wiremesh.messaging.store import MAX_OVERFLOW, POOL_SIZE, Store, outbox_table
 from wiremesh.runtime.config import config_from_text
-from wiremesh.runtime.node import Node
+from wiremesh.runtime.node import Node, NodeMessaging
 from wiremesh.runtime.process import NodeLaunch
 from wiremesh.runtime.supervisor import NodeProcess, Supervisor
 
@@ -336,9 +336,9 @@ async def test_a_store_has_the_pool_size_its_service_sets(database: str, tmp_pat
         Ledger,
         registry_address=launch.registry,
         data_dir=tmp_path / "ledger",
-        store_url=launch.store,
-        pool_size=launch.pool_size,
-        max_overflow=launch.max_overflow,
+        messaging=NodeMessaging(
+            store_url=launch.store, pool_size=launch.pool_size, max_overflow=launch.max_overflow
+        ),
     )
     defaults = Store(database, path=tmp_path / "unused.db", service="ledger")
     try:

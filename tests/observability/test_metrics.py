@@ -32,9 +32,12 @@ class Shop(Service):
             raise Refused("too many")
         return quantity
 
+    #: seconds more each nap of this node takes (a test makes one node slow)
+    oversleep = 0.0
+
     @rpc
     async def nap(self, ctx: Context, seconds: float) -> str:
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds + self.oversleep)
         return ctx.node_id
 
     @rpc
@@ -103,16 +106,8 @@ async def test_calls_are_counted_by_outcome_with_their_latency() -> None:
 
 async def test_calls_made_and_multicast_outcomes_on_the_calling_node() -> None:
     async with TestMesh(Shop, replicas={"shop": 3}) as mesh:
-        slow = mesh.nodes[2]
-        # every node naps 0.01 s, but ``slow`` is asked to nap past the 0.5 s deadline
-        # by being the one whose nap the multicast cannot wait for: make it slow itself
-        original = slow.server.methods["nap"]._func
-
-        async def slower(ctx: Context, seconds: float) -> str:
-            await asyncio.sleep(5.0)
-            return str(await original(ctx, seconds))
-
-        slow.server.methods["nap"]._func = slower
+        # every node naps 0.01 s, but one naps past the multicast's 0.5 s deadline
+        mesh.instance("shop", 2).oversleep = 5.0
         caller = mesh.nodes[0]
         answered = await mesh.call(f"shop@{caller.node_id}.ask_around", 0.01)
         assert answered == 2

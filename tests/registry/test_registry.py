@@ -369,14 +369,13 @@ async def test_a_node_record_carries_its_host_and_the_advertised_address(
     private_redis: Redis, tmp_path: Path
 ) -> None:
     from tests.fixtures.svc_echo import Echo
-    from wiremesh.runtime.node import Node
+    from wiremesh.runtime.node import Node, NodeNetwork
 
     node = Node(
         Echo,
         registry_address=private_redis.address,
-        host="0.0.0.0",
         data_dir=tmp_path / "echo",
-        metrics_port=None,
+        network=NodeNetwork(host="0.0.0.0", metrics_port=None),
     )
     await node.start()
     try:

@@ -27,7 +27,7 @@ from wiremesh import (
     rpc,
 )
 from wiremesh.proto import link_pb2 as pb
-from wiremesh.runtime.node import Node
+from wiremesh.runtime.node import Node, NodeNetwork
 from wiremesh.testing import TestMesh
 from wiremesh.transport.client import channel_options
 from wiremesh.transport.link import CALL, ERROR, Link, error_of
@@ -331,7 +331,10 @@ async def test_a_node_on_an_address_that_refused_a_moment_ago_is_reached_at_once
         with pytest.raises(grpc.aio.AioRpcError):
             await stale.unary_unary("/wiremesh.Probe/Nothing")(b"", timeout=1)
         node = Node(  # a node starts there: a restart on the same port, say
-            Keeper, registry_address=mesh.registry.address, port=port, data_dir=mesh.data_dir / "k"
+            Keeper,
+            registry_address=mesh.registry.address,
+            data_dir=mesh.data_dir / "k",
+            network=NodeNetwork(port=port),
         )
         await node.start()
         mesh.nodes.append(node)

@@ -9,9 +9,15 @@ or dead letter after a failure (logged one line per attempt, the traceback only 
 first attempt and at the dead letter). ``concurrency`` worker tasks per handler take messages
 from a bounded queue that the broker fills up to the binding's prefetch.
 
-Drain (:meth:`HandlerRunner.close`): stop taking messages, let those running finish
-within the grace period, then end the subscription; whatever is unsettled goes back to
-the broker for another node.
+The handler runs inside the entrypoint pipeline that calls and publishes run in too
+(:class:`~wiremesh.transport.entrypoint.Pipeline`): its context made current, a consumer
+span that continues the sender's trace (with the attempt), the handler's outcome as the
+span's status.
+
+A node's handlers are one entrypoint (:class:`Consumers`). Drain
+(:meth:`HandlerRunner.drain`, then :meth:`HandlerRunner.close`): stop taking messages,
+let those running finish within the grace period, then end the subscription; whatever is
+unsettled goes back to the broker for another node.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from wiremesh.context import Context, MeshCaller
@@ -30,10 +37,10 @@ from wiremesh.core.delivery import DeadLetter, DeliveryPolicy, Retry
 from wiremesh.errors import InvalidPayload, WiremeshError
 from wiremesh.messaging.base import HEADER_SENDER, Binding, Broker, Received, Subscription
 from wiremesh.messaging.store import Duplicate, InboxMark, Store, inbox_mark
-from wiremesh.observability import tracing
-from wiremesh.service import HandlerSpec, Service
+from wiremesh.service import HandlerSpec, Service, ServiceSpec
+from wiremesh.transport.entrypoint import Pipeline
 
-__all__ = ["HandlerRunner", "MessageHandler"]
+__all__ = ["Consumers", "HandlerRunner", "MessageHandler"]
 
 log = logging.getLogger("wiremesh.messaging")
 
@@ -118,6 +125,14 @@ class MessageHandler:
         self.policy = policy or DeliveryPolicy()
         self.timeout = timeout
         self._func: Callable[..., Awaitable[Any]] = getattr(service, spec.attribute)
+        self._pipeline = Pipeline(
+            service_name,
+            spec.attribute,
+            node_id=node_id,
+            mesh=caller,
+            kind="consumer",
+            returns_status=True,
+        )
         self._limit = _TimeLimit(timeout)
         self.counts = {"handled": 0, "duplicates": 0, "retried": 0, "dead": 0}
 
@@ -142,34 +157,30 @@ class MessageHandler:
             self.counts["dead"] += 1
             await received.dead(outcome.reason)
             return
-        handler = self.spec.attribute
-        ctx = Context(
-            deadline=Deadline.after(self.timeout),
-            service=self.service_name,
-            method=handler,
-            node_id=self.node_id,
-            caller_client=self.caller,
+        pipeline = self._pipeline
+        ctx = pipeline.context(
+            Deadline.after(self.timeout),
             metadata=dict(envelope.headers),
             caller=envelope.headers.get(HEADER_SENDER),
             message=envelope,
         )
-        token = ctx.activate()
-        mark = inbox_mark.set(InboxMark(self.service_name, handler, envelope.id))
-        span = (
-            tracing.server_span(
-                f"{self.service_name}.{handler}",
-                envelope.headers,
-                node=self.node_id,
-                peer=envelope.headers.get(HEADER_SENDER),
-                size=len(envelope.body),
-                kind="consumer",
+        mark = inbox_mark.set(InboxMark(self.service_name, self.spec.attribute, envelope.id))
+        try:
+            await pipeline.run(
+                ctx,
+                self._attempt(received, ctx, args, kwargs),
+                len(envelope.body),
+                attributes={"wiremesh.attempt": envelope.attempt},
             )
-            if tracing.enabled()
-            else None
-        )
-        status = "ok"
+        finally:
+            inbox_mark.reset(mark)
+
+    async def _attempt(
+        self, received: Received, ctx: Context, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> str:
+        """Run the handler under its time limit, then settle the message; the status of
+        the handler's outcome, whatever settling the message does."""
         limit = self._limit
-        overtime = False
         task = limit.enter()
         try:
             try:
@@ -179,24 +190,18 @@ class MessageHandler:
         except Duplicate:
             self.counts["duplicates"] += 1
             await received.ack()
+            return "ok"
         except asyncio.CancelledError:
             if not overtime:
-                status = "cancelled"
-                raise
-            status = "deadline_exceeded"
+                raise  # cancelled from outside: the run's status says so
             await self._failed(received, TimeoutError())
+            return "deadline_exceeded"
         except Exception as exc:
-            status = "deadline_exceeded" if isinstance(exc, TimeoutError) else "internal"
             await self._failed(received, exc)
-        else:
-            self.counts["handled"] += 1
-            await received.ack()
-        finally:
-            if span is not None:
-                span.set("wiremesh.attempt", envelope.attempt)
-                span.end(status)
-            inbox_mark.reset(mark)
-            Context.deactivate(token)
+            return "deadline_exceeded" if isinstance(exc, TimeoutError) else "internal"
+        self.counts["handled"] += 1
+        await received.ack()
+        return "ok"
 
     async def _failed(self, received: Received, exc: Exception) -> None:
         envelope = received.envelope
@@ -235,7 +240,8 @@ class MessageHandler:
 
 
 class HandlerRunner:
-    """Consumes one handler's binding from a broker with ``concurrency`` workers."""
+    """Consumes one handler's binding from a broker with ``concurrency`` workers: an
+    entrypoint of the node (:class:`~wiremesh.transport.entrypoint.Entrypoint`)."""
 
     def __init__(self, handler: MessageHandler, broker: Broker, binding: Binding) -> None:
         self.handler = handler
@@ -282,14 +288,91 @@ class HandlerRunner:
                 if self._running == 0:
                     self._idle.set()
 
-    async def close(self, grace: float) -> None:
-        """Stop taking messages, let running handlers finish within ``grace`` seconds,
-        then end the subscription (what is unsettled goes back to the broker)."""
+    async def drain(self, deadline: float) -> None:
+        """Stop taking messages, and let the running handlers finish until ``deadline``
+        (on ``time.monotonic()``) at most."""
         self._closing = True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
+            await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+
+    async def close(self) -> None:
+        """Cancel the handlers still running, then end the subscription: what is
+        unsettled goes back to the broker, for another node."""
+        self._closing = True
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         if self._subscription is not None:
             await self._subscription.cancel()
+
+
+class Consumers:
+    """Every ``@on_event`` and ``@command`` handler of a node, each consuming its binding
+    from the node's broker: one entrypoint of the node
+    (:class:`~wiremesh.transport.entrypoint.Entrypoint`), whose handlers start, drain and
+    close together."""
+
+    def __init__(self, runners: Sequence[HandlerRunner] = ()) -> None:
+        self.runners = tuple(runners)
+
+    @classmethod
+    def of(
+        cls,
+        service: Service,
+        spec: ServiceSpec,
+        broker: Broker,
+        *,
+        node_id: str,
+        caller: MeshCaller,
+        store: Store,
+        policy: DeliveryPolicy,
+        timeout: float,
+        prefetch: int,
+    ) -> Consumers:
+        """The handlers of ``service`` (described by ``spec``) on ``broker``: each takes
+        up to ``prefetch`` messages at a time (or its concurrency, when more) and runs one
+        for ``timeout`` seconds at most, settling it as ``policy`` says."""
+        runners = []
+        for handler_spec in spec.handlers:
+            handler = MessageHandler(
+                handler_spec,
+                service,
+                spec.name,
+                node_id,
+                caller,
+                store=store,
+                policy=policy,
+                timeout=timeout,
+            )
+            binding = Binding(
+                service=spec.name,
+                handler=handler_spec.attribute,
+                kind=handler_spec.kind,
+                patterns=handler_spec.patterns,
+                delivery=handler_spec.delivery,
+                node_id=node_id,
+                prefetch=max(prefetch, handler_spec.concurrency),
+            )
+            runners.append(HandlerRunner(handler, broker, binding))
+        return cls(runners)
+
+    def stats(self) -> dict[str, int]:
+        """The handlers' counts together (``messages_handled``, ``messages_duplicates``,
+        ``messages_retried``, ``messages_dead``) and ``messages_waiting``: messages the
+        broker handed over that wait for a free worker."""
+        counts: dict[str, int] = {}
+        for runner in self.runners:
+            for name, value in runner.handler.counts.items():
+                key = f"messages_{name}"
+                counts[key] = counts.get(key, 0) + value
+            counts["messages_waiting"] = counts.get("messages_waiting", 0) + runner.waiting
+        return counts
+
+    async def start(self) -> None:
+        await asyncio.gather(*(runner.start() for runner in self.runners))
+
+    async def drain(self, deadline: float) -> None:
+        await asyncio.gather(*(runner.drain(deadline) for runner in self.runners))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(runner.close() for runner in self.runners))

@@ -1,10 +1,20 @@
 """A node: one running instance of a service, serving gRPC and registered in the mesh.
 
-Start order: the broker client and the outbox relay, the service's ``on_start``, the gRPC
-server, the mesh view, the lease (so nobody is sent a call before the node can take it),
-then the message handlers. Stop order, the drain: mark the node draining (callers stop
-choosing it), stop taking messages and let running handlers finish, let in-flight calls
-finish within the grace period, hand the outbox over, then ``on_stop`` and close. A node
+Every kind of work comes in through an entrypoint
+(:class:`~wiremesh.transport.entrypoint.Entrypoint`: ``start``, ``drain``, ``close``),
+and the node treats them alike, in two ordered lists: :attr:`Node.handed_over` (message
+handlers, browser sessions: their new work can go to other nodes) and
+:attr:`Node.serving` (calls over links, publishes, the gRPC server and its unary calls:
+they serve the work in flight).
+
+Start order: the broker client and the outbox relay, the service's ``on_start``, the
+serving entrypoints (the gRPC server), the mesh view, the lease (so nobody is sent a call
+before the node can take it), then the handed-over ones (the message handlers). Stop
+order, the drain: mark the node draining (callers stop choosing it), drain the handed-over
+entrypoints (stop taking messages and let running handlers finish; close the browser
+sessions), then the serving ones one after the other (refuse calls of new work and let
+in-flight calls finish, close the links; the publishes already queued; the gRPC server),
+all within the grace period; hand the outbox over, then ``on_stop`` and close. A node
 process first waits, still serving, until the mesh knows it drains
 (:meth:`Node.announce_drain`), so that no caller is refused a call on its way; then it
 takes no new work and waits until nothing in flight may still need it
@@ -21,7 +31,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,8 +45,8 @@ from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.core.names import check_group
 from wiremesh.errors import ConfigError
 from wiremesh.gateway.node_side import SOCKET_KEY, SocketHub, gateway_method_handler
-from wiremesh.messaging.base import Binding, Broker
-from wiremesh.messaging.consumer import HandlerRunner, MessageHandler
+from wiremesh.messaging.base import Broker
+from wiremesh.messaging.consumer import Consumers
 from wiremesh.messaging.outbound import Outbound, attach, detach
 from wiremesh.messaging.outbox import Relay
 from wiremesh.messaging.store import Store
@@ -54,13 +65,22 @@ from wiremesh.runtime.advertise import WILDCARDS, advertised_host, with_host
 from wiremesh.runtime.private import private_folder
 from wiremesh.service import Service, ServiceSpec
 from wiremesh.transport.client import Caller, channel_options
+from wiremesh.transport.entrypoint import Entrypoint, stop
 from wiremesh.transport.links import MAX_MESSAGE_KEY, Links, NodeLinks
 from wiremesh.transport.publish import DEFAULT_QUEUE, Subscriptions, publisher_of
 from wiremesh.transport.server import NodeServer
 from wiremesh.transport.tls import TlsFiles
 from wiremesh.transport.wire import WORK_AGE_KEY
 
-__all__ = ["Node", "StoreWithoutUrl", "new_node_id"]
+__all__ = [
+    "Node",
+    "NodeMembership",
+    "NodeMessaging",
+    "NodeNetwork",
+    "NodeTransport",
+    "StoreWithoutUrl",
+    "new_node_id",
+]
 
 log = logging.getLogger("wiremesh.node")
 
@@ -105,79 +125,162 @@ class StoreWithoutUrl(Store):
         raise ConfigError(problem)
 
 
+@dataclass(frozen=True, slots=True)
+class NodeNetwork:
+    """Where a node listens, how the rest of the mesh reaches it, and with what
+    credentials (``[mesh] host``, ``advertise``; ``[tls]``; ``[observability]``)."""
+
+    #: the address the node's gRPC server binds to
+    host: str = defaults.HOST
+    #: its port; 0: a free one
+    port: int = 0
+    #: the host other nodes reach this one at; None: :mod:`wiremesh.runtime.advertise`
+    #: decides (``host``, or for a wildcard the address that reaches the registry)
+    advertise: str | None = None
+    #: mutual TLS with the other nodes and the registry; None: plain
+    tls: TlsFiles | None = None
+    #: the port of the node's Prometheus ``/metrics`` (0: a free one; None: not served)
+    metrics_port: int | None = 0
+    #: the host ``/metrics`` listens on; None: :attr:`host`
+    metrics_host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMembership:
+    """How a node joins the mesh, what its registry record says, and how it leaves
+    (``[mesh] name``, ``drain_grace``; ``[registry]``; ``[services.<name>] groups``)."""
+
+    #: the name of the mesh the node joins
+    mesh: str = defaults.MESH_NAME
+    #: the mesh's join secret, sent to the embedded registry with the lease (None: none)
+    join_secret: str | None = None
+    #: seconds between two heartbeats of the node's lease
+    heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
+    #: seconds the node stays registered without a heartbeat
+    ttl: float = defaults.TTL
+    #: the named groups the node belongs to from its start (multicast targets a group)
+    groups: tuple[str, ...] = ()
+    #: more metadata for the node's record
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    #: seconds the work in flight gets to finish when the node stops
+    drain_grace: float = defaults.DRAIN_GRACE
+    #: the supervisor this node drains with (``host/pid``; see :meth:`Node.finish_work`)
+    drains_with: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTransport:
+    """Calls, multicasts and publishes: the gRPC side of a node (``[mesh]``
+    ``default_timeout``, ``max_message_bytes``, ``balancer``)."""
+
+    #: seconds, the deadline of a call that sets none (and of a publish's handlers)
+    default_timeout: float = defaults.CALL_TIMEOUT
+    #: the largest gRPC message the node sends or accepts
+    max_message_bytes: int = defaults.MAX_MESSAGE_BYTES
+    #: how the node's calls spread over the nodes of a service
+    balancer: BalancerName = defaults.BALANCER
+    #: the balancer of a service, for the services that use another one
+    balancers: Mapping[str, BalancerName] = field(default_factory=dict)
+    #: calls travel over mesh links (one long-lived stream per pair of nodes); False:
+    #: one unary gRPC call each (and no publish)
+    links: bool = True
+    #: the published messages waiting for the ``@subscribe`` handlers, per link, before
+    #: more are dropped (and counted)
+    publish_queue: int = DEFAULT_QUEUE
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMessaging:
+    """Durable messaging (``[broker]``) and the service's store
+    (``[services.<name>] store``, ``pool_size``, ``max_overflow``)."""
+
+    #: the service's database url; None: a SQLite file in the node's data folder
+    store_url: str | None = None
+    #: the store's connection pool (PostgreSQL); None: the store's defaults
+    pool_size: int | None = None
+    max_overflow: int | None = None
+    #: the retries of a failing message handler, and when a message is a dead letter
+    delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+    #: the most unacknowledged messages per handler
+    prefetch: int = defaults.PREFETCH
+    #: seconds a message handler may run before it counts as failed
+    handler_timeout: float = defaults.HANDLER_TIMEOUT
+    #: seconds emit and send wait for the broker's acceptance; None: the node's
+    #: :attr:`NodeTransport.default_timeout`
+    publish_timeout: float | None = None
+    #: seconds a handled message's id stays in the inbox (0: for ever)
+    inbox_keep: float = defaults.INBOX_KEEP
+
+
 class Node:
+    """One running instance of a service: its gRPC server, its registry lease, and every
+    kind of entrypoint that brings it work.
+
+    ``registry_address`` is the registry to join (``host:port`` of an embedded one, or a
+    ``redis://`` url); ``broker`` the durable messaging's client (None: no ``@on_event``
+    or ``@command`` handler runs); ``data_dir`` the service's data folder (default
+    ``.wiremesh/data/<service>``). The settings come in groups, each default defined once:
+    :class:`NodeNetwork`, :class:`NodeMembership`, :class:`NodeTransport`,
+    :class:`NodeMessaging`.
+    """
+
     def __init__(
         self,
         service: type[Service] | Service,
         *,
         registry_address: str,
-        join_secret: str | None = None,
-        mesh: str = defaults.MESH_NAME,
         node_id: str | None = None,
-        host: str = defaults.HOST,
-        advertise: str | None = None,
-        port: int = 0,
         data_dir: Path | None = None,
-        default_timeout: float = defaults.CALL_TIMEOUT,
-        drain_grace: float = defaults.DRAIN_GRACE,
-        max_message_bytes: int = defaults.MAX_MESSAGE_BYTES,
-        heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
-        ttl: float = defaults.TTL,
-        balancer: BalancerName = defaults.BALANCER,
-        balancers: Mapping[str, BalancerName] | None = None,
-        tls: TlsFiles | None = None,
-        metadata: Mapping[str, str] | None = None,
-        links: bool = True,
-        groups: Iterable[str] = (),
-        publish_queue: int = DEFAULT_QUEUE,
-        metrics_port: int | None = 0,
-        metrics_host: str | None = None,
         broker: Broker | None = None,
-        store_url: str | None = None,
-        pool_size: int | None = None,
-        max_overflow: int | None = None,
-        delivery: DeliveryPolicy | None = None,
-        prefetch: int = defaults.PREFETCH,
-        handler_timeout: float = defaults.HANDLER_TIMEOUT,
-        publish_timeout: float | None = None,
-        inbox_keep: float = defaults.INBOX_KEEP,
-        drains_with: str | None = None,
+        network: NodeNetwork = NodeNetwork(),
+        membership: NodeMembership = NodeMembership(),
+        transport: NodeTransport = NodeTransport(),
+        messaging: NodeMessaging = NodeMessaging(),
     ) -> None:
         instance = service if isinstance(service, Service) else service()
         self.spec = ServiceSpec.of(type(instance))
         self.service = instance
         self.node_id = node_id or new_node_id(self.spec.name)
-        self.drain_grace = drain_grace
+        self.network = network
+        self.membership = membership
+        self.transport = transport
+        self.messaging = messaging
+        self.drain_grace = membership.drain_grace
         #: which calls the node takes while it drains, and what it waits for before it goes
         self.drain = Drain()
         #: the supervisor this node drains with (``host/pid``; see :meth:`finish_work`)
-        self.drains_with = drains_with
+        self.drains_with = membership.drains_with
         #: the named groups this node belongs to (multicast targets a group)
-        self.groups: set[str] = {check_group(g) for g in groups}
-        self.metadata = {**(metadata or {}), MAX_MESSAGE_KEY: str(max_message_bytes)}
+        self.groups: set[str] = {check_group(g) for g in membership.groups}
+        max_message_bytes = transport.max_message_bytes
+        default_timeout = transport.default_timeout
+        self.metadata = {**membership.metadata, MAX_MESSAGE_KEY: str(max_message_bytes)}
         if self.spec.socket is not None:
             self.metadata[SOCKET_KEY] = "text" if self.spec.socket.text else "binary"
-        if drains_with is not None:
-            self.metadata[DRAINS_WITH_KEY] = drains_with
+        if self.drains_with is not None:
+            self.metadata[DRAINS_WITH_KEY] = self.drains_with
+        tls = network.tls
         self.registry = open_registry(
             registry_address,
-            mesh=mesh,
+            mesh=membership.mesh,
             tls=tls,
-            heartbeat_interval=heartbeat_interval,
-            ttl=ttl,
-            join_secret=join_secret,
+            heartbeat_interval=membership.heartbeat_interval,
+            ttl=membership.ttl,
+            join_secret=membership.join_secret,
         )
-        self.view = MeshView(self.registry, grace=ttl + 1.0)
+        self.view = MeshView(self.registry, grace=membership.ttl + 1.0)
         #: the host other nodes reach this one at (``[mesh] advertise``; see
         #: :mod:`wiremesh.runtime.advertise`)
-        self.advertise = advertised_host(host, registry_address, advertise)
-        self.host = host
+        self.advertise = advertised_host(network.host, registry_address, network.advertise)
+        self.host = network.host
         #: this node's Prometheus metrics, served at ``/metrics`` on ``metrics_port`` (0: a
         #: free port; None: not served); the address is in the node's registry metadata
         self.metrics = MeshMetrics()
         self.metrics_endpoint = (
-            MetricsEndpoint(self.metrics.registry, metrics_host or host, metrics_port)
-            if metrics_port is not None
+            MetricsEndpoint(
+                self.metrics.registry, network.metrics_host or network.host, network.metrics_port
+            )
+            if network.metrics_port is not None
             else None
         )
         credentials = tls.channel_credentials() if tls else None
@@ -199,11 +302,11 @@ class Node:
             self.view,
             identity=f"{self.spec.name}@{self.node_id}",
             default_timeout=default_timeout,
-            balancer=balancer,
-            balancers=balancers,
+            balancer=transport.balancer,
+            balancers=transport.balancers,
             max_message_bytes=max_message_bytes,
             credentials=credentials,
-            links=self.links if links else None,
+            links=self.links if transport.links else None,
             metrics=self.metrics,
         )
         #: the browser sessions pinned to this node, and the gateways' streams
@@ -215,8 +318,8 @@ class Node:
             instance,
             node_id=self.node_id,
             caller=self.caller,
-            host=host,
-            port=port,
+            host=network.host,
+            port=network.port,
             default_timeout=default_timeout,
             max_message_bytes=max_message_bytes,
             credentials=tls.server_credentials() if tls else None,
@@ -235,7 +338,7 @@ class Node:
             node_id=self.node_id,
             caller=self.caller,
             default_timeout=default_timeout,
-            max_queued=publish_queue,
+            max_queued=transport.publish_queue,
         )
         self.node_links.deliver = self.subscriptions.deliver
         instance.node_id = self.node_id
@@ -243,61 +346,67 @@ class Node:
         instance.mesh = self.caller
         #: the service's own database (opened on first use); with a Redis registry and no
         #: url, a store whose first use fails (see :class:`StoreWithoutUrl`)
-        unshared = store_url is None and registry_address.startswith(("redis://", "rediss://"))
+        unshared = messaging.store_url is None and registry_address.startswith(
+            ("redis://", "rediss://")
+        )
         self.store = (StoreWithoutUrl if unshared else Store)(
-            store_url,
+            messaging.store_url,
             path=instance.data_dir / "store.db",
             service=self.spec.name,
             sender=self.node_id,
-            pool_size=pool_size,
-            max_overflow=max_overflow,
+            pool_size=messaging.pool_size,
+            max_overflow=messaging.max_overflow,
         )
         instance.store = self.store
         #: the durable messaging side: None when the node runs without a broker
         self.broker = broker
         self.relay: Relay | None = None
-        self.handlers: list[HandlerRunner] = []
+        #: the ``@on_event`` and ``@command`` handlers (none without a broker)
+        self.consumers = Consumers()
         #: seconds a handled message's id stays in the inbox (0: for ever)
-        self.inbox_keep = inbox_keep
+        self.inbox_keep = messaging.inbox_keep
         self._pruner: asyncio.Task[None] | None = None
         if broker is not None:
-            publish_timeout = publish_timeout or default_timeout
+            publish_timeout = messaging.publish_timeout or default_timeout
             attach(
                 self.caller,
                 Outbound(broker, sender=self.node_id, default_timeout=publish_timeout),
             )
             self.relay = Relay(self.store, broker, timeout=publish_timeout)
-            for handler_spec in self.spec.handlers:
-                handler = MessageHandler(
-                    handler_spec,
-                    instance,
-                    self.spec.name,
-                    self.node_id,
-                    self.caller,
-                    store=self.store,
-                    policy=delivery,
-                    timeout=handler_timeout,
-                )
-                binding = Binding(
-                    service=self.spec.name,
-                    handler=handler_spec.attribute,
-                    kind=handler_spec.kind,
-                    patterns=handler_spec.patterns,
-                    delivery=handler_spec.delivery,
-                    node_id=self.node_id,
-                    prefetch=max(prefetch, handler_spec.concurrency),
-                )
-                self.handlers.append(HandlerRunner(handler, broker, binding))
+            self.consumers = Consumers.of(
+                instance,
+                self.spec,
+                broker,
+                node_id=self.node_id,
+                caller=self.caller,
+                store=self.store,
+                policy=messaging.delivery,
+                timeout=messaging.handler_timeout,
+                prefetch=messaging.prefetch,
+            )
         elif self.spec.handlers:
             log.warning(
                 "%s has message handlers but this node runs without a broker: they get nothing",
                 self.spec.name,
             )
+        #: the entrypoints whose new work other nodes take (a message left unsettled goes
+        #: back to the broker, a browser reconnects to a live node): drained as soon as
+        #: this node takes no new work (:meth:`finish_work`), together; in this order by
+        #: :meth:`stop` when nothing drained them before
+        self.handed_over: tuple[Entrypoint, ...] = (self.consumers, _Sessions(self.sockets))
+        #: the entrypoints that serve the work in flight, drained one after the other by
+        #: :meth:`stop`: calls over links (new work refused, the running calls finish, the
+        #: links close), then the publishes that arrived before the links closed, then the
+        #: gRPC server (its last unary calls, and it stops). They start the other way round.
+        self.serving: tuple[Entrypoint, ...] = (
+            _LinkCalls(self.node_links, self.links, self._refuse_new_work),
+            self.subscriptions,
+            self.server,
+        )
+        #: the entrypoints drained already (finish_work drains some before stop)
+        self._drained: set[Entrypoint] = set()
         self._lease: Lease | None = None
         self.started_at = 0.0
-        # the steps of the drain already taken (finish_work takes them before stop)
-        self._handlers_closed = False
-        self._sockets_closed = False
 
     @property
     def address(self) -> str:
@@ -332,13 +441,11 @@ class Node:
         inbox), ``messages_retried``, ``messages_dead`` and ``messages_waiting`` (handed
         over by the broker, waiting for a free worker).
         """
-        counts = {**publisher_of(self.caller).stats(), **self.subscriptions.stats()}
-        for runner in self.handlers:
-            for name, value in runner.handler.counts.items():
-                key = f"messages_{name}"
-                counts[key] = counts.get(key, 0) + value
-            counts["messages_waiting"] = counts.get("messages_waiting", 0) + runner.waiting
-        return counts
+        return {
+            **publisher_of(self.caller).stats(),
+            **self.subscriptions.stats(),
+            **self.consumers.stats(),
+        }
 
     async def join_group(self, group: str) -> None:
         """Join a named group now; multicasts to the group reach this node from then on."""
@@ -364,7 +471,8 @@ class Node:
         await self.service.on_start()
         if self.relay is not None:
             await self.relay.start()
-        await self.server.start()
+        for entrypoint in reversed(self.serving):  # the gRPC server first
+            await entrypoint.start()
         if self.metrics_endpoint is not None:
             self.metrics.add_collector(
                 StatsCollector(
@@ -381,8 +489,9 @@ class Node:
         await self.view.start()
         self._lease = await self.registry.lease(self.info)
         self._lease.stats = self.stats
-        await asyncio.gather(*(runner.start() for runner in self.handlers))
-        if self.handlers and self.inbox_keep > 0:
+        for entrypoint in reversed(self.handed_over):  # the message handlers last
+            await entrypoint.start()
+        if self.consumers.runners and self.inbox_keep > 0:
             self._pruner = asyncio.create_task(
                 self._prune_inbox(), name=f"wiremesh-inbox-{self.node_id}"
             )
@@ -414,7 +523,7 @@ class Node:
         :meth:`stop` for a drain that costs callers nothing (the node process does);
         ``timeout`` bounds the wait when the registry does not answer.
         """
-        self.server.drain()  # health: NOT_SERVING, and its watches end
+        self.server.mark_draining()  # health: NOT_SERVING, and its watches end
         if self._lease is None:
             return
         await self._lease.set_state(NodeState.DRAINING)
@@ -438,21 +547,15 @@ class Node:
     def _refuse_new_work(self) -> None:
         """From now on, calls of new work are refused (unrun: callers go elsewhere), on
         links and on the unary path alike; calls of work in flight still run."""
-        self.server.drain()
+        self.server.mark_draining()
         self.drain.begin(time.monotonic())
         self.node_links.draining = True
 
-    async def _close_handlers(self, grace: float) -> None:
-        """Message handlers: take no new message, let the running ones finish."""
-        if not self._handlers_closed:
-            self._handlers_closed = True
-            await asyncio.gather(*(runner.close(grace) for runner in self.handlers))
-
-    async def _close_sockets(self, grace: float) -> None:
-        """Browser sessions: closed with 1012 (their browsers reconnect to a live node)."""
-        if not self._sockets_closed:
-            self._sockets_closed = True
-            await self.sockets.close(grace)
+    async def _stop(self, entrypoint: Entrypoint, until: float) -> None:
+        """Drain ``entrypoint`` until ``until`` and close it, unless that was done."""
+        if entrypoint not in self._drained:
+            self._drained.add(entrypoint)
+            await stop(entrypoint, until)
 
     async def finish_work(self, until: float) -> None:
         """Take no new work from now on, and wait (at most until ``until``, on
@@ -466,8 +569,7 @@ class Node:
         after :meth:`announce_drain` and before :meth:`stop`.
         """
         self._refuse_new_work()
-        left = max(0.0, until - time.monotonic())
-        await asyncio.gather(self._close_handlers(left), self._close_sockets(left))
+        await asyncio.gather(*(self._stop(e, until) for e in self.handed_over))
         said: str | None = None
         while True:
             now = time.monotonic()
@@ -495,32 +597,26 @@ class Node:
             await asyncio.sleep(FINISH_POLL)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: no new calls, in-flight calls finish within ``grace`` seconds."""
+        """Drain: no new work, the work in flight finishes within ``grace`` seconds (the
+        node's ``drain_grace`` by default), each kind of entrypoint in its turn (see
+        :attr:`handed_over` and :attr:`serving`); then the node lets go of the mesh."""
         grace = self.drain_grace if grace is None else grace
         if self._lease is not None:
             await self._lease.set_state(NodeState.DRAINING)
         log.info("node %s draining (grace %.1fs)", self.node_id, grace)
-        started = time.monotonic()
+        until = time.monotonic() + grace
         if self._pruner is not None:
             self._pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pruner
             self._pruner = None
-        await self._close_handlers(grace)
-        await self._close_sockets(grace)
-        # calls: refuse new work (callers retry it elsewhere), finish the rest
-        self._refuse_new_work()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.node_links.idle.wait(), grace)
-        await self.links.close()
-        # the messages that arrived before the links closed run within what is left
-        await self.subscriptions.close(max(0.0, grace - (time.monotonic() - started)))
-        await self.server.stop(max(0.0, grace - (time.monotonic() - started)))
+        for entrypoint in (*self.handed_over, *self.serving):
+            await self._stop(entrypoint, until)
         if self._lease is not None:
             await self._lease.release()
             self._lease = None
         if self.relay is not None:
-            await self.relay.close(max(0.5, grace - (time.monotonic() - started)))
+            await self.relay.close(max(0.5, until - time.monotonic()))
         try:
             await self.service.on_stop()
         finally:
@@ -534,3 +630,45 @@ class Node:
             if self.metrics_endpoint is not None:
                 self.metrics_endpoint.stop()
         log.info("node %s stopped", self.node_id)
+
+
+class _Sessions:
+    """The browser sessions of a node (its :class:`SocketHub`), as an entrypoint: drained,
+    they close with 1012 (their browsers reconnect to a live node) and their close hooks
+    run."""
+
+    def __init__(self, hub: SocketHub) -> None:
+        self.hub = hub
+
+    async def start(self) -> None:
+        """Nothing to start: gateways open their streams to the node's gRPC server."""
+
+    async def drain(self, deadline: float) -> None:
+        await self.hub.close(max(0.0, deadline - time.monotonic()))
+
+    async def close(self) -> None:
+        """Nothing left: draining the hub ended its streams and its handlers."""
+
+
+class _LinkCalls:
+    """The calls that come over mesh links, as an entrypoint: drained, they are refused
+    when of new work (``refuse``: the node's rule, for the unary path too), those running
+    finish; closed, every link of the node closes."""
+
+    def __init__(self, node_links: NodeLinks, links: Links, refuse: Callable[[], None]) -> None:
+        self.node_links = node_links
+        self.links = links
+        self.refuse = refuse
+
+    async def start(self) -> None:
+        """Nothing to start: peers open links to the node's gRPC server."""
+
+    async def drain(self, deadline: float) -> None:
+        self.refuse()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                self.node_links.idle.wait(), max(0.0, deadline - time.monotonic())
+            )
+
+    async def close(self) -> None:
+        await self.links.close()

@@ -38,7 +38,14 @@ from wiremesh.observability import tracing
 from wiremesh.observability.logs import configure_logging
 from wiremesh.observability.tracing import configure as configure_tracing
 from wiremesh.runtime import heap
-from wiremesh.runtime.node import ANNOUNCE_WAIT, Node
+from wiremesh.runtime.node import (
+    ANNOUNCE_WAIT,
+    Node,
+    NodeMembership,
+    NodeMessaging,
+    NodeNetwork,
+    NodeTransport,
+)
 from wiremesh.runtime.settings import ObservabilitySettings
 from wiremesh.runtime.targets import load_service_class
 from wiremesh.transport import grpc_core
@@ -136,34 +143,42 @@ async def run(launch: NodeLaunch) -> int:
     node = Node(
         cls,
         registry_address=launch.registry,
-        join_secret=launch.join_secret,
-        mesh=launch.mesh,
         node_id=launch.node_id,
-        host=launch.host,
-        advertise=launch.advertise,
         data_dir=Path(launch.data_dir),
-        default_timeout=launch.default_timeout,
-        drain_grace=launch.drain_grace,
-        max_message_bytes=launch.max_message_bytes,
-        heartbeat_interval=launch.heartbeat_interval,
-        ttl=launch.ttl,
-        balancer=launch.balancer,
-        balancers=launch.balancers,
-        tls=tls,
-        groups=launch.groups,
-        metrics_port=0 if seen.metrics else None,
-        metrics_host=seen.metrics_host or None,
         broker=broker,
-        store_url=launch.store,
-        pool_size=launch.pool_size,
-        max_overflow=launch.max_overflow,
-        delivery=DeliveryPolicy(launch.attempts, launch.initial_backoff, launch.max_backoff),
-        prefetch=launch.prefetch,
-        handler_timeout=launch.handler_timeout,
-        inbox_keep=launch.inbox_keep,
-        publish_timeout=launch.publish_timeout,
-        # the nodes of one supervisor drain together (see Node.finish_work)
-        drains_with=drains_with(socket.gethostname(), launch.supervisor_pid),
+        network=NodeNetwork(
+            host=launch.host,
+            advertise=launch.advertise,
+            tls=tls,
+            metrics_port=0 if seen.metrics else None,
+            metrics_host=seen.metrics_host or None,
+        ),
+        membership=NodeMembership(
+            mesh=launch.mesh,
+            join_secret=launch.join_secret,
+            heartbeat_interval=launch.heartbeat_interval,
+            ttl=launch.ttl,
+            groups=tuple(launch.groups),
+            drain_grace=launch.drain_grace,
+            # the nodes of one supervisor drain together (see Node.finish_work)
+            drains_with=drains_with(socket.gethostname(), launch.supervisor_pid),
+        ),
+        transport=NodeTransport(
+            default_timeout=launch.default_timeout,
+            max_message_bytes=launch.max_message_bytes,
+            balancer=launch.balancer,
+            balancers=launch.balancers,
+        ),
+        messaging=NodeMessaging(
+            store_url=launch.store,
+            pool_size=launch.pool_size,
+            max_overflow=launch.max_overflow,
+            delivery=DeliveryPolicy(launch.attempts, launch.initial_backoff, launch.max_backoff),
+            prefetch=launch.prefetch,
+            handler_timeout=launch.handler_timeout,
+            publish_timeout=launch.publish_timeout,
+            inbox_keep=launch.inbox_keep,
+        ),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

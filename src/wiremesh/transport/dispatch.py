@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from wiremesh.context import Context, MeshCaller
@@ -25,9 +25,9 @@ from wiremesh.core.codec import CODECS, CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.drain import Drain, began_at, enter_work, leave_work
 from wiremesh.errors import DeadlineExceeded, InternalError, InvalidPayload, WiremeshError
-from wiremesh.observability import tracing
-from wiremesh.observability.metrics import MeshMetrics, MethodMetrics
+from wiremesh.observability.metrics import MeshMetrics
 from wiremesh.service import MethodSpec, Service, ServiceSpec
+from wiremesh.transport.entrypoint import Pipeline
 from wiremesh.transport.wire import WORK_AGE_KEY, exception_type_name
 
 __all__ = ["Method", "methods_of"]
@@ -39,15 +39,12 @@ class Method:
     """One method of one service instance, ready to run requests."""
 
     __slots__ = (
-        "_caller",
         "_drain",
         "_func",
-        "_metrics",
-        "_node_id",
+        "_pipeline",
         "_returns_protobuf",
         "_shapes",
         "_takes_protobuf",
-        "_trace_name",
         "name",
         "service",
     )
@@ -68,15 +65,16 @@ class Method:
         self._shapes = spec.shapes
         self._takes_protobuf = spec.shapes.takes_protobuf
         self._returns_protobuf = spec.shapes.returns_protobuf
-        self._node_id = node_id
-        self._caller = caller
-        self._metrics: MethodMetrics | None = (
-            metrics.handled(service_name, spec.name) if metrics is not None else None
+        self._pipeline = Pipeline(
+            service_name,
+            spec.name,
+            node_id=node_id,
+            mesh=caller,
+            metrics=metrics.handled(service_name, spec.name) if metrics is not None else None,
         )
-        self._trace_name = f"{service_name}.{spec.name}"
         self._drain = drain
 
-    async def run(
+    def run(
         self,
         request: bytes,
         codec: str,
@@ -89,8 +87,8 @@ class Method:
         peer: str | None = None,
         enforce_deadline: bool = False,
         work_age: str | None = None,
-    ) -> bytes:
-        """The encoded answer to ``request``. The caller's trace context is in
+    ) -> Coroutine[Any, Any, bytes]:
+        """The encoded answer to ``request``, to await. The caller's trace context is in
         ``trace`` and ``tracestate`` (a link's frame) or in ``metadata`` (unary gRPC);
         the age of its work in ``work_age`` or, from a link, in ``metadata``.
         ``enforce_deadline`` cancels the handler when ``deadline`` passes (for transports
@@ -99,45 +97,31 @@ class Method:
             rest = dict(metadata)
             work_age = str(rest.pop(WORK_AGE_KEY))
             metadata = rest or None
-        ctx = Context(
-            deadline=deadline,
-            service=self.service,
-            method=self.name,
-            node_id=self._node_id,
-            caller_client=self._caller,
-            metadata=metadata,
-            caller=caller,
-            peer=peer,
-        )
-        token = ctx.activate()
-        started = time.perf_counter()
-        status = "ok"
-        span = (
-            tracing.server_span(
-                self._trace_name,
-                metadata,
-                trace=trace,
-                tracestate=tracestate,
-                node=self._node_id,
-                peer=caller,
-                size=len(request),
-            )
-            if tracing.enabled()
-            else None
-        )
+        pipeline = self._pipeline
+        ctx = pipeline.context(deadline, metadata=metadata, caller=caller, peer=peer)
+        answer = self._answer(ctx, request, codec, work_age, enforce_deadline)
+        return pipeline.run(ctx, answer, len(request), trace, tracestate)
+
+    async def _answer(
+        self, ctx: Context, request: bytes, codec: str, work_age: str | None, enforce: bool
+    ) -> bytes:
+        """Decode, run the handler as part of its work, encode: inside the pipeline's run."""
+        deadline = ctx.deadline
+        caller = ctx.caller
         now = time.monotonic()
         drain = self._drain
         if drain is not None:
             drain.running += 1
             if caller is not None and work_age is not None:
                 drain.called_by(caller, deadline.at, now)
-        work = enter_work(began_at(work_age, now))
+        # a call that carries no age begins its work (began_at's answer, without the call)
+        work = enter_work(now if work_age is None else began_at(work_age, now))
         try:
             if codec not in CODECS:
                 raise InvalidPayload(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
             payload = request if self._takes_protobuf else decode(request, codec)
             args, kwargs = self._shapes.arguments(payload)
-            if enforce_deadline:
+            if enforce:
                 result = await _within(deadline.remaining(), self._func(ctx, *args, **kwargs))
             else:
                 result = await self._func(ctx, *args, **kwargs)
@@ -151,25 +135,15 @@ class Method:
                 raise InternalError(
                     f"{self.service}.{self.name} returned what cannot travel: {exc.message}"
                 ) from None
-        except WiremeshError as exc:
-            status = exc.status.value
-            raise
-        except asyncio.CancelledError:
-            status = "cancelled"
+        except WiremeshError:
             raise
         except Exception as exc:
-            status = "internal"
             log.exception("%s.%s raised %s", self.service, self.name, type(exc).__name__)
             raise InternalError(str(exc), remote_type=exception_type_name(exc)) from None
         finally:
-            Context.deactivate(token)
             leave_work(work)
             if drain is not None:
                 drain.running -= 1
-            if self._metrics is not None:
-                self._metrics.observe(status, time.perf_counter() - started)
-            if span is not None:
-                span.end(status)
 
 
 def methods_of(

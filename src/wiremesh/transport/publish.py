@@ -30,9 +30,10 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wiremesh.context import Context, MeshCaller
+from wiremesh.core.batching import QUEUED_FRAMES
 from wiremesh.core.codec import CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.defaults import CALL_TIMEOUT
@@ -42,20 +43,28 @@ from wiremesh.core.topics import check_topic, matches
 from wiremesh.errors import ConfigError, PayloadTooLarge, WiremeshError
 from wiremesh.observability import tracing
 from wiremesh.proto import link_pb2 as pb
+from wiremesh.transport.entrypoint import Pipeline
 from wiremesh.transport.link import PUBLISH, Link
 
 if TYPE_CHECKING:
+    from wiremesh.registry.view import MeshView
     from wiremesh.service import Service, ServiceSpec
-    from wiremesh.transport.client import Caller
     from wiremesh.transport.links import Links
 
-__all__ = ["DEFAULT_QUEUE", "Publisher", "Subscriptions", "publish", "publisher_of"]
+__all__ = [
+    "DEFAULT_QUEUE",
+    "Publisher",
+    "PublishingCaller",
+    "Subscriptions",
+    "publish",
+    "publisher_of",
+]
 
 log = logging.getLogger("wiremesh.publish")
 
 #: messages waiting for the handlers, per link, before more are dropped; as many as a
 #: link queues on its sending side, so that one full batch from a peer always fits
-DEFAULT_QUEUE = 4096
+DEFAULT_QUEUE = QUEUED_FRAMES
 _CACHE_LIMIT = 4096
 #: messages taken up within this many seconds of each other share one deadline
 _DEADLINE_REUSE = 0.001
@@ -63,8 +72,23 @@ _DEADLINE_REUSE = 0.001
 _WARN_EVERY = 10.0
 
 
+class PublishingCaller(Protocol):
+    """What a :class:`Publisher` uses of the caller it sends for (a
+    :class:`~wiremesh.transport.client.Caller`): the mesh as it sees it and its links.
+    The publisher is kept per caller, in a weak map: the caller must be weakly
+    referenceable and hashable."""
+
+    @property
+    def view(self) -> MeshView:
+        """Where the subscribed nodes are found (its ``snapshot``)."""
+
+    @property
+    def links(self) -> Links | None:
+        """The mesh links the messages travel over; None: the caller cannot publish."""
+
+
 async def publish(
-    caller: Caller, topic: str, payload: Any = None, *, codec: CodecName = "msgpack"
+    caller: PublishingCaller, topic: str, payload: Any = None, *, codec: CodecName = "msgpack"
 ) -> int:
     """Queue ``payload`` for every serving node subscribed to ``topic``; how many took it.
 
@@ -76,10 +100,10 @@ async def publish(
     return publisher_of(caller).publish(topic, payload, codec)
 
 
-_publishers: weakref.WeakKeyDictionary[Caller, Publisher] = weakref.WeakKeyDictionary()
+_publishers: weakref.WeakKeyDictionary[PublishingCaller, Publisher] = weakref.WeakKeyDictionary()
 
 
-def publisher_of(caller: Caller) -> Publisher:
+def publisher_of(caller: PublishingCaller) -> Publisher:
     """The sending side of ``caller`` (made on first use): its routes and counters."""
     found = _publishers.get(caller)
     if found is None:
@@ -111,7 +135,7 @@ class Publisher:
         "sent",
     )
 
-    def __init__(self, caller: Caller) -> None:
+    def __init__(self, caller: PublishingCaller) -> None:
         self._caller = caller
         self._snapshot: MeshSnapshot | None = None
         self._routes: dict[str, tuple[NodeInfo, ...]] = {}
@@ -225,7 +249,7 @@ class Publisher:
 class _Handler:
     """One ``@subscribe`` method of the running service instance."""
 
-    __slots__ = ("func", "name", "patterns", "shapes", "takes_protobuf")
+    __slots__ = ("func", "name", "patterns", "pipeline", "shapes", "takes_protobuf")
 
     def __init__(
         self,
@@ -233,12 +257,14 @@ class _Handler:
         func: Callable[..., Awaitable[Any]],
         patterns: tuple[str, ...],
         shapes: SignatureShapes,
+        pipeline: Pipeline,
     ) -> None:
         self.name = name
         self.func = func
         self.patterns = patterns
         self.shapes = shapes
         self.takes_protobuf = shapes.takes_protobuf
+        self.pipeline = pipeline
 
 
 class _Inbox:
@@ -248,7 +274,7 @@ class _Inbox:
 
     def __init__(self, link: Link) -> None:
         self.link = link
-        self.frames: deque[tuple[pb.Frame, tuple[_Handler, ...]]] = deque()
+        self.frames: deque[tuple[pb.Frame, str, tuple[_Handler, ...]]] = deque()
         self.task: asyncio.Task[None] | None = None
 
 
@@ -256,7 +282,9 @@ class Subscriptions:
     """A node's receiving side of publish: runs its ``@subscribe`` handlers.
 
     :meth:`deliver` is what the node installs as ``NodeLinks.deliver``; it never waits.
-    ``max_queued`` bounds the messages waiting per link.
+    ``max_queued`` bounds the messages waiting per link. An entrypoint of the node
+    (:class:`~wiremesh.transport.entrypoint.Entrypoint`): it takes messages from its
+    making; :meth:`drain` and :meth:`close` end that.
     """
 
     def __init__(
@@ -280,7 +308,17 @@ class Subscriptions:
         for _, sub in spec.subscriptions:
             if sub.attribute not in handlers:
                 func = getattr(service, sub.attribute)
-                handlers[sub.attribute] = _Handler(sub.attribute, func, sub.patterns, sub.shapes)
+                pipeline = Pipeline(
+                    spec.name,
+                    sub.attribute,
+                    node_id=node_id,
+                    mesh=caller,
+                    kind="consumer",
+                    failed=self._failed,
+                )
+                handlers[sub.attribute] = _Handler(
+                    sub.attribute, func, sub.patterns, sub.shapes, pipeline
+                )
         self._handlers = tuple(handlers.values())
         self._by_topic: dict[str, tuple[_Handler, ...]] = {}
         #: the read-only ``ctx.metadata`` of the messages to each topic
@@ -331,7 +369,8 @@ class Subscriptions:
     def deliver(self, link: Link, frame: pb.Frame) -> None:
         """Queue a PUBLISH frame that arrived on ``link`` for its handlers (never waits)."""
         self.received += 1
-        handlers = self.handlers_for(frame.topic)
+        topic = frame.topic
+        handlers = self._by_topic.get(topic) or self.handlers_for(topic)
         if not handlers:
             self.unmatched += 1
             return
@@ -348,7 +387,7 @@ class Subscriptions:
         if len(frames) >= self.max_queued:
             self.dropped += 1
             return
-        frames.append((frame, handlers))
+        frames.append((frame, topic, handlers))
         if inbox.task is None:
             task = asyncio.get_running_loop().create_task(
                 self._drain(inbox), name=f"wiremesh-publish-{link.remote_id or 'peer'}"
@@ -375,63 +414,47 @@ class Subscriptions:
         # messages for the same handler and topic taken up within the same deadline share
         # one context: every field of it is the same
         ctx: Context | None = None
-        ctx_of: tuple[_Handler | None, str] = (None, "")
+        ctx_handler: _Handler | None = None
+        ctx_topic = ""
         try:
             while frames:
-                frame, handlers = frames.popleft()
+                frame, topic, handlers = frames.popleft()
                 now = time.monotonic()
                 if now - taken_at > _DEADLINE_REUSE:  # a Deadline costs more than a clock read
                     taken_at = now
                     deadline = Deadline(now + timeout)
-                # each handler runs here rather than in a coroutine of its own: a message
-                # costs one coroutine, the handler's
+                payload = frame.payload
+                codec: Any = frame.codec or "msgpack"
+                # each handler runs here rather than in a task of its own: a message costs
+                # two coroutines, the handler's and the pipeline's run around it
                 for handler in handlers:
-                    arguments = self._arguments(handler, link, frame)
-                    if arguments is None:
-                        continue
-                    args, kwargs = arguments
-                    topic = frame.topic
-                    if ctx is None or ctx.deadline is not deadline or ctx_of != (handler, topic):
-                        ctx = self._context(handler, link, topic, deadline, caller)
-                        ctx_of = (handler, topic)
-                    token = ctx.activate()
-                    span = self._span(handler, frame, caller) if tracing.enabled() else None
-                    status = "ok"
                     try:
-                        await handler.func(ctx, *args, **kwargs)
+                        value = payload if handler.takes_protobuf else decode(payload, codec)
+                        args, kwargs = handler.shapes.arguments(value)
+                    except WiremeshError as exc:
+                        self._invalid(handler, topic, link, exc)
+                        continue
+                    if (
+                        ctx is None
+                        or ctx.deadline is not deadline
+                        or ctx_handler is not handler
+                        or ctx_topic != topic
+                    ):
+                        ctx = self._context(handler, link, topic, deadline, caller)
+                        ctx_handler, ctx_topic = handler, topic
+                    running = handler.func(ctx, *args, **kwargs)
+                    try:
+                        await handler.pipeline.run(ctx, running, frame=frame)
                         self.delivered += 1
-                    except Exception as exc:  # nothing a handler raises ends the drain
-                        status = "internal"
+                    except Exception:  # logged by _failed; nothing a handler raises ends the drain
                         self.failed += 1
-                        log.exception(
-                            "%s.%s raised %s on a message to %r",
-                            self.service,
-                            handler.name,
-                            type(exc).__name__,
-                            topic,
-                        )
-                    finally:
-                        Context.deactivate(token)
-                        if span is not None:
-                            span.end(status)
         finally:
             inbox.task = None
 
-    def _arguments(
-        self, handler: _Handler, link: Link, frame: pb.Frame
-    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        """The arguments of one handler for one message; None (counted and warned about)
-        when the payload does not fit the handler."""
-        try:
-            if handler.takes_protobuf:
-                value: Any = frame.payload
-            else:
-                value = decode(frame.payload, frame.codec or "msgpack")  # type: ignore[arg-type]
-            return handler.shapes.arguments(value)
-        except WiremeshError as exc:
-            self.invalid += 1
-            self._warn(handler, frame.topic, link, exc)
-            return None
+    def _invalid(self, handler: _Handler, topic: str, link: Link, error: WiremeshError) -> None:
+        """A message's payload does not fit ``handler``: counted, warned about, skipped."""
+        self.invalid += 1
+        self._warn(handler, topic, link, error)
 
     def _context(
         self, handler: _Handler, link: Link, topic: str, deadline: Deadline, caller: str | None
@@ -441,28 +464,21 @@ class Subscriptions:
             if len(self._metadata) >= _CACHE_LIMIT:
                 self._metadata.clear()
             metadata = self._metadata[topic] = MappingProxyType({"topic": topic})
-        return Context(
-            deadline=deadline,
-            service=self.service,
-            method=handler.name,
-            node_id=self.node_id,
-            caller_client=self.caller,
-            metadata=metadata,
-            caller=caller,
-            peer=link.remote_id,
+        return handler.pipeline.context(
+            deadline, metadata=metadata, caller=caller, peer=link.remote_id
         )
 
-    def _span(self, handler: _Handler, frame: pb.Frame, caller: str | None) -> tracing.Span | None:
-        return tracing.server_span(
-            f"{self.service}.{handler.name}",
-            None,
-            trace=frame.trace,
-            tracestate=frame.tracestate,
-            node=self.node_id,
-            peer=caller,
-            size=len(frame.payload),
-            kind="consumer",
+    def _failed(self, error: Exception, ctx: Context | None) -> str:
+        """A handler raised ``error``: logged (in the handler's context and span still)."""
+        assert ctx is not None
+        log.exception(
+            "%s.%s raised %s on a message to %r",
+            self.service,
+            ctx.method,
+            type(error).__name__,
+            ctx.metadata["topic"],
         )
+        return "internal"
 
     def _warn(self, handler: _Handler, topic: str, link: Link, error: WiremeshError) -> None:
         now = time.monotonic()
@@ -481,14 +497,23 @@ class Subscriptions:
             _WARN_EVERY,
         )
 
-    async def close(self, grace: float = 0.0) -> None:
-        """Take no more messages; let the queued ones run for up to ``grace`` seconds, then
-        cancel the handlers still running and count what is left as dropped."""
+    async def start(self) -> None:
+        """Nothing to start: messages are taken from the making on (links bring them)."""
+
+    async def drain(self, deadline: float) -> None:
+        """Take no more messages; let the queued ones run until ``deadline`` (on
+        ``time.monotonic()``) at most."""
         self._closed = True
         running = list(self._running)
+        grace = deadline - time.monotonic()
         if running and grace > 0:
             await asyncio.wait(running, timeout=grace)
-        for task in list(self._running):
+
+    async def close(self) -> None:
+        """Cancel the handlers still running, and count what is left as dropped."""
+        self._closed = True
+        running = list(self._running)
+        for task in running:
             inbox = self._running[task]
             self.dropped += len(inbox.frames)
             inbox.frames.clear()

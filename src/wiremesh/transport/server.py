@@ -15,8 +15,8 @@ The hot path, per call (grpc.aio itself costs far more; see ``benchmarks/rpc.py`
   method (which the generated ``add_HealthServicer_to_server`` also installs) grpc.aio's
   server loop waits on one more pending future per incoming call, whatever its method.
 
-Draining (:meth:`NodeServer.drain`): the health service answers ``NOT_SERVING`` and ends
-its ``Watch`` streams (an open watch never holds the node); once the node's
+Draining (:meth:`NodeServer.mark_draining`): the health service answers ``NOT_SERVING``
+and ends its ``Watch`` streams (an open watch never holds the node); once the node's
 :class:`~wiremesh.core.drain.Drain` has begun, a call of new work is refused, unrun, with
 ``UNAVAILABLE`` and no ``wm-error`` (an idempotent call may go to another node), and a call
 of work already in flight runs (see :mod:`wiremesh.core.drain`).
@@ -79,7 +79,11 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
 
 
 class NodeServer:
-    """Serves one service instance over gRPC on ``host``; ``port`` is known after start."""
+    """Serves one service instance over gRPC on ``host``; ``port`` is known after start.
+
+    An entrypoint of the node (:class:`~wiremesh.transport.entrypoint.Entrypoint`): the
+    unary calls, and the streams its other handlers serve (mesh links, gateways).
+    """
 
     def __init__(
         self,
@@ -139,14 +143,20 @@ class NodeServer:
         self.health.set("", SERVING)
         self.health.set(self.spec.name, SERVING)
 
-    def drain(self) -> None:
+    def mark_draining(self) -> None:
         """The node drains: health says ``NOT_SERVING`` from now on, and its watches end."""
         self.health.end()
 
-    async def stop(self, grace: float) -> None:
-        """Refuse new calls, let in-flight ones finish within ``grace`` seconds, then stop."""
+    async def drain(self, deadline: float) -> None:
+        """Refuse new calls and streams, and let those in flight finish until ``deadline``
+        (on ``time.monotonic()``) at most; then the server stops, cancelling the rest."""
         self.health.end()
-        await self.server.stop(grace)
+        await self.server.stop(max(0.0, deadline - time.monotonic()))
+
+    async def close(self) -> None:
+        """Stop the server now (once drained, it has stopped already)."""
+        self.health.end()
+        await self.server.stop(None)
 
     def _handler(self, method: Method) -> Handler:
         run = method.run
