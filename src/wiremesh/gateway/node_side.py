@@ -28,7 +28,7 @@ import contextlib
 import contextvars
 import json
 import logging
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from wiremesh.core.batching import BatchLimits
@@ -57,6 +57,7 @@ from wiremesh.observability import tracing
 from wiremesh.service import Service, ServiceSpec
 from wiremesh.session import Session, Sessions
 from wiremesh.transport.eager import Resume
+from wiremesh.transport.entrypoint import Pipeline
 
 __all__ = ["SOCKET_KEY", "SocketHub"]
 
@@ -125,7 +126,14 @@ class SocketHub:
         #: how many messages of a session may wait while its handler runs
         self.inbox_limit = inbox_limit
         self._handler = getattr(service, spec.socket.attribute) if spec.socket else None
-        self._trace_name = f"{spec.name}.{spec.socket.attribute if spec.socket else 'socket'}"
+        #: the entrypoint pipeline a traced frame's handler runs in (a consumer span that
+        #: continues the gateway's trace; a socket handler has no Context)
+        self._pipeline = Pipeline(
+            spec.name,
+            spec.socket.attribute if spec.socket else "socket",
+            node_id=node_id,
+            kind="consumer",
+        )
         cls = type(service)
         self._open_hook = cls.on_session_open is not Service.on_session_open
         self._close_hook = cls.on_session_close is not Service.on_session_close
@@ -378,39 +386,17 @@ class SocketHub:
                     return _nothing()
             result: Coroutine[Any, Any, None] = self._handler(session, payload)
             if frame.trace and tracing.enabled():
-                return self._traced(result, session, len(frame.payload), frame.trace)
+                return self._pipeline.run(
+                    None,
+                    result,
+                    len(frame.payload),
+                    carrier=frame.trace,
+                    attributes={"wiremesh.session": session.id},
+                )
             return result
         if kind == OPEN:
             return self.service.on_session_open(session)
         return self.service.on_session_close(session, frame.code, frame.reason)
-
-    async def _traced(
-        self,
-        handling: Coroutine[Any, Any, None],
-        session: Session,
-        size: int,
-        carrier: Mapping[str, str],
-    ) -> None:
-        """``handling`` inside a span that continues the gateway's trace.
-
-        The node side's own copy of the entrypoint pipeline (a span, the status mapped
-        from the error), kept in this one function: the shared pipeline replaces it."""
-        span = tracing.server_span(
-            self._trace_name, carrier, node=self.node_id, size=size, kind="consumer"
-        )
-        status = "ok"
-        try:
-            await handling
-        except WiremeshError as exc:
-            status = exc.status.value
-            raise
-        except BaseException:
-            status = "internal"
-            raise
-        finally:
-            if span is not None:
-                span.set("wiremesh.session", session.id)
-                span.end(status)
 
     def _failed(self, pinned: _Pinned, frame: Frame, exc: Exception) -> None:
         """``frame``'s work raised ``exc``: the session ends with the error's close code
