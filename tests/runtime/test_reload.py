@@ -423,6 +423,8 @@ async def test_a_changed_service_is_replaced_node_by_node_and_no_call_is_lost(
         serves = next(i for i, s in enumerate(steps) if s.startswith(f"{successor}: serving"))
         assert serves < steps.index(line)
     assert set(started) == old | new
+    # drained alone: an old node waited for none of the nodes serving on beside it
+    assert "still working" not in mesh.output
 
 
 async def test_a_change_that_breaks_the_service_keeps_the_old_node_until_a_fix(

@@ -5,7 +5,8 @@ JSON, to its standard input (then closes it): the launch holds URLs with passwor
 which a process's arguments would show to every local user. ``python -m
 wiremesh.runtime.process '<json>'`` (the launch as the argument) works too, for a node
 started by hand with nothing secret in it. The
-process imports the service, serves until SIGTERM or SIGINT, drains within
+process imports the service, serves until SIGTERM or SIGINT (or SIGUSR1: see
+:data:`DRAIN_ALONE`), drains within
 ``drain_grace`` (the mesh learns it, new work is refused while the work in flight that
 needs the node ends: see :meth:`Node.finish_work`), and exits 0. It also exits
 (draining) when its supervisor disappears, so no node outlives its mesh.
@@ -51,9 +52,13 @@ from wiremesh.runtime.targets import load_service_class
 from wiremesh.transport import grpc_core
 from wiremesh.transport.tls import TlsFiles
 
-__all__ = ["EXIT_CONFIG", "NodeLaunch", "main"]
+__all__ = ["DRAIN_ALONE", "EXIT_CONFIG", "NodeLaunch", "main"]
 
 EXIT_CONFIG = 78
+#: the signal that drains this node alone (a reload replaces it): as SIGTERM, but it waits
+#: for none of the nodes it would drain with at a shutdown (``wm.drains-with``), which
+#: serve on
+DRAIN_ALONE = signal.SIGUSR1
 
 log = logging.getLogger("wiremesh.node")
 
@@ -184,6 +189,12 @@ async def run(launch: NodeLaunch) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def drain_alone() -> None:
+        node.drains_with = None  # its supervisor's other nodes serve on
+        stop.set()
+
+    loop.add_signal_handler(DRAIN_ALONE, drain_alone)
     try:
         await node.start()
     except WiremeshError:

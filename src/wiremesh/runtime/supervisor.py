@@ -64,7 +64,7 @@ from wiremesh.runtime.meshfile import MESH_FILE, MeshFile
 from wiremesh.runtime.node import new_node_id
 from wiremesh.runtime.placement import Placement, place
 from wiremesh.runtime.private import private_folder
-from wiremesh.runtime.process import EXIT_CONFIG, NodeLaunch
+from wiremesh.runtime.process import DRAIN_ALONE, EXIT_CONFIG, NodeLaunch
 from wiremesh.runtime.reload import Reloader, require_watchfiles
 from wiremesh.runtime.settings import MeshConfig
 from wiremesh.runtime.targets import load_service_class
@@ -482,7 +482,8 @@ class Supervisor:
     async def replace(self, service: str) -> str | None:
         """Replace the nodes of ``service`` one at a time with nodes of its code as it is
         now: a new node starts; once the registry shows it serving, the old one drains as
-        at a shutdown (SIGTERM: it takes no new work, its work in flight finishes); once
+        at a shutdown (it takes no new work, its work in flight finishes), but alone: it
+        waits for none of the other nodes, which serve on (``DRAIN_ALONE``); once
         the mesh sees the old one draining, the next. Callers find as many serving nodes
         at every moment as before, and a call a draining node refuses has not run and goes
         to another node.
@@ -565,7 +566,7 @@ class Supervisor:
         if process is not None and process.returncode is None:
             old.state = ProcessState.STOPPING
             with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(DRAIN_ALONE)  # its siblings serve on: it waits for none
         elif (old.task is None or old.task.done()) and old in self.slots:
             self.slots.remove(old)  # it had failed: nothing runs there
         # else its task, waiting to restart the node, wakes and removes the slot
