@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -117,7 +118,7 @@ class Context:
     @property
     def remaining(self) -> float:
         """Seconds left before the deadline."""
-        return self.deadline.remaining()
+        return self.deadline.remaining(now=time.monotonic())
 
     async def call(
         self,
@@ -139,7 +140,7 @@ class Context:
             node=node,
             returns=returns,
             codec=codec,
-            deadline=self.deadline.capped(timeout),
+            deadline=self.deadline.capped(timeout, now=time.monotonic()),
             metadata=metadata,
         )
 
@@ -163,7 +164,7 @@ class Context:
             target,
             payload,
             mode=mode,
-            deadline=self.deadline.capped(timeout),
+            deadline=self.deadline.capped(timeout, now=time.monotonic()),
             group=group,
             nodes=nodes,
             codec=codec,

@@ -42,6 +42,7 @@ import asyncio
 import dataclasses
 import secrets
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -221,7 +222,7 @@ async def deliver(
     wire = envelope.body if shapes.takes_protobuf else decode(envelope.body, codec)
     args, kwargs = shapes.arguments(wire)
     ctx = Context(
-        deadline=Deadline.after(timeout),
+        deadline=Deadline.after(timeout, now=time.monotonic()),
         service=spec.name,
         method=handler,
         node_id=instance.node_id or f"{spec.name}-test",
@@ -261,7 +262,7 @@ async def call_handler(
     wire = payload if shapes.takes_protobuf else decode(encode(payload, codec), codec)
     args, kwargs = shapes.arguments(wire)
     ctx = Context(
-        deadline=Deadline.after(timeout),
+        deadline=Deadline.after(timeout, now=time.monotonic()),
         service=spec.name,
         method=method,
         node_id=instance.node_id or f"{spec.name}-test",

@@ -35,7 +35,8 @@ def test_failures_retry_then_die_after_attempts() -> None:
 
 def test_invalid_payload_dies_at_once() -> None:
     policy = DeliveryPolicy(attempts=5)
-    outcome = policy.after_failure(1, InvalidPayload("qty: Input should be a valid integer"))
+    rng = random.Random(0)
+    outcome = policy.after_failure(1, InvalidPayload("qty: Input should be a valid integer"), rng)
     assert outcome == DeadLetter("invalid payload: qty: Input should be a valid integer")
     assert policy.undecodable(InvalidPayload("payload is not valid msgpack")) == DeadLetter(
         "invalid payload: payload is not valid msgpack"
@@ -43,7 +44,8 @@ def test_invalid_payload_dies_at_once() -> None:
 
 
 def test_single_attempt_never_retries() -> None:
-    assert isinstance(DeliveryPolicy(attempts=1).after_failure(1, ValueError()), DeadLetter)
+    dead = DeliveryPolicy(attempts=1).after_failure(1, ValueError(), random.Random(0))
+    assert isinstance(dead, DeadLetter)
 
 
 def test_reason_is_bounded() -> None:

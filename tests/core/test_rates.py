@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from wiremesh.core.rates import Reading, figures, quantile, reading
+from wiremesh.core.rates import Reading, figures, quantile
+from wiremesh.observability.scrape import parse as reading
 
 TEXT = """\
 # TYPE wiremesh_calls_handled_total counter

@@ -58,8 +58,10 @@ def shop(
 
 async def test_a_run_makes_its_context_current_and_gives_back_the_one_before() -> None:
     pipeline = shop()
-    outer = pipeline.context(Deadline.after(5), caller="front@front-1")
-    inner = pipeline.context(Deadline.after(5), metadata={"k": "v"}, peer="ipv4:1.2.3.4:5")
+    outer = pipeline.context(Deadline.after(5, now=time.monotonic()), caller="front@front-1")
+    inner = pipeline.context(
+        Deadline.after(5, now=time.monotonic()), metadata={"k": "v"}, peer="ipv4:1.2.3.4:5"
+    )
     assert (inner.service, inner.method, inner.node_id) == ("shop", "buy", "shop-1")
     assert inner.metadata == {"k": "v"} and inner.peer == "ipv4:1.2.3.4:5"
 
@@ -94,7 +96,7 @@ async def returning(value: str) -> str:
 async def test_a_run_is_counted_by_the_status_of_its_outcome() -> None:
     metrics = MeshMetrics()
     pipeline = shop(metrics)
-    ctx = pipeline.context(Deadline.after(5))
+    ctx = pipeline.context(Deadline.after(5, now=time.monotonic()))
     await pipeline.run(ctx, returning("anything"))
     with pytest.raises(InvalidPayload):
         await pipeline.run(ctx, raising(InvalidPayload("no sku")))
@@ -112,7 +114,7 @@ async def test_an_entrypoint_that_settles_its_outcome_returns_the_status() -> No
     pipeline = Pipeline(
         "shop", "buy", node_id="shop-1", mesh=mesh, metrics=handled, returns_status=True
     )
-    ctx = pipeline.context(Deadline.after(5))
+    ctx = pipeline.context(Deadline.after(5, now=time.monotonic()))
     assert await pipeline.run(ctx, returning("deadline_exceeded")) == "deadline_exceeded"
     assert counted(metrics, "deadline_exceeded") == 1
 
@@ -129,7 +131,9 @@ async def test_the_failed_hook_runs_in_the_handlers_context_and_says_the_status(
     handled = metrics.handled("shop", "buy")
     pipeline = Pipeline("shop", "buy", node_id="shop-1", mesh=mesh, metrics=handled, failed=failed)
     with pytest.raises(InvalidPayload):  # the exception goes on
-        await pipeline.run(pipeline.context(Deadline.after(5)), raising(InvalidPayload("no")))
+        await pipeline.run(
+            pipeline.context(Deadline.after(5, now=time.monotonic())), raising(InvalidPayload("no"))
+        )
     assert seen == [("InvalidPayload", True)]
     assert counted(metrics, "internal") == 1 and counted(metrics, "invalid_payload") == 0
 
@@ -143,7 +147,9 @@ async def test_a_cancelled_handler_counts_as_cancelled() -> None:
         started.set()
         await asyncio.sleep(10)
 
-    task = asyncio.create_task(pipeline.run(pipeline.context(Deadline.after(5)), handler()))
+    task = asyncio.create_task(
+        pipeline.run(pipeline.context(Deadline.after(5, now=time.monotonic())), handler())
+    )
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -156,7 +162,9 @@ async def test_a_run_is_a_span_named_after_its_handler_continuing_the_senders_tr
 ) -> None:
     pipeline = shop(kind="consumer")
     ctx = pipeline.context(
-        Deadline.after(5), metadata={"traceparent": TRACEPARENT}, caller="front@front-1"
+        Deadline.after(5, now=time.monotonic()),
+        metadata={"traceparent": TRACEPARENT},
+        caller="front@front-1",
     )
     with pytest.raises(InvalidPayload):
         await pipeline.run(
@@ -182,7 +190,9 @@ async def test_a_link_frame_gives_the_size_and_the_trace_context(
     pipeline = shop()
     trace = TRACE_ID.to_bytes(16, "big") + PARENT_ID.to_bytes(8, "big") + b"\x01"
     frame = link_pb2.Frame(payload=b"12345", trace=trace)
-    await pipeline.run(pipeline.context(Deadline.after(5)), returning("ok"), frame=frame)
+    await pipeline.run(
+        pipeline.context(Deadline.after(5, now=time.monotonic())), returning("ok"), frame=frame
+    )
     tracing.flush()
     (span,) = spans.get_finished_spans()
     assert span.parent is not None and span.parent.span_id == PARENT_ID

@@ -1,4 +1,4 @@
-"""Deadlines: absolute points on the monotonic clock.
+"""Deadlines: absolute points on the monotonic clock (``time.monotonic()``).
 
 A call's deadline is fixed once, where the call starts; every nested call made while
 handling it gets ``min(own timeout, what remains)``. On the wire a deadline travels as the
@@ -7,7 +7,6 @@ standard gRPC timeout (``grpc-timeout``), so a foreign client's deadline is hono
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 __all__ = ["Deadline"]
@@ -15,22 +14,24 @@ __all__ = ["Deadline"]
 
 @dataclass(frozen=True, slots=True)
 class Deadline:
-    """A point in time on :func:`time.monotonic`'s clock."""
+    """A point in time on :func:`time.monotonic`'s clock. No method reads a clock: the
+    caller passes ``now`` (``time.monotonic()``, or the event loop's ``loop.time()``,
+    the same clock)."""
 
     at: float
 
     @classmethod
-    def after(cls, seconds: float, *, now: float | None = None) -> Deadline:
-        return cls((time.monotonic() if now is None else now) + seconds)
+    def after(cls, seconds: float, *, now: float) -> Deadline:
+        return cls(now + seconds)
 
-    def remaining(self, *, now: float | None = None) -> float:
+    def remaining(self, *, now: float) -> float:
         """Seconds left; negative once passed."""
-        return self.at - (time.monotonic() if now is None else now)
+        return self.at - now
 
-    def expired(self, *, now: float | None = None) -> bool:
+    def expired(self, *, now: float) -> bool:
         return self.remaining(now=now) <= 0
 
-    def capped(self, seconds: float | None, *, now: float | None = None) -> Deadline:
+    def capped(self, seconds: float | None, *, now: float) -> Deadline:
         """The earlier of this deadline and ``seconds`` from now (a nested call's deadline)."""
         if seconds is None:
             return self

@@ -15,11 +15,11 @@ the answer out. The rules:
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Literal
 
 from wiremesh.core.defaults import ATTEMPTS, RETRY_INITIAL_BACKOFF, RETRY_MAX_BACKOFF
+from wiremesh.core.retry import Draws
 from wiremesh.errors import InvalidPayload
 
 __all__ = ["DeadLetter", "Delivery", "DeliveryPolicy", "Outcome", "Retry", "retry_delay"]
@@ -83,14 +83,12 @@ class DeliveryPolicy:
         """The message did not decode or validate: dead at once."""
         return DeadLetter(f"invalid payload: {error.message}")
 
-    def after_failure(
-        self, attempt: int, error: BaseException, rng: random.Random | None = None
-    ) -> Outcome:
-        """What to do after delivery ``attempt`` (1-based) raised ``error``."""
+    def after_failure(self, attempt: int, error: BaseException, rng: Draws) -> Outcome:
+        """What to do after delivery ``attempt`` (1-based) raised ``error``; ``rng`` gives the
+        backoff's jitter."""
         if isinstance(error, InvalidPayload):
             return DeadLetter(f"invalid payload: {error.message}")
         reason = reason_of(error)
         if attempt >= self.attempts:
             return DeadLetter(f"failed {attempt} time(s); last: {reason}")
-        draw = rng.random() if rng is not None else random.random()
-        return Retry(retry_delay(attempt, self.initial, self.maximum, draw), reason)
+        return Retry(retry_delay(attempt, self.initial, self.maximum, rng.random()), reason)

@@ -1,7 +1,8 @@
 """Rates and percentiles from two readings of a node's Prometheus counters (no I/O).
 
 ``wiremesh top`` reads each node's ``/metrics`` every interval; :func:`reading` keeps
-what it needs of one scrape, and :func:`figures` turns two readings into what the view
+what it needs of one scrape's samples (parsed by :mod:`wiremesh.observability.scrape`:
+the core imports no Prometheus code), and :func:`figures` turns two readings into what the view
 shows: calls per second, errors per second, latency percentiles over the interval (from
 the histogram's bucket counts, interpolated inside a bucket as Prometheus'
 ``histogram_quantile`` does), and the node's publish drops and link queues.
@@ -10,11 +11,11 @@ the histogram's bucket counts, interpolated inside a bucket as Prometheus'
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from prometheus_client.parser import text_string_to_metric_families
-
-__all__ = ["Figures", "Reading", "figures", "quantile", "reading"]
+__all__ = ["Figures", "Reading", "Sample", "figures", "quantile", "reading"]
 
 _HANDLED = "wiremesh_calls_handled"
 _SECONDS = "wiremesh_call_handle_seconds"
@@ -48,24 +49,34 @@ class Figures:
     link_queued: float
 
 
-def reading(text: str, at: float) -> Reading:
-    """Parse one ``/metrics`` text taken at ``at`` (seconds on any steady clock)."""
+class Sample(Protocol):
+    """One sample of a scrape, as the Prometheus text parser gives it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+    @property
+    def value(self) -> float: ...
+
+
+def reading(samples: Iterable[Sample], at: float) -> Reading:
+    """What one scrape's ``samples``, taken at ``at`` (seconds on any steady clock), say."""
     found = Reading(at=at)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            name, labels, value = sample.name, sample.labels, sample.value
-            if name == f"{_HANDLED}_total":
-                found.calls += value
-                if labels.get("status") != "ok":
-                    found.errors += value
-            elif name == f"{_SECONDS}_bucket":
-                bound = float(labels["le"])
-                found.buckets[bound] = found.buckets.get(bound, 0.0) + value
-            elif name.removesuffix("_total") in _DROPS:
-                found.publish_dropped += value
-            elif name == "wiremesh_link_queued_frames":
-                found.link_queued += value
-                found.peers[labels.get("peer", "")] = value
+    for sample in samples:
+        name, labels, value = sample.name, sample.labels, sample.value
+        if name == f"{_HANDLED}_total":
+            found.calls += value
+            if labels.get("status") != "ok":
+                found.errors += value
+        elif name == f"{_SECONDS}_bucket":
+            bound = float(labels["le"])
+            found.buckets[bound] = found.buckets.get(bound, 0.0) + value
+        elif name.removesuffix("_total") in _DROPS:
+            found.publish_dropped += value
+        elif name == "wiremesh_link_queued_frames":
+            found.link_queued += value
+            found.peers[labels.get("peer", "")] = value
     return found
 
 

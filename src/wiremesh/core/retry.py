@@ -7,15 +7,22 @@ another node, and only while the deadline leaves time. Everything else fails at 
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
+from typing import Protocol
 
 from wiremesh.core.defaults import RESTART_INITIAL_BACKOFF, RESTART_MAX_BACKOFF, RESTART_RESET_AFTER
 from wiremesh.errors import Status
 
-__all__ = ["Backoff", "should_retry"]
+__all__ = ["Backoff", "Draws", "should_retry"]
 
 MAX_ATTEMPTS = 3
+
+
+class Draws(Protocol):
+    """Where a jitter's uniform draw in [0, 1) comes from: the caller's ``random.Random()``
+    (the core reads no random source of its own)."""
+
+    def random(self) -> float: ...
 
 
 def should_retry(
@@ -50,11 +57,11 @@ class Backoff:
     reset_after: float = RESTART_RESET_AFTER
     failures: int = 0
 
-    def next_delay(self, ran_for: float, rng: random.Random | None = None) -> float:
+    def next_delay(self, ran_for: float, rng: Draws) -> float:
+        """The wait before the next start; ``rng`` gives the jitter's uniform draw."""
         if ran_for >= self.reset_after:
             self.failures = 0
         ceiling = min(self.maximum, self.initial * 2.0 ** min(self.failures, 64))
         self.failures += 1
         low = self.initial / 2
-        draw = rng.random() if rng is not None else random.random()
-        return low + draw * max(0.0, ceiling - low)
+        return low + rng.random() * max(0.0, ceiling - low)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -123,6 +124,8 @@ class MessageHandler:
         self.caller = caller
         self.store = store
         self.policy = policy or DeliveryPolicy()
+        #: the backoff's jitter
+        self._rng = random.Random()
         self.timeout = timeout
         self._func: Callable[..., Awaitable[Any]] = getattr(service, spec.attribute)
         self._pipeline = Pipeline(
@@ -159,7 +162,7 @@ class MessageHandler:
             return
         pipeline = self._pipeline
         ctx = pipeline.context(
-            Deadline.after(self.timeout),
+            Deadline.after(self.timeout, now=time.monotonic()),
             metadata=dict(envelope.headers),
             caller=envelope.headers.get(HEADER_SENDER),
             message=envelope,
@@ -207,7 +210,7 @@ class MessageHandler:
         envelope = received.envelope
         if isinstance(exc, TimeoutError):
             exc = TimeoutError(f"the handler ran longer than {self.timeout:g}s")
-        outcome = self.policy.after_failure(envelope.attempt, exc)
+        outcome = self.policy.after_failure(envelope.attempt, exc, self._rng)
         where = f"{self.service_name}/{self.spec.attribute}"
         # the traceback once at the first failure and once at the dead letter, one line for
         # each retry between; none for a WiremeshError (its message says it all) nor for

@@ -116,7 +116,7 @@ class Outbound:
     def _timeout(self, timeout: float | None, deadline: Deadline | None) -> float:
         seconds = self.default_timeout if timeout is None else timeout
         if deadline is not None:
-            seconds = min(seconds, deadline.remaining())
+            seconds = min(seconds, deadline.remaining(now=time.monotonic()))
         return max(seconds, 0.001)
 
 

@@ -14,14 +14,24 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from wiremesh.core.model import NodeInfo
 from wiremesh.core.rates import Figures, Reading, figures, reading
 from wiremesh.observability.metrics import METRICS_KEY
 
-__all__ = ["SCRAPE_TIMEOUT", "Row", "Sampler"]
+__all__ = ["SCRAPE_TIMEOUT", "Row", "Sampler", "parse"]
 
 #: seconds a scrape may take before the node counts as not answering
 SCRAPE_TIMEOUT = 2.0
+
+
+def parse(text: str, at: float) -> Reading:
+    """The reading of one ``/metrics`` text taken at ``at`` (seconds on any steady clock)."""
+    return reading(
+        (sample for family in text_string_to_metric_families(text) for sample in family.samples),
+        at,
+    )
 
 
 @dataclass(frozen=True)
@@ -69,4 +79,4 @@ class Sampler:
             text = await asyncio.to_thread(_scrape, address)
         except (OSError, urllib.error.URLError, ValueError):
             return None
-        return reading(text, time.monotonic())
+        return parse(text, time.monotonic())

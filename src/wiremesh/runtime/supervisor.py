@@ -39,6 +39,7 @@ import contextlib
 import enum
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -152,6 +153,8 @@ class Supervisor:
         self.placement = placement or place(config, hostname=socket.gethostname())
         self.echo: Listener = echo or (lambda line: print(line, flush=True))
         self.slots: list[NodeProcess] = []
+        #: the restart backoff's jitter
+        self._rng = random.Random()
         #: the embedded registry this supervisor hosts (None with a Redis registry)
         self.registry: RegistryServer | None = None
         #: what admits a node to that registry (None: none is asked, see _start_shared)
@@ -716,7 +719,7 @@ class Supervisor:
                 self.echo(f"{slot.node_id}: cannot start as configured; not restarting")
                 self.changed()
                 return
-            delay = slot.backoff.next_delay(ran_for)
+            delay = slot.backoff.next_delay(ran_for, self._rng)
             slot.state = ProcessState.RESTARTING
             slot.restarts += 1
             self.echo(

@@ -122,7 +122,9 @@ class Method:
             payload = request if self._takes_protobuf else decode(request, codec)
             args, kwargs = self._shapes.arguments(payload)
             if enforce:
-                result = await _within(deadline.remaining(), self._func(ctx, *args, **kwargs))
+                result = await _within(
+                    deadline.remaining(now=time.monotonic()), self._func(ctx, *args, **kwargs)
+                )
             else:
                 result = await self._func(ctx, *args, **kwargs)
             if self._returns_protobuf:
