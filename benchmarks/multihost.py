@@ -18,7 +18,7 @@ namespace, so one agent's time stamp and another's subtract.
 1. **Propagation**, per registry: an actor on ``a`` (a registry client with its own view,
    as a node holds) leases a record, drains it (``set_state(DRAINING)``) and releases it;
    a watcher on ``b`` (a ``MeshView``) stamps the moment its view shows each change. Then
-   node processes on ``a`` (``wiremesh.runtime.process``, as the supervisor starts them)
+   node processes on ``a`` (``wiremesh.runtime.node_process``, as the supervisor starts them)
    are killed (SIGKILL) one at a time; then host ``d``, holding nodes of both registries,
    loses its link to the bridge (``Host.cut``).
 2. **Calls between hosts**: a node process on ``a`` serving ``echo.echo`` beside a raw
@@ -102,8 +102,8 @@ from wiremesh.observability.metrics import METRICS_KEY  # noqa: E402
 from wiremesh.registry.backends import open_registry  # noqa: E402
 from wiremesh.registry.redis import mesh_prefix  # noqa: E402
 from wiremesh.registry.view import MeshView  # noqa: E402
-from wiremesh.runtime.process import NodeLaunch  # noqa: E402
-from wiremesh.transport.links import MAX_MESSAGE_KEY  # noqa: E402
+from wiremesh.runtime.node_process import NodeLaunch  # noqa: E402
+from wiremesh.transport.peer_links import MAX_MESSAGE_KEY  # noqa: E402
 
 T = TypeVar("T")
 SCRIPT = str(Path(__file__).resolve())
@@ -690,7 +690,8 @@ class Control:
 
 
 class Nodes:
-    """Node processes (``wiremesh.runtime.process``) started on hosts, as a supervisor would."""
+    """Node processes (``wiremesh.runtime.node_process``) started on hosts, as a supervisor
+    would."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -1333,8 +1334,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.node:  # a node process, exactly as `python -m wiremesh.runtime.process` runs it
-        from wiremesh.runtime.process import main as node_main
+    if args.node:  # a node process, exactly as `python -m wiremesh.runtime.node_process` runs it
+        from wiremesh.runtime.node_process import main as node_main
 
         return node_main([args.node])
     if args.serve == "registry":

@@ -1155,7 +1155,7 @@ def gateway(
     """
     import signal
 
-    from wiremesh.gateway.process import gateway_of, mesh_tls, serve
+    from wiremesh.runtime.gateway_process import gateway_of, mesh_tls, serve
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("grpc").setLevel(logging.ERROR)

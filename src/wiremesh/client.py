@@ -40,7 +40,7 @@ from wiremesh.registry.view import MeshView
 from wiremesh.runtime.meshfile import MeshFile
 from wiremesh.transport import grpc_core
 from wiremesh.transport.client import Caller, channel_options
-from wiremesh.transport.links import Links
+from wiremesh.transport.peer_links import Links
 from wiremesh.transport.tls import TlsFiles
 
 __all__ = ["MESH_VARIABLE", "MeshClient", "connect"]

@@ -10,7 +10,7 @@ principal, through ``self.sessions`` (:class:`Sessions`)::
     async def notify(self, ctx: Context, user: str, text: str) -> int:
         return await self.sessions.send_to_principal(user, text.encode())
 
-The node's side of the gateway streams (``gateway/node_side.py``) holds the sessions; this
+The node's side of the gateway streams (``gateway/socket_hub.py``) holds the sessions; this
 module knows it only through two interfaces: :class:`SessionHolder`, what one session
 needs (send, wait for room, close), and :class:`SessionHub`, what :class:`Sessions` needs
 (the sessions pinned here, a push through the gateways).
@@ -28,7 +28,7 @@ __all__ = ["Session", "SessionHolder", "SessionHub", "Sessions"]
 
 class SessionHolder(Protocol):
     """What a :class:`Session` needs of the node side that holds it: the way back to its
-    browser (``gateway/node_side.py`` gives each session one)."""
+    browser (``gateway/socket_hub.py`` gives each session one)."""
 
     @property
     def closed(self) -> bool:
@@ -58,7 +58,7 @@ class SessionHolder(Protocol):
 
 class SessionHub(Protocol):
     """What :class:`Sessions` needs of the node's side of the gateway streams
-    (``gateway/node_side.py:SocketHub``): the sessions pinned to this node, and a push
+    (``gateway/socket_hub.py:SocketHub``): the sessions pinned to this node, and a push
     through the gateways connected to it."""
 
     @property

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from wiremesh.core.bucket import TokenBucket
 from wiremesh.gateway.connection import Connection
+from wiremesh.gateway.frame_stream import FrameStream
 from wiremesh.gateway.server import Gateway
-from wiremesh.gateway.stream import FrameStream
 from wiremesh.testing import gateway_settings
 
 __all__ = [

@@ -23,7 +23,7 @@ from wiremesh.core import envelope
 from wiremesh.errors import Unauthenticated
 from wiremesh.gateway.auth import mint_token
 from wiremesh.gateway.connection import Connection
-from wiremesh.gateway.stream import FrameStream
+from wiremesh.gateway.frame_stream import FrameStream
 from wiremesh.testing import gateway_settings
 
 FUZZ = settings.get_profile("wiremesh-fuzz")

@@ -1,4 +1,4 @@
-"""The gateway stream, both ends (gateway/stream.py, gateway/node_side.py, the gateway's
+"""The gateway stream, both ends (gateway/frame_stream.py, gateway/socket_hub.py, the gateway's
 ``_on_batch``; proto/wiremesh/gateway/v1/gateway.proto).
 
 A node reads the frames a gateway sends (OPEN, DATA, CLOSE, HELLO); a gateway reads the
@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from tests.fuzz.fuzzing import Pipe, a_gateway, a_session, json_values, mutated, protobuf_bytes
 from wiremesh import Service, Session, on_socket
-from wiremesh.gateway.node_side import SocketHub
-from wiremesh.gateway.stream import FrameStream
+from wiremesh.gateway.frame_stream import FrameStream
+from wiremesh.gateway.socket_hub import SocketHub
 from wiremesh.gateway.table import SessionTable
 from wiremesh.proto import gateway_pb2 as pb
 from wiremesh.service import ServiceSpec

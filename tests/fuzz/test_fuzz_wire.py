@@ -41,7 +41,7 @@ from wiremesh.service import ServiceSpec
 from wiremesh.testing import worker
 from wiremesh.transport.dispatch import methods_of
 from wiremesh.transport.link import Link
-from wiremesh.transport.links import NodeLinks
+from wiremesh.transport.peer_links import NodeLinks
 from wiremesh.transport.wire import error_body, error_from_body, error_from_rpc_error
 
 FUZZ = settings.get_profile("wiremesh-fuzz")

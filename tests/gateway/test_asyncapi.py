@@ -25,7 +25,7 @@ from wiremesh import Context, Service, Session, command, on_event, on_socket, su
 from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.gateway.asyncapi import AsyncApiSettings, asyncapi_document
 from wiremesh.gateway.http_rpc import HttpDoor
-from wiremesh.gateway.node_side import SOCKET_KEY
+from wiremesh.gateway.socket_hub import SOCKET_KEY
 from wiremesh.service import ServiceSpec
 
 VALIDATOR = Path(__file__).resolve().parent / "asyncapi_validator"

@@ -30,7 +30,7 @@ from tests.fixtures.meshes import (
 from tests.fixtures.redis_server import RedisServer, redis_available
 from wiremesh.client import connect
 from wiremesh.gateway.auth import mint_token
-from wiremesh.gateway.stream import GATEWAY_NODES, GATEWAY_URL_KEY
+from wiremesh.gateway.frame_stream import GATEWAY_NODES, GATEWAY_URL_KEY
 from wiremesh.observability.metrics import METRICS_KEY
 
 REACHABLE = "wiremesh_registry_reachable"

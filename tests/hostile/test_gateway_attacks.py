@@ -38,9 +38,9 @@ from wiremesh.core import control
 from wiremesh.core.socket_session import SessionRules
 from wiremesh.gateway import listener
 from wiremesh.gateway.listener import LOG_INTERVAL
-from wiremesh.gateway.process import GatewayLaunch
 from wiremesh.gateway.settings import HttpSettings, LimitSettings
 from wiremesh.runtime.config import MeshConfig
+from wiremesh.runtime.gateway_process import GatewayLaunch
 from wiremesh.testing import TestMesh, gateway_settings
 
 SECRET = "hostile-gateway-test-secret-of-32-bytes"
@@ -74,7 +74,7 @@ def give_back(*_):
 
 signal.signal(signal.SIGUSR1, take)
 signal.signal(signal.SIGUSR2, give_back)
-from wiremesh.gateway.process import main
+from wiremesh.runtime.gateway_process import main
 sys.exit(main(["-"]))
 """
 
@@ -125,7 +125,7 @@ def stop_gateway(process: subprocess.Popen[bytes]) -> None:
 async def gateway_process(
     mesh: TestMesh, folder: Path, *, descriptors: int, handshake_timeout: float = 10.0
 ) -> AsyncIterator[GatewayProcess]:
-    """``python -m wiremesh.gateway.process`` for ``mesh``'s registry, with at most
+    """``python -m wiremesh.runtime.gateway_process`` for ``mesh``'s registry, with at most
     ``descriptors`` file descriptors."""
     config = MeshConfig.model_validate(
         {

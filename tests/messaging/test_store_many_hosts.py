@@ -32,7 +32,7 @@ from wiremesh.messaging.outbox import PAGE, SWEEP_AGE, SWEEP_EVERY, Relay
 from wiremesh.messaging.store import MAX_OVERFLOW, POOL_SIZE, Store, outbox_table
 from wiremesh.runtime.config import config_from_text
 from wiremesh.runtime.node import Node, NodeMessaging
-from wiremesh.runtime.process import NodeLaunch
+from wiremesh.runtime.node_process import NodeLaunch
 from wiremesh.runtime.supervisor import NodeProcess, Supervisor
 
 SERVICE = "billing"

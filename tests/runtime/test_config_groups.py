@@ -16,7 +16,7 @@ from wiremesh.errors import ConfigError
 from wiremesh.registry.embedded import RegistryServer
 from wiremesh.runtime import config as config_module
 from wiremesh.runtime.config import config_from_text
-from wiremesh.runtime.process import NodeLaunch
+from wiremesh.runtime.node_process import NodeLaunch
 from wiremesh.runtime.supervisor import NodeProcess, Supervisor
 
 GROUPS = """\
@@ -76,7 +76,7 @@ def test_the_launch_of_a_node_carries_its_services_groups(tmp_path: Path) -> Non
 
 
 async def test_a_node_process_joins_the_groups_of_its_launch(tmp_path: Path) -> None:
-    """``python -m wiremesh.runtime.process`` registers with the groups it was given."""
+    """``python -m wiremesh.runtime.node_process`` registers with the groups it was given."""
     registry = RegistryServer(ttl=1.5)
     await registry.start()
     node = LoneNode("svc_echo:Echo", "echo", registry.address, tmp_path)

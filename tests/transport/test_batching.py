@@ -19,7 +19,7 @@ from wiremesh.core.batching import BatchLimits
 from wiremesh.core.defaults import MAX_MESSAGE_BYTES
 from wiremesh.core.ejection import Liveness
 from wiremesh.errors import PayloadTooLarge, Unavailable
-from wiremesh.gateway.stream import DATA, FrameStream
+from wiremesh.gateway.frame_stream import DATA, FrameStream
 from wiremesh.proto import gateway_pb2, link_pb2
 from wiremesh.transport.batching import BatchedStream
 from wiremesh.transport.link import CALL, REPLY, Link

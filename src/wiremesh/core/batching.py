@@ -2,7 +2,7 @@
 queue is full, when a writer lingers. No I/O; everything that decides lives here.
 
 Mesh links (:mod:`wiremesh.transport.link`) and gateway streams
-(:mod:`wiremesh.gateway.stream`) send many small frames in one gRPC message (a *batch*),
+(:mod:`wiremesh.gateway.frame_stream`) send many small frames in one gRPC message (a *batch*),
 because grpc.aio costs about the same per message whatever its size. The I/O shell,
 :class:`wiremesh.transport.batching.BatchedStream`, pushes each frame it is given into an
 :class:`Outbox` and writes what :meth:`Outbox.take` returns, one batch at a time.

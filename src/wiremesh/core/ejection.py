@@ -1,7 +1,7 @@
 """When a silent peer counts as unreachable, and how long a caller leaves it out.
 
 Everything that decides lives in this file; :mod:`wiremesh.transport.link` runs one
-timer per link and sends the frames, :mod:`wiremesh.transport.links` runs the probes
+timer per link and sends the frames, :mod:`wiremesh.transport.peer_links` runs the probes
 back, and the caller's balancer skips what :class:`Ejections` holds.
 
 Why: a partition between two hosts drops packets silently. TCP sees no reset, the peer

@@ -2,7 +2,7 @@
 order, at most ``limit`` waiting.
 
 Everything that decides when a session's next message is handled lives in this file;
-``gateway/node_side.py`` runs the handlers and does what the answers say. A message is
+``gateway/socket_hub.py`` runs the handlers and does what the answers say. A message is
 whatever the caller handles (the node side passes its frames), anything but ``None``:
 the inbox never looks inside one.
 

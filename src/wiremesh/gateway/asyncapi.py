@@ -53,7 +53,7 @@ from pydantic.json_schema import JsonSchemaMode
 from wiremesh.core.model import MeshSnapshot
 from wiremesh.core.shape import SignatureShapes
 from wiremesh.gateway import asyncapi_transports as transports
-from wiremesh.gateway.node_side import SOCKET_KEY
+from wiremesh.gateway.socket_hub import SOCKET_KEY
 from wiremesh.messaging.base import Binding
 from wiremesh.service import ServiceSpec
 

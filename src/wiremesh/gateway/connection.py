@@ -45,10 +45,10 @@ from wiremesh.core.socket_session import (
 )
 from wiremesh.errors import PermissionDenied, Unauthenticated
 from wiremesh.gateway.auth import TokenVerifier, check_access
+from wiremesh.gateway.frame_stream import DATA, Frame, FrameStream
 from wiremesh.gateway.meter import GatewayMeter
 from wiremesh.gateway.settings import SocketServiceSettings
 from wiremesh.gateway.socket_protocol import SocketProtocol
-from wiremesh.gateway.stream import DATA, Frame, FrameStream
 from wiremesh.observability import tracing
 from wiremesh.transport.eager import Resume
 

@@ -66,8 +66,8 @@ from wiremesh.gateway.admission import Admission, BadHeader
 from wiremesh.gateway.asyncapi import AsyncApiSettings, asyncapi_document, asyncapi_servers
 from wiremesh.gateway.auth import TokenVerifier
 from wiremesh.gateway.docs_page import docs_page
+from wiremesh.gateway.frame_stream import GATEWAY_NODES
 from wiremesh.gateway.http_auth import BearerCheck
-from wiremesh.gateway.node_side import SOCKET_KEY
 from wiremesh.gateway.openapi import DocumentSettings, openapi_document
 from wiremesh.gateway.problem import (
     GATEWAY_FAILED,
@@ -79,12 +79,12 @@ from wiremesh.gateway.problem import (
     unsupported_media_type,
 )
 from wiremesh.gateway.settings import GatewaySettings
-from wiremesh.gateway.stream import GATEWAY_NODES
+from wiremesh.gateway.socket_hub import SOCKET_KEY
 from wiremesh.observability import tracing
 from wiremesh.registry.view import MeshView
 from wiremesh.service import ServiceSpec
 from wiremesh.transport.client import Caller, channel_options
-from wiremesh.transport.links import Links
+from wiremesh.transport.peer_links import Links
 
 __all__ = ["Authorize", "HttpDoor", "gateway_door"]
 

@@ -1,7 +1,7 @@
 """The gateway: one process holding browsers' WebSockets and forwarding them to nodes.
 
 :class:`Gateway` assembles the parts and owns what they share: it watches the registry,
-keeps a stream to every node (:class:`~wiremesh.gateway.streams.NodeStreams`), builds the
+keeps a stream to every node (:class:`~wiremesh.gateway.node_streams.NodeStreams`), builds the
 WebSocket door (:class:`~wiremesh.gateway.websocket.SocketDoor`, whose
 :class:`~wiremesh.gateway.websocket.SocketHost` it is) and the HTTP door
 (:class:`~wiremesh.gateway.http_rpc.HttpDoor`), hands both to the ASGI application
@@ -42,14 +42,14 @@ from wiremesh.gateway.app import GatewayApp
 from wiremesh.gateway.auth import TokenVerifier, dev_secret
 from wiremesh.gateway.codes import GOING_AWAY, INTERNAL_ERROR, SERVICE_RESTART, sendable
 from wiremesh.gateway.connection import Connection
+from wiremesh.gateway.frame_stream import CLOSE, DATA, GATEWAY_NODES, PUSH, FrameStream
 from wiremesh.gateway.http_protocol import Handshakes, protocol_classes
 from wiremesh.gateway.http_rpc import gateway_door
 from wiremesh.gateway.listener import Listener
 from wiremesh.gateway.meter import GatewayMeter
-from wiremesh.gateway.node_side import SOCKET_KEY
+from wiremesh.gateway.node_streams import NodeStreams
 from wiremesh.gateway.settings import GatewaySettings, SocketServiceSettings, is_loopback
-from wiremesh.gateway.stream import CLOSE, DATA, GATEWAY_NODES, PUSH, FrameStream
-from wiremesh.gateway.streams import NodeStreams
+from wiremesh.gateway.socket_hub import SOCKET_KEY
 from wiremesh.gateway.table import SessionTable
 from wiremesh.gateway.websocket import Refusal, SocketDoor
 from wiremesh.observability.dashboard import MeshState

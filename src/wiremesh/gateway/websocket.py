@@ -37,7 +37,7 @@ from wiremesh.gateway.auth import (
 )
 from wiremesh.gateway.codes import CloseCode
 from wiremesh.gateway.connection import Connection, ConnectionHost
-from wiremesh.gateway.node_side import SOCKET_KEY
+from wiremesh.gateway.frame_stream import CLOSE, OPEN, Frame, FrameStream
 from wiremesh.gateway.problem import (
     Problem,
     method_not_allowed,
@@ -46,8 +46,8 @@ from wiremesh.gateway.problem import (
     upgrade_required,
 )
 from wiremesh.gateway.settings import GatewaySettings
+from wiremesh.gateway.socket_hub import SOCKET_KEY
 from wiremesh.gateway.socket_protocol import EXTENSION
-from wiremesh.gateway.stream import CLOSE, OPEN, Frame, FrameStream
 from wiremesh.gateway.table import SessionTable
 
 __all__ = [

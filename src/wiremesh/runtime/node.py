@@ -31,20 +31,16 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from wiremesh.core import defaults
-from wiremesh.core.balancing import BalancerName
-from wiremesh.core.delivery import DeliveryPolicy
 from wiremesh.core.drain import DONE, DRAIN_KEY, DRAINS_WITH_KEY, WORKING, Drain, began_at
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.core.names import check_group
 from wiremesh.errors import ConfigError
-from wiremesh.gateway.node_side import SOCKET_KEY, SocketHub, gateway_method_handler
+from wiremesh.gateway.socket_hub import SOCKET_KEY, SocketHub, gateway_method_handler
 from wiremesh.messaging.base import Broker
 from wiremesh.messaging.consumer import Consumers
 from wiremesh.messaging.outbound import Outbound, attach, detach
@@ -62,14 +58,14 @@ from wiremesh.registry.backends import open_registry
 from wiremesh.registry.base import Lease
 from wiremesh.registry.view import MeshView
 from wiremesh.runtime.advertise import WILDCARDS, advertised_host, with_host
+from wiremesh.runtime.node_settings import NodeMembership, NodeMessaging, NodeNetwork, NodeTransport
 from wiremesh.runtime.private import private_folder
 from wiremesh.service import Service, ServiceSpec
 from wiremesh.transport.client import Caller, channel_options
 from wiremesh.transport.entrypoint import Entrypoint, stop
-from wiremesh.transport.links import MAX_MESSAGE_KEY, Links, NodeLinks
-from wiremesh.transport.publish import DEFAULT_QUEUE, Subscriptions, publisher_of
+from wiremesh.transport.peer_links import MAX_MESSAGE_KEY, Links, NodeLinks
+from wiremesh.transport.publish import Subscriptions, publisher_of
 from wiremesh.transport.server import NodeServer
-from wiremesh.transport.tls import TlsFiles
 from wiremesh.transport.wire import WORK_AGE_KEY
 
 __all__ = [
@@ -123,93 +119,6 @@ class StoreWithoutUrl(Store):
         )
         log.error("%s", problem)
         raise ConfigError(problem)
-
-
-@dataclass(frozen=True, slots=True)
-class NodeNetwork:
-    """Where a node listens, how the rest of the mesh reaches it, and with what
-    credentials (``[mesh] host``, ``advertise``; ``[tls]``; ``[observability]``)."""
-
-    #: the address the node's gRPC server binds to
-    host: str = defaults.HOST
-    #: its port; 0: a free one
-    port: int = 0
-    #: the host other nodes reach this one at; None: :mod:`wiremesh.runtime.advertise`
-    #: decides (``host``, or for a wildcard the address that reaches the registry)
-    advertise: str | None = None
-    #: mutual TLS with the other nodes and the registry; None: plain
-    tls: TlsFiles | None = None
-    #: the port of the node's Prometheus ``/metrics`` (0: a free one; None: not served)
-    metrics_port: int | None = 0
-    #: the host ``/metrics`` listens on; None: :attr:`host`
-    metrics_host: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NodeMembership:
-    """How a node joins the mesh, what its registry record says, and how it leaves
-    (``[mesh] name``, ``drain_grace``; ``[registry]``; ``[services.<name>] groups``)."""
-
-    #: the name of the mesh the node joins
-    mesh: str = defaults.MESH_NAME
-    #: the mesh's join secret, sent to the embedded registry with the lease (None: none)
-    join_secret: str | None = None
-    #: seconds between two heartbeats of the node's lease
-    heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
-    #: seconds the node stays registered without a heartbeat
-    ttl: float = defaults.TTL
-    #: the named groups the node belongs to from its start (multicast targets a group)
-    groups: tuple[str, ...] = ()
-    #: more metadata for the node's record
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    #: seconds the work in flight gets to finish when the node stops
-    drain_grace: float = defaults.DRAIN_GRACE
-    #: the supervisor this node drains with (``host/pid``; see :meth:`Node.finish_work`)
-    drains_with: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NodeTransport:
-    """Calls, multicasts and publishes: the gRPC side of a node (``[mesh]``
-    ``default_timeout``, ``max_message_bytes``, ``balancer``)."""
-
-    #: seconds, the deadline of a call that sets none (and of a publish's handlers)
-    default_timeout: float = defaults.CALL_TIMEOUT
-    #: the largest gRPC message the node sends or accepts
-    max_message_bytes: int = defaults.MAX_MESSAGE_BYTES
-    #: how the node's calls spread over the nodes of a service
-    balancer: BalancerName = defaults.BALANCER
-    #: the balancer of a service, for the services that use another one
-    balancers: Mapping[str, BalancerName] = field(default_factory=dict)
-    #: calls travel over mesh links (one long-lived stream per pair of nodes); False:
-    #: one unary gRPC call each (and no publish)
-    links: bool = True
-    #: the published messages waiting for the ``@subscribe`` handlers, per link, before
-    #: more are dropped (and counted)
-    publish_queue: int = DEFAULT_QUEUE
-
-
-@dataclass(frozen=True, slots=True)
-class NodeMessaging:
-    """Durable messaging (``[broker]``) and the service's store
-    (``[services.<name>] store``, ``pool_size``, ``max_overflow``)."""
-
-    #: the service's database url; None: a SQLite file in the node's data folder
-    store_url: str | None = None
-    #: the store's connection pool (PostgreSQL); None: the store's defaults
-    pool_size: int | None = None
-    max_overflow: int | None = None
-    #: the retries of a failing message handler, and when a message is a dead letter
-    delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
-    #: the most unacknowledged messages per handler
-    prefetch: int = defaults.PREFETCH
-    #: seconds a message handler may run before it counts as failed
-    handler_timeout: float = defaults.HANDLER_TIMEOUT
-    #: seconds emit and send wait for the broker's acceptance; None: the node's
-    #: :attr:`NodeTransport.default_timeout`
-    publish_timeout: float | None = None
-    #: seconds a handled message's id stays in the inbox (0: for ever)
-    inbox_keep: float = defaults.INBOX_KEEP
 
 
 class Node:

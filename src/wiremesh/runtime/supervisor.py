@@ -19,8 +19,8 @@ watches the services' source (:mod:`wiremesh.runtime.reload`) and replaces the n
 a changed service one at a time (:meth:`Supervisor.replace`): a new node, once it serves,
 takes the place of an old one, which drains as at a shutdown.
 
-A child gets its launch description (:class:`~wiremesh.runtime.process.NodeLaunch`,
-:class:`~wiremesh.gateway.process.GatewayLaunch`) on its standard input, never in its
+A child gets its launch description (:class:`~wiremesh.runtime.node_process.NodeLaunch`,
+:class:`~wiremesh.runtime.gateway_process.GatewayLaunch`) on its standard input, never in its
 arguments: it holds the registry's, the broker's and the stores' URLs with their
 passwords, the gateway's secret and the mesh's join secret, and any local user can read a
 process's arguments.
@@ -53,19 +53,19 @@ from wiremesh.core.names import redact_url
 from wiremesh.core.retry import Backoff
 from wiremesh.errors import ConfigError, Unavailable
 from wiremesh.gateway.auth import dev_secret, mint_token
-from wiremesh.gateway.process import GatewayLaunch
+from wiremesh.gateway.frame_stream import GATEWAY_NODES, GATEWAY_URL_KEY
 from wiremesh.gateway.server import new_gateway_id
 from wiremesh.gateway.settings import is_loopback
-from wiremesh.gateway.stream import GATEWAY_NODES, GATEWAY_URL_KEY
 from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.registry.backends import open_registry
 from wiremesh.registry.embedded import RegistryServer, new_join_secret
 from wiremesh.registry.view import MeshView
+from wiremesh.runtime.gateway_process import GatewayLaunch
 from wiremesh.runtime.meshfile import MESH_FILE, MeshFile
 from wiremesh.runtime.node import new_node_id
+from wiremesh.runtime.node_process import DRAIN_ALONE, EXIT_CONFIG, NodeLaunch
 from wiremesh.runtime.placement import Placement, place
 from wiremesh.runtime.private import private_folder
-from wiremesh.runtime.process import DRAIN_ALONE, EXIT_CONFIG, NodeLaunch
 from wiremesh.runtime.reload import Reloader, require_watchfiles
 from wiremesh.runtime.settings import MeshConfig
 from wiremesh.runtime.targets import load_service_class
@@ -606,10 +606,10 @@ class Supervisor:
                 supervisor_pid=os.getpid(),
                 join_secret=self.join_secret,
             )
-            command = [sys.executable, "-m", "wiremesh.gateway.process", "-"]
+            command = [sys.executable, "-m", "wiremesh.runtime.gateway_process", "-"]
             return command, {**os.environ}, launch.to_json()
         env = {**os.environ, **self.config.services[slot.service].env}
-        command = [sys.executable, "-m", "wiremesh.runtime.process", "-"]
+        command = [sys.executable, "-m", "wiremesh.runtime.node_process", "-"]
         return command, env, self.launch_of(slot).to_json()
 
     def launch_of(self, slot: NodeProcess) -> NodeLaunch:

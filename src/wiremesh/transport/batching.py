@@ -1,7 +1,7 @@
 """One long-lived gRPC stream carrying batches of frames both ways: the I/O shell.
 
 Mesh links (:class:`wiremesh.transport.link.Link`) and gateway streams
-(:class:`wiremesh.gateway.stream.FrameStream`) are both a :class:`BatchedStream`. The
+(:class:`wiremesh.gateway.frame_stream.FrameStream`) are both a :class:`BatchedStream`. The
 rules (what a batch holds, when the queue is full, when to linger) are those of
 :mod:`wiremesh.core.batching`; this module runs them over a stream that offers
 ``read()`` and ``write(message)``: a grpc.aio ``StreamStreamCall`` at the end that opened

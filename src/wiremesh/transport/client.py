@@ -54,8 +54,8 @@ from wiremesh.proto.link_pb2 import Frame as CallFrame
 from wiremesh.registry.view import MeshView
 from wiremesh.transport.grpc_core import KEEPALIVE, OWN_SUBCHANNELS
 from wiremesh.transport.link import CALL, ERROR, error_of
-from wiremesh.transport.links import Links
 from wiremesh.transport.multicast import multicast
+from wiremesh.transport.peer_links import Links
 from wiremesh.transport.wire import (
     CALLER_KEY,
     CODEC_KEY,

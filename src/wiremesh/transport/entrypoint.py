@@ -4,7 +4,7 @@ stops each kind of entrypoint.
 An entrypoint is what brings work into a node: a call (:mod:`.dispatch`, for the unary
 gRPC path of :mod:`.server` and for mesh links), a publish (:class:`.publish.Subscriptions`),
 a durable message (:mod:`wiremesh.messaging.consumer`), a browser frame
-(:mod:`wiremesh.gateway.node_side`). Each runs its handler inside the same steps, those of
+(:mod:`wiremesh.gateway.socket_hub`). Each runs its handler inside the same steps, those of
 the :class:`Pipeline` it makes once per handler:
 
 1. build the handler's :class:`~wiremesh.Context` (:meth:`Pipeline.context`);

@@ -53,7 +53,7 @@ from wiremesh.observability.metrics import MeshMetrics
 from wiremesh.proto.link_pb2 import Frame as CallFrame
 from wiremesh.registry.view import MeshView
 from wiremesh.transport.link import CALL, ERROR, Link, error_of
-from wiremesh.transport.links import Links
+from wiremesh.transport.peer_links import Links
 from wiremesh.transport.wire import custom_metadata, error_from_rpc_error, raised_by_handler
 
 __all__ = ["MulticastCaller", "multicast"]

@@ -49,7 +49,7 @@ from wiremesh.transport.link import PUBLISH, Link
 if TYPE_CHECKING:
     from wiremesh.registry.view import MeshView
     from wiremesh.service import Service, ServiceSpec
-    from wiremesh.transport.links import Links
+    from wiremesh.transport.peer_links import Links
 
 __all__ = [
     "DEFAULT_QUEUE",

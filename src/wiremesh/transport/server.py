@@ -44,7 +44,7 @@ from wiremesh.service import Service, ServiceSpec
 from wiremesh.transport.dispatch import Method, methods_of
 from wiremesh.transport.grpc_core import KEEPALIVE
 from wiremesh.transport.link import LINK_SERVICE
-from wiremesh.transport.links import Links, link_method_handler
+from wiremesh.transport.peer_links import Links, link_method_handler
 from wiremesh.transport.wire import (
     CALLER_KEY,
     CODEC_KEY,

@@ -1,4 +1,4 @@
-"""The gateway process: ``python -m wiremesh.gateway.process -``.
+"""The gateway process: ``python -m wiremesh.runtime.gateway_process -``.
 
 ``wiremesh run`` starts one and writes a :class:`GatewayLaunch` (the mesh configuration,
 the registry address, the gateway id) as JSON to its standard input, never to its
@@ -34,9 +34,9 @@ from typing import Any
 from wiremesh.core.drain import DRAINS_WITH_KEY, drains_with
 from wiremesh.core.model import NodeInfo, NodeState
 from wiremesh.errors import ConfigError, WiremeshError
+from wiremesh.gateway.frame_stream import GATEWAY_NODES, GATEWAY_URL_KEY
 from wiremesh.gateway.openapi import service_specs
 from wiremesh.gateway.server import Gateway
-from wiremesh.gateway.stream import GATEWAY_NODES, GATEWAY_URL_KEY
 from wiremesh.observability import tracing
 from wiremesh.observability.logs import configure_logging
 from wiremesh.runtime import heap
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("grpc").setLevel(logging.ERROR)
     if len(args) != 1:
         print(
-            "usage: python -m wiremesh.gateway.process - (the launch JSON on stdin)",
+            "usage: python -m wiremesh.runtime.gateway_process - (the launch JSON on stdin)",
             file=sys.stderr,
         )
         return 2

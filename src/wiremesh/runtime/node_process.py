@@ -1,9 +1,9 @@
-"""The entry point of a node process: ``python -m wiremesh.runtime.process -``.
+"""The entry point of a node process: ``python -m wiremesh.runtime.node_process -``.
 
 The supervisor starts one such process per node and writes a :class:`NodeLaunch`, as
 JSON, to its standard input (then closes it): the launch holds URLs with passwords,
 which a process's arguments would show to every local user. ``python -m
-wiremesh.runtime.process '<json>'`` (the launch as the argument) works too, for a node
+wiremesh.runtime.node_process '<json>'`` (the launch as the argument) works too, for a node
 started by hand with nothing secret in it. The
 process imports the service, serves until SIGTERM or SIGINT (or SIGUSR1: see
 :data:`DRAIN_ALONE`), drains within
@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     if len(args) != 1:
         print(
-            "usage: python -m wiremesh.runtime.process - (the launch JSON on stdin)\n"
-            "       python -m wiremesh.runtime.process '<launch json>'",
+            "usage: python -m wiremesh.runtime.node_process - (the launch JSON on stdin)\n"
+            "       python -m wiremesh.runtime.node_process '<launch json>'",
             file=sys.stderr,
         )
         return 2

@@ -1,4 +1,4 @@
-"""The node's side of a gateway stream (gateway/node_side.py) over an in-memory stream:
+"""The node's side of a gateway stream (gateway/socket_hub.py) over an in-memory stream:
 a session's turns as its handlers and its gateway see them (the rules themselves are
 tests/core/test_session_inbox.py's)."""
 
@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from wiremesh import Service, Session, on_socket
-from wiremesh.gateway.node_side import SocketHub
+from wiremesh.gateway.socket_hub import SocketHub
 from wiremesh.proto import gateway_pb2 as pb
 from wiremesh.service import ServiceSpec
 

@@ -19,9 +19,9 @@ import grpc
 
 from wiremesh.core.defaults import MAX_MESSAGE_BYTES
 from wiremesh.core.model import MeshSnapshot, NodeInfo
-from wiremesh.gateway.stream import CONNECT, GATEWAY_NODES, FrameStream
+from wiremesh.gateway.frame_stream import CONNECT, GATEWAY_NODES, FrameStream
 from wiremesh.proto import gateway_pb2 as pb
-from wiremesh.transport.links import MAX_MESSAGE_KEY
+from wiremesh.transport.peer_links import MAX_MESSAGE_KEY
 
 __all__ = ["NodeStreams"]
 

@@ -43,7 +43,7 @@ from wiremesh.gateway.codes import (
     SLOW_CONSUMER,
     CloseCode,
 )
-from wiremesh.gateway.stream import (
+from wiremesh.gateway.frame_stream import (
     CLOSE,
     DATA,
     GATEWAY_SERVICE,

@@ -1,4 +1,4 @@
-"""Node processes (``python -m wiremesh.runtime.process``): start, serve, drain, die."""
+"""Node processes (``python -m wiremesh.runtime.node_process``): start, serve, drain, die."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from wiremesh.client import MeshClient, connect
 from wiremesh.errors import Unavailable, WiremeshError
 from wiremesh.registry.embedded import RegistryServer
 from wiremesh.runtime.heap import YOUNG_THRESHOLD
-from wiremesh.runtime.process import EXIT_CONFIG, NodeLaunch
+from wiremesh.runtime.node_process import EXIT_CONFIG, NodeLaunch
 
 ECHO = "svc_echo:Echo"
 
@@ -105,7 +105,7 @@ async def test_a_node_settles_its_heap_once_it_serves(
 
 def run_node(launch: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-m", "wiremesh.runtime.process", launch],
+        [PYTHON, "-m", "wiremesh.runtime.node_process", launch],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -139,7 +139,7 @@ def test_a_node_reads_its_launch_from_stdin_when_its_argument_is_a_dash(
     """How the supervisor starts nodes: the launch holds passwords, and a process's
     arguments are readable by every local user."""
     done = subprocess.run(
-        [PYTHON, "-m", "wiremesh.runtime.process", "-"],
+        [PYTHON, "-m", "wiremesh.runtime.node_process", "-"],
         input=launch_json(tmp_path, target="svc_echo:Missing"),
         capture_output=True,
         text=True,
@@ -149,7 +149,7 @@ def test_a_node_reads_its_launch_from_stdin_when_its_argument_is_a_dash(
     assert done.returncode == EXIT_CONFIG, done.stderr
     assert "has no 'Missing'" in done.stderr  # the launch was read: its target was tried
     bad = subprocess.run(
-        [PYTHON, "-m", "wiremesh.runtime.process", "-"],
+        [PYTHON, "-m", "wiremesh.runtime.node_process", "-"],
         input="{not json",
         capture_output=True,
         text=True,
@@ -185,7 +185,7 @@ _PARENT = textwrap.dedent(
     """
     import os, subprocess, sys, time
     child = subprocess.Popen(
-        [sys.executable, "-m", "wiremesh.runtime.process", sys.argv[1] % os.getpid()],
+        [sys.executable, "-m", "wiremesh.runtime.node_process", sys.argv[1] % os.getpid()],
         start_new_session=True,
     )
     print(child.pid, flush=True)
