@@ -85,8 +85,9 @@ def grpc_cell(code: grpc.StatusCode) -> str:
 def status_row(status: Status, meaning: str) -> str:
     info = STATUS_TABLE[status]
     classes = ", ".join(f"`{cls.__name__}`" for cls in classes_with(status))
+    code = grpc_cell(grpc.StatusCode[info.grpc_name])
     return (
-        f"| `{status.value}` | {classes} | {grpc_cell(info.grpc_code)} | {info.http_status} "
+        f"| `{status.value}` | {classes} | {code} | {info.http_status} "
         f"| {info.ws_close_code} | {meaning} |"
     )
 

@@ -32,8 +32,6 @@ import enum
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import grpc
-
 __all__ = [
     "STATUS_TABLE",
     "BrokerUnavailable",
@@ -77,7 +75,9 @@ class Status(enum.Enum):
 
 @dataclass(frozen=True)
 class StatusInfo:
-    grpc_code: grpc.StatusCode
+    #: the name of its gRPC status code (``StatusCode[grpc_name]`` of grpcio): this module
+    #: imports no gRPC, ``transport/wire.py`` maps it to the code at the transport's edge
+    grpc_name: str
     http_status: int
     ws_close_code: int
 
@@ -86,17 +86,17 @@ class StatusInfo:
 #: the gateway's own refusals after a WebSocket opened are 4001, 4003 and 4029 (see
 #: :mod:`wiremesh.gateway.codes`), the other private codes 4000 + the HTTP status.
 STATUS_TABLE: dict[Status, StatusInfo] = {
-    Status.INVALID_PAYLOAD: StatusInfo(grpc.StatusCode.INVALID_ARGUMENT, 422, 4422),
-    Status.NOT_FOUND: StatusInfo(grpc.StatusCode.NOT_FOUND, 404, 4404),
-    Status.DEADLINE_EXCEEDED: StatusInfo(grpc.StatusCode.DEADLINE_EXCEEDED, 504, 4504),
-    Status.CANCELLED: StatusInfo(grpc.StatusCode.CANCELLED, 499, 4499),
-    Status.UNAVAILABLE: StatusInfo(grpc.StatusCode.UNAVAILABLE, 503, 1013),
-    Status.PAYLOAD_TOO_LARGE: StatusInfo(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, 1009),
-    Status.RATE_LIMITED: StatusInfo(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, 4029),
-    Status.UNAUTHENTICATED: StatusInfo(grpc.StatusCode.UNAUTHENTICATED, 401, 4001),
-    Status.PERMISSION_DENIED: StatusInfo(grpc.StatusCode.PERMISSION_DENIED, 403, 4003),
-    Status.FAILED_PRECONDITION: StatusInfo(grpc.StatusCode.FAILED_PRECONDITION, 409, 4409),
-    Status.INTERNAL: StatusInfo(grpc.StatusCode.INTERNAL, 500, 1011),
+    Status.INVALID_PAYLOAD: StatusInfo("INVALID_ARGUMENT", 422, 4422),
+    Status.NOT_FOUND: StatusInfo("NOT_FOUND", 404, 4404),
+    Status.DEADLINE_EXCEEDED: StatusInfo("DEADLINE_EXCEEDED", 504, 4504),
+    Status.CANCELLED: StatusInfo("CANCELLED", 499, 4499),
+    Status.UNAVAILABLE: StatusInfo("UNAVAILABLE", 503, 1013),
+    Status.PAYLOAD_TOO_LARGE: StatusInfo("RESOURCE_EXHAUSTED", 413, 1009),
+    Status.RATE_LIMITED: StatusInfo("RESOURCE_EXHAUSTED", 429, 4029),
+    Status.UNAUTHENTICATED: StatusInfo("UNAUTHENTICATED", 401, 4001),
+    Status.PERMISSION_DENIED: StatusInfo("PERMISSION_DENIED", 403, 4003),
+    Status.FAILED_PRECONDITION: StatusInfo("FAILED_PRECONDITION", 409, 4409),
+    Status.INTERNAL: StatusInfo("INTERNAL", 500, 1011),
 }
 
 
@@ -268,17 +268,17 @@ _BUILTIN: dict[str, type[WiremeshError]] = {
     for qualified_name_ in (f"wiremesh.errors.{cls.__name__}", f"wiremesh.{cls.__name__}")
 }
 
-_BY_GRPC_CODE: dict[grpc.StatusCode, Status] = {
-    grpc.StatusCode.INVALID_ARGUMENT: Status.INVALID_PAYLOAD,
-    grpc.StatusCode.NOT_FOUND: Status.NOT_FOUND,
-    grpc.StatusCode.UNIMPLEMENTED: Status.NOT_FOUND,
-    grpc.StatusCode.DEADLINE_EXCEEDED: Status.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED: Status.CANCELLED,
-    grpc.StatusCode.UNAVAILABLE: Status.UNAVAILABLE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: Status.PAYLOAD_TOO_LARGE,
-    grpc.StatusCode.UNAUTHENTICATED: Status.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED: Status.PERMISSION_DENIED,
-    grpc.StatusCode.FAILED_PRECONDITION: Status.FAILED_PRECONDITION,
+_BY_GRPC_NAME: dict[str, Status] = {
+    "INVALID_ARGUMENT": Status.INVALID_PAYLOAD,
+    "NOT_FOUND": Status.NOT_FOUND,
+    "UNIMPLEMENTED": Status.NOT_FOUND,
+    "DEADLINE_EXCEEDED": Status.DEADLINE_EXCEEDED,
+    "CANCELLED": Status.CANCELLED,
+    "UNAVAILABLE": Status.UNAVAILABLE,
+    "RESOURCE_EXHAUSTED": Status.PAYLOAD_TOO_LARGE,
+    "UNAUTHENTICATED": Status.UNAUTHENTICATED,
+    "PERMISSION_DENIED": Status.PERMISSION_DENIED,
+    "FAILED_PRECONDITION": Status.FAILED_PRECONDITION,
 }
 
 
@@ -286,9 +286,10 @@ def qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def status_for_grpc_code(code: grpc.StatusCode) -> Status:
-    """The wiremesh status a plain gRPC status code stands for (INTERNAL when unknown)."""
-    return _BY_GRPC_CODE.get(code, Status.INTERNAL)
+def status_for_grpc_name(name: str) -> Status:
+    """The wiremesh status a plain gRPC status code, by its name (``"NOT_FOUND"``), stands
+    for (INTERNAL when unknown)."""
+    return _BY_GRPC_NAME.get(name, Status.INTERNAL)
 
 
 def error_class_for(type_name: str | None, status: Status) -> type[WiremeshError]:

@@ -51,3 +51,19 @@ def test_a_core_module_imports_nothing_that_does_io(path: Path) -> None:
 def test_the_check_sees_an_import_inside_a_function() -> None:
     tree = ast.parse("def f():\n    import time\n    from asyncio import sleep\n")
     assert imported(tree) >= {"time", "asyncio"}
+
+
+def test_importing_every_core_module_loads_no_grpc_prometheus_or_asyncio() -> None:
+    """What ``core/`` imports, ``wiremesh.errors`` included, brings none of them along."""
+    import subprocess
+    import sys
+
+    modules = ", ".join(f"wiremesh.core.{path.stem}" for path in sorted(CORE.glob("[!_]*.py")))
+    script = (
+        f"import sys, {modules}\n"
+        "print(sorted(m for m in ('grpc', 'prometheus_client', 'asyncio') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"

@@ -23,7 +23,7 @@ from wiremesh.errors import (
     WiremeshError,
     qualified_name,
     rebuild,
-    status_for_grpc_code,
+    status_for_grpc_name,
 )
 
 __all__ = [
@@ -188,8 +188,14 @@ def _parse_error_body(text: str, node: str | None) -> WiremeshError | None:
     )
 
 
+#: the gRPC status code of each wiremesh status (errors.py names them; gRPC lives here)
+_GRPC_CODES: dict[Status, grpc.StatusCode] = {
+    status: grpc.StatusCode[info.grpc_name] for status, info in STATUS_TABLE.items()
+}
+
+
 def grpc_code(exc: WiremeshError) -> grpc.StatusCode:
-    return STATUS_TABLE[exc.status].grpc_code
+    return _GRPC_CODES[exc.status]
 
 
 def raised_by_handler(error: grpc.aio.AioRpcError) -> bool:
@@ -223,4 +229,4 @@ def error_from_rpc_error(error: grpc.aio.AioRpcError, *, node: str | None) -> Wi
         return Unavailable(details, node=node)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return PayloadTooLarge(details, node=node)
-    return rebuild(None, status_for_grpc_code(code), details, node=node)
+    return rebuild(None, status_for_grpc_name(code.name), details, node=node)
