@@ -163,6 +163,19 @@ async def test_no_parameter_method_takes_an_empty_body_and_sees_custom_metadata(
     assert 0 < seen["remaining"] <= 5 + 0.05
 
 
+async def test_a_compressed_call_shows_no_transport_header_in_the_metadata(
+    shop: Running,
+) -> None:
+    reply = await shop.method("whoami")(
+        b"",
+        # what other gRPC libraries (grpc-js, grpc-go) send beside the payload's compression
+        metadata=(("x-tenant", "acme"), ("accept-encoding", "identity,gzip")),
+        compression=grpc.Compression.Gzip,
+        timeout=5,
+    )
+    assert msgpack.unpackb(reply)["metadata"] == {"x-tenant": "acme"}
+
+
 async def test_domain_error_arrives_in_the_wm_error_trailer(shop: Running) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await shop.method("reserve")(msgpack.packb({"sku": "sold-out", "qty": 1}), timeout=5)

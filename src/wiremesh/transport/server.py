@@ -173,7 +173,7 @@ class NodeServer:
             work_age: str | None = None
             extra: dict[str, str | bytes] | None = None
             for key, value in metadata:
-                if key in RESERVED_KEYS:  # user-agent, on every call
+                if key in RESERVED_KEYS:  # user-agent on every call, accept-encoding from some
                     continue
                 if key == CODEC_KEY:
                     codec = str(value)

@@ -51,7 +51,11 @@ ERROR_KEY = "wm-error"
 WORK_AGE_KEY = "wm-work-age"
 
 RESERVED_PREFIXES = ("wm-", "grpc-", ":")
-RESERVED_KEYS = frozenset({"user-agent", "te", "content-type", "authority"})
+#: HTTP/2 and gRPC transport headers: never part of a call's metadata (``accept-encoding``
+#: comes from other gRPC libraries, grpc-js and grpc-go, beside their own compression)
+RESERVED_KEYS = frozenset(
+    {"user-agent", "te", "content-type", "authority", "accept-encoding", "content-encoding"}
+)
 
 #: Bytes an error's text may take once encoded, in ``grpc-message`` and again in
 #: ``wm-error``. gRPC refuses response metadata past its size limits (already a single
