@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-dev
 #: wiremesh alone, what the demo needs (a .venv made for the tests has it too)
 DEMO_STAMP := $(VENV)/.installed
 
-.PHONY: install install-demo browser netns node demo test lint typecheck pytest bench proto clean
+.PHONY: install install-demo browser netns node demo test lint typecheck pytest bench docs proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,12 +69,16 @@ pytest: install browser netns node  ## the test suite
 
 test: lint typecheck pytest  ## everything CI runs
 
-bench: install  ## every benchmark; writes docs/benchmarks.md
+bench: install  ## every benchmark; writes docs/benchmarks.md and its charts (docs/benchmarks/)
 	$(BIN)/python benchmarks/run_all.py
+
+# NO_MKDOCS_2_WARNING: Material's notice about MkDocs 2, printed on every build
+docs: install  ## the docs site from docs/ and the docstrings, into site/ (read it with: python -m http.server -d site)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 proto: install  ## regenerate src/wiremesh/proto from proto/
 	$(BIN)/python tools/gen_proto.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache examples/*/.wiremesh
+	rm -rf $(VENV) build dist site src/*.egg-info .mypy_cache .ruff_cache examples/*/.wiremesh
 	rm -rf $(VALIDATOR)/node_modules
