@@ -199,6 +199,22 @@ async def test_closing_releases_whoever_waits_for_room_and_runs_the_close_callba
     assert late == [stream]
 
 
+async def test_a_graceful_end_waits_until_what_was_queued_is_written() -> None:
+    fake = FakeStream(window=1)  # the peer takes one message, then reads nothing for now
+    stream, _ = gateway_stream(fake)
+    runner = asyncio.create_task(stream.run())
+    for session in (1, 2, 3):
+        stream.send(gateway_pb2.Frame(kind=DATA, session=session), alone=False)
+        await settled()  # each its own message: the second and third wait for the peer
+    assert not await stream.written(0.05)  # the peer does not read: not written in time
+    fake.start_reading()
+    assert await stream.written(WAIT)
+    assert [frame.session for frame in fake.frames() if frame.kind == DATA] == [1, 2, 3]
+    stream.close()
+    await asyncio.wait_for(runner, WAIT)
+    assert await stream.written(0.0)  # nothing waits on a closed stream
+
+
 # ------------------------------------------------------------------ a link's peer
 
 

@@ -60,6 +60,8 @@ READ_DEFER_TURNS = 3
 #: seconds between two looks at the bound while reading is paused (what is owed may
 #: shrink without a write: a handler cancelled, say)
 PAUSE_RECHECK = 0.05
+#: seconds between two looks at whether the frames queued are written (at a graceful end)
+WRITTEN_POLL = 0.005
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009 - the stubs do not know it
 
 
@@ -239,6 +241,18 @@ class BatchedStream(Generic[F]):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer
 
+    async def written(self, timeout: float) -> bool:
+        """Wait, ``timeout`` seconds at most, until every frame queued so far is written
+        (gRPC has it); True when it is. A graceful end awaits this before :meth:`close`,
+        which drops what still waits."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while not self.closed and (self._outbox.frames or self._writing):
+            if loop.time() >= until:
+                return False
+            await asyncio.sleep(WRITTEN_POLL)
+        return not (self._outbox.frames or self._writing)
+
     def close(self) -> None:
         """End the stream: drop what waits to be written, wake whoever waits, cancel the
         gRPC call (at the end that opened it), then run the ``on_close`` callbacks."""
@@ -301,7 +315,9 @@ class BatchedStream(Generic[F]):
                 self._made_room()
             self.sent_frames += len(frames)
             self.sent_batches += 1
+            self._writing = frames
             await stream.write(batch_of(frames=frames))
+            self._writing = []
             if self.on_written is not None:
                 self.on_written(frames)
             if outbox.frames and self._lingers:

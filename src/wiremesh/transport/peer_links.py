@@ -47,6 +47,8 @@ __all__ = ["MAX_MESSAGE_KEY", "Links", "NodeLinks", "link_method_handler"]
 
 #: registry metadata of a node: the largest gRPC message it accepts
 MAX_MESSAGE_KEY = "wm.max_message_bytes"
+#: seconds a closing process waits for the frames still queued on its links to be written
+CLOSE_WRITES = 1.0
 
 log = logging.getLogger("wiremesh.link")
 
@@ -278,11 +280,15 @@ class Links:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        """Close every link, once what was queued on it is written (a publish made just
+        before, say), :data:`CLOSE_WRITES` seconds at most."""
         self.closed = True
         for timer in self._probes.values():
             timer.cancel()
         self._probes.clear()
-        for link in [*self._by_node.values(), *self.accepted]:
+        links = [*self._by_node.values(), *self.accepted]
+        await asyncio.gather(*(link.written(CLOSE_WRITES) for link in links))
+        for link in links:
             link.close()
         for task in list(self._tasks):
             task.cancel()
