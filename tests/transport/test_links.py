@@ -192,7 +192,9 @@ async def test_concurrent_calls_travel_in_few_batches(mesh: TestMesh) -> None:
     )
 
     assert answers == [bytes([i % 256]) for i in range(calls)]
-    assert link.sent_frames - frames == calls
+    # one frame per call, and a liveness probe or two when the answers took longer than
+    # the link's probe_after on a busy machine
+    assert calls <= link.sent_frames - frames <= calls + 2
     # frames queued in the same loop turn leave together: far fewer gRPC messages
     assert link.sent_batches - batches < calls // 2
     assert served.sent_batches - served_batches < calls // 2
