@@ -203,20 +203,20 @@ FULL = Settings(
     first_view_reps=10,
 )
 QUICK = Settings(
-    repetitions=12,
-    warmup=2,
+    repetitions=6,
+    warmup=1,
     crashes=2,
     cut_nodes=1,
     rounds=2,
-    calls=160,
-    warmup_calls=20,
+    calls=120,
+    warmup_calls=10,
     duration=0.3,
-    warmup_seconds=0.08,
+    warmup_seconds=0.05,
     call_budget=10.0,
-    fleets=(50, 200),
-    window=2.0,
+    fleets=(20, 50),
+    window=1.0,
     first_view_nodes=500,
-    first_view_reps=3,
+    first_view_reps=2,
 )
 
 

@@ -85,9 +85,7 @@ REQUIRED = {
         "cross_host_call_throughput_ratio",
         "redis_cmds_per_lease_beat",
         "redis_cmds_per_s_50",
-        "redis_cmds_per_s_200",
         "redis_cpu_50",
-        "redis_cpu_200",
         "first_view_500_ms",
     ],
 }
