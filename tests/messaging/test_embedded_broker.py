@@ -102,3 +102,20 @@ async def test_a_publish_waits_for_a_broker_that_comes_back(tmp_path: Path) -> N
     finally:
         await client.close()
         await server.stop()
+
+
+def test_a_refused_message_says_why_even_when_grpc_gives_no_details() -> None:
+    import grpc
+
+    from wiremesh.messaging.embedded import failure_reason
+
+    bare = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), ""
+    )
+    assert failure_reason("127.0.0.1:7000", bare) == (
+        "the broker at 127.0.0.1:7000 did not accept it: unavailable"
+    )
+    told = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "Socket closed"
+    )
+    assert failure_reason("127.0.0.1:7000", told).endswith(": Socket closed")

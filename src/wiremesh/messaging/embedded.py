@@ -262,9 +262,7 @@ class EmbeddedBroker:
                 grpc.StatusCode.UNAVAILABLE,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
             ):
-                future.set_exception(
-                    BrokerUnavailable(f"the broker at {self.address}: {exc.details()}")
-                )
+                future.set_exception(BrokerUnavailable(failure_reason(self.address, exc)))
             else:
                 again.append(item)
         self._waiting.extendleft(reversed(again))
@@ -306,7 +304,14 @@ class EmbeddedBroker:
         try:
             return await call
         except grpc.aio.AioRpcError as exc:
-            raise BrokerUnavailable(f"the broker at {self.address}: {exc.details()}") from None
+            raise BrokerUnavailable(failure_reason(self.address, exc)) from None
+
+
+def failure_reason(address: str, exc: grpc.aio.AioRpcError) -> str:
+    """What a failed broker call says: gRPC's details, else its status code (an aborted
+    connection often carries no details at all)."""
+    reason = exc.details() or exc.code().name.lower().replace("_", " ")
+    return f"the broker at {address} did not accept it: {reason}"
 
 
 def _dead_from_proto(d: pb.DeadLetter) -> DeadLetter:
