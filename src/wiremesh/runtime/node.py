@@ -8,8 +8,9 @@ handlers, browser sessions: their new work can go to other nodes) and
 they serve the work in flight).
 
 Start order: the broker client and the outbox relay, the service's ``on_start``, the
-serving entrypoints (the gRPC server), the mesh view, the lease (so nobody is sent a call
-before the node can take it), then the handed-over ones (the message handlers). Stop
+serving entrypoints (the gRPC server), the mesh view, the handed-over ones (the message
+handlers: their queues are bound before anyone sees the node), then the lease (so nobody
+is sent a call before the node can take it). Stop
 order, the drain: mark the node draining (callers stop choosing it), drain the handed-over
 entrypoints (stop taking messages and let running handlers finish; close the browser
 sessions), then the serving ones one after the other (refuse calls of new work and let
@@ -396,10 +397,13 @@ class Node:
             shown = self.advertise if bound in WILDCARDS or bound == self.host else bound
             self.metadata[METRICS_KEY] = with_host(self.metrics_endpoint.address, shown)
         await self.view.start()
+        # the message handlers before the lease: a node the mesh sees serving has its
+        # queues bound, so an event emitted as soon as it appears is not lost for want of
+        # a queue (a service's first run)
+        for entrypoint in reversed(self.handed_over):
+            await entrypoint.start()
         self._lease = await self.registry.lease(self.info)
         self._lease.stats = self.stats
-        for entrypoint in reversed(self.handed_over):  # the message handlers last
-            await entrypoint.start()
         if self.consumers.runners and self.inbox_keep > 0:
             self._pruner = asyncio.create_task(
                 self._prune_inbox(), name=f"wiremesh-inbox-{self.node_id}"
