@@ -23,7 +23,10 @@ payloads it measures:
    grpc.aio bidi stream written one message per ``write``: messages received per second
    (counted by the receiver, up to the arrival of the last one);
 3. **multicast**: ``MeshClient.multicast(..., mode="all")`` to the eight ``Fan`` nodes
-   against one ``MeshClient.call`` to one of them: p50 of sequential requests.
+   against what a user writes without wiremesh (``asyncio.gather`` over one raw grpc.aio
+   unary stub per server, eight servers) and against the raw fan-out floor (eight bidi
+   pings at once, one per server): p50 of sequential requests. Against one
+   ``MeshClient.call`` to one fan node too (``multicast_p50_vs_unicast``).
 
 For context (no target): a raw bidi ping-pong (the least any request/reply over one
 gRPC stream costs), and the same ping-pong on eight streams at once against one (what a
@@ -293,6 +296,7 @@ MULTICAST, UNICAST = "multicast", "unicast"
 PING = "ping"  # context: raw bidi ping-pong on one stream
 PING8 = "ping8"  # context: the same on eight streams at once
 PING_FAN = "ping_fan"  # the one-stream ping again, measured beside PING8
+GATHER = "gather_unary"  # asyncio.gather over one raw unary stub per server
 
 
 @dataclass
@@ -378,6 +382,19 @@ class RawPing:
             stream.cancel()
 
 
+class GatherUnary:
+    """A multicast as a user writes it without wiremesh: ``asyncio.gather`` over one
+    grpc.aio unary stub per server."""
+
+    def __init__(self, channels: list[grpc.aio.Channel]) -> None:
+        self.stubs: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
+            channel.unary_unary(RAW_ECHO, None, None) for channel in channels
+        ]
+
+    async def __call__(self, payload: bytes) -> list[bytes]:
+        return list(await asyncio.gather(*(stub(payload) for stub in self.stubs)))
+
+
 async def multicast_all(client: Any, payload: bytes) -> dict[str, Any]:
     result = await client.multicast("fan.echo", payload, mode="all")
     values: dict[str, Any] = result.values
@@ -443,10 +460,11 @@ async def one_round(
         received[name] = (received[name][0] + n, received[name][1] + seconds)
     for name, (n, seconds) in received.items():
         figures[f"publish_{name}"].rate.append(n / seconds)
-    # multicast to every fan node against one unicast call; raw eight streams against one
+    # multicast to every fan node against one unicast call, a gather of raw unary calls
+    # and eight raw pings at once; raw eight streams against one
     await latency_pair(
         calls,
-        [MULTICAST, UNICAST, PING8, PING_FAN],
+        [MULTICAST, UNICAST, GATHER, PING8, PING_FAN],
         figures,
         payload,
         settings.fan_calls,
@@ -479,6 +497,7 @@ async def measure(
             UNICAST,
             PING8,
             PING_FAN,
+            GATHER,
         )
     }
     rounds = 0
@@ -508,6 +527,7 @@ async def measure(
             UNICAST: functools.partial(client.call, "fan.echo"),
             PING8: ping8,
             PING_FAN: ping,
+            GATHER: GatherUnary(channels),
         }
         publishers: dict[str, Any] = {LINKS: Publisher(publisher, sink), RAW: raw_sink}
         payload = os.urandom(PAYLOAD_BYTES)
@@ -595,6 +615,8 @@ def summarize(figures: dict[str, Figures], settings: Settings, rounds: int) -> d
         "call_p50_ratio": paired(f[LINKS].p50_us, f[RAW].p50_us),
         "call_throughput_ratio": paired(f[LINKS].rate, f[RAW].rate),
         "publish_ratio": paired(pub.rate, raw_pub.rate),
+        "multicast_vs_gather_unary": paired(f[MULTICAST].p50_us, f[GATHER].p50_us),
+        "multicast_vs_raw_fanout": paired(f[MULTICAST].p50_us, f[PING8].p50_us),
         "multicast_p50_vs_unicast": paired(f[MULTICAST].p50_us, f[UNICAST].p50_us),
         # the figures behind them
         "links_call_p50_us": mid(f[LINKS].p50_us),
@@ -609,6 +631,8 @@ def summarize(figures: dict[str, Figures], settings: Settings, rounds: int) -> d
         "unicast_p50_us": mid(f[UNICAST].p50_us),
         "multicast_p99_us": mid(f[MULTICAST].p99_us),
         "unicast_p99_us": mid(f[UNICAST].p99_us),
+        "gather_unary_p50_us": mid(f[GATHER].p50_us),
+        "gather_unary_p99_us": mid(f[GATHER].p99_us),
         # context: what grpc.aio itself costs over one stream, and over eight at once
         "raw_ping_p50_us": mid(f[PING].p50_us),
         "call_p50_vs_raw_ping": paired(f[LINKS].p50_us, f[PING].p50_us),
@@ -656,6 +680,22 @@ def summarize(figures: dict[str, Figures], settings: Settings, rounds: int) -> d
             "one unicast",
             mid(f[UNICAST].p50_us),
             result["multicast_p50_vs_unicast"],
+        ],
+        [
+            f"multicast p50 (µs), {fan}",
+            "gather all",
+            mid(f[MULTICAST].p50_us),
+            "gather of raw unary",
+            mid(f[GATHER].p50_us),
+            result["multicast_vs_gather_unary"],
+        ],
+        [
+            f"multicast p50 (µs), {fan}",
+            "gather all",
+            mid(f[MULTICAST].p50_us),
+            "raw fan-out (8 pings)",
+            mid(f[PING8].p50_us),
+            result["multicast_vs_raw_fanout"],
         ],
         [
             f"multicast p99 (µs), {fan}",
