@@ -21,7 +21,8 @@ from wiremesh.core.defaults import MAX_MESSAGE_BYTES
 from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.gateway.frame_stream import CONNECT, GATEWAY_NODES, FrameStream
 from wiremesh.proto import gateway_pb2 as pb
-from wiremesh.transport.peer_links import MAX_MESSAGE_KEY
+from wiremesh.transport.peer_links import message_limit
+from wiremesh.transport.tls import open_channel
 
 __all__ = ["NodeStreams"]
 
@@ -84,15 +85,10 @@ class NodeStreams:
     def _open(self, node: NodeInfo) -> None:
         channel = self._channels.get(node.node_id)
         if channel is None:
-            channel = self._channels[node.node_id] = (
-                grpc.aio.insecure_channel(node.address, options=self._options)
-                if self._credentials is None
-                else grpc.aio.secure_channel(node.address, self._credentials, options=self._options)
+            channel = self._channels[node.node_id] = open_channel(
+                node.address, self._credentials, self._options
             )
-        limit = self._max_message_bytes
-        advertised = node.metadata.get(MAX_MESSAGE_KEY, "")
-        if advertised.isdigit():
-            limit = min(limit, int(advertised))
+        limit = message_limit(node, self._max_message_bytes)
         call = channel.stream_stream(
             CONNECT,
             request_serializer=pb.Batch.SerializeToString,

@@ -32,7 +32,7 @@ from wiremesh.messaging.base import (
 from wiremesh.messaging.broker_server import ENVELOPE_ROOM, SERVICE, envelope_from_proto
 from wiremesh.proto import broker_pb2 as pb
 from wiremesh.transport.grpc_core import OWN_SUBCHANNELS
-from wiremesh.transport.tls import TlsFiles
+from wiremesh.transport.tls import TlsFiles, open_channel
 
 __all__ = ["EmbeddedBroker"]
 
@@ -75,11 +75,7 @@ class EmbeddedBroker:
             ("grpc.max_send_message_length", limit),
             OWN_SUBCHANNELS,
         ]
-        self.channel = (
-            grpc.aio.insecure_channel(address, options=options)
-            if credentials is None
-            else grpc.aio.secure_channel(address, credentials, options=options)
-        )
+        self.channel = open_channel(address, credentials, options)
         self._publish = self.channel.unary_unary(
             f"/{SERVICE}/Publish",
             request_serializer=pb.PublishRequest.SerializeToString,

@@ -45,6 +45,7 @@ from wiremesh.core.model import MeshSnapshot, MethodInfo, NodeInfo, NodeState
 from wiremesh.errors import Unauthenticated, Unavailable
 from wiremesh.proto import registry_pb2 as pb
 from wiremesh.transport.grpc_core import OWN_SUBCHANNELS
+from wiremesh.transport.tls import open_channel
 
 __all__ = [
     "HELD_KEY",
@@ -453,11 +454,7 @@ class EmbeddedRegistry:
             ("grpc.max_reconnect_backoff_ms", 1000),
             OWN_SUBCHANNELS,
         ]
-        self.channel = (
-            grpc.aio.insecure_channel(address, options=options)
-            if credentials is None
-            else grpc.aio.secure_channel(address, credentials, options=options)
-        )
+        self.channel = open_channel(address, credentials, options)
         self._lease_call = self.channel.stream_unary(
             _LEASE,
             request_serializer=pb.LeaseRequest.SerializeToString,

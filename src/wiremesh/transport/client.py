@@ -56,6 +56,7 @@ from wiremesh.transport.grpc_core import KEEPALIVE, OWN_SUBCHANNELS
 from wiremesh.transport.link import CALL, ERROR, error_of
 from wiremesh.transport.multicast import multicast
 from wiremesh.transport.peer_links import Links
+from wiremesh.transport.tls import open_channel
 from wiremesh.transport.wire import (
     CALLER_KEY,
     CODEC_KEY,
@@ -541,10 +542,8 @@ class Caller:
         if stub is None:
             channel = self._channels.get(address)
             if channel is None:
-                channel = self._channels[address] = (
-                    grpc.aio.insecure_channel(address, options=self._options)
-                    if self._credentials is None
-                    else grpc.aio.secure_channel(address, self._credentials, options=self._options)
+                channel = self._channels[address] = open_channel(
+                    address, self._credentials, self._options
                 )
             stub = self._stubs[(address, path)] = channel.unary_unary(path, None, None)
         return stub

@@ -41,14 +41,24 @@ from wiremesh.errors import MethodNotFound, Unavailable, WiremeshError
 from wiremesh.proto import link_pb2 as pb
 from wiremesh.transport.dispatch import Method
 from wiremesh.transport.link import LINK_OPEN, Link, LinkHandler
+from wiremesh.transport.tls import open_channel
 from wiremesh.transport.wire import error_body
 
-__all__ = ["MAX_MESSAGE_KEY", "Links", "NodeLinks", "link_method_handler"]
+__all__ = ["MAX_MESSAGE_KEY", "Links", "NodeLinks", "link_method_handler", "message_limit"]
 
 #: registry metadata of a node: the largest gRPC message it accepts
 MAX_MESSAGE_KEY = "wm.max_message_bytes"
 #: seconds a closing process waits for the frames still queued on its links to be written
 CLOSE_WRITES = 1.0
+
+
+def message_limit(node: NodeInfo, own: int) -> int:
+    """The largest message a stream to ``node`` may carry: ``own`` limit, or the one the
+    node advertises when lower (one frame over the peer's limit would break the whole
+    stream)."""
+    advertised = node.metadata.get(MAX_MESSAGE_KEY, "")
+    return min(own, int(advertised)) if advertised.isdigit() else own
+
 
 log = logging.getLogger("wiremesh.link")
 
@@ -104,16 +114,10 @@ class Links:
             return link
         channel = self._channels.get(node.address)
         if channel is None:
-            channel = self._channels[node.address] = (
-                grpc.aio.insecure_channel(node.address, options=self._options)
-                if self._credentials is None
-                else grpc.aio.secure_channel(node.address, self._credentials, options=self._options)
+            channel = self._channels[node.address] = open_channel(
+                node.address, self._credentials, self._options
             )
-        # the peer's own limit counts too: one frame over it would break the whole link
-        limit = self._max_message_bytes
-        advertised = node.metadata.get(MAX_MESSAGE_KEY, "")
-        if advertised.isdigit():
-            limit = min(limit, int(advertised))
+        limit = message_limit(node, self._max_message_bytes)
         stream = channel.stream_stream(
             LINK_OPEN,
             request_serializer=pb.Batch.SerializeToString,

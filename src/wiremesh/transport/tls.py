@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from wiremesh.errors import ConfigError
 
-__all__ = ["TlsFiles"]
+__all__ = ["TlsFiles", "open_channel"]
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -45,3 +47,14 @@ class TlsFiles:
             private_key=_read(self.key, "key"),
             certificate_chain=_read(self.cert, "certificate"),
         )
+
+
+def open_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, Any]],
+) -> grpc.aio.Channel:
+    """A grpc.aio channel to ``address``: TLS with ``credentials``, plaintext without."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, credentials, options=options)
