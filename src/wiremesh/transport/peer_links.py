@@ -51,6 +51,8 @@ MAX_MESSAGE_KEY = "wm.max_message_bytes"
 #: seconds a closing process waits for the frames still queued on its links to be written
 CLOSE_WRITES = 1.0
 
+log = logging.getLogger("wiremesh.link")
+
 
 def message_limit(node: NodeInfo, own: int) -> int:
     """The largest message a stream to ``node`` may carry: ``own`` limit, or the one the
@@ -58,9 +60,6 @@ def message_limit(node: NodeInfo, own: int) -> int:
     stream)."""
     advertised = node.metadata.get(MAX_MESSAGE_KEY, "")
     return min(own, int(advertised)) if advertised.isdigit() else own
-
-
-log = logging.getLogger("wiremesh.link")
 
 
 class Links:
