@@ -19,7 +19,7 @@ install: $(STAMP)  ## create .venv and install wiremesh with what tests need
 $(DEMO_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[speed]'
 	touch $(DEMO_STAMP)
 
 install-demo: $(DEMO_STAMP)  ## create .venv and install wiremesh alone (no test or lint tools)

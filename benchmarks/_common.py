@@ -13,7 +13,11 @@
   a benchmark, wiremesh's and the raw peers' alike, runs grpc with its socket I/O on the
   polling thread, as wiremesh's own processes do. The server processes a benchmark
   starts inherit ``GRPC_EXPERIMENTS``; a benchmark that imported grpc before this module
-  runs again in place with it set (grpc reads it only as it loads).
+  runs again in place with it set (grpc reads it only as it loads);
+- event loops: :func:`run_on` runs a process's main coroutine on ``"wiremesh"`` (the loop
+  wiremesh's own processes choose: uvloop when it is installed, see
+  ``wiremesh.runtime.loop``), ``"uvloop"`` (a peer's fast configuration) or ``"asyncio"``
+  (a peer's default one).
 
 A benchmark is not a test: nothing here asserts timings.
 """
@@ -30,7 +34,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -48,8 +52,13 @@ __all__ = [
     "print_result",
     "print_table",
     "ratio",
+    "run_on",
     "serve_until_stopped",
+    "wiremesh_loop",
 ]
+
+#: the loops :func:`run_on` knows
+LOOPS = ("wiremesh", "uvloop", "asyncio")
 
 READY_PREFIX = "READY "
 RESULT_PREFIX = "RESULT "
@@ -254,6 +263,29 @@ class ServerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def run_on(loop: str, main: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``main`` (a coroutine) to completion on ``loop``, one of :data:`LOOPS`."""
+    from wiremesh.runtime import loop as event_loop
+
+    if loop == "wiremesh":
+        return event_loop.run(main)
+    if loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    if loop == "asyncio":
+        return asyncio.run(main)
+    raise ValueError(f"unknown loop {loop!r}: expected one of {', '.join(LOOPS)}")
+
+
+def wiremesh_loop() -> str:
+    """The loop wiremesh's processes run on here: ``"uvloop"`` or ``"asyncio"``."""
+    from wiremesh.runtime import loop as event_loop
+
+    return event_loop.loop_name()
 
 
 def settle_heap() -> None:

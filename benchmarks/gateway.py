@@ -5,14 +5,17 @@
 
 Server processes, spawned with ``sys.executable``: for wiremesh, one hosts an embedded
 registry and a node of ``Echo`` (an ``@on_socket`` method that sends each message back),
-another a gateway (uvicorn, JWT checked at the upgrade) in front of it; for the peer, one
-hosts a raw ``websockets`` echo server (``websockets.asyncio.server.serve``, a handler that
-sends back what it receives). This process is the client of both, with the ``websockets``
-client, over plain ``ws://`` on loopback: 64 B binary messages, measured for latency (one
-message in flight: p50, p99) and throughput (``PIPELINE`` messages in flight, pipelined on
-one connection). Each round measures both systems in A-B-B-A slices; figures are medians
-over rounds, ratios (wiremesh / raw) medians of the per-round ratios. The last line
-printed is ``RESULT {json}``.
+another a gateway (uvicorn, JWT checked at the upgrade) in front of it, both on the loop
+wiremesh's processes choose (uvloop when it is installed: ``wiremesh.runtime.loop``); for
+the peer, a raw ``websockets`` echo server (``websockets.asyncio.server.serve``, a handler
+that sends back what it receives) twice: on uvloop, the fast configuration its users
+deploy (the peer of ``p50_ratio`` and ``throughput_ratio``), and on asyncio's default loop
+(the ``*_default_peer`` ratios). This process is the client of all three, with the
+``websockets`` client, over plain ``ws://`` on loopback: 64 B binary messages, measured for
+latency (one message in flight: p50, p99) and throughput (``PIPELINE`` messages in flight,
+pipelined on one connection). Each round measures the three systems in A-B-C-C-B-A
+slices, the order turning each round; figures are medians over rounds, ratios (wiremesh /
+raw) medians of the per-round ratios. The last line printed is ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ from _common import (  # noqa: E402
     print_result,
     print_table,
     ratio,
+    run_on,
     serve_nodes,
     serve_until_stopped,
     settle_heap,
+    wiremesh_loop,
 )
 from _common import (  # noqa: E402
     serve_gateway as serve_gateway_process,
@@ -53,7 +58,9 @@ from wiremesh import Service, Session, on_socket  # noqa: E402
 
 PAYLOAD = b"x" * 64
 PIPELINE = 64
-WIREMESH, RAW = "wiremesh", "raw"
+WIREMESH, RAW, RAW_DEFAULT = "wiremesh", "raw", "raw_default"
+#: the raw peers' loops: the fast configuration, and the default one
+PEER_LOOPS = {RAW: "uvloop", RAW_DEFAULT: "asyncio"}
 
 
 class Echo(Service):
@@ -120,7 +127,7 @@ class Settings:
     budget: float
 
 
-FULL = Settings(rounds=8, messages=1000, warmup=50, pipelined=20000, budget=75.0)
+FULL = Settings(rounds=9, messages=1000, warmup=50, pipelined=20000, budget=110.0)
 QUICK = Settings(rounds=2, messages=200, warmup=20, pipelined=2000, budget=12.0)
 
 
@@ -170,8 +177,11 @@ async def measure(settings: Settings) -> dict[str, Any]:
     import websockets
 
     node = ServerProcess([__file__, "--serve", "node"], name="node")
-    raw = ServerProcess([__file__, "--serve", "raw"], name="raw")
-    with node, raw:
+    raw = ServerProcess([__file__, "--serve", "raw", "--loop", PEER_LOOPS[RAW]], name="raw")
+    raw_default = ServerProcess(
+        [__file__, "--serve", "raw", "--loop", PEER_LOOPS[RAW_DEFAULT]], name="raw-default"
+    )
+    with node, raw, raw_default:
         gateway = ServerProcess(
             [__file__, "--serve", "gateway", "--registry", node.info["registry"]], name="gateway"
         )
@@ -185,10 +195,19 @@ async def measure(settings: Settings) -> dict[str, Any]:
                     max_queue=None,
                 ),
                 RAW: await websockets.connect(raw.info["url"], compression=None, max_queue=None),
+                RAW_DEFAULT: await websockets.connect(
+                    raw_default.info["url"], compression=None, max_queue=None
+                ),
             }
             settle_heap()
             figures = {name: Figures() for name in sockets}
-            ratios: dict[str, list[float]] = {"p50": [], "throughput": []}
+            ratios: dict[str, list[float]] = {
+                "p50": [],
+                "throughput": [],
+                "p50_default": [],
+                "throughput_default": [],
+            }
+            systems = list(sockets)
             started = time.perf_counter()
             rounds = 0
             try:
@@ -196,7 +215,8 @@ async def measure(settings: Settings) -> dict[str, Any]:
                     elapsed = time.perf_counter() - started
                     if rounds >= 2 and elapsed * (rounds + 1) / rounds > settings.budget:
                         break
-                    order = [WIREMESH, RAW] if round_no % 2 == 0 else [RAW, WIREMESH]
+                    turn = round_no % len(systems)
+                    order = systems[turn:] + systems[:turn]
                     samples: dict[str, list[int]] = {name: [] for name in sockets}
                     rates: dict[str, list[float]] = {name: [] for name in sockets}
                     gc.collect()
@@ -215,11 +235,19 @@ async def measure(settings: Settings) -> dict[str, Any]:
                     ratios["throughput"].append(
                         ratio(figures[WIREMESH].mps[-1], figures[RAW].mps[-1])
                     )
+                    ratios["p50_default"].append(
+                        ratio(figures[WIREMESH].p50_us[-1], figures[RAW_DEFAULT].p50_us[-1])
+                    )
+                    ratios["throughput_default"].append(
+                        ratio(figures[WIREMESH].mps[-1], figures[RAW_DEFAULT].mps[-1])
+                    )
                     rounds += 1
                     print(
                         f"round {round_no + 1}/{settings.rounds}: p50 "
-                        f"{figures[WIREMESH].p50_us[-1]:.0f} vs {figures[RAW].p50_us[-1]:.0f} "
-                        f"us, {figures[WIREMESH].mps[-1]:.0f} vs {figures[RAW].mps[-1]:.0f} msg/s",
+                        f"{figures[WIREMESH].p50_us[-1]:.0f} vs {figures[RAW].p50_us[-1]:.0f}"
+                        f" ({figures[RAW_DEFAULT].p50_us[-1]:.0f}) us, "
+                        f"{figures[WIREMESH].mps[-1]:.0f} vs {figures[RAW].mps[-1]:.0f}"
+                        f" ({figures[RAW_DEFAULT].mps[-1]:.0f}) msg/s",
                         file=sys.stderr,
                     )
             finally:
@@ -230,21 +258,27 @@ async def measure(settings: Settings) -> dict[str, Any]:
         "rounds": rounds,
         "payload_bytes": len(PAYLOAD),
         "pipeline": PIPELINE,
+        "wiremesh_loop": wiremesh_loop(),
         "p50_ratio": median(ratios["p50"]),
         "throughput_ratio": median(ratios["throughput"]),
+        "p50_ratio_default_peer": median(ratios["p50_default"]),
+        "throughput_ratio_default_peer": median(ratios["throughput_default"]),
         "wiremesh_p50_us": median(figures[WIREMESH].p50_us),
         "raw_p50_us": median(figures[RAW].p50_us),
+        "raw_default_p50_us": median(figures[RAW_DEFAULT].p50_us),
         "wiremesh_p99_us": median(figures[WIREMESH].p99_us),
         "raw_p99_us": median(figures[RAW].p99_us),
+        "raw_default_p99_us": median(figures[RAW_DEFAULT].p99_us),
         "wiremesh_mps": median(figures[WIREMESH].mps),
         "raw_mps": median(figures[RAW].mps),
+        "raw_default_mps": median(figures[RAW_DEFAULT].mps),
     }
     print_table(
         "browser messages, 64 B: client -> gateway -> node -> back vs raw websockets echo",
         ["system", "p50 us", "p99 us", "msg/s pipelined", "p50 ratio", "throughput ratio"],
         [
             [
-                "wiremesh gateway",
+                f"wiremesh gateway ({result['wiremesh_loop']})",
                 result["wiremesh_p50_us"],
                 result["wiremesh_p99_us"],
                 result["wiremesh_mps"],
@@ -252,16 +286,25 @@ async def measure(settings: Settings) -> dict[str, Any]:
                 result["throughput_ratio"],
             ],
             [
-                "raw websockets",
+                "raw websockets (uvloop)",
                 result["raw_p50_us"],
                 result["raw_p99_us"],
                 result["raw_mps"],
                 1.0,
                 1.0,
             ],
+            [
+                "raw websockets (asyncio), the default peer",
+                result["raw_default_p50_us"],
+                result["raw_default_p99_us"],
+                result["raw_default_mps"],
+                result["p50_ratio_default_peer"],
+                result["throughput_ratio_default_peer"],
+            ],
         ],
-        note=f"medians over {rounds} rounds, A-B-B-A slices; {PIPELINE} messages in flight "
-        "for throughput; targets: p50 ratio <= 3, throughput ratio >= 0.5",
+        note=f"medians over {rounds} rounds, A-B-C-C-B-A slices; {PIPELINE} messages in flight "
+        "for throughput; ratios are wiremesh / that peer (the wiremesh row's: against the fast "
+        "peer); targets against the fast peer: p50 ratio <= 2.5, throughput ratio >= 0.6",
     )
     return result
 
@@ -272,15 +315,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--serve", choices=("node", "gateway", "raw"), help=argparse.SUPPRESS)
     parser.add_argument("--registry", help=argparse.SUPPRESS)
+    parser.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve == "node":
-        asyncio.run(serve_node())
+        run_on("wiremesh", serve_node())
         return 0
     if args.serve == "gateway":
-        asyncio.run(serve_gateway(args.registry))
+        run_on("wiremesh", serve_gateway(args.registry))
         return 0
     if args.serve == "raw":
-        asyncio.run(serve_raw())
+        run_on(args.loop, serve_raw())
         return 0
     install_signal_exit()
     settings = QUICK if args.quick else FULL
@@ -288,7 +332,7 @@ def main() -> int:
         settings = Settings(
             args.rounds, settings.messages, settings.warmup, settings.pipelined, settings.budget
         )
-    print_result(asyncio.run(measure(settings)))
+    print_result(run_on("wiremesh", measure(settings)))
     return 0
 
 

@@ -3,15 +3,21 @@
     .venv/bin/python benchmarks/http.py            # the full run (about a minute)
     .venv/bin/python benchmarks/http.py --quick    # a short run (smoke test, < 30 s)
 
-Three server processes, spawned with ``sys.executable`` (the default asyncio event loop
-in each, uvicorn with its h11 HTTP implementation in both HTTP servers):
+Four server processes, spawned with ``sys.executable``:
 
 - *mesh*: an embedded registry and a wiremesh node of ``Echo`` (``echo`` returns its JSON
   payload);
 - *gateway*: a wiremesh gateway in front of it, with a JWT secret (every request carries
   ``Authorization: Bearer``) and limits high enough never to refuse;
 - *bare*: uvicorn serving a Starlette application whose one route, ``POST /echo``, parses
-  the JSON body and answers it as JSON.
+  the JSON body and answers it as JSON, as ``uvicorn[standard]`` runs it: on uvloop, with
+  httptools parsing HTTP (the fast peer: ``p50_ratio``, ``throughput_ratio``);
+- *bare default*: the same on asyncio's default loop with h11, uvicorn's defaults without
+  its extras (the ``*_default_peer`` ratios).
+
+wiremesh's two processes run as wiremesh's own do: on uvloop and with httptools when they
+are installed (``wiremesh[speed]``; ``wiremesh_loop`` and ``wiremesh_http_parser`` in the
+RESULT say what ran).
 
 This process is the load generator: a small HTTP/1.1 client on asyncio streams with
 keep-alive connections (one request at a time per connection, no pipelining), so that the
@@ -19,8 +25,9 @@ client's own cost stays small beside the servers'. For a ~100 B JSON object it m
 the latency of sequential requests on one connection (p50, p99) and the throughput with
 ``CONNECTIONS`` connections each keeping one request in flight, for
 ``POST /rpc/echo/echo`` (client → gateway → node → back) and ``POST /echo`` (client →
-Starlette → back). Each round measures both in A-B-B-A slices; every figure is the median
-over the rounds, every ratio (gateway / bare) the median of the per-round ratios. The
+Starlette → back). Each round measures the three in A-B-C-C-B-A slices, the order turning
+each round; every figure is the median over the rounds, every ratio (gateway / bare) the
+median of the per-round ratios. The
 last line printed is ``RESULT {json}``.
 """
 
@@ -53,20 +60,26 @@ from _common import (  # noqa: E402
     print_result,
     print_table,
     ratio,
+    run_on,
     serve_nodes,
     serve_until_stopped,
     settle_heap,
+    wiremesh_loop,
 )
 from _common import (  # noqa: E402
     serve_gateway as serve_gateway_process,
 )
 
 from wiremesh import Context, Service, rpc  # noqa: E402
+from wiremesh.gateway.http_protocol import parser_name  # noqa: E402
 
 SECRET = "benchmark-secret-of-at-least-32-bytes"
 PAYLOAD = {"sku": "A-1042", "qty": 3, "tags": ["red", "large"], "note": "leave at the door"}
 CONNECTIONS = 32
-GATEWAY, BARE = "gateway", "bare"
+GATEWAY, BARE, BARE_DEFAULT = "gateway", "bare", "bare_default"
+SYSTEMS = [GATEWAY, BARE, BARE_DEFAULT]
+#: how each bare peer runs: its loop and uvicorn's HTTP implementation
+PEERS = {BARE: ("uvloop", "httptools"), BARE_DEFAULT: ("asyncio", "h11")}
 
 
 class Echo(Service):
@@ -96,7 +109,7 @@ async def serve_gateway(registry: str) -> None:
     await serve_gateway_process(registry, settings, ready)
 
 
-async def serve_bare() -> None:
+async def serve_bare(http: str) -> None:
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -112,7 +125,7 @@ async def serve_bare() -> None:
         app,
         host="127.0.0.1",
         port=0,
-        http="h11",
+        http=http,
         lifespan="off",
         log_level="warning",
         access_log=False,
@@ -211,7 +224,7 @@ class Settings:
 
 
 FULL = Settings(
-    rounds=6, requests=1000, warmup_requests=50, duration=2.0, warmup_seconds=0.2, budget=70.0
+    rounds=6, requests=1000, warmup_requests=50, duration=2.0, warmup_seconds=0.2, budget=100.0
 )
 QUICK = Settings(
     rounds=2, requests=200, warmup_requests=20, duration=0.4, warmup_seconds=0.1, budget=15.0
@@ -225,8 +238,10 @@ class Figures:
     rps: list[float] = field(default_factory=list)
 
 
-def symmetric(names: list[str], flip: bool) -> list[str]:
-    order = list(reversed(names)) if flip else list(names)
+def symmetric(names: list[str], turn: int) -> list[str]:
+    """``names`` from the ``turn``-th (modulo), then back: A-B-C-C-B-A."""
+    turn %= len(names)
+    order = names[turn:] + names[:turn]
     return order + order[::-1]
 
 
@@ -284,6 +299,7 @@ async def measure(ports: dict[str, int], settings: Settings) -> dict[str, Any]:
     raws = {
         GATEWAY: request_bytes("/rpc/echo/echo", body, {"Authorization": f"Bearer {token}"}),
         BARE: request_bytes("/echo", body, {}),
+        BARE_DEFAULT: request_bytes("/echo", body, {}),
     }
     single = {name: await Connection.open(port) for name, port in ports.items()}
     pools = {
@@ -308,7 +324,7 @@ async def measure(ports: dict[str, int], settings: Settings) -> dict[str, Any]:
                 print(f"stopping after {rounds} rounds (budget)", file=sys.stderr, flush=True)
                 break
             samples: dict[str, list[int]] = {name: [] for name in ports}
-            for name in symmetric([GATEWAY, BARE], round_no % 2 == 1):
+            for name in symmetric(SYSTEMS, round_no):
                 gc.collect()
                 samples[name] += await latency_slice(
                     single[name], raws[name], settings.requests // 2, settings.warmup_requests
@@ -318,7 +334,7 @@ async def measure(ports: dict[str, int], settings: Settings) -> dict[str, Any]:
                 figures[name].p50_us.append(percentile(values, 50, presorted=True) / 1000)
                 figures[name].p99_us.append(percentile(values, 99, presorted=True) / 1000)
             counted = {name: (0, 0.0) for name in ports}
-            for name in symmetric([GATEWAY, BARE], round_no % 2 == 1):
+            for name in symmetric(SYSTEMS, round_no):
                 gc.collect()
                 n, seconds = await throughput_slice(
                     pools[name], raws[name], settings.duration / 2, settings.warmup_seconds
@@ -327,10 +343,11 @@ async def measure(ports: dict[str, int], settings: Settings) -> dict[str, Any]:
             for name, (n, seconds) in counted.items():
                 figures[name].rps.append(n / seconds)
             rounds += 1
-            gw, bare = figures[GATEWAY], figures[BARE]
+            gw, bare, slow = figures[GATEWAY], figures[BARE], figures[BARE_DEFAULT]
             print(
                 f"round {round_no + 1}/{settings.rounds}: p50 {gw.p50_us[-1]:.0f} vs "
-                f"{bare.p50_us[-1]:.0f} µs, {gw.rps[-1]:,.0f} vs {bare.rps[-1]:,.0f} req/s "
+                f"{bare.p50_us[-1]:.0f} ({slow.p50_us[-1]:.0f}) µs, {gw.rps[-1]:,.0f} vs "
+                f"{bare.rps[-1]:,.0f} ({slow.rps[-1]:,.0f}) req/s "
                 f"({time.perf_counter() - began:.1f}s)",
                 file=sys.stderr,
                 flush=True,
@@ -348,30 +365,46 @@ def summarize(figures: dict[str, Figures], settings: Settings, rounds: int) -> d
         "connections": CONNECTIONS,
         "duration_s": settings.duration,
         "payload_bytes": len(json.dumps(PAYLOAD)),
+        "wiremesh_loop": wiremesh_loop(),
+        "wiremesh_http_parser": parser_name(),
     }
     rows: list[list[Any]] = []
-    gw, bare = figures[GATEWAY], figures[BARE]
+    gw = figures[GATEWAY]
     for metric, unit, key in (
         ("p50", "µs", "p50_us"),
         ("p99", "µs", "p99_us"),
         ("throughput", "req/s", "rps"),
     ):
         ours: list[float] = getattr(gw, key)
-        theirs: list[float] = getattr(bare, key)
-        paired = median(ratio(a, b) for a, b in zip(ours, theirs, strict=True))
         result[f"gateway_{key}"] = round(median(ours), 1)
-        result[f"bare_{key}"] = round(median(theirs), 1)
-        result["throughput_ratio" if key == "rps" else f"{metric}_ratio"] = round(paired, 3)
-        rows.append([f"{metric} ({unit})", median(ours), median(theirs), paired])
+        row: list[Any] = [f"{metric} ({unit})", median(ours)]
+        paired: dict[str, float] = {}
+        for peer, suffix in ((BARE, ""), (BARE_DEFAULT, "_default_peer")):
+            theirs: list[float] = getattr(figures[peer], key)
+            paired[peer] = median(ratio(a, b) for a, b in zip(ours, theirs, strict=True))
+            result[f"{peer}_{key}"] = round(median(theirs), 1)
+            name = "throughput_ratio" if key == "rps" else f"{metric}_ratio"
+            result[name + suffix] = round(paired[peer], 3)
+            row.append(median(theirs))
+        rows.append([*row, paired[BARE], paired[BARE_DEFAULT]])
     print_table(
         "HTTP door (client → gateway → node → back) vs bare uvicorn + Starlette",
-        ["figure", "gateway + node", "bare Starlette", "ratio"],
+        [
+            f"figure (gateway: {result['wiremesh_loop']}, {result['wiremesh_http_parser']})",
+            "gateway + node",
+            "bare (uvloop, httptools)",
+            "bare (asyncio, h11)",
+            "ratio",
+            "ratio (default peer)",
+        ],
         rows,
         note=(
-            f"medians over {rounds} rounds, A-B-B-A slices; p50/p99 of {settings.requests} "
-            f"sequential requests on one keep-alive connection per round; throughput with "
-            f"{CONNECTIONS} keep-alive connections, one request in flight each, "
-            f"{settings.duration:g}s per round; ratio = median of per-round gateway/bare"
+            f"medians over {rounds} rounds, A-B-C-C-B-A slices; p50/p99 of "
+            f"{settings.requests} sequential requests on one keep-alive connection per round; "
+            f"throughput with {CONNECTIONS} keep-alive connections, one request in flight "
+            f"each, {settings.duration:g}s per round; ratio = median of per-round "
+            "gateway/bare; targets against the fast peer: p50 ratio <= 2.5, throughput "
+            "ratio >= 0.8"
         ),
     )
     return result
@@ -386,16 +419,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--serve", choices=("mesh", "gateway", "bare"), help=argparse.SUPPRESS)
     parser.add_argument("--registry", help=argparse.SUPPRESS)
+    parser.add_argument("--peer", choices=tuple(PEERS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.serve == "mesh":
-        asyncio.run(serve_mesh())
+        run_on("wiremesh", serve_mesh())
         return 0
     if args.serve == "gateway":
-        asyncio.run(serve_gateway(args.registry))
+        run_on("wiremesh", serve_gateway(args.registry))
         return 0
     if args.serve == "bare":
-        asyncio.run(serve_bare())
+        loop, http = PEERS[args.peer]
+        run_on(loop, serve_bare(http))
         return 0
 
     install_signal_exit()
@@ -405,19 +440,27 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(settings, rounds=args.rounds, budget=budget)
     script = str(Path(__file__).resolve())
     mesh = ServerProcess([script, "--serve", "mesh"], name="mesh server")
-    bare = ServerProcess([script, "--serve", "bare"], name="bare server")
+    bare = ServerProcess([script, "--serve", "bare", "--peer", BARE], name="bare server")
+    bare_default = ServerProcess(
+        [script, "--serve", "bare", "--peer", BARE_DEFAULT], name="bare server (default)"
+    )
     gateway: ServerProcess | None = None
     try:
         registry = mesh.start()["registry"]
         gateway = ServerProcess(
             [script, "--serve", "gateway", "--registry", registry], name="gateway"
         )
-        ports = {GATEWAY: gateway.start()["port"], BARE: bare.start()["port"]}
-        result = asyncio.run(measure(ports, settings))
+        ports = {
+            GATEWAY: gateway.start()["port"],
+            BARE: bare.start()["port"],
+            BARE_DEFAULT: bare_default.start()["port"],
+        }
+        result = run_on("wiremesh", measure(ports, settings))
     finally:
         if gateway is not None:
             gateway.stop()
         bare.stop()
+        bare_default.stop()
         mesh.stop()
     result["quick"] = bool(args.quick)
     print_result(result)

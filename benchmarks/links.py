@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/links.py            # the full run (under 2 minutes)
     .venv/bin/python benchmarks/links.py --quick    # a short run (smoke test, < 25 s)
 
-Three kinds of server process, spawned with ``sys.executable`` (the default asyncio
-event loop and grpc.aio in each):
+Three kinds of server process, spawned with ``sys.executable`` (grpc.aio in each, every
+process, the raw peers' and this one included, on the loop wiremesh's processes choose:
+uvloop when it is installed, the fast configuration, else asyncio's default loop; the
+RESULT's ``loop`` says which):
 
 - *wiremesh*: an embedded registry, a node of ``Echo`` and a node of ``Sink`` (which
   subscribes to the benchmark's topic and counts what arrives);
@@ -75,9 +77,11 @@ from _common import (  # noqa: E402
     print_result,
     print_table,
     ratio,
+    run_on,
     serve_nodes,
     serve_until_stopped,
     settle_heap,
+    wiremesh_loop,
 )
 from rpc import latency_slice, symmetric, throughput_slice  # noqa: E402
 
@@ -757,13 +761,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.serve == "wiremesh":
-        asyncio.run(serve_wiremesh())
+        run_on("wiremesh", serve_wiremesh())
         return 0
     if args.serve == "fan":
-        asyncio.run(serve_fan(args.registry, args.count))
+        run_on("wiremesh", serve_fan(args.registry, args.count))
         return 0
     if args.serve == "raw":
-        asyncio.run(serve_raw())
+        run_on("wiremesh", serve_raw())
         return 0
 
     install_signal_exit()
@@ -788,11 +792,12 @@ def main(argv: list[str] | None = None) -> int:
         raw = ServerProcess([script, "--serve", "raw"], name="raw server")
         servers.append(raw)
         raw_info = raw.start()
-        result = asyncio.run(measure(mesh_info, raw_info, settings))
+        result = run_on("wiremesh", measure(mesh_info, raw_info, settings))
     finally:
         for server in servers:
             server.stop()
     result["quick"] = bool(args.quick)
+    result["loop"] = wiremesh_loop()
     result["fan_processes"] = args.fan_processes
     print_result(result)
     return 0

@@ -4,17 +4,18 @@
     .venv/bin/python benchmarks/rpc.py --quick    # a short run (smoke test)
 
 Two server processes, spawned with ``sys.executable`` and treated alike (one process
-each, the default asyncio event loop, grpc.aio): one hosts an embedded registry and a
-wiremesh node of ``Echo``; the other a raw grpc.aio server whose generic unary handler
-``/echo.Echo/Echo`` returns the request bytes (no (de)serializer). This process is the
-client of both: for 64 B and 4 KiB payloads it measures the latency of sequential calls
-(p50, p99) and the throughput with 64 calls in flight, for wiremesh (``client.call``)
-and raw grpc.aio (``channel.unary_unary``). Each round measures every system in A-B-B-A
-slices, so that machine noise hits both alike; every figure is the median over the
-rounds, every ratio (wiremesh / raw) the median of the per-round ratios. For context, the
-64 B latency is also measured for raw grpc.aio with a deadline (every wiremesh call has
-one). The last line printed is ``RESULT {json}``; see ``benchmarks/README.md``.
-"""
+each, grpc.aio, on the loop wiremesh's processes choose: uvloop when it is installed,
+else asyncio's default loop; this process too; the RESULT's ``loop`` says which): one
+hosts an embedded registry and a wiremesh node of ``Echo``; the other a raw grpc.aio
+server whose generic unary handler ``/echo.Echo/Echo`` returns the request bytes (no
+(de)serializer). This process is the client of both: for 64 B and 4 KiB payloads it
+measures the latency of sequential calls (p50, p99) and the throughput with 64 calls in
+flight, for wiremesh (``client.call``) and raw grpc.aio (``channel.unary_unary``). Each
+round measures every system in A-B-B-A slices, so that machine noise hits both alike;
+every figure is the median over the rounds, every ratio (wiremesh / raw) the median of
+the per-round ratios. For context, the 64 B latency is also measured for raw grpc.aio
+with a deadline (every wiremesh call has one). The last line printed is ``RESULT
+{json}``; see ``benchmarks/README.md``."""
 
 from __future__ import annotations
 
@@ -52,9 +53,11 @@ from _common import (  # noqa: E402
     print_result,
     print_table,
     ratio,
+    run_on,
     serve_nodes,
     serve_until_stopped,
     settle_heap,
+    wiremesh_loop,
 )
 
 from wiremesh import Context, Service, rpc  # noqa: E402
@@ -417,13 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.serve == "wiremesh":
-        asyncio.run(serve_wiremesh())
+        run_on("wiremesh", serve_wiremesh())
         return 0
     if args.serve == "traced":
-        asyncio.run(serve_wiremesh(traced=True))
+        run_on("wiremesh", serve_wiremesh(traced=True))
         return 0
     if args.serve == "raw":
-        asyncio.run(serve_raw())
+        run_on("wiremesh", serve_raw())
         return 0
 
     install_signal_exit()
@@ -439,12 +442,13 @@ def main(argv: list[str] | None = None) -> int:
         wiremesh_info = wiremesh_server.start()
         raw_info = raw_server.start()
         traced_info = traced_server.start()
-        result = asyncio.run(measure(wiremesh_info, raw_info, traced_info, settings))
+        result = run_on("wiremesh", measure(wiremesh_info, raw_info, traced_info, settings))
     finally:
         wiremesh_server.stop()
         raw_server.stop()
         traced_server.stop()
     result["quick"] = bool(args.quick)
+    result["loop"] = wiremesh_loop()
     print_result(result)
     return 0
 

@@ -37,8 +37,8 @@ CANNOT_RUN = 77
 
 #: The target of each ratio, per benchmark: key in its RESULT -> (comparison, target).
 #: The benchmarks state them in prose and in their tables' notes, so they are copied here;
-#: change both together. http.py states no target yet; connections.py's (<= 20 KB per
-#: connection, none lost) are not ratios.
+#: change both together. connections.py's (<= 8 KB per connection at 10,000, none lost)
+#: and messaging.py's embedded_msgs_per_s (>= 50,000) are not ratios.
 TARGETS: dict[str, dict[str, tuple[str, float]]] = {
     # benchmarks/README.md, rpc.py: "The targets (from the issue)", and the
     # tracing_on_overhead row of its figures
@@ -52,11 +52,13 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "call_p50_ratio": ("<=", 0.7),
         "call_throughput_ratio": (">=", 3.0),
         "publish_ratio": (">=", 20.0),
+        "call_p50_vs_raw_ping": ("<=", 1.25),
         "multicast_vs_gather_unary": ("<=", 0.5),
         "multicast_vs_raw_fanout": ("<=", 1.5),
     },
-    # gateway.py: the note of its table ("targets: p50 ratio <= 3, throughput ratio >= 0.5")
-    "gateway": {"p50_ratio": ("<=", 3.0), "throughput_ratio": (">=", 0.5)},
+    # gateway.py and http.py: the notes of their tables (against the fast peers)
+    "gateway": {"p50_ratio": ("<=", 2.5), "throughput_ratio": (">=", 0.6)},
+    "http": {"p50_ratio": ("<=", 2.5), "throughput_ratio": (">=", 0.8)},
     # messaging.py: the target column of its ratio table
     "messaging": {"amqp_vs_aiopika": (">=", 1.0), "amqp_vs_faststream": (">=", 1.5)},
     # benchmarks/README.md, multihost.py: the target column of its figures

@@ -63,20 +63,29 @@ REQUIRED = {
     "http.py": [
         "p50_ratio",
         "throughput_ratio",
+        "p50_ratio_default_peer",
+        "throughput_ratio_default_peer",
         "gateway_p50_us",
         "bare_p50_us",
+        "bare_default_p50_us",
         "gateway_rps",
         "bare_rps",
+        "bare_default_rps",
     ],
     "gateway.py": [
         "p50_ratio",
         "throughput_ratio",
+        "p50_ratio_default_peer",
+        "throughput_ratio_default_peer",
         "wiremesh_p50_us",
         "raw_p50_us",
+        "raw_default_p50_us",
         "wiremesh_mps",
         "raw_mps",
+        "raw_default_mps",
     ],
     "connections.py": ["kb_per_connection", "opened", "rss_after_kb", "raw_kb_per_connection"],
+    "push.py": ["push_p50_ratio_100", "push_p50_ratio_1000", "per_session_p50_ratio_1000"],
     "multihost.py": [
         "join_p50_ms",
         "join_p99_ms",
@@ -93,7 +102,7 @@ REQUIRED = {
     ],
 }
 #: per benchmark: keys that must hold a measured figure that may be zero
-COUNTS = {"connections.py": ["lost", "raw_lost"]}
+COUNTS = {"connections.py": ["lost", "raw_lost"], "push.py": ["lost", "raw_lost", "failed"]}
 #: per benchmark, when not 2: the rounds a quick run makes at least
 ROUNDS = {"connections.py": 1}
 #: per benchmark, when not "ratio": a word of the human table printed before the result

@@ -30,6 +30,7 @@ from rich.table import Table
 import wiremesh
 from wiremesh.client import MESH_VARIABLE
 from wiremesh.errors import ConfigError, Unavailable, WiremeshError
+from wiremesh.runtime import loop as event_loop
 from wiremesh.transport import grpc_core
 
 if TYPE_CHECKING:
@@ -347,6 +348,7 @@ def run(
     """
     import socket
 
+    from wiremesh.gateway.http_protocol import parser_name as http_parser_name
     from wiremesh.runtime.config import config_for_target, load_config
     from wiremesh.runtime.placement import parse_replicas, parse_services, place
     from wiremesh.runtime.supervisor import Supervisor
@@ -383,9 +385,12 @@ def run(
         )
         supervisor = Supervisor(config, placement=placement, reload=reload)
         supervisor.check()
+        # WIREMESH_LOOP and WIREMESH_HTTP_PARSER, checked before anything starts
+        event_loop.loop_name()
+        http_parser_name()
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
-    code = asyncio.run(_supervise(supervisor, live=sys.stdout.isatty() and not plain))
+    code = event_loop.run(_supervise(supervisor, live=sys.stdout.isatty() and not plain))
     raise typer.Exit(code)
 
 
@@ -1198,7 +1203,7 @@ def gateway(
         await serve(gw, stop=stop, announce=announce)
 
     try:
-        asyncio.run(go())
+        event_loop.run(go())
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except WiremeshError as exc:

@@ -1,20 +1,27 @@
 """The gateway's HTTP protocol under a real uvicorn server: which connections wait for a
 request head (and so are closed by :meth:`Handshakes.expire` when it is late), and that
-uvicorn's HTTP and its upgrades work through it unchanged."""
+uvicorn's HTTP and its upgrades work through it unchanged, with either parser (h11 and
+httptools)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import pytest_asyncio
 import uvicorn
 import websockets
 
 from wiremesh.gateway.http_protocol import Handshakes, protocol_classes
+from wiremesh.runtime import loop as event_loop
+
+#: the parsers the gateway drives (``WIREMESH_HTTP_PARSER``)
+PARSERS = ("h11", "httptools")
 
 HEAD = b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\n"
 
@@ -44,6 +51,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 class Running:
     handshakes: Handshakes
     port: int
+    parser: str
 
     @property
     def waiting(self) -> int:
@@ -55,10 +63,16 @@ class Running:
         return self.handshakes.expire(asyncio.get_running_loop().time() + 60.0, 10.0)
 
 
-@pytest_asyncio.fixture
-async def served() -> AsyncIterator[Running]:
+@pytest_asyncio.fixture(params=PARSERS)
+async def served(request: pytest.FixtureRequest) -> AsyncIterator[Running]:
+    async with serving(request.param) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def serving(parser: str) -> AsyncIterator[Running]:
     handshakes = Handshakes()
-    http, ws = protocol_classes(handshakes)
+    http, ws = protocol_classes(handshakes, parser)
     config = uvicorn.Config(
         app, http=http, ws=ws, lifespan="off", log_config=None, timeout_keep_alive=30
     )
@@ -69,7 +83,7 @@ async def served() -> AsyncIterator[Running]:
     server.lifespan = config.lifespan_class(config)  # as the gateway starts it
     await server.startup(sockets=[listener])
     try:
-        yield Running(handshakes, listener.getsockname()[1])
+        yield Running(handshakes, listener.getsockname()[1], parser)
     finally:
         await server.shutdown()
 
@@ -138,7 +152,12 @@ async def test_a_body_still_coming_after_its_answer_is_timed_as_a_head(served: R
     assert await answer(reader) == b""
     writer.write(b"xxxx")  # no head ever ends here
     await settle()
-    assert served.waiting == 1
+    if served.parser == "h11":  # h11 waits for the rest of a request line: on the clock
+        assert served.waiting == 1
+    else:  # llhttp refuses "xxxx" as a method at once: 400, and the connection closes
+        rest = await asyncio.wait_for(reader.read(), 5)
+        assert rest.startswith(b"HTTP/1.1 400 ")
+        assert served.waiting == 0
 
 
 async def test_a_body_after_100_continue_is_not_a_head(served: Running) -> None:
@@ -160,3 +179,29 @@ async def test_an_upgraded_connection_waits_for_no_head(served: Running) -> None
         await ws.ping()
     await settle()
     assert served.waiting == 0
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_on_uvloop_it_answers_times_heads_and_upgrades(
+    parser: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the gateway's processes run on when ``wiremesh[speed]`` is installed: uvloop's
+    transports, which are not subclasses of asyncio's."""
+    monkeypatch.setenv(event_loop.ENV, "uvloop")
+
+    async def scenario() -> None:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        async with serving(parser) as served:
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+            writer.write(HEAD + b"hello")
+            assert await answer(reader) == b"hello"
+            writer.write(HEAD[:20])  # the next head, late
+            await settle()
+            assert served.waiting == 1
+            assert served.expire_all() == 1
+            assert await closed(reader)
+            async with websockets.connect(f"ws://127.0.0.1:{served.port}/ws") as ws:
+                await ws.ping()
+                assert served.waiting == 0
+
+    event_loop.run(scenario())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import textwrap
@@ -103,13 +104,16 @@ async def test_a_node_settles_its_heap_once_it_serves(
     assert heap["young_threshold"] == YOUNG_THRESHOLD
 
 
-def run_node(launch: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def run_node(
+    launch: str, timeout: float = 30.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PYTHON, "-m", "wiremesh.runtime.node_process", launch],
         capture_output=True,
         text=True,
         timeout=timeout,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -125,6 +129,23 @@ def launch_json(tmp_path: Path, **changes: Any) -> str:
     for key, value in changes.items():
         setattr(launch, key, value)
     return launch.to_json()
+
+
+async def test_a_node_runs_on_uvloop_when_it_is_installed(
+    registry: RegistryServer, client: MeshClient, nodes: list[LoneNode], tmp_path: Path
+) -> None:
+    """``wiremesh[speed]`` is installed with what the tests need: its loop is the default
+    (``WIREMESH_LOOP`` unset, as here)."""
+    assert "WIREMESH_LOOP" not in os.environ
+    start_node(nodes, registry.address, tmp_path)
+    await serving_nodes(client, "echo", 1)
+    assert await client.call("echo.loop") == "uvloop"
+
+
+def test_a_node_asked_for_a_loop_it_does_not_know_exits_78(tmp_path: Path) -> None:
+    done = run_node(launch_json(tmp_path), env={"WIREMESH_LOOP": "trio"})
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert "WIREMESH_LOOP='trio': expected one of auto, asyncio, uvloop" in done.stderr
 
 
 def test_a_bad_launch_description_exits_78(tmp_path: Path) -> None:

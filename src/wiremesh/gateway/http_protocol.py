@@ -1,10 +1,10 @@
-"""The gateway's HTTP connections: uvicorn's h11 protocol, timed while it waits for a
+"""The gateway's HTTP connections: uvicorn's HTTP protocol, timed while it waits for a
 request head, so that the gateway's timer can close a connection whose head does not
 arrive within the handshake timeout (slowloris, on a connection's first request and on
 every next one of a keep-alive connection).
 
-:class:`HttpProtocol` stands between the transport and uvicorn's ``H11Protocol``: it is
-the transport's protocol, and the transport of uvicorn's protocol. It uses nothing of
+:class:`HttpProtocol` stands between the transport and uvicorn's protocol: it is the
+transport's protocol, and the transport of uvicorn's protocol. It uses nothing of
 uvicorn's but the interface uvicorn's server itself uses to build and drive an HTTP
 protocol (the constructor keywords ``config``, ``server_state``, ``app_state``, then
 asyncio's ``Protocol`` methods), and it sees what it needs in the bytes that pass:
@@ -20,21 +20,35 @@ asyncio's ``Protocol`` methods), and it sees what it needs in the bytes that pas
 
 :class:`Handshakes` holds the connections waiting for a head and closes those that wait
 too long; :func:`protocol_classes` makes the classes a server passes to uvicorn.
+
+**The parser.** uvicorn parses HTTP/1.1 with h11 (pure Python) or httptools (llhttp, in
+C; ``pip install 'wiremesh[speed]'``). The environment variable ``WIREMESH_HTTP_PARSER``
+chooses: ``auto`` (the default, also when unset or empty) takes httptools when it is
+installed, ``h11`` or ``httptools`` that one (httptools asked for and not installed is a
+:class:`~wiremesh.errors.ConfigError` as the gateway starts). The head's clock above is
+the same with either (``tests/gateway/test_http_protocol.py`` runs on both); llhttp
+answers a request line that cannot begin a method with 400 at once, where h11 waits for
+the rest of the line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from uvicorn import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
+from wiremesh.core.choices import fast_or_default
 from wiremesh.gateway.socket_protocol import SocketProtocol
 
-__all__ = ["Handshakes", "HttpProtocol", "protocol_classes"]
+__all__ = ["PARSER_ENV", "Handshakes", "HttpProtocol", "parser_name", "protocol_classes"]
+
+PARSER_ENV = "WIREMESH_HTTP_PARSER"
 
 #: where an HTTP connection is, as far as request heads go
 HEAD = 0  # waiting for a request head (the clock runs)
@@ -59,12 +73,14 @@ class Handshakes:
 
 
 class HttpProtocol(asyncio.Protocol, asyncio.Transport):
-    """uvicorn's h11 protocol, timed while it waits for a request head (see the
+    """uvicorn's HTTP protocol, timed while it waits for a request head (see the
     module's docstring). To the transport it is the protocol; to uvicorn's protocol,
     the transport."""
 
     #: the server's connections waiting for a head (set by :func:`protocol_classes`)
     handshakes: Handshakes
+    #: uvicorn's protocol class this one drives (set by :func:`protocol_classes`)
+    parser: type[asyncio.Protocol] = H11Protocol
 
     __slots__ = ("http", "state", "tail", "transport")
 
@@ -77,8 +93,10 @@ class HttpProtocol(asyncio.Protocol, asyncio.Transport):
     ) -> None:
         # (``_loop`` is what uvicorn's server passes; its protocols find the running loop)
         #: uvicorn's protocol (None once the connection upgraded)
-        self.http: H11Protocol | None = H11Protocol(
-            config=config, server_state=server_state, app_state=app_state
+        self.http: Any = self.parser(
+            config=config,  # type: ignore[call-arg]
+            server_state=server_state,
+            app_state=app_state,
         )
         self.transport: asyncio.Transport | None = None
         #: HEAD, REQUEST or ANSWERED
@@ -89,8 +107,8 @@ class HttpProtocol(asyncio.Protocol, asyncio.Transport):
     # ------------------------------------------------------------------ the protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (uvloop's are not subclasses of asyncio.Transport)
+        self.transport = cast(asyncio.Transport, transport)
         self.handshakes.pending[self] = asyncio.get_running_loop().time()
         assert self.http is not None
         self.http.connection_made(self)
@@ -214,8 +232,31 @@ def _informational(data: bytes | bytearray | memoryview) -> bool:
     return bytes(data[:10]) == b"HTTP/1.1 1"
 
 
-def protocol_classes(handshakes: Handshakes) -> tuple[type[HttpProtocol], type[SocketProtocol]]:
+def parser_name(environ: dict[str, str] | None = None) -> str:
+    """``"httptools"`` or ``"h11"``: the parser ``WIREMESH_HTTP_PARSER`` chooses, by what is
+    installed; :class:`~wiremesh.errors.ConfigError` for a value it does not know, or
+    httptools asked for and not installed."""
+    env = os.environ if environ is None else environ
+    installed = importlib.util.find_spec("httptools") is not None
+    return fast_or_default(
+        PARSER_ENV, env.get(PARSER_ENV), default="h11", fast="httptools", installed=installed
+    )
+
+
+def protocol_classes(
+    handshakes: Handshakes, parser: str | None = None
+) -> tuple[type[HttpProtocol], type[SocketProtocol]]:
     """The protocol classes of one server (uvicorn's ``http=`` and ``ws=``), sharing its
-    ``handshakes``."""
-    http = type("GatewayHttpProtocol", (HttpProtocol,), {"handshakes": handshakes, "__slots__": ()})
+    ``handshakes``, on ``parser`` (``"h11"`` or ``"httptools"``; by default the one
+    :func:`parser_name` chooses)."""
+    inner: type[asyncio.Protocol] = H11Protocol
+    if (parser or parser_name()) == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        inner = HttpToolsProtocol
+    http = type(
+        "GatewayHttpProtocol",
+        (HttpProtocol,),
+        {"handshakes": handshakes, "parser": inner, "__slots__": ()},
+    )
     return http, SocketProtocol

@@ -16,6 +16,7 @@ import socket
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
@@ -255,8 +256,8 @@ class _MetricsConnection(asyncio.Protocol):
         self.answering = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # a stream transport (uvloop's are not subclasses of asyncio.Transport)
+        self._transport = cast(asyncio.Transport, transport)
         self._arm()
         if not self._endpoint._admit(self):
             self._reply(answer(503, headers=(("Content-Length", "0"),)))

@@ -40,6 +40,7 @@ from wiremesh.gateway.server import Gateway
 from wiremesh.observability import tracing
 from wiremesh.observability.logs import configure_logging
 from wiremesh.runtime import heap
+from wiremesh.runtime import loop as event_loop
 from wiremesh.runtime.advertise import with_host
 from wiremesh.runtime.settings import MeshConfig
 from wiremesh.transport import grpc_core
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bad launch description: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        return asyncio.run(_run(launch))
+        return event_loop.run(_run(launch))
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG

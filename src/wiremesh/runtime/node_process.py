@@ -39,6 +39,7 @@ from wiremesh.observability import tracing
 from wiremesh.observability.logs import configure_logging
 from wiremesh.observability.tracing import configure as configure_tracing
 from wiremesh.runtime import heap
+from wiremesh.runtime import loop as event_loop
 from wiremesh.runtime.node import (
     ANNOUNCE_WAIT,
     Node,
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             node=launch.node_id,
         )
     try:
-        return asyncio.run(run(launch))
+        return event_loop.run(run(launch))
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
