@@ -12,7 +12,9 @@ RESULT's ``loop`` says which):
   subscribes to the benchmark's topic and counts what arrives);
 - *fan*: the eight nodes of ``Fan`` that multicasts go to (one process by default,
   ``--fan-processes`` spreads them);
-- *raw*: one grpc.aio server, on eight ports, with generic handlers and no
+- *wide*: the nodes of ``Wide`` (32, in one process) that the multicast curve goes to, 1,
+  2, 4, 8, 16 and 32 of them (``nodes=``), against a gather of as many raw unary calls;
+- *raw*: one grpc.aio server, on 32 ports (one per node), with generic handlers and no
   (de)serializers: unary ``/bench.Raw/Echo``, bidi ``/bench.Raw/Pong`` (answers each
   message) and bidi ``/bench.Raw/Sink`` (counts the messages it reads).
 
@@ -28,7 +30,10 @@ payloads it measures:
    against what a user writes without wiremesh (``asyncio.gather`` over one raw grpc.aio
    unary stub per server, eight servers) and against the raw fan-out floor (eight bidi
    pings at once, one per server): p50 of sequential requests. Against one
-   ``MeshClient.call`` to one fan node too (``multicast_p50_vs_unicast``).
+   ``MeshClient.call`` to one fan node too (``multicast_p50_vs_unicast``);
+4. **how multicast grows**, after the rounds: ``multicast(..., nodes=...)`` to 1, 2, 4, 8,
+   16 and 32 ``Wide`` nodes against a gather of as many raw unary calls (1, 2 and 4 in
+   the quick run): ``multicast_p50_us_by_nodes``, drawn by ``make bench``.
 
 For context (no target): a raw bidi ping-pong (the least any request/reply over one
 gRPC stream costs), and the same ping-pong on eight streams at once against one (what a
@@ -93,6 +98,10 @@ RAW_PONG = f"/{RAW_SERVICE}/Pong"
 RAW_SINK = f"/{RAW_SERVICE}/Sink"
 PAYLOAD_BYTES = 64
 FAN_NODES = 8
+#: how multicast grows: the node counts of the curve (``wide`` nodes, one process), and of
+#: the quick run's
+CURVE_NODES = (1, 2, 4, 8, 16, 32)
+QUICK_CURVE_NODES = (1, 2, 4)
 #: the processes the fan nodes run in by default (FAN_NODES / processes nodes each)
 FAN_PROCESSES = 1
 TOPIC = "bench.sink"
@@ -121,6 +130,15 @@ class Fan(Service):
     @rpc(idempotent=True)
     async def echo(self, ctx: Context, data: bytes) -> bytes:
         return data
+
+
+class Wide(Fan):
+    """The nodes of the multicast curve: up to ``max(CURVE_NODES)``."""
+
+    name = "wide"
+
+
+SERVICES: dict[str, type[Service]] = {"fan": Fan, "wide": Wide}
 
 
 class Counter:
@@ -187,7 +205,7 @@ async def serve_wiremesh() -> None:
     await serve_nodes(Echo, Sink)
 
 
-async def serve_fan(registry: str, count: int) -> None:
+async def serve_fan(registry: str, count: int, service: type[Service] = Fan) -> None:
     from wiremesh.runtime.node import Node
 
     data_dir = Path(tempfile.mkdtemp(prefix="wiremesh-bench-fan-"))
@@ -195,7 +213,7 @@ async def serve_fan(registry: str, count: int) -> None:
 
     async def start() -> dict[str, Any]:
         for _ in range(count):
-            node = Node(Fan, registry_address=registry, data_dir=data_dir)
+            node = Node(service, registry_address=registry, data_dir=data_dir)
             await node.start()
             nodes.append(node)
         return {"nodes": [n.node_id for n in nodes], "pid": os.getpid()}
@@ -242,8 +260,9 @@ async def serve_raw() -> None:
     )
 
     async def start() -> dict[str, Any]:
-        # one port per fan node: eight connections, as a client has to eight nodes
-        ports = [server.add_insecure_port("127.0.0.1:0") for _ in range(FAN_NODES)]
+        # one port per node: N connections, as a client has to N nodes
+        most = max(FAN_NODES, *CURVE_NODES)
+        ports = [server.add_insecure_port("127.0.0.1:0") for _ in range(most)]
         await server.start()
         return {"addresses": [f"127.0.0.1:{port}" for port in ports], "pid": os.getpid()}
 
@@ -270,6 +289,9 @@ class Settings:
     publish_scale: int
     fan_calls: int  # sequential multicasts (and unicasts) per round (in two slices)
     budget: float  # seconds of measuring: no round starts that would likely end past it
+    curve: tuple[int, ...]  # the node counts of the multicast curve
+    curve_rounds: int  # rounds at each of them
+    curve_calls: int  # sequential multicasts per system, round and node count
 
 
 FULL = Settings(
@@ -282,6 +304,9 @@ FULL = Settings(
     publish_scale=12,
     fan_calls=300,
     budget=90.0,
+    curve=CURVE_NODES,
+    curve_rounds=4,
+    curve_calls=160,
 )
 QUICK = Settings(
     rounds=2,
@@ -293,6 +318,9 @@ QUICK = Settings(
     publish_scale=6,
     fan_calls=80,
     budget=10.0,
+    curve=QUICK_CURVE_NODES,
+    curve_rounds=2,
+    curve_calls=30,
 )
 
 LINKS, RAW = "links", "raw"
@@ -407,6 +435,66 @@ async def multicast_all(client: Any, payload: bytes) -> dict[str, Any]:
     return values
 
 
+class MulticastTo:
+    """A multicast to the ``wide`` nodes listed, every answer checked."""
+
+    def __init__(self, client: Any, nodes: list[str]) -> None:
+        self.client = client
+        self.nodes = nodes
+
+    async def __call__(self, payload: bytes) -> dict[str, Any]:
+        result = await self.client.multicast("wide.echo", payload, mode="all", nodes=self.nodes)
+        values: dict[str, Any] = result.values
+        if len(values) != len(self.nodes):
+            raise RuntimeError(f"multicast: {len(values)} answers of {len(self.nodes)}")
+        return values
+
+
+async def multicast_curve(
+    client: Any, channels: list[grpc.aio.Channel], wide: list[str], settings: Settings
+) -> list[dict[str, float]]:
+    """Multicast p50 (µs) to N nodes against a gather of N raw unary calls, for each N of
+    the curve: each point the median over ``curve_rounds`` rounds (A-B-B-A slices), with
+    the median of the per-round ratios."""
+    points = []
+    payload = os.urandom(PAYLOAD_BYTES)
+    for count in settings.curve:
+        calls: dict[str, Call] = {
+            MULTICAST: MulticastTo(client, wide[:count]),
+            GATHER: GatherUnary(channels[:count]),
+        }
+        for call in calls.values():
+            for _ in range(settings.warmup_calls):
+                await call(payload)
+        figures = {name: Figures() for name in calls}
+        for round_no in range(settings.curve_rounds):
+            await latency_pair(
+                calls,
+                [MULTICAST, GATHER],
+                figures,
+                payload,
+                settings.curve_calls,
+                settings.warmup_calls // 2,
+                round_no % 2 == 1,
+            )
+        ours, theirs = figures[MULTICAST].p50_us, figures[GATHER].p50_us
+        points.append(
+            {
+                "nodes": count,
+                "wiremesh": round(median(ours), 1),
+                "gather_unary": round(median(theirs), 1),
+                "ratio": paired(ours, theirs),
+            }
+        )
+        print(
+            f"multicast curve, {count} nodes: p50 {points[-1]['wiremesh']:.0f} vs "
+            f"{points[-1]['gather_unary']:.0f} µs (gather of raw unary)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return points
+
+
 # ---------------------------------------------------------------------------- measuring
 
 
@@ -478,7 +566,7 @@ async def one_round(
 
 
 async def measure(
-    mesh_info: dict[str, Any], raw_info: dict[str, Any], settings: Settings
+    mesh_info: dict[str, Any], raw_info: dict[str, Any], wide: list[str], settings: Settings
 ) -> dict[str, Any]:
     from wiremesh.client import MeshClient
     from wiremesh.runtime.node import Node
@@ -488,7 +576,7 @@ async def measure(
     publisher = Node(Pub, registry_address=mesh_info["registry"], data_dir=data_dir)
     channels = [grpc.aio.insecure_channel(address) for address in raw_info["addresses"]]
     raw_sink = RawSink(channels[0])
-    ping, ping8 = RawPing(channels[:1]), RawPing(channels)
+    ping, ping8 = RawPing(channels[:1]), RawPing(channels[:FAN_NODES])
     figures = {
         name: Figures()
         for name in (
@@ -512,6 +600,7 @@ async def measure(
         def ready(snapshot: Any) -> bool:
             return (
                 len(snapshot.serving("fan")) == FAN_NODES
+                and len(snapshot.serving("wide")) == len(wide)
                 and len(snapshot.serving("echo")) == 1
                 and len(snapshot.serving("sink")) == 1
             )
@@ -531,7 +620,7 @@ async def measure(
             UNICAST: functools.partial(client.call, "fan.echo"),
             PING8: ping8,
             PING_FAN: ping,
-            GATHER: GatherUnary(channels),
+            GATHER: GatherUnary(channels[:FAN_NODES]),
         }
         publishers: dict[str, Any] = {LINKS: Publisher(publisher, sink), RAW: raw_sink}
         payload = os.urandom(PAYLOAD_BYTES)
@@ -581,6 +670,7 @@ async def measure(
                 flush=True,
             )
         dropped = publishers[LINKS].dropped
+        curve = await multicast_curve(client, channels, wide, settings)
     finally:
         raw_sink.close()
         ping.close()
@@ -592,6 +682,19 @@ async def measure(
         shutil.rmtree(data_dir, ignore_errors=True)
     result = summarize(figures, settings, rounds)
     result["publish_dropped"] = dropped
+    result["multicast_p50_us_by_nodes"] = [
+        {k: v for k, v in point.items() if k != "ratio"} for point in curve
+    ]
+    result["multicast_vs_gather_unary_by_nodes"] = [
+        {"nodes": point["nodes"], "ratio": point["ratio"]} for point in curve
+    ]
+    print_table(
+        "how multicast grows: p50 to N nodes (all answers) against a gather of N raw unary calls",
+        ["nodes", "multicast p50 (µs)", "gather of raw unary p50 (µs)", "ratio"],
+        [[p["nodes"], p["wiremesh"], p["gather_unary"], p["ratio"]] for p in curve],
+        note=f"the wide nodes in one process; medians over {settings.curve_rounds} rounds of "
+        f"{settings.curve_calls} multicasts per system, A-B-B-A slices",
+    )
     return result
 
 
@@ -758,13 +861,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", choices=("wiremesh", "fan", "raw"), help=argparse.SUPPRESS)
     parser.add_argument("--registry", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=FAN_NODES, help=argparse.SUPPRESS)
+    parser.add_argument("--service", choices=tuple(SERVICES), default="fan", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.serve == "wiremesh":
         run_on("wiremesh", serve_wiremesh())
         return 0
     if args.serve == "fan":
-        run_on("wiremesh", serve_fan(args.registry, args.count))
+        run_on("wiremesh", serve_fan(args.registry, args.count, SERVICES[args.service]))
         return 0
     if args.serve == "raw":
         run_on("wiremesh", serve_raw())
@@ -789,10 +893,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             servers.append(fan)
             fan.start()
+        wide_args = ["--serve", "fan", "--service", "wide", "--registry", mesh_info["registry"]]
+        wide = ServerProcess(
+            [script, *wide_args, "--count", str(max(settings.curve))], name="wide server"
+        )
+        servers.append(wide)
+        wide_nodes = wide.start()["nodes"]
         raw = ServerProcess([script, "--serve", "raw"], name="raw server")
         servers.append(raw)
         raw_info = raw.start()
-        result = run_on("wiremesh", measure(mesh_info, raw_info, settings))
+        result = run_on("wiremesh", measure(mesh_info, raw_info, wide_nodes, settings))
     finally:
         for server in servers:
             server.stop()
