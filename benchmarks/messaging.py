@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/messaging.py            # the full run (a few minutes)
     .venv/bin/python benchmarks/messaging.py --quick    # a short run (smoke test)
+    .venv/bin/python benchmarks/messaging.py --systems embedded   # only these systems
 
-Needs RabbitMQ on 127.0.0.1:5672 (guest/guest; ``--url`` for another). Each system runs in
-this process, publishing and consuming in the same event loop, with 256 B messages and
+Needs RabbitMQ on 127.0.0.1:5672 (guest/guest; ``--url`` for another), unless
+``--systems`` leaves out every system that runs on it. Each system runs in this process,
+publishing and consuming in the same event loop (uvloop when it is installed, as
+wiremesh's processes choose; the embedded broker's process too), with 256 B messages and
 the same number in flight (``--inflight``, 256 by default: that many publishers, each
 waiting for its confirm before the next, and a consumer prefetch of as many):
 
@@ -53,7 +56,9 @@ from _common import (  # noqa: E402
     print_result,
     print_table,
     ratio,
+    run_on,
     serve_until_stopped,
+    wiremesh_loop,
 )
 
 from wiremesh import Context, Service, on_event  # noqa: E402
@@ -309,17 +314,33 @@ async def serve_broker() -> None:
     await serve_until_stopped(start, stop)
 
 
+#: ``--systems`` names -> the systems' names in the tables
+SYSTEMS = {
+    "amqp": "wiremesh amqp",
+    "aiopika": "raw aio-pika",
+    "faststream": "FastStream",
+    "embedded": "wiremesh embedded",
+}
+
+
 async def run(
-    settings: Settings, url: str, embedded: str, inflight: int, quick: bool
+    settings: Settings,
+    url: str,
+    embedded: str | None,
+    inflight: int,
+    quick: bool,
+    chosen: list[str],
 ) -> dict[str, Any]:
     makers: dict[str, Callable[[], Awaitable[System]]] = {
         "wiremesh amqp": lambda: wiremesh_system(url, "wiremesh amqp", inflight),
         "raw aio-pika": lambda: aiopika_system(url, inflight),
         "FastStream": lambda: faststream_system(url, inflight),
-        "wiremesh embedded": lambda: wiremesh_system(embedded, "wiremesh embedded", inflight),
+        "wiremesh embedded": lambda: wiremesh_system(str(embedded), "wiremesh embedded", inflight),
     }
-    systems = {name: await make() for name, make in makers.items()}
-    figures = {name: Figures() for name in systems}
+    wanted = {SYSTEMS[c] for c in chosen}
+    systems = {name: await make() for name, make in makers.items() if name in wanted}
+    # a system left out (``--systems``) has no figures: its keys are null
+    figures = {name: Figures() for name in makers}
     names = list(systems)
     try:
         for r in range(settings.rounds):
@@ -341,7 +362,7 @@ async def run(
         return median(ratio(x, y) for x, y in zip(figures[a].rate, figures[b].rate, strict=True))
 
     wm, raw, fs, emb = "wiremesh amqp", "raw aio-pika", "FastStream", "wiremesh embedded"
-    rows = [[name, median(f.rate), median(f.p50_us)] for name, f in figures.items()]
+    rows = [[name, median(f.rate), median(f.p50_us)] for name, f in figures.items() if f.rate]
     print_table(
         f"emit -> handler, {len(PAYLOAD)} B, {inflight} in flight, {settings.rounds} rounds",
         ["system", "msgs/s", "p50 emit->handler (us)"],
@@ -357,6 +378,7 @@ async def run(
     )
     return {
         "quick": quick,
+        "loop": wiremesh_loop(),
         "rounds": settings.rounds,
         "inflight": inflight,
         "payload_bytes": len(PAYLOAD),
@@ -379,10 +401,20 @@ def main() -> int:
     parser.add_argument("--url", default=URL, help="RabbitMQ url (default: %(default)s)")
     parser.add_argument("--inflight", type=int, default=INFLIGHT)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help="the systems to run, comma-separated (default: %(default)s); "
+        "leaving out amqp, aiopika and faststream needs no RabbitMQ",
+    )
     parser.add_argument("--serve-broker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    chosen = [name.strip() for name in args.systems.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(SYSTEMS))
+    if unknown or not chosen:
+        parser.error(f"--systems: choose among {', '.join(SYSTEMS)} (got {args.systems!r})")
     if args.serve_broker:  # internal: the embedded broker's own process
-        asyncio.run(serve_broker())
+        run_on("wiremesh", serve_broker())
         return 0
     settings = QUICK if args.quick else FULL
     if args.rounds:
@@ -391,8 +423,10 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)
     broker = ServerProcess([str(Path(__file__).resolve()), "--serve-broker"], name="broker")
     try:
-        embedded = broker.start()["url"]
-        result = asyncio.run(run(settings, args.url, embedded, args.inflight, args.quick))
+        embedded = broker.start()["url"] if "embedded" in chosen else None
+        result = run_on(
+            "wiremesh", run(settings, args.url, embedded, args.inflight, args.quick, chosen)
+        )
     finally:
         broker.stop()
     print_result(result)

@@ -1,9 +1,11 @@
 """The embedded broker's disk: one SQLite file in WAL mode, written with group commit.
 
-Every write the broker asks for during one loop turn (publishes, settles, dead letters) is
-run in one transaction on a single writer thread; the next batch gathers while that one is
-committed, so many small writes cost one fsync. ``synchronous=FULL``: a write whose future
-has resolved survives a power cut.
+Writes (publishes, settles, dead letters) run in transactions on a single writer thread,
+with group commit: a write that finds the disk idle starts a commit at once, and every write
+asked for while that commit is under way waits for the next one, which starts as soon as it
+is on disk. So many small writes cost one fsync, and none waits for a loop turn or a timer
+when the disk is idle. ``synchronous=FULL``: a write whose future has resolved survives a
+power cut.
 
 A write nothing waits for, and whose loss in a crash costs only a message delivered
 again (deleting an acknowledged message), is deferred (:meth:`Journal.defer`): it rides
@@ -199,7 +201,8 @@ class Journal:
         #: set once the deferred writes may wait no longer
         self._deferred_due = False
         self._defer_timer: asyncio.TimerHandle | None = None
-        self._flusher: asyncio.Task[None] | None = None
+        #: the commit under way, if any
+        self._committing: asyncio.Future[list[Any]] | None = None
         self.next_seq = 1
 
     def load(self) -> tuple[list[QueueRecord], list[Stored]]:
@@ -260,30 +263,37 @@ class Journal:
             self._start(asyncio.get_running_loop())
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush(), name="wiremesh-broker-commit")
+        """Start a commit of everything waiting now, unless one is under way: what comes
+        meanwhile waits for the next, which starts as soon as this one is on disk."""
+        if self._committing is not None or not (self._pending or self._deferred_due):
+            return
+        self._deferred_due = False
+        batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any] | None]]
+        batch = [(write, None) for write in self._deferred]
+        batch += self._pending
+        self._deferred, self._pending = [], []
+        committing = self._committing = loop.run_in_executor(self._executor, self._commit, batch)
+        committing.add_done_callback(lambda done: self._committed(loop, batch, done))
 
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending or self._deferred_due:
-            self._deferred_due = False
-            batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any] | None]]
-            batch = [(write, None) for write in self._deferred]
-            batch += self._pending
-            self._deferred, self._pending = [], []
-            if not batch:
-                continue
-            try:
-                results = await loop.run_in_executor(self._executor, self._commit, batch)
-            except Exception as exc:  # a disk error: every write of the batch failed
-                log.error("broker storage write failed: %s", exc)
-                for _, future in batch:
-                    if future is not None and not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
+    def _committed(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: Sequence[tuple[Any, asyncio.Future[Any] | None]],
+        done: asyncio.Future[list[Any]],
+    ) -> None:
+        self._committing = None
+        # (cancelled: the loop is closing under it)
+        exc = asyncio.CancelledError() if done.cancelled() else done.exception()
+        if exc is not None:  # a disk error: every write of the batch failed
+            log.error("broker storage write failed: %s", exc)
+            for _, future in batch:
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+        else:
+            for (_, future), result in zip(batch, done.result(), strict=True):
                 if future is not None and not future.done():
                     future.set_result(result)
+        self._start(loop)
 
     def _commit(
         self, batch: Sequence[tuple[Callable[[sqlite3.Connection], Any], Any]]
@@ -306,8 +316,8 @@ class Journal:
         if self._deferred:
             self._deferred_due = True
             self._start(asyncio.get_running_loop())
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        while self._committing is not None:  # (each commit starts the next, if any waits)
+            await asyncio.wait([self._committing])
         db, self._db = self._db, None
         if db is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
