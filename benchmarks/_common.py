@@ -15,9 +15,9 @@
   starts inherit ``GRPC_EXPERIMENTS``; a benchmark that imported grpc before this module
   runs again in place with it set (grpc reads it only as it loads);
 - event loops: :func:`run_on` runs a process's main coroutine on ``"wiremesh"`` (the loop
-  wiremesh's own processes choose: uvloop when it is installed, see
-  ``wiremesh.runtime.loop``), ``"uvloop"`` (a peer's fast configuration) or ``"asyncio"``
-  (a peer's default one).
+  wiremesh's node processes choose: uvloop when it is installed, see
+  ``wiremesh.runtime.loop``), ``"gateway"`` (the gateway's: asyncio's own),
+  ``"uvloop"`` (a peer's fast configuration) or ``"asyncio"`` (a peer's default one).
 
 A benchmark is not a test: nothing here asserts timings.
 """
@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 #: the loops :func:`run_on` knows
-LOOPS = ("wiremesh", "uvloop", "asyncio")
+LOOPS = ("wiremesh", "gateway", "uvloop", "asyncio")
 
 READY_PREFIX = "READY "
 RESULT_PREFIX = "RESULT "
@@ -271,6 +271,8 @@ def run_on(loop: str, main: Coroutine[Any, Any, Any]) -> Any:
 
     if loop == "wiremesh":
         return event_loop.run(main)
+    if loop == "gateway":
+        return event_loop.run_gateway(main)
     if loop == "uvloop":
         import uvloop
 

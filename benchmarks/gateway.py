@@ -5,18 +5,18 @@
 
 Server processes, spawned with ``sys.executable``: for wiremesh, one hosts an embedded
 registry and a node of ``Echo`` (an ``@on_socket`` method that sends each message back),
-another a gateway (uvicorn, JWT checked at the upgrade) in front of it, both on the loop
-wiremesh's processes choose (uvloop when it is installed: ``wiremesh.runtime.loop``); for
-the peer, a raw ``websockets`` echo server (``websockets.asyncio.server.serve``, a handler
-that sends back what it receives) twice: on uvloop, the fast configuration its users
-deploy (the peer of ``p50_ratio`` and ``throughput_ratio``), and on asyncio's default loop
-(the ``*_default_peer`` ratios). This process is the client of all three, with the
-``websockets`` client, over plain ``ws://`` on loopback: 64 B binary messages, measured for
-latency (one message in flight: p50, p99) and throughput (``PIPELINE`` messages in flight,
-pipelined on one connection). Each round measures the three systems in A-B-C-C-B-A
-slices, the order turning each round; figures are medians over rounds, ratios (wiremesh /
-raw) medians of the per-round ratios. The last line printed is ``RESULT {json}``.
-"""
+another a gateway (uvicorn, JWT checked at the upgrade) in front of it, each on the loop
+wiremesh gives it (``wiremesh.runtime.loop``: the node on uvloop when it is installed,
+the gateway on asyncio's); for the peer, a raw ``websockets`` echo server
+(``websockets.asyncio.server.serve``, a handler that sends back what it receives) twice:
+on uvloop, the fast configuration its users deploy (the peer of ``p50_ratio`` and
+``throughput_ratio``), and on asyncio's default loop (the ``*_default_peer`` ratios).
+This process is the client of all three, with the ``websockets`` client, over plain
+``ws://`` on loopback: 64 B binary messages, measured for latency (one message in
+flight: p50, p99) and throughput (``PIPELINE`` messages in flight, pipelined on one
+connection). Each round measures the three systems in A-B-C-C-B-A slices, the order
+turning each round; figures are medians over rounds, ratios (wiremesh / raw) medians of
+the per-round ratios. The last line printed is ``RESULT {json}``. """
 
 from __future__ import annotations
 
@@ -321,7 +321,7 @@ def main() -> int:
         run_on("wiremesh", serve_node())
         return 0
     if args.serve == "gateway":
-        run_on("wiremesh", serve_gateway(args.registry))
+        run_on("gateway", serve_gateway(args.registry))
         return 0
     if args.serve == "raw":
         run_on(args.loop, serve_raw())

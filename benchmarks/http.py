@@ -15,9 +15,10 @@ Four server processes, spawned with ``sys.executable``:
 - *bare default*: the same on asyncio's default loop with h11, uvicorn's defaults without
   its extras (the ``*_default_peer`` ratios).
 
-wiremesh's two processes run as wiremesh's own do: on uvloop and with httptools when they
-are installed (``wiremesh[speed]``; ``wiremesh_loop`` and ``wiremesh_http_parser`` in the
-RESULT say what ran).
+wiremesh's two processes run as wiremesh's own do: the node on uvloop when it is
+installed, the gateway on asyncio's loop (``wiremesh.runtime.loop``) with httptools when
+it is installed (``wiremesh[speed]``; ``wiremesh_loop``, the node's, and
+``wiremesh_http_parser`` in the RESULT say what ran).
 
 This process is the load generator: a small HTTP/1.1 client on asyncio streams with
 keep-alive connections (one request at a time per connection, no pipelining), so that the
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         run_on("wiremesh", serve_mesh())
         return 0
     if args.serve == "gateway":
-        run_on("wiremesh", serve_gateway(args.registry))
+        run_on("gateway", serve_gateway(args.registry))
         return 0
     if args.serve == "bare":
         loop, http = PEERS[args.peer]

@@ -1203,7 +1203,7 @@ def gateway(
         await serve(gw, stop=stop, announce=announce)
 
     try:
-        event_loop.run(go())
+        event_loop.run_gateway(go())
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except WiremeshError as exc:

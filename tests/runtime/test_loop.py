@@ -111,3 +111,16 @@ def test_without_httptools_auto_is_h11_and_an_unknown_parser_an_error(
         parser_name({PARSER_ENV: "httptools"})
     with pytest.raises(ConfigError, match="expected one of auto, h11, httptools"):
         parser_name({PARSER_ENV: "picohttp"})
+
+
+def test_a_gateway_runs_on_asyncios_loop_whatever_the_variable_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its descriptor guard is in the accept() asyncio's loop calls
+    (tests/hostile/test_gateway_attacks.py shows it at work)."""
+    monkeypatch.setenv(event_loop.ENV, "uvloop")
+
+    async def which() -> str:
+        return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+    assert event_loop.run_gateway(which()) == "asyncio"

@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bad launch description: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        return event_loop.run(_run(launch))
+        return event_loop.run_gateway(_run(launch))
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG

@@ -6,7 +6,7 @@ makes the gateway's sockets and HTTP door and grpc.aio's completion callbacks ch
 message; nothing in wiremesh depends on which loop runs.
 
 The choice, by the environment variable ``WIREMESH_LOOP`` (inherited, like every
-variable, by the nodes and the gateway that ``wiremesh run`` starts):
+variable, by the nodes that ``wiremesh run`` starts):
 
 - ``auto`` (the default, also when unset or empty): uvloop when it can be imported,
   else asyncio's own loop;
@@ -14,6 +14,12 @@ variable, by the nodes and the gateway that ``wiremesh run`` starts):
 - ``asyncio``: asyncio's own loop.
 
 :func:`run` is what wiremesh's process entry points call instead of ``asyncio.run``.
+
+**The gateway stays on asyncio's loop** (:func:`run_gateway`), whatever the variable says:
+its guard against running out of file descriptors (``wiremesh.gateway.listener``: keep
+some for its own connections to the nodes, refuse the rest at once, log it) lives in the
+``accept()`` of its listening socket, which asyncio's loop calls and uvloop does not
+(libuv accepts in C). Its HTTP parser is chosen apart (``WIREMESH_HTTP_PARSER``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any, TypeVar
 from wiremesh.core.choices import fast_or_default
 from wiremesh.errors import ConfigError
 
-__all__ = ["ENV", "loop_factory", "loop_name", "run"]
+__all__ = ["ENV", "loop_factory", "loop_name", "run", "run_gateway"]
 
 T = TypeVar("T")
 
@@ -63,3 +69,9 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         raise
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+def run_gateway(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` for a gateway's process: on asyncio's own loop (see the
+    module's docstring)."""
+    return asyncio.run(main)
