@@ -4,18 +4,19 @@
     .venv/bin/python benchmarks/push.py --quick    # N = 100 and 1,000 (smoke test, < 30 s)
 
 Server processes, spawned with ``sys.executable``: for wiremesh, one hosts an embedded
-registry and a node of ``Pusher``, another a gateway in front of it (both on the loop
-wiremesh's processes choose: uvloop when it is installed); for the peer, one hosts a raw
-``websockets`` server (the asyncio implementation) that keeps its connections in a set,
-on uvloop, its fast configuration. The clients run on uvloop too. Two client processes,
-one per server (each holds up to 10,000 connections, so neither runs out of file
-descriptors), open the N sessions: a minimal WebSocket client on an asyncio ``Protocol``
-(``connections.py``'s handshake), spread over source addresses in 127.0.0.0/8 (500 each:
-the gateway allows 1,000 per address by default). Every wiremesh session carries a token
-of the same principal (``audience``; the gateway's ``connections_per_principal`` is
-raised to allow them all, and ``idle_timeout`` is off, as the raw server has none). One
-more connection per server, the *control* session, asks for each push; this process
-drives both clients, N growing 100 -> 1,000 -> 10,000 on the same connections.
+registry and a node of ``Pusher``, another a gateway in front of it (each on the loop
+wiremesh gives it: the node on uvloop when it is installed, the gateway on asyncio's);
+for the peer, one hosts a raw ``websockets`` server (the asyncio implementation) that
+keeps its connections in a set, on uvloop, its fast configuration. The clients run on
+uvloop too. Two client processes, one per server (each holds up to 10,000 connections,
+so neither runs out of file descriptors), open the N sessions: a minimal WebSocket
+client on an asyncio ``Protocol`` (``connections.py``'s handshake), spread over source
+addresses in 127.0.0.0/8 (500 each: the gateway allows 1,000 per address by default).
+Every wiremesh session carries a token of the same principal (``audience``; the
+gateway's ``connections_per_principal`` is raised to allow them all, and
+``idle_timeout`` is off, as the raw server has none). One more connection per server,
+the *control* session, asks for each push; this process drives both clients, N growing
+100 -> 1,000 -> 10,000 on the same connections.
 
 Each push, the server takes ``time.monotonic_ns()`` (CLOCK_MONOTONIC: one clock for every
 process of the machine), writes it into a 64 B message and pushes it:
@@ -92,6 +93,9 @@ from connections import raise_nofile, upgrade_request  # noqa: E402
 
 from wiremesh import Service, Session, on_socket  # noqa: E402
 
+#: the descriptors each process asks for: 10,000 sessions, the eighth a gateway keeps for
+#: its own connections (``gateway/listener.py``), and room
+NOFILE = 16_384
 AUDIENCE = "audience"  # the principal of every session pushed to
 SIZE = 64  # bytes of a pushed message
 HEAD = struct.Struct("!Iq")  # the push's number, the server's monotonic_ns when it pushed
@@ -152,7 +156,7 @@ async def serve_gateway(registry: str) -> None:
             "control_token": mint_token(gateway.dev_secret, subject="control", ttl=3600),
         }
 
-    raise_nofile()
+    raise_nofile(NOFILE)
     limits = {"connections_per_principal": 100_000, "idle_timeout": 0}
     await serve_gateway_process(registry, {"limits": limits}, ready)
 
@@ -161,7 +165,7 @@ async def serve_raw() -> None:
     from websockets.asyncio.server import ServerConnection, broadcast, serve
     from websockets.exceptions import ConnectionClosed
 
-    raise_nofile()
+    raise_nofile(NOFILE)
     audience: set[ServerConnection] = set()
     state: dict[str, Any] = {}
 
@@ -294,7 +298,7 @@ async def client(port: int, path: str, control_path: str, token: str, control_to
     ``grow N``: open sessions until N are open and the server counts N;
     ``push <system> <number>``: ask for a push, wait until every session has it.
     """
-    raise_nofile()
+    raise_nofile(NOFILE)
     loop = asyncio.get_running_loop()
     tally = Tally()
     replies: asyncio.Queue[bytes] = asyncio.Queue()
@@ -645,7 +649,7 @@ def main() -> int:
         run_on("wiremesh", serve_node())
         return 0
     if args.serve == "gateway":
-        run_on("wiremesh", serve_gateway(args.registry))
+        run_on("gateway", serve_gateway(args.registry))
         return 0
     if args.serve == "raw":
         run_on("uvloop", serve_raw())

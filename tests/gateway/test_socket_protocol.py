@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import struct
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -425,3 +426,16 @@ async def test_a_shutting_down_server_closes_open_connections_with_1001(
         assert (await closed_with(ws))[0] == 1001
     assert (await session.ended)[0] == 1001
     assert not served.server.server_state.connections
+
+
+async def test_an_open_connection_keeps_its_id_as_an_integer_and_gives_a_uuid(
+    served: Running,
+) -> None:
+    async with ws_connect(served.url("/asgi"), subprotocols=["wiremesh.v1"]) as ws:  # type: ignore[list-item]
+        session = await served.session()
+        assert session.socket is not None
+        conn = session.socket.conn
+        # kept as an integer, given as websockets gives it
+        assert isinstance(conn.id, uuid.UUID) and conn.id == conn.id
+        await ws.send(b"still parsed")
+        assert await ws.recv() == b"still parsed"

@@ -49,3 +49,20 @@ def test_indexes_by_number_principal_and_node() -> None:
     assert table.of_node("n1") == [entries[2]]
     assert table.get(entries[0].number) is None
     assert len({e.number for e in entries}) == 3
+
+
+def test_a_principal_with_one_session_holds_it_alone_and_with_more_a_dict() -> None:
+    table: SessionTable[Entry] = SessionTable(per_principal=10, per_ip=10)
+    first, second, third = (Entry(table.next_number(), "ada", "n1") for _ in range(3))
+    table.add(first)
+    assert table.of_principal("ada") == [first]
+    table.add(second)
+    table.add(third)
+    assert table.of_principal("ada") == [first, second, third]
+    table.remove(second)
+    table.remove(first)
+    assert table.of_principal("ada") == [third]
+    table.remove(third)
+    assert table.of_principal("ada") == []
+    assert table.count_of_node("n1") == 0
+    assert table.of_node("n1") == [] and table.of_node("unknown") == []

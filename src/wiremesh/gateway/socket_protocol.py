@@ -30,19 +30,31 @@ without a queue, so the gateway also gets the protocol itself under the
 - keepalive pings driven by the gateway's one shared timer (:meth:`SocketProtocol.ping`,
   :meth:`~SocketProtocol.keepalive_failed`) instead of a timer per connection.
 
-A connection holds little (``benchmarks/connections.py`` measures it): slots instead of
-a ``__dict__``, a list and one future instead of an ``asyncio.Queue``, and the
-handshake's request headers dropped as soon as the scope is made, its response once it
-is sent.
+A connection holds little (``benchmarks/connections.py`` measures the gateway's memory per
+idle connection):
+
+- slots instead of a ``__dict__``; no list until a message waits for ``receive()``, and
+  ``receive()`` hands out a future (no coroutine of its own waits in it);
+- the application's task runs the application's coroutine itself (no wrapper coroutine),
+  and one done callback ends it;
+- the handshake's request headers go as soon as the scope is made (websockets' parser
+  keeps the request for the connection's life), its response once it is sent;
+- what is the same for many connections is shared: the scope's ``asgi`` dict and its
+  extension's options, the server's address, the client's host, the path;
+  websockets' connection id is kept as the integer it is made of
+  (:class:`_ServerProtocol`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import http
 import logging
 import os
+import sys
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 from urllib.parse import unquote
@@ -114,10 +126,27 @@ class Disconnected(OSError):
 
 
 def _address(info: object) -> tuple[str, int] | None:
-    """``(host, port)`` of a socket address (None for a Unix socket)."""
+    """``(host, port)`` of a socket address (None for a Unix socket); the host's string
+    is shared by every connection that has the same (``sys.intern``)."""
     if isinstance(info, tuple) and len(info) >= 2:
-        return str(info[0]), int(info[1])
+        return sys.intern(str(info[0])), int(info[1])
     return None
+
+
+def _shared(cache: dict[Any, Any], value: Any) -> Any:
+    """``value``, or the equal one ``cache`` holds already (a scope's server address, its
+    path: the same for most connections); at most 256 kept."""
+    found = cache.get(value)
+    if found is not None:
+        return found
+    if len(cache) >= 256:
+        cache.clear()
+    cache[value] = value
+    return value
+
+
+_SERVERS: dict[tuple[str, int] | None, tuple[str, int] | None] = {}
+_RAW_PATHS: dict[bytes, bytes] = {}
 
 
 class SocketProtocol(asyncio.Protocol):
@@ -169,8 +198,8 @@ class SocketProtocol(asyncio.Protocol):
         self._server_state = server_state
         self._app_state = app_state
         #: websockets' sans-I/O protocol: bytes in, events and bytes out
-        self.conn = ServerProtocol(
-            extensions=_extensions(config.ws_per_message_deflate),
+        self.conn: ServerProtocol = _ServerProtocol(
+            extensions=_DEFLATE if config.ws_per_message_deflate else None,
             max_size=config.ws_max_size,
             logger=_websockets_log,
         )
@@ -194,9 +223,9 @@ class SocketProtocol(asyncio.Protocol):
         # the 101 response until the application accepts; its refusal while it sends one
         self._response: Response | None = None
         self._body: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
-        # what receive() returns next, and the application's wait for it
-        self._inbox: list[Message] = []
-        self._waiter: asyncio.Future[None] | None = None
+        # what receive() returns next (None: nothing), and the application's wait for it
+        self._inbox: list[Message] | None = None
+        self._waiter: asyncio.Future[Message] | None = None
         # reading is paused until the application takes the messages in the inbox
         self._inbox_full = False
         # the application has been told the connection ended
@@ -317,29 +346,31 @@ class SocketProtocol(asyncio.Protocol):
         root = config.root_path
         self.scope = {
             "type": "websocket",
-            "asgi": {"version": config.asgi_version, "spec_version": "2.4"},
+            "asgi": _asgi(config.asgi_version),
             "http_version": "1.1",
             "scheme": "wss" if transport.get_extra_info("sslcontext") else "ws",
-            "server": _address(transport.get_extra_info("sockname")),
+            "server": _shared(_SERVERS, _address(transport.get_extra_info("sockname"))),
             "client": _address(transport.get_extra_info("peername")),
             "root_path": root,
-            "path": root + unquote(raw_path),
-            "raw_path": root.encode("ascii") + raw_path.encode("ascii"),
+            "path": sys.intern(root + unquote(raw_path)),
+            "raw_path": _shared(_RAW_PATHS, root.encode("ascii") + raw_path.encode("ascii")),
             "query_string": query.encode("ascii"),
             "headers": headers,
             "subprotocols": [p for p in subprotocols if p],
             "state": self._app_state.copy(),
-            "extensions": {"websocket.http.response": {}, EXTENSION: self},
+            "extensions": {"websocket.http.response": _NO_OPTIONS, EXTENSION: self},
         }
         # websockets' parser keeps the request alive for the connection's life: its
         # headers (a browser's are a kilobyte or two) go now that the scope has a copy
         request.headers.clear()
         self._response = response
         self._put({"type": "websocket.connect"})
-        task = asyncio.get_running_loop().create_task(self._run())
-        tasks = self._server_state.tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        app = self._app(self.scope, self.receive, self.send)
+        task = asyncio.get_running_loop().create_task(
+            app if asyncio.iscoroutine(app) else _awaited(app)
+        )
+        self._server_state.tasks.add(task)
+        task.add_done_callback(self._app_ended, context=_CALLBACKS)
 
     def _message(self, data: BytesLike, text: bool) -> None:
         """One whole message from the browser."""
@@ -361,8 +392,9 @@ class SocketProtocol(asyncio.Protocol):
                 if text
                 else {"type": "websocket.receive", "bytes": message}
             )
-            if not self._inbox_full:
-                # one message at a time waits for the application (as uvicorn's do)
+            if self._inbox and not self._inbox_full:
+                # one message at a time waits for the application (as uvicorn's do): the
+                # one its receive() took already, and this one
                 self._inbox_full = True
                 self.transport.pause_reading()
             return
@@ -559,22 +591,19 @@ class SocketProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ the application
 
-    async def _run(self) -> None:
-        """Run the application on this connection (uvicorn counts the task)."""
-        scope = self.scope
-        assert scope is not None
-        try:
-            await self._app(scope, self.receive, self.send)
-        except Disconnected:
-            pass
-        except asyncio.CancelledError:
+    def _app_ended(self, task: asyncio.Task[None]) -> None:
+        """The application's task on this connection ended (uvicorn counts the task
+        while it runs)."""
+        self._server_state.tasks.discard(task)
+        if task.cancelled():
             self.transport.abort()  # uvicorn's shutdown gave up waiting
-            raise
-        except Exception:
-            log.exception("the WebSocket application failed")
-            self._ended(CloseCode.INTERNAL_ERROR)
-        else:
+            return
+        exc = task.exception()
+        if exc is None:
             self._ended(CloseCode.NORMAL)
+        elif isinstance(exc, Exception) and not isinstance(exc, Disconnected):
+            log.error("the WebSocket application failed", exc_info=exc)
+            self._ended(CloseCode.INTERNAL_ERROR)
 
     def _ended(self, code: int) -> None:
         """The application returned (or failed): answer what it left unanswered."""
@@ -588,23 +617,28 @@ class SocketProtocol(asyncio.Protocol):
         elif phase == OPEN:
             self.close_now(code, "")
 
-    async def receive(self) -> Message:
+    def receive(self) -> asyncio.Future[Message]:
         """ASGI ``receive``: ``websocket.connect``, then the messages (without a
-        ``receiver``), then ``websocket.disconnect`` (again at every later call)."""
-        inbox = self._inbox
-        while not inbox:
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
+        ``receiver``), then ``websocket.disconnect`` (again at every later call). A
+        future, not a coroutine: what waits in an idle connection is that future only."""
+        waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        if self._inbox:
+            waiter.set_result(self._take(self._inbox))
+        else:
+            self._waiter = waiter
+        return waiter
+
+    def _take(self, inbox: list[Message]) -> Message:
+        """The message ``receive()`` gives next (the end stays: it is given every time)."""
         message = inbox[0]
         if message["type"] != "websocket.disconnect":
             del inbox[0]
-            if self._inbox_full and not inbox:
-                self._inbox_full = False
-                if not self.held and not self.transport.is_closing():
-                    self.transport.resume_reading()
+            if not inbox:
+                self._inbox = None
+                if self._inbox_full:
+                    self._inbox_full = False
+                    if not self.held and not self.transport.is_closing():
+                        self.transport.resume_reading()
         return message
 
     async def send(self, message: Mapping[str, Any]) -> None:
@@ -692,10 +726,15 @@ class SocketProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ small parts
 
     def _put(self, message: Message) -> None:
-        self._inbox.append(message)
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = []
+        inbox.append(message)
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():  # (not cancelled)
+                waiter.set_result(self._take(inbox))
 
     def _tell(self, code: int, reason: str) -> None:
         """The application hears that the connection ended, once."""
@@ -759,6 +798,37 @@ _DEFLATE = [
     )
 ]
 
+#: the context ``_app_ended`` runs in (it sets no variable): one for every connection,
+#: where a done callback gets a copy of the current one by default
+_CALLBACKS = contextvars.Context()
+#: the options of the ``websocket.http.response`` extension (none), shared by every scope
+_NO_OPTIONS: dict[str, Any] = {}
+_ASGI: dict[str, dict[str, str]] = {}
 
-def _extensions(deflate: bool) -> list[ServerPerMessageDeflateFactory]:
-    return _DEFLATE if deflate else []
+
+def _asgi(version: str) -> dict[str, str]:
+    """The scope's ``asgi`` entry, one dict for every connection."""
+    found = _ASGI.get(version)
+    if found is None:
+        found = _ASGI[version] = {"version": version, "spec_version": "2.4"}
+    return found
+
+
+async def _awaited(app: Awaitable[None]) -> None:
+    """An application that returns an awaitable other than a coroutine, as a coroutine."""
+    await app
+
+
+class _ServerProtocol(ServerProtocol):
+    """websockets' ``ServerProtocol``, whose ``id`` (a UUID, for logs) is kept as the
+    integer it is made of: a ``UUID`` object is three times that, per connection."""
+
+    _id: int
+
+    @property
+    def id(self) -> uuid.UUID:
+        return uuid.UUID(int=self._id)
+
+    @id.setter
+    def id(self, value: uuid.UUID) -> None:
+        self._id = value.int

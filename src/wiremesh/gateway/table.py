@@ -2,8 +2,14 @@
 
 Connections are counted per principal and per client address from the moment they are
 admitted (before the WebSocket handshake ends), so a burst of upgrades cannot overshoot
-the limits. Sessions are indexed by number, by principal (push to a principal) and by
-node (close a dead node's sessions).
+the limits. Sessions are indexed by number, by principal (push to a principal) and
+counted by node (route a new session to the least loaded node); a dead node's sessions
+are found among all (a rare event, where a set per node would cost every session its
+entry).
+
+Kept small per session: a principal with one session holds it as it is (most browsers'
+case), only one with more a dict of them by number (a set or a dict is 200 bytes or more,
+even for one entry).
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ class SessionTable(Generic[E]):
         self.per_principal = per_principal
         self.per_ip = per_ip
         self._by_number: dict[int, E] = {}
-        self._by_principal: dict[str, set[E]] = {}
-        self._by_node: dict[str, set[E]] = {}
+        # each principal's session, or its sessions by number when it has more than one
+        self._by_principal: dict[str, E | dict[int, E]] = {}
+        self._node_counts: dict[str, int] = {}
         self._principal_counts: dict[str, int] = {}
         self._ip_counts: dict[str, int] = {}
         self._next = 0
@@ -67,27 +74,47 @@ class SessionTable(Generic[E]):
 
     def add(self, entry: E) -> None:
         self._by_number[entry.number] = entry
-        self._by_principal.setdefault(entry.principal, set()).add(entry)
-        self._by_node.setdefault(entry.node_id, set()).add(entry)
+        principal = entry.principal
+        held = self._by_principal.get(principal)
+        if held is None:
+            self._by_principal[principal] = entry
+        elif isinstance(held, dict):
+            held[entry.number] = entry
+        else:
+            self._by_principal[principal] = {held.number: held, entry.number: entry}
+        self._node_counts[entry.node_id] = self._node_counts.get(entry.node_id, 0) + 1
 
     def remove(self, entry: E) -> None:
         if self._by_number.get(entry.number) is not entry:
             return
         del self._by_number[entry.number]
-        _discard(self._by_principal, entry.principal, entry)
-        _discard(self._by_node, entry.node_id, entry)
+        principal = entry.principal
+        held = self._by_principal.get(principal)
+        if held is entry:
+            del self._by_principal[principal]
+        elif isinstance(held, dict):
+            held.pop(entry.number, None)
+            if len(held) == 1:
+                self._by_principal[principal] = next(iter(held.values()))
+        _decrement(self._node_counts, entry.node_id)
 
     def get(self, number: int) -> E | None:
         return self._by_number.get(number)
 
     def of_principal(self, principal: str) -> list[E]:
-        return list(self._by_principal.get(principal, ()))
+        held = self._by_principal.get(principal)
+        if held is None:
+            return []
+        return list(held.values()) if isinstance(held, dict) else [held]
 
     def of_node(self, node_id: str) -> list[E]:
-        return list(self._by_node.get(node_id, ()))
+        """The sessions on ``node_id``: a walk over all of them."""
+        if node_id not in self._node_counts:
+            return []
+        return [entry for entry in self._by_number.values() if entry.node_id == node_id]
 
     def count_of_node(self, node_id: str) -> int:
-        return len(self._by_node.get(node_id, ()))
+        return self._node_counts.get(node_id, 0)
 
     def __len__(self) -> int:
         return len(self._by_number)
@@ -102,11 +129,3 @@ def _decrement(counts: dict[str, int], key: str) -> None:
         counts[key] = left
     else:
         counts.pop(key, None)
-
-
-def _discard(index: dict[str, set[E]], key: str, entry: E) -> None:
-    entries = index.get(key)
-    if entries is not None:
-        entries.discard(entry)
-        if not entries:
-            del index[key]
