@@ -16,7 +16,7 @@ This process is the client of all three, with the ``websockets`` client, over pl
 flight: p50, p99) and throughput (``PIPELINE`` messages in flight, pipelined on one
 connection). Each round measures the three systems in A-B-C-C-B-A slices, the order
 turning each round; figures are medians over rounds, ratios (wiremesh / raw) medians of
-the per-round ratios. The last line printed is ``RESULT {json}``. """
+the per-round ratios. The last line printed is ``RESULT {json}``."""
 
 from __future__ import annotations
 
