@@ -86,6 +86,7 @@ from _common import (  # noqa: E402
 )
 
 from wiremesh import Service, Session, on_socket  # noqa: E402
+from wiremesh.runtime import loop as event_loop  # noqa: E402
 
 #: connections from one loopback source address (the gateway's connections_per_ip for the run)
 PER_ADDRESS = 1_000
@@ -174,7 +175,12 @@ async def serve_gateway(registry: str, count: int) -> None:
         tokens = [
             mint_token(gateway.dev_secret, subject=f"user-{i}", ttl=3600) for i in range(PRINCIPALS)
         ]
-        return {"port": gateway.port, "tokens": tokens, "nofile": limit, "loop": loop_module()}
+        return {
+            "port": gateway.port,
+            "tokens": tokens,
+            "nofile": limit,
+            "loop": event_loop.running(),
+        }
 
     await serve_gateway_process(registry, {"limits": {"connections_per_ip": PER_ADDRESS}}, ready)
 
@@ -204,11 +210,6 @@ async def serve_raw(count: int) -> None:
         await state["server"].wait_closed()
 
     await serve_until_stopped(start, stop)
-
-
-def loop_module() -> str:
-    """``uvloop`` or ``asyncio``: the loop this process runs on."""
-    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
 
 
 # ---------------------------------------------------------------------------- the client

@@ -427,26 +427,23 @@ class GatherUnary:
         return list(await asyncio.gather(*(stub(payload) for stub in self.stubs)))
 
 
-async def multicast_all(client: Any, payload: bytes) -> dict[str, Any]:
-    result = await client.multicast("fan.echo", payload, mode="all")
-    values: dict[str, Any] = result.values
-    if len(values) != FAN_NODES:
-        raise RuntimeError(f"multicast: {len(values)} answers of {FAN_NODES}: {result!r}")
-    return values
+class MulticastAll:
+    """A multicast to every node of ``target``'s service (or to the ``nodes`` listed),
+    each of the ``expected`` answers checked."""
 
-
-class MulticastTo:
-    """A multicast to the ``wide`` nodes listed, every answer checked."""
-
-    def __init__(self, client: Any, nodes: list[str]) -> None:
+    def __init__(
+        self, client: Any, target: str, expected: int, nodes: list[str] | None = None
+    ) -> None:
         self.client = client
+        self.target = target
+        self.expected = expected
         self.nodes = nodes
 
     async def __call__(self, payload: bytes) -> dict[str, Any]:
-        result = await self.client.multicast("wide.echo", payload, mode="all", nodes=self.nodes)
+        result = await self.client.multicast(self.target, payload, mode="all", nodes=self.nodes)
         values: dict[str, Any] = result.values
-        if len(values) != len(self.nodes):
-            raise RuntimeError(f"multicast: {len(values)} answers of {len(self.nodes)}")
+        if len(values) != self.expected:
+            raise RuntimeError(f"multicast: {len(values)} answers of {self.expected}: {result!r}")
         return values
 
 
@@ -460,7 +457,7 @@ async def multicast_curve(
     payload = os.urandom(PAYLOAD_BYTES)
     for count in settings.curve:
         calls: dict[str, Call] = {
-            MULTICAST: MulticastTo(client, wide[:count]),
+            MULTICAST: MulticastAll(client, "wide.echo", count, wide[:count]),
             GATHER: GatherUnary(channels[:count]),
         }
         for call in calls.values():
@@ -616,7 +613,7 @@ async def measure(
             LINKS: functools.partial(client.call, "echo.echo"),
             RAW: stub,
             PING: ping,
-            MULTICAST: functools.partial(multicast_all, client),
+            MULTICAST: MulticastAll(client, "fan.echo", FAN_NODES),
             UNICAST: functools.partial(client.call, "fan.echo"),
             PING8: ping8,
             PING_FAN: ping,

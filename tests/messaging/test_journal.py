@@ -20,6 +20,18 @@ def insert(n: int) -> object:
     return write
 
 
+def held_until(started: threading.Event, release: threading.Event) -> object:
+    """A write that says it started, then waits for ``release`` and inserts 1."""
+
+    def write(db: sqlite3.Connection) -> int:
+        started.set()
+        release.wait(10)
+        db.execute("INSERT INTO marks VALUES (1)")
+        return 1
+
+    return write
+
+
 def fail(db: sqlite3.Connection) -> None:
     raise sqlite3.OperationalError("disk I/O error")
 
@@ -39,12 +51,7 @@ def marks(path: Path) -> list[int]:
 async def test_writes_asked_for_during_a_commit_go_together_in_the_next(tmp_path: Path) -> None:
     journal = await opened(tmp_path / "broker.db")
     started, release = threading.Event(), threading.Event()
-
-    def held(db: sqlite3.Connection) -> int:
-        started.set()
-        release.wait(10)
-        db.execute("INSERT INTO marks VALUES (1)")
-        return 1
+    held = held_until(started, release)
 
     try:
         first = journal.submit(held)
@@ -73,11 +80,7 @@ async def test_close_waits_for_the_commit_under_way_and_writes_what_was_deferred
 ) -> None:
     journal = await opened(tmp_path / "broker.db")
     started, release = threading.Event(), threading.Event()
-
-    def held(db: sqlite3.Connection) -> None:
-        started.set()
-        release.wait(10)
-        db.execute("INSERT INTO marks VALUES (1)")
+    held = held_until(started, release)
 
     first = journal.submit(held)
     assert await asyncio.to_thread(started.wait, 10)

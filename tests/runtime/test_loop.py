@@ -3,7 +3,6 @@ parser (``WIREMESH_HTTP_PARSER``): what each value chooses, and the errors."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,10 @@ from wiremesh.cli import app
 from wiremesh.errors import ConfigError
 from wiremesh.gateway.http_protocol import PARSER_ENV, parser_name
 from wiremesh.runtime import loop as event_loop
+
+
+async def which() -> str:
+    return event_loop.running()
 
 
 def without(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
@@ -67,9 +70,6 @@ def test_an_unknown_loop_is_a_config_error_and_run_starts_nothing(
 def test_run_runs_on_the_chosen_loop(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setenv(event_loop.ENV, name)
 
-    async def which() -> str:
-        return type(asyncio.get_running_loop()).__module__.split(".")[0]
-
     assert event_loop.run(which()) == name
 
 
@@ -119,8 +119,5 @@ def test_a_gateway_runs_on_asyncios_loop_whatever_the_variable_says(
     """Its descriptor guard is in the accept() asyncio's loop calls
     (tests/hostile/test_gateway_attacks.py shows it at work)."""
     monkeypatch.setenv(event_loop.ENV, "uvloop")
-
-    async def which() -> str:
-        return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
     assert event_loop.run_gateway(which()) == "asyncio"

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from wiremesh.core.choices import fast_or_default
 from wiremesh.errors import ConfigError
 
-__all__ = ["ENV", "loop_factory", "loop_name", "run", "run_gateway"]
+__all__ = ["ENV", "loop_factory", "loop_name", "run", "run_gateway", "running"]
 
 T = TypeVar("T")
 
@@ -47,6 +47,11 @@ def loop_name(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     installed = importlib.util.find_spec("uvloop") is not None
     return fast_or_default(ENV, env.get(ENV), default="asyncio", fast="uvloop", installed=installed)
+
+
+def running() -> str:
+    """``"uvloop"`` or ``"asyncio"``: the loop the calling code runs on."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
