@@ -67,6 +67,8 @@ RULES: dict[str, frozenset[str]] = {
             # the gRPC plumbing of every adapter: channel options, credentials
             "wiremesh.transport.grpc_core",
             "wiremesh.transport.tls",
+            # the embedded registry's process also serves the embedded channel engine
+            "wiremesh.channels.embedded",
         }
     ),
     "wiremesh.transport": frozenset(

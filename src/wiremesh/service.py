@@ -22,11 +22,12 @@ service's own lifecycle hooks, for the resources it owns.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, overload
 
+from wiremesh.core.channels import ChannelRules, check_channel_pattern
 from wiremesh.core.delivery import Delivery
 from wiremesh.core.model import MethodInfo
 from wiremesh.core.names import SERVICE_NAME, is_method_name
@@ -35,6 +36,8 @@ from wiremesh.core.topics import check_pattern
 from wiremesh.errors import ConfigError, InvalidPayload
 
 if TYPE_CHECKING:
+    from wiremesh.channels import SubscribeRequest
+    from wiremesh.channels.node import Channels
     from wiremesh.context import MeshCaller
     from wiremesh.messaging.store import Store
     from wiremesh.session import Session, Sessions
@@ -339,6 +342,7 @@ class ServiceSpec:
                 )
             methods[wire_name] = MethodSpec(wire_name, attribute, options.idempotent, shapes)
         handlers = _handlers_of(service_cls, name)
+        _check_owned_channels(service_cls)
         return cls(
             name,
             service_cls,
@@ -390,6 +394,25 @@ def _subscriptions_of(service_cls: type[Service]) -> tuple[tuple[str, Subscripti
     return tuple(found)
 
 
+def _check_owned_channels(service_cls: type[Service]) -> None:
+    """``owns_channels`` maps channel name patterns to :class:`ChannelRules`."""
+    owned = getattr(service_cls, "owns_channels", {})
+    where = f"{service_cls.__qualname__}.owns_channels"
+    if not isinstance(owned, Mapping):
+        raise ConfigError(f"{where} maps channel patterns to Channel(...), not {owned!r}")
+    for pattern, rules in owned.items():
+        if not isinstance(rules, ChannelRules):
+            raise ConfigError(f"{where}[{pattern!r}] must be a Channel(...), not {rules!r}")
+        try:
+            check_channel_pattern(pattern)
+        except InvalidPayload as exc:
+            raise ConfigError(f"{where}: {exc.message}") from None
+        if rules.history_size < 0 or not rules.history_ttl > 0:
+            raise ConfigError(
+                f"{where}[{pattern!r}]: history_size is 0 or more and history_ttl more than 0"
+            )
+
+
 def _handlers_of(service_cls: type[Service], service: str) -> tuple[HandlerSpec, ...]:
     found: list[HandlerSpec] = []
     commands: dict[str, str] = {}
@@ -430,14 +453,23 @@ class Service:
     ``store`` (the service's own database, see :class:`wiremesh.messaging.store.Store`).
     ``sessions`` (the browser sessions: push to one by id, or to every session of a
     principal, wherever they are held; see :class:`~wiremesh.session.Sessions`).
+    ``channels`` (publish to a channel, subscribe a session, presence; see
+    :class:`~wiremesh.channels.node.Channels`).
+
+    ``owns_channels`` declares the channels the service owns, by name pattern (``*``
+    stands for any run of characters), with their rules (history, presence, who may
+    subscribe: :class:`~wiremesh.channels.Channel`); its nodes' ``on_subscribe`` decides
+    who may subscribe to them.
     """
 
     name: ClassVar[str]
+    owns_channels: ClassVar[Mapping[str, ChannelRules]] = {}
     node_id: str = ""
     data_dir: Path = Path(".")
     mesh: MeshCaller
     store: Store
     sessions: Sessions
+    channels: Channels
 
     async def on_start(self) -> None:
         """Called once before the node takes calls: open what the service owns."""
@@ -455,6 +487,13 @@ class Service:
     async def on_session_close(self, session: Session, code: int, reason: str) -> None:
         """A session of this node ended (``code`` is the WebSocket close code), after its
         last message was handled."""
+
+    async def on_subscribe(self, request: SubscribeRequest) -> bool:
+        """May ``request.principal`` subscribe to ``request.channel``, a channel this
+        service owns? Asked by the gateway for every subscription (unless the channel's
+        rules say ``anyone``); return True to allow. The default allows nobody. Raising
+        :class:`~wiremesh.PermissionDenied` refuses too, with its message as the reason."""
+        return False
 
 
 class ServiceProxy:

@@ -13,6 +13,7 @@ from wiremesh.core import socket_session
 from wiremesh.core.bucket import TokenBucket
 from wiremesh.core.socket_session import (
     ACCEPT,
+    CHANNEL_COMMANDS,
     IDLE,
     INVALID_TOKEN,
     NO_PONG,
@@ -26,6 +27,7 @@ from wiremesh.core.socket_session import (
     TOKEN_EXPIRED,
     TOO_BIG,
     UNKNOWN_CONTROL,
+    ChannelCommand,
     Close,
     Expiring,
     Refresh,
@@ -189,8 +191,15 @@ def test_a_refresh_without_a_token_closes_4001(token: Any) -> None:
 
 @pytest.mark.parametrize("text", [True, False])
 def test_an_unknown_control_message_closes_1003_even_where_text_is_taken(text: bool) -> None:
-    message = json.dumps({"wm": "subscribe", "token": "t"})
+    message = json.dumps({"wm": "launch", "token": "t"})
     assert rules_of(text=text).received_text(message, 40, now=0.0) is UNKNOWN_CONTROL
+
+
+@pytest.mark.parametrize("kind", sorted(CHANNEL_COMMANDS))
+def test_a_channel_command_goes_to_the_gateways_channels(kind: str) -> None:
+    message = json.dumps({"wm": kind, "channel": "room:1"})
+    verdict = rules_of(text=False).received_text(message, len(message), now=0.0)
+    assert verdict == ChannelCommand({"wm": kind, "channel": "room:1"})
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ __all__ = [
     "HTTP_TIMEOUT",
     "INBOX_KEEP",
     "MAX_MESSAGE_BYTES",
+    "MAX_PUBLISH_BYTES",
     "MESH_NAME",
     "PREFETCH",
     "PUBLISH_TIMEOUT",
@@ -53,6 +54,9 @@ DRAIN_GRACE: Final = 10.0
 #: ``mesh.max_message_bytes``: the largest gRPC message a node, a gateway or a client
 #: sends or accepts
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
+#: ``gateway.limits.channels.max_publish_bytes``, and a node's own bound: the largest
+#: publication to a channel, in bytes of JSON
+MAX_PUBLISH_BYTES: Final = 64 * 1024
 #: ``mesh.balancer``: how a caller spreads calls over the nodes of a service
 BALANCER: BalancerName = "round_robin"
 

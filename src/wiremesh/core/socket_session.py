@@ -54,13 +54,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from wiremesh.core import control
 from wiremesh.core.bucket import TokenBucket
 
 __all__ = [
     "ACCEPT",
+    "CHANNEL_COMMANDS",
     "IDLE",
     "INVALID_TOKEN",
     "NO_PONG",
@@ -75,6 +76,7 @@ __all__ = [
     "TOO_BIG",
     "UNKNOWN_CONTROL",
     "Accept",
+    "ChannelCommand",
     "Close",
     "Expiring",
     "Ping",
@@ -109,6 +111,18 @@ class Close:
 
     code: int
     reason: str
+
+
+#: the control messages of channels (``docs/protocol.md``, "Channels")
+CHANNEL_COMMANDS: Final = frozenset({"subscribe", "unsubscribe", "publish", "presence"})
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelCommand:
+    """The browser sent a channel's control message (one of :data:`CHANNEL_COMMANDS`):
+    the gateway's channels answer it."""
+
+    command: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +258,9 @@ class SessionRules:
             return TOO_BIG
         return ACCEPT
 
-    def received_text(self, text: str, size: int, now: float) -> Accept | Refresh | Close:
+    def received_text(
+        self, text: str, size: int, now: float
+    ) -> Accept | Refresh | ChannelCommand | Close:
         """A text message arrived at ``now``, ``size`` bytes in UTF-8. A control message
         (``{"wm": ...}``, see :mod:`wiremesh.core.control`) is the gateway's: a
         :class:`Refresh`, or :data:`NO_TOKEN`, :data:`UNKNOWN_CONTROL`. Any other text is
@@ -256,7 +272,10 @@ class SessionRules:
             return RATE
         command = control.parse(text)
         if command is not None:
-            if command.get("wm") != "refresh":
+            kind = command.get("wm")
+            if kind in CHANNEL_COMMANDS:
+                return ChannelCommand(command)
+            if kind != "refresh":
                 return UNKNOWN_CONTROL
             token = command.get("token")
             if not isinstance(token, str) or not token:

@@ -38,6 +38,7 @@ from wiremesh.core.socket_session import (
     NO_PONG,
     PING,
     REFRESH_FORBIDDEN,
+    ChannelCommand,
     Close,
     Expiring,
     SessionLimits,
@@ -81,6 +82,10 @@ class ConnectionHost(Protocol):
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run ``coro`` in a task the host keeps until it ends (rare paths only)."""
 
+    def channel_command(self, connection: Connection, command: dict[str, Any]) -> None:
+        """A channel's control message from ``connection``'s browser (subscribe,
+        unsubscribe, publish, presence)."""
+
 
 class Connection:
     """A session's WebSocket, as the gateway holds it: the I/O around its :attr:`rules`.
@@ -92,6 +97,8 @@ class Connection:
     __slots__ = (
         "_asgi_send",
         "backlog",
+        "channels",
+        "claims",
         "close_code",
         "close_reason",
         "closed",
@@ -126,8 +133,13 @@ class Connection:
         expires_at: float,
         max_bytes: int,
         text: bool,
+        claims: str = "",
     ) -> None:
         self.host = host
+        #: the token's claims, as the JSON the node was given (channels ask with them)
+        self.claims = claims
+        #: the channels the session is subscribed to, or is subscribing to (None: none)
+        self.channels: set[str] | None = None
         self.number = number
         self.session_id = session_id
         self.principal = principal
@@ -174,6 +186,8 @@ class Connection:
             if verdict is not ACCEPT:
                 if isinstance(verdict, Close):
                     self._close_for(verdict)
+                elif isinstance(verdict, ChannelCommand):
+                    self.host.channel_command(self, verdict.command)
                 else:
                     self._refresh(verdict.token)
                 return

@@ -42,8 +42,11 @@ __all__ = [
     "GATEWAY_SERVICE",
     "GATEWAY_URL_KEY",
     "HELLO",
+    "JOIN",
+    "LEAVE",
     "OPEN",
     "PUSH",
+    "SUBSCRIBE",
     "Frame",
     "FrameStream",
 ]
@@ -57,12 +60,15 @@ CONNECT = f"/{GATEWAY_SERVICE}/Connect"
 GATEWAY_NODES = "wm-gateway"
 GATEWAY_URL_KEY = "wm.gateway"
 Frame = pb.Frame
-HELLO, OPEN, DATA, CLOSE, PUSH = (
+HELLO, OPEN, DATA, CLOSE, PUSH, SUBSCRIBE, JOIN, LEAVE = (
     pb.Frame.HELLO,
     pb.Frame.OPEN,
     pb.Frame.DATA,
     pb.Frame.CLOSE,
     pb.Frame.PUSH,
+    pb.Frame.SUBSCRIBE,
+    pb.Frame.JOIN,
+    pb.Frame.LEAVE,
 )
 #: under load (frames queued while a write was in flight), loop turns the writer lets
 #: pass before its next write, so that more frames join it ...

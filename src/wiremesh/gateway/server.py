@@ -34,22 +34,34 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
+from wiremesh.channels import open_engine
+from wiremesh.core.channels import MeshRules
 from wiremesh.core.defaults import HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, TTL
 from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.core.socket_session import SessionLimits
 from wiremesh.errors import ConfigError
 from wiremesh.gateway.app import GatewayApp
 from wiremesh.gateway.auth import TokenVerifier, dev_secret
+from wiremesh.gateway.channels import ChannelHub
 from wiremesh.gateway.codes import GOING_AWAY, INTERNAL_ERROR, SERVICE_RESTART, sendable
 from wiremesh.gateway.connection import Connection
-from wiremesh.gateway.frame_stream import CLOSE, DATA, GATEWAY_NODES, PUSH, FrameStream
+from wiremesh.gateway.frame_stream import (
+    CLOSE,
+    DATA,
+    GATEWAY_NODES,
+    JOIN,
+    LEAVE,
+    PUSH,
+    SUBSCRIBE,
+    FrameStream,
+)
 from wiremesh.gateway.http_protocol import Handshakes, protocol_classes
 from wiremesh.gateway.http_rpc import gateway_door
 from wiremesh.gateway.listener import Listener
 from wiremesh.gateway.meter import GatewayMeter
 from wiremesh.gateway.node_streams import NodeStreams
 from wiremesh.gateway.settings import GatewaySettings, SocketServiceSettings, is_loopback
-from wiremesh.gateway.socket_hub import SOCKET_KEY
+from wiremesh.gateway.socket_hub import CHANNELS_KEY, SOCKET_KEY
 from wiremesh.gateway.table import SessionTable
 from wiremesh.gateway.websocket import Refusal, SocketDoor
 from wiremesh.observability.dashboard import MeshState
@@ -163,6 +175,23 @@ class Gateway:
             join_secret=join_secret,
         )
         self.view = MeshView(self.registry, grace=ttl + 1.0)
+        channel_rules = MeshRules(CHANNELS_KEY)
+        #: the channels its sessions subscribe to (the engine opens on first use)
+        self.channels = ChannelHub(
+            gateway_id=self.gateway_id,
+            engine=lambda: open_engine(
+                registry_address,
+                mesh=mesh_name,
+                tls=mesh_tls,
+                join_secret=join_secret,
+                owner=self.gateway_id,
+            ),
+            rules=lambda: channel_rules(self.view.snapshot),
+            node_of=self._deciding_node,
+            connection_of=self._connection_of,
+            limits=limits.channels,
+            spawn=self.spawn,
+        )
         #: the host other hosts reach this gateway at: in its registry record and its URL
         self.advertise = advertised_host(settings.host, registry_address, advertise)
         #: the HTTP door (``POST /rpc/...``, ``/openapi.json``, ``/docs``, ``/readyz``)
@@ -360,6 +389,7 @@ class Gateway:
                 await server.shutdown()
             self._server = None
         await self.streams.close()
+        await self.channels.close()
         if self.http is not None:
             await self.http.close()
         await self.view.close()
@@ -426,6 +456,34 @@ class Gateway:
         """The open stream to the node ``node_id``, if any."""
         return self.streams.get(node_id)
 
+    def channel_command(self, connection: Connection, command: dict[str, Any]) -> None:
+        """A channel's control message from a browser (see :mod:`.channels`)."""
+        self.channels.command(connection, command)
+
+    def channels_ended(self, connection: Connection) -> None:
+        """A session subscribed to channels ended."""
+        self.channels.ended(connection)
+
+    def _deciding_node(self, service: str) -> FrameStream | None:
+        """A stream to a serving node of ``service`` (one in turn), to ask it whether a
+        session may subscribe to a channel the service owns."""
+        nodes = [
+            n
+            for n in self.view.snapshot.by_service.get(service, ())
+            if n.serving and self.streams.get(n.node_id) is not None
+        ]
+        if not nodes:
+            return None
+        self._balance += 1
+        return self.streams.get(nodes[self._balance % len(nodes)].node_id)
+
+    def _connection_of(self, session_id: str) -> Connection | None:
+        """The connection of ``session_id`` when this gateway holds it."""
+        gateway, _, number = session_id.rpartition(".")
+        if gateway != self.gateway_id or _SESSION_NUMBER.fullmatch(number) is None:
+            return None
+        return self.table.get(int(number))
+
     def access_rules(self, service: str) -> SocketServiceSettings | None:
         """``[gateway.services.<service>]``: who may hold a session of ``service``."""
         return self.settings.services.get(service)
@@ -474,6 +532,12 @@ class Gateway:
                         dirty.append(connection)
             elif kind == PUSH:
                 self._push(frame)
+            elif kind == SUBSCRIBE:
+                self.channels.answered(frame)
+            elif kind == JOIN:
+                self.channels.joined(frame)
+            elif kind == LEAVE:
+                self.channels.left(frame)
             elif kind == CLOSE:
                 connection = table.get(frame.session)
                 if connection is not None and connection.stream is stream:
@@ -517,6 +581,7 @@ class Gateway:
         self.handshakes.expire(now, self.settings.limits.handshake_timeout)
         for connection in self.table:
             connection.tick(now, wall)
+        self.channels.tick(now)
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -49,6 +49,14 @@ Every setting has a default; a complete example with the defaults spelled out::
     max_queued = 256            # messages waiting for a slow browser ...
     max_queued_bytes = 1048576  # ... or bytes (a single message always fits); over: 4008
 
+    [gateway.limits.channels]   # channels (docs/channels.md)
+    max_subscriptions = 128     # channels one session may subscribe to; over: error 4429
+    max_publish_bytes = 65536   # the largest publication a browser sends; over: error 4413
+    subscribe_timeout = 10.0    # seconds to decide a subscription; over: error 4503
+    presence_ttl = 15.0         # seconds a dead gateway's members stay in presence
+    max_pending = 1000          # publications held for a subscription being decided;
+                                # over: error 4503
+
     [gateway.http]              # the HTTP door: POST /rpc/<service>/<method> (docs/http.md)
     enabled = true              # serve /rpc, /openapi.json, /docs and /readyz
     docs = true                 # serve /openapi.json and /docs
@@ -79,7 +87,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from wiremesh.core.defaults import HOST, HTTP_BODY_TIMEOUT, HTTP_MAX_TIMEOUT, HTTP_TIMEOUT
+from wiremesh.core.defaults import (
+    HOST,
+    HTTP_BODY_TIMEOUT,
+    HTTP_MAX_TIMEOUT,
+    HTTP_TIMEOUT,
+    MAX_PUBLISH_BYTES,
+)
 
 __all__ = [
     "AuthSettings",
@@ -137,6 +151,27 @@ class AuthSettings(BaseModel):
         return bool(self.secret or self.secret_file or self.public_keys or self.jwks_file)
 
 
+class ChannelLimits(BaseModel):
+    """``[gateway.limits.channels]``: what one session may do with channels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: channels one session may be subscribed to (or subscribing to) at once
+    max_subscriptions: int = Field(default=128, ge=1)
+    #: the largest publication a browser may send, in bytes of JSON
+    #: (at most 200 KiB: the embedded engine takes messages up to 256 KiB)
+    max_publish_bytes: int = Field(default=MAX_PUBLISH_BYTES, ge=1, le=200 * 1024)
+    #: seconds a subscription may take to be decided (the owner's on_subscribe, the
+    #: engine's history) before it is refused with 4503
+    subscribe_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    #: seconds a presence entry lives without being refreshed (the gateway refreshes its
+    #: own every third of it; a dead gateway's members leave after it)
+    presence_ttl: float = Field(default=15.0, ge=1, allow_inf_nan=False)
+    #: publications held for one session while its subscription is being decided; past
+    #: it the subscription is refused with 4503
+    max_pending: int = Field(default=1000, ge=1)
+
+
 class LimitSettings(BaseModel):
     """``[gateway.limits]``: sizes, rates, counts and timeouts of browser connections."""
 
@@ -154,6 +189,7 @@ class LimitSettings(BaseModel):
     ping_timeout: float = Field(default=20.0, gt=0, allow_inf_nan=False)
     max_queued: int = Field(default=256, ge=1)
     max_queued_bytes: int = Field(default=1024 * 1024, ge=1)
+    channels: ChannelLimits = Field(default_factory=ChannelLimits)
 
 
 class SocketServiceSettings(BaseModel):

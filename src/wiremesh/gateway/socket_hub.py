@@ -50,6 +50,7 @@ from wiremesh.gateway.frame_stream import (
     HELLO,
     OPEN,
     PUSH,
+    SUBSCRIBE,
     Frame,
     FrameStream,
 )
@@ -59,12 +60,19 @@ from wiremesh.session import Session, Sessions
 from wiremesh.transport.eager import Resume
 from wiremesh.transport.entrypoint import Pipeline
 
-__all__ = ["SOCKET_KEY", "SocketHub"]
+__all__ = ["AUTHORIZE_TIMEOUT", "CHANNELS_KEY", "SOCKET_KEY", "SocketHub"]
 
 log = logging.getLogger("wiremesh.node")
 
 #: registry metadata of a node with an ``@on_socket`` method: "binary" or "text"
 SOCKET_KEY = "wm.socket"
+#: registry metadata of a node whose service owns channels: their rules, as JSON
+#: (:func:`wiremesh.core.channels.rules_to_text`)
+CHANNELS_KEY = "wm.channels"
+#: seconds ``on_subscribe`` has to decide
+AUTHORIZE_TIMEOUT = 5.0
+#: the answer to a subscription ``on_subscribe`` refused
+REFUSED_SUBSCRIPTION = 4403
 
 
 class _Pinned:
@@ -192,11 +200,59 @@ class SocketHub:
                 pinned = table.get(frame.session)
                 if pinned is not None and not pinned.closed:
                     self._ended(pinned, frame.code, frame.reason)
+            elif kind == SUBSCRIBE:
+                self._spawn(self._authorize(stream, frame))
             elif kind == HELLO:
                 current = self.streams.get(frame.sender)
                 if current is not None and current is not stream:
                     current.close()  # the gateway reconnected: the old stream is stale
                 self.streams[frame.sender] = stream
+
+    # ------------------------------------------------------------------ channels
+
+    async def _authorize(self, stream: FrameStream, frame: Frame) -> None:
+        """The gateway asks whether a session may subscribe to a channel this service
+        owns: ``on_subscribe`` answers (within :data:`AUTHORIZE_TIMEOUT` seconds)."""
+        from wiremesh.channels import SubscribeRequest
+
+        try:
+            claims = json.loads(frame.claims) if frame.claims else {}
+        except (ValueError, RecursionError):
+            claims = {}
+        request = SubscribeRequest(
+            channel=frame.channel,
+            session_id=frame.session_id,
+            principal=frame.principal,
+            claims=claims if isinstance(claims, dict) else {},
+        )
+        code, reason = REFUSED_SUBSCRIPTION, f"{self.spec.name} does not allow it"
+        try:
+            async with asyncio.timeout(AUTHORIZE_TIMEOUT):
+                allowed = await self.service.on_subscribe(request)
+            if allowed is True:
+                code, reason = 0, ""
+        except WiremeshError as exc:
+            reason = exc.message
+        except TimeoutError:
+            reason = f"{self.spec.name} did not decide within {AUTHORIZE_TIMEOUT:g} s"
+        except Exception as exc:
+            log.error(
+                "on_subscribe raised %s for channel %r",
+                type(exc).__name__,
+                frame.channel,
+                exc_info=exc,
+            )
+            reason = "internal error"
+        if not stream.closed:
+            await _push(
+                stream,
+                Frame(kind=SUBSCRIBE, session=frame.session, code=code, reason=_reason(reason)),
+            )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ sessions
 

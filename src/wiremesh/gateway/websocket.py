@@ -132,6 +132,9 @@ class SocketHost(ConnectionHost, Protocol):
     def loop_time(self) -> float:
         """The event loop's time."""
 
+    def channels_ended(self, connection: Connection) -> None:
+        """``connection`` ended while subscribed to channels: end its subscriptions."""
+
 
 class SocketDoor:
     """The WebSocket door of ``host`` as one ASGI application: a ``websocket`` scope is a
@@ -300,6 +303,7 @@ async def serve_websocket(
     limits = host.settings.limits
     socket = (scope.get("extensions") or {}).get(EXTENSION)
     number = table.next_number()
+    claims = claims_json(identity.claims)
     connection = Connection(
         host,
         number=number,
@@ -315,6 +319,7 @@ async def serve_websocket(
         expires_at=identity.expires_at,
         max_bytes=ticket.max_bytes,
         text=ticket.text,
+        claims=claims,
     )
     table.add(connection)
     stream.send(
@@ -323,7 +328,7 @@ async def serve_websocket(
             session=number,
             session_id=connection.session_id,
             principal=identity.principal,
-            claims=claims_json(identity.claims),
+            claims=claims,
             service=ticket.service,
             path=ticket.path,
             origin=ticket.origin,
@@ -344,6 +349,8 @@ async def serve_websocket(
             socket.on_writable = None
         table.remove(connection)
         table.release(connection.principal, connection.ip)
+        if connection.channels:
+            host.channels_ended(connection)
         if connection.close_code is not None:
             code, reason = connection.close_code, connection.close_reason
         host.meter.closes[code] += 1

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!wiremesh/gateway/v1/gateway.proto\x12\x13wiremesh.gateway.v1\"3\n\x05\x42\x61tch\x12*\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x1a.wiremesh.gateway.v1.Frame\"\xc0\x03\n\x05\x46rame\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.wiremesh.gateway.v1.Frame.Kind\x12\x0f\n\x07session\x18\x02 \x01(\x04\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0c\n\x04text\x18\x04 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x05 \x01(\r\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12\x11\n\tprincipal\x18\x08 \x01(\t\x12\x0e\n\x06\x63laims\x18\t \x01(\t\x12\x0f\n\x07service\x18\n \x01(\t\x12\x0c\n\x04path\x18\x0b \x01(\t\x12\x0e\n\x06origin\x18\x0c \x01(\t\x12\x0e\n\x06remote\x18\r \x01(\t\x12\x0e\n\x06sender\x18\x0e \x01(\t\x12\x34\n\x05trace\x18\x0f \x03(\x0b\x32%.wiremesh.gateway.v1.Frame.TraceEntry\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05HELLO\x10\x01\x12\x08\n\x04OPEN\x10\x02\x12\x08\n\x04\x44\x41TA\x10\x03\x12\t\n\x05\x43LOSE\x10\x04\x12\x08\n\x04PUSH\x10\x05\x32P\n\x07Gateway\x12\x45\n\x07\x43onnect\x12\x1a.wiremesh.gateway.v1.Batch\x1a\x1a.wiremesh.gateway.v1.Batch(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!wiremesh/gateway/v1/gateway.proto\x12\x13wiremesh.gateway.v1\"3\n\x05\x42\x61tch\x12*\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x1a.wiremesh.gateway.v1.Frame\"\xf5\x03\n\x05\x46rame\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.wiremesh.gateway.v1.Frame.Kind\x12\x0f\n\x07session\x18\x02 \x01(\x04\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0c\n\x04text\x18\x04 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x05 \x01(\r\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12\x11\n\tprincipal\x18\x08 \x01(\t\x12\x0e\n\x06\x63laims\x18\t \x01(\t\x12\x0f\n\x07service\x18\n \x01(\t\x12\x0c\n\x04path\x18\x0b \x01(\t\x12\x0e\n\x06origin\x18\x0c \x01(\t\x12\x0e\n\x06remote\x18\r \x01(\t\x12\x0e\n\x06sender\x18\x0e \x01(\t\x12\x34\n\x05trace\x18\x0f \x03(\x0b\x32%.wiremesh.gateway.v1.Frame.TraceEntry\x12\x0f\n\x07\x63hannel\x18\x10 \x01(\t\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05HELLO\x10\x01\x12\x08\n\x04OPEN\x10\x02\x12\x08\n\x04\x44\x41TA\x10\x03\x12\t\n\x05\x43LOSE\x10\x04\x12\x08\n\x04PUSH\x10\x05\x12\r\n\tSUBSCRIBE\x10\x06\x12\x08\n\x04JOIN\x10\x07\x12\t\n\x05LEAVE\x10\x08\x32P\n\x07Gateway\x12\x45\n\x07\x43onnect\x12\x1a.wiremesh.gateway.v1.Batch\x1a\x1a.wiremesh.gateway.v1.Batch(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCH']._serialized_start=58
   _globals['_BATCH']._serialized_end=109
   _globals['_FRAME']._serialized_start=112
-  _globals['_FRAME']._serialized_end=560
-  _globals['_FRAME_TRACEENTRY']._serialized_start=434
-  _globals['_FRAME_TRACEENTRY']._serialized_end=478
-  _globals['_FRAME_KIND']._serialized_start=480
-  _globals['_FRAME_KIND']._serialized_end=560
-  _globals['_GATEWAY']._serialized_start=562
-  _globals['_GATEWAY']._serialized_end=642
+  _globals['_FRAME']._serialized_end=613
+  _globals['_FRAME_TRACEENTRY']._serialized_start=451
+  _globals['_FRAME_TRACEENTRY']._serialized_end=495
+  _globals['_FRAME_KIND']._serialized_start=497
+  _globals['_FRAME_KIND']._serialized_end=613
+  _globals['_GATEWAY']._serialized_start=615
+  _globals['_GATEWAY']._serialized_end=695
 # @@protoc_insertion_point(module_scope)

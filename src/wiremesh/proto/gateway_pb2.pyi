@@ -14,7 +14,7 @@ class Batch(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("kind", "session", "payload", "text", "code", "reason", "session_id", "principal", "claims", "service", "path", "origin", "remote", "sender", "trace")
+    __slots__ = ("kind", "session", "payload", "text", "code", "reason", "session_id", "principal", "claims", "service", "path", "origin", "remote", "sender", "trace", "channel")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Frame.Kind]
@@ -23,12 +23,18 @@ class Frame(_message.Message):
         DATA: _ClassVar[Frame.Kind]
         CLOSE: _ClassVar[Frame.Kind]
         PUSH: _ClassVar[Frame.Kind]
+        SUBSCRIBE: _ClassVar[Frame.Kind]
+        JOIN: _ClassVar[Frame.Kind]
+        LEAVE: _ClassVar[Frame.Kind]
     KIND_UNSPECIFIED: Frame.Kind
     HELLO: Frame.Kind
     OPEN: Frame.Kind
     DATA: Frame.Kind
     CLOSE: Frame.Kind
     PUSH: Frame.Kind
+    SUBSCRIBE: Frame.Kind
+    JOIN: Frame.Kind
+    LEAVE: Frame.Kind
     class TraceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +57,7 @@ class Frame(_message.Message):
     REMOTE_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
     kind: Frame.Kind
     session: int
     payload: bytes
@@ -66,4 +73,5 @@ class Frame(_message.Message):
     remote: str
     sender: str
     trace: _containers.ScalarMap[str, str]
-    def __init__(self, kind: _Optional[_Union[Frame.Kind, str]] = ..., session: _Optional[int] = ..., payload: _Optional[bytes] = ..., text: _Optional[bool] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ..., session_id: _Optional[str] = ..., principal: _Optional[str] = ..., claims: _Optional[str] = ..., service: _Optional[str] = ..., path: _Optional[str] = ..., origin: _Optional[str] = ..., remote: _Optional[str] = ..., sender: _Optional[str] = ..., trace: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    channel: str
+    def __init__(self, kind: _Optional[_Union[Frame.Kind, str]] = ..., session: _Optional[int] = ..., payload: _Optional[bytes] = ..., text: _Optional[bool] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ..., session_id: _Optional[str] = ..., principal: _Optional[str] = ..., claims: _Optional[str] = ..., service: _Optional[str] = ..., path: _Optional[str] = ..., origin: _Optional[str] = ..., remote: _Optional[str] = ..., sender: _Optional[str] = ..., trace: _Optional[_Mapping[str, str]] = ..., channel: _Optional[str] = ...) -> None: ...

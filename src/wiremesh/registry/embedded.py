@@ -16,6 +16,11 @@ signed by the mesh's CA: the certificate is the admission and no secret is asked
 stay open to whoever reaches the registry, as the nodes' own ports are: the membership
 names addresses that anyone on the machine can find anyway, and nothing secret.
 
+Channels. The same server serves the embedded channel engine
+(:class:`wiremesh.channels.embedded.ChannelServer`, ``docs/protocol.md`` §8.4): every one
+of its calls needs the admission a Lease needs, and the registry's sweep drops its expired
+logs and members.
+
 Bounds. A member too must not be able to swamp the mesh: a Lease stream holds one node
 (registering another node id on it is refused ``INVALID_ARGUMENT``), one connection holds
 at most ``max_leases_per_connection`` Lease streams (:data:`MAX_LEASES_PER_CONNECTION`;
@@ -40,6 +45,7 @@ from typing import Any
 
 import grpc
 
+from wiremesh.channels.embedded import ChannelServer
 from wiremesh.core.membership import Membership
 from wiremesh.core.model import MeshSnapshot, MethodInfo, NodeInfo, NodeState
 from wiremesh.errors import Unauthenticated, Unavailable
@@ -257,8 +263,13 @@ class RegistryServer:
                 self._list, request_deserializer=pb.WatchRequest.FromString
             ),
         }
+        #: the embedded channel engine, on the same port and with the same admission
+        self.channels = ChannelServer(
+            admits=self._admits,
+            refusals=_Refusals("Channels call(s) without the mesh's join secret"),
+        )
         self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(_SERVICE, handlers),)
+            (grpc.method_handlers_generic_handler(_SERVICE, handlers), self.channels.handler())
         )
 
     @property
@@ -290,6 +301,7 @@ class RegistryServer:
         # end the open Watch streams first: a stream the server cancels logs an error
         self._stopping = True
         self._notify()
+        self.channels.close()
         await self.server.stop(grace)
 
     def _notify(self) -> None:
@@ -305,6 +317,7 @@ class RegistryServer:
                 self._notify()
             self.unauthenticated.flush(now)
             self.crowded.flush(now)
+            self.channels.sweep(now)
 
     def _admits(self, context: Any) -> bool:
         """Whether the call carries the join secret (always, when none is asked for)."""

@@ -78,7 +78,7 @@ COMMAND_TIMEOUT = 1.0
 #: most changes a watcher applies before it shows a snapshot
 _BATCH = 1000
 
-_ERRORS = (RedisError, OSError, TimeoutError)
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _KEYS = ("nodes", "deadlines", "stats", "services", "state")
 
 # Every script starts here. KEYS are _KEYS in order; ARGV[1] is an epoch to use when the
@@ -196,11 +196,11 @@ async def find_mesh(url: str, *, tls: TlsFiles | None = None, timeout: float = 5
     :class:`ConfigError` naming them when there are several, :class:`Unavailable` when
     there is none or Redis cannot be reached."""
     client: aioredis.Redis = aioredis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, **_tls_options(url, tls)
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, **tls_options(url, tls)
     )
     try:
         names = sorted(_text(n) for n in await client.smembers(MESHES_KEY))
-    except _ERRORS as exc:
+    except REDIS_ERRORS as exc:
         raise _unreachable(redact_url(url), exc) from None
     finally:
         await client.aclose()
@@ -255,7 +255,7 @@ class RedisRegistry:
             # a failed command is tried again by the loop that sent it, at its own pace
             retry=Retry(NoBackoff(), 0),
             health_check_interval=max(1, int(self.check_interval * 2)),
-            **_tls_options(url, tls),
+            **tls_options(url, tls),
         )
         self._scripts = {
             name: self.redis.register_script(text)
@@ -284,7 +284,7 @@ class RedisRegistry:
         argv = (secrets.token_hex(8), self.channel, int(self.ttl * 1000 / 2), int(self.ttl * 1000))
         try:
             reply: list[Any] = await self._scripts[script](keys=self._keys, args=[*argv, *args])
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             self._set_reachable(False, exc)
             raise _unreachable(self.address, exc) from None
         self._set_reachable(True)
@@ -302,7 +302,7 @@ class RedisRegistry:
                 log.warning(
                     "the registry at %s is unreachable (%s): every view keeps its last snapshot",
                     self.address,
-                    _why(exc) if exc else "",
+                    error_text(exc) if exc else "",
                 )
         self.reachable = reachable
 
@@ -325,7 +325,7 @@ class RedisRegistry:
                     yield snapshot
             except Unavailable:
                 pass
-            except _ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 self._set_reachable(False, exc)
             await asyncio.sleep(RETRY_DELAY)
 
@@ -378,7 +378,7 @@ class RedisRegistry:
                     return  # a message was lost: subscribe and read again
                 yield mesh.snapshot()
         finally:
-            with contextlib.suppress(*_ERRORS):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await pubsub.aclose()
 
     async def _check(self) -> tuple[str, int]:
@@ -465,7 +465,7 @@ class _RedisLease:
                     except Unavailable as exc:
                         why = exc.message
                         await asyncio.sleep(RETRY_DELAY)
-                with contextlib.suppress(*_ERRORS):
+                with contextlib.suppress(*REDIS_ERRORS):
                     await registry.redis.sadd(MESHES_KEY, registry.mesh)
         except TimeoutError:
             raise Unavailable(
@@ -554,7 +554,7 @@ def _snapshot(reply: list[Any]) -> MeshSnapshot:
     return MeshSnapshot.of(version, nodes, names, epoch)
 
 
-def _tls_options(url: str, tls: TlsFiles | None) -> dict[str, Any]:
+def tls_options(url: str, tls: TlsFiles | None) -> dict[str, Any]:
     """redis-py's TLS keywords for a ``rediss://`` URL: the mesh's CA and certificate
     unless the URL's own ``ssl_*`` parameters say otherwise."""
     if not url.startswith("rediss://") or tls is None:
@@ -569,13 +569,13 @@ def _tls_options(url: str, tls: TlsFiles | None) -> dict[str, Any]:
 
 
 def _unreachable(address: str, exc: BaseException) -> Unavailable:
-    return Unavailable(f"the registry at {address} is unreachable: {_why(exc)}")
+    return Unavailable(f"the registry at {address} is unreachable: {error_text(exc)}")
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _why(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text.replace("\n", " ")

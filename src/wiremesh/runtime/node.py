@@ -37,11 +37,19 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from wiremesh.channels import open_engine
+from wiremesh.channels.node import Channels
+from wiremesh.core.channels import MeshRules, rules_to_text
 from wiremesh.core.drain import DONE, DRAIN_KEY, DRAINS_WITH_KEY, WORKING, Drain, began_at
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
 from wiremesh.core.names import check_group
 from wiremesh.errors import ConfigError
-from wiremesh.gateway.socket_hub import SOCKET_KEY, SocketHub, gateway_method_handler
+from wiremesh.gateway.socket_hub import (
+    CHANNELS_KEY,
+    SOCKET_KEY,
+    SocketHub,
+    gateway_method_handler,
+)
 from wiremesh.messaging.base import Broker
 from wiremesh.messaging.consumer import Consumers
 from wiremesh.messaging.outbound import Outbound, attach, detach
@@ -167,6 +175,9 @@ class Node:
         self.metadata = {**membership.metadata, MAX_MESSAGE_KEY: str(max_message_bytes)}
         if self.spec.socket is not None:
             self.metadata[SOCKET_KEY] = "text" if self.spec.socket.text else "binary"
+        owned = type(instance).owns_channels
+        if owned:
+            self.metadata[CHANNELS_KEY] = rules_to_text(owned)
         if self.drains_with is not None:
             self.metadata[DRAINS_WITH_KEY] = self.drains_with
         tls = network.tls
@@ -251,6 +262,23 @@ class Node:
             max_queued=transport.publish_queue,
         )
         self.node_links.deliver = self.subscriptions.deliver
+        #: the channels, as this node's service uses them (``self.channels``)
+        rules = MeshRules(
+            CHANNELS_KEY,
+            (self.spec.name, self.metadata[CHANNELS_KEY]) if owned else None,
+        )
+        self.channels = Channels(
+            lambda: open_engine(
+                registry_address,
+                mesh=membership.mesh,
+                tls=tls,
+                join_secret=membership.join_secret,
+                owner=self.node_id,
+            ),
+            lambda: rules(self.view.snapshot),
+            lambda: self.sockets.streams,
+        )
+        instance.channels = self.channels
         instance.node_id = self.node_id
         instance.data_dir = data_dir or Path(".wiremesh") / "data" / self.spec.name
         instance.mesh = self.caller
@@ -537,6 +565,7 @@ class Node:
             if self.broker is not None:
                 await self.broker.close()
             await self.store.close()
+            await self.channels.close()
             await self.view.close()
             await self.caller.close()
             await self.registry.close()

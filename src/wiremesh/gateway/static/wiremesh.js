@@ -3,9 +3,11 @@
 // It opens a WebSocket to a wiremesh gateway (`/ws/<service>` or `/ws/<service>/<node>`),
 // carries the token, hands binary frames to the application as Uint8Array, reconnects
 // with full-jitter exponential backoff when the close code allows it (never on an auth
-// failure), refreshes the token on the gateway's `{"wm":"expiring"}` notice, and offers a
-// request/reply helper over the `R`/`A`/`E` envelope. The gateway's side of this contract
-// is documented in docs/protocol.md ("Browser gateway").
+// failure), refreshes the token on the gateway's `{"wm":"expiring"}` notice, offers a
+// request/reply helper over the `R`/`A`/`E` envelope, and subscribes to channels over the
+// text control channel: it subscribes again after every reconnection and recovers what it
+// missed. The gateway's side of this contract is documented in docs/protocol.md ("Browser
+// gateway") and, for channels, in notes/channels-browser-protocol.md.
 
 /** The subprotocol every session speaks. */
 export const SUBPROTOCOL = "wiremesh.v1";
@@ -125,22 +127,41 @@ export const Envelope = Object.freeze({ REQUEST: 0x52, REPLY: 0x41, ERROR: 0x45 
  * @property {(info: CloseInfo) => void} [onClose] a connection closed (or failed to open)
  * @property {(state: State, previous: State) => void} [onStateChange] any state change
  * @property {(message: object) => void} [onControl] a control message from the gateway
- *   (`{"wm": "expiring" | "refreshed" | ...}`), after the client has acted on it
+ *   (`{"wm": "expiring" | "refreshed" | ...}`), after the client has acted on it; channel
+ *   messages never come here (see {@link Connection#subscribe})
+ * @property {(channel: string, data: any, info: PublicationInfo) => void} [onPublication]
+ *   a publication of a subscription that has no `onMessage` handler: one the node made
+ *   itself (`self.channels.subscribe(session, channel)`), or one subscribed without it
  * @property {typeof WebSocket} [WebSocket] the WebSocket class (default: the global one)
  * @property {typeof fetch} [fetch] the fetch function for the probe (default: the global one)
+ */
+
+/**
+ * @typedef {"timeout" | "closed" | "not_open" | "remote" | "unauthorized" | "bad_argument"
+ *   | "bad_request" | "forbidden" | "no_channel" | "already_subscribed" | "too_big"
+ *   | "rate_limited" | "unavailable"} ErrorKind
+ * The first six are the connection's; the others are the gateway's answers to a channel
+ * request (see {@link ChannelCode} and {@link channelErrorKind}).
  */
 
 /** An error of this client, with a machine-readable `kind`. */
 export class WiremeshError extends Error {
   /**
-   * @param {"timeout" | "closed" | "not_open" | "remote" | "unauthorized" | "bad_argument"} kind
+   * @param {ErrorKind} kind
    * @param {string} message
+   * @param {{code?: number, channel?: string}} [details] the gateway's reply code and the
+   *   channel, for an error about a channel
    */
-  constructor(kind, message) {
+  constructor(kind, message, { code, channel } = {}) {
     super(message);
     this.name = "WiremeshError";
-    /** @type {string} */
+    /** @type {ErrorKind} */
     this.kind = kind;
+    /** The gateway's reply code ({@link ChannelCode}), when it refused a channel request.
+     * @type {number | undefined} */
+    this.code = code;
+    /** The channel the error is about, if any. @type {string | undefined} */
+    this.channel = channel;
   }
 }
 
@@ -271,6 +292,512 @@ export function sessionUrls(base, service, node) {
   return { ws: ws.href, http: http.href };
 }
 
+// ------------------------------------------------------------------------ channels: pure logic
+//
+// A subscription keeps the position (offset, epoch) of the last publication it delivered.
+// Offsets of a channel's publications grow strictly within one epoch; a new epoch means the
+// channel's history started again. These functions take a position and a gateway message
+// and say what to deliver and the position after it; the connection below only routes.
+
+/**
+ * Reply codes of the gateway's `{"wm": "error"}` answers to channel requests; the session
+ * stays open. Each maps to a {@link WiremeshError} kind ({@link channelErrorKind}).
+ * @readonly
+ * @enum {number}
+ */
+export const ChannelCode = Object.freeze({
+  BAD_REQUEST: 4400,
+  FORBIDDEN: 4403,
+  NO_CHANNEL: 4404,
+  ALREADY_SUBSCRIBED: 4409,
+  TOO_BIG: 4413,
+  RATE_LIMITED: 4429,
+  UNAVAILABLE: 4503,
+});
+
+/** @type {ReadonlyMap<number, ErrorKind>} */
+const CHANNEL_ERROR_KINDS = new Map([
+  [ChannelCode.BAD_REQUEST, "bad_request"],
+  [ChannelCode.FORBIDDEN, "forbidden"],
+  [ChannelCode.NO_CHANNEL, "no_channel"],
+  [ChannelCode.ALREADY_SUBSCRIBED, "already_subscribed"],
+  [ChannelCode.TOO_BIG, "too_big"],
+  [ChannelCode.RATE_LIMITED, "rate_limited"],
+  [ChannelCode.UNAVAILABLE, "unavailable"],
+]);
+
+/** Control messages that belong to channels (`error` too, when it answers a channel request). */
+const CHANNEL_MESSAGES = new Set([
+  "subscribed",
+  "pub",
+  "join",
+  "leave",
+  "unsubscribed",
+  "published",
+  "presence",
+]);
+
+/** Publications kept while a subscribe waits for its answer (the gateway answers first). */
+const MAX_HELD_PUBLICATIONS = 1000;
+
+/**
+ * @typedef {object} Position
+ * Where a subscription stands in its channel's history.
+ * @property {number} offset the offset of the last publication seen (0: none, or the channel
+ *   keeps no history)
+ * @property {string} epoch the history's epoch ("" when unknown or when there is no history)
+ */
+
+/**
+ * @typedef {object} PublicationInfo
+ * @property {string} channel
+ * @property {number} offset the publication's offset (0 when the channel keeps no history)
+ * @property {string} epoch the history's epoch ("" when the channel keeps no history)
+ * @property {boolean} recovered whether it was missed while disconnected and delivered from
+ *   the channel's history on subscribing again
+ */
+
+/**
+ * @typedef {object} Member
+ * One subscriber of a channel, in presence answers and join/leave notices.
+ * @property {string} session the session id
+ * @property {string | null} principal who the session authenticated as (`sub` of the token)
+ * @property {string} gateway the gateway that holds the session
+ */
+
+/**
+ * @typedef {"" | "epoch" | "gone" | "future" | "no_history"} RecoveryReason
+ * Why what was missed cannot be told (with `recovered: false`): "" when no recovery was
+ * asked for, "epoch" the channel's history started again, "gone" the publications after
+ * the position are no longer kept, "future" the position is ahead of the channel, and
+ * "no_history" the channel keeps none.
+ */
+
+/**
+ * @typedef {object} SubscribedInfo
+ * What a `subscribed` answer said, given to `onSubscribed` and to `ready`.
+ * @property {string} channel
+ * @property {number} offset the channel's offset when the subscription began
+ * @property {string} epoch the channel's epoch when the subscription began
+ * @property {boolean} recovered whether every publication missed since the position asked
+ *   for was delivered; `false` after a reconnection means the page must reload its state
+ * @property {RecoveryReason} reason why not, when `recovered` is false
+ * @property {boolean} resubscribed whether this subscription had held before (the client
+ *   subscribed again after a reconnection)
+ * @property {number} publications how many recovered publications follow through `onMessage`
+ */
+
+/**
+ * @typedef {object} UnsubscribedInfo
+ * @property {number} code 1000 when the page or the node unsubscribed; a {@link ChannelCode}
+ *   when the gateway refused (4503 also for no answer in time); the close code when the
+ *   connection closed for good
+ * @property {string} reason
+ */
+
+/**
+ * @typedef {"subscribing" | "subscribed" | "unsubscribed"} SubscriptionState
+ * `subscribing`: asked for, or waiting for the connection to subscribe again (also after a
+ * refusal that is worth retrying). `subscribed`: publications flow. `unsubscribed`: final.
+ */
+
+/**
+ * @typedef {object} SubscribeOptions
+ * @property {(data: any, info: PublicationInfo) => void} [onMessage] a publication, in
+ *   order, without duplicates; without it, publications go to the connection's `onPublication`
+ * @property {(info: SubscribedInfo) => void} [onSubscribed] the subscription holds, the first
+ *   time and after every reconnection (`info.resubscribed`); with `info.recovered` false
+ *   after a reconnection, the page reloads its state
+ * @property {(member: Member) => void} [onJoin] someone subscribed (channels with join/leave)
+ * @property {(member: Member) => void} [onLeave] someone left
+ * @property {(info: UnsubscribedInfo) => void} [onUnsubscribed] the subscription ended, for
+ *   any reason (called once)
+ * @property {(error: WiremeshError) => void} [onError] the gateway refused this subscription,
+ *   or subscribing again failed (the client tries again when the failure is temporary)
+ * @property {boolean} [recover=true] after a reconnection, ask for what was missed since the
+ *   last position
+ * @property {Position} [since] a position to recover from on the first subscribe (one the
+ *   page kept from an earlier visit)
+ */
+
+/**
+ * The {@link WiremeshError} kind of a channel reply code: "bad_request" (4400), "forbidden"
+ * (4403), "no_channel" (4404), "already_subscribed" (4409), "too_big" (4413),
+ * "rate_limited" (4429), "unavailable" (4503), "remote" for any other.
+ * @param {number} code
+ * @returns {ErrorKind}
+ */
+export function channelErrorKind(code) {
+  return CHANNEL_ERROR_KINDS.get(code) ?? "remote";
+}
+
+/**
+ * The position a gateway message (or a position given by the page) names: a positive safe
+ * integer offset, else 0, and a string epoch, else "".
+ * @param {{offset?: unknown, epoch?: unknown} | undefined} value
+ * @returns {Position}
+ */
+export function readPosition(value) {
+  const offset = value?.offset;
+  const epoch = value?.epoch;
+  return {
+    offset: typeof offset === "number" && Number.isSafeInteger(offset) && offset > 0 ? offset : 0,
+    epoch: typeof epoch === "string" ? epoch : "",
+  };
+}
+
+/**
+ * Whether a position is worth recovering from: it saw a publication (offset > 0) or at least
+ * knows the channel's epoch.
+ * @param {Position | undefined} position
+ * @returns {boolean}
+ */
+export function hasPosition(position) {
+  return Boolean(position) && (position.offset > 0 || Boolean(position.epoch));
+}
+
+/**
+ * The `subscribe` message for `channel`: with `since` when `recover` is asked for and the
+ * position is worth recovering from ({@link hasPosition}).
+ * @param {string} channel
+ * @param {number} id the request id
+ * @param {Position} [position] the subscription's last position
+ * @param {boolean} [recover=true]
+ * @returns {{wm: "subscribe", channel: string, id: number, since?: Position}}
+ */
+export function subscribeMessage(channel, id, position, recover = true) {
+  /** @type {{wm: "subscribe", channel: string, id: number, since?: Position}} */
+  const message = { wm: "subscribe", channel, id };
+  if (recover && position && hasPosition(position)) {
+    message.since = { offset: position.offset, epoch: position.epoch };
+  }
+  return message;
+}
+
+/**
+ * Whether to deliver a publication (a `pub` message, or a recovered one with its epoch) to
+ * a subscription at `position`, and the position after it. A publication without offset (a
+ * channel without history) is always delivered and moves nothing; one of another epoch
+ * starts the position again; one at or before the position is a duplicate.
+ * @param {Position} position
+ * @param {{offset?: unknown, epoch?: unknown}} publication
+ * @returns {{deliver: boolean, position: Position}}
+ */
+export function acceptPublication(position, publication) {
+  const next = readPosition(publication);
+  if (next.offset === 0) return { deliver: true, position };
+  if (next.epoch !== position.epoch) return { deliver: true, position: next };
+  if (next.offset <= position.offset) return { deliver: false, position };
+  return { deliver: true, position: next };
+}
+
+/**
+ * What a `subscribed` answer means for a subscription at `position`: the recovered
+ * publications to deliver, in offset order and without duplicates (each with the answer's
+ * epoch), then the position to continue from: the channel's position when the subscription
+ * began, or the last recovered publication if that is further.
+ * @param {Position} position
+ * @param {{offset?: unknown, epoch?: unknown, recovered?: unknown, reason?: unknown,
+ *   publications?: unknown}} message
+ * @returns {{publications: Array<{offset: number, epoch: string, data: any}>,
+ *   position: Position, recovered: boolean, reason: RecoveryReason}}
+ */
+export function planSubscribed(position, message) {
+  const start = readPosition(message);
+  const recovered = message.recovered === true;
+  const reason = /** @type {RecoveryReason} */ (
+    !recovered && typeof message.reason === "string" ? message.reason : ""
+  );
+  /** @type {Array<{offset: number, epoch: string, data: any}>} */
+  const publications = [];
+  let current = position;
+  if (recovered && Array.isArray(message.publications)) {
+    const ordered = message.publications
+      .filter((item) => item !== null && typeof item === "object")
+      .map((item) => ({ ...readPosition({ offset: item.offset, epoch: start.epoch }), data: item.data }))
+      .sort((a, b) => a.offset - b.offset);
+    for (const publication of ordered) {
+      const step = acceptPublication(current, publication);
+      current = step.position;
+      if (step.deliver) publications.push(publication);
+    }
+  }
+  // Without recovery, what came before the subscription began is history, not news.
+  if (!recovered || start.epoch !== current.epoch || start.offset > current.offset) current = start;
+  return { publications, position: current, recovered, reason };
+}
+
+/**
+ * The {@link WiremeshError} of a gateway's `{"wm": "error"}` answer.
+ * @param {{code?: unknown, reason?: unknown, channel?: unknown}} message
+ * @returns {WiremeshError}
+ */
+export function channelError(message) {
+  const code = typeof message.code === "number" ? message.code : 0;
+  const channel = typeof message.channel === "string" ? message.channel : undefined;
+  const reason =
+    typeof message.reason === "string" && message.reason
+      ? message.reason
+      : `the gateway refused${channel === undefined ? "" : ` (${channel})`} with code ${code}`;
+  return new WiremeshError(channelErrorKind(code), reason, { code, channel });
+}
+
+// ------------------------------------------------------------------------ a subscription
+
+/**
+ * Call an application callback; its exceptions must not break the connection (they are
+ * rethrown on their own turn, where the page's error handlers see them).
+ * @param {Function | undefined} callback
+ * @param {...any} args
+ */
+function notify(callback, ...args) {
+  if (!callback) return;
+  try {
+    callback(...args);
+  } catch (error) {
+    setTimeout(() => {
+      throw error;
+    });
+  }
+}
+
+/**
+ * One channel subscription of a {@link Connection}: made by {@link Connection#subscribe}, or
+ * by the node (`origin` "node"; its publications go to the connection's `onPublication`
+ * until a page sets `onMessage`). It lives until it is unsubscribed, refused, or the
+ * connection closes for good; across reconnections the client subscribes again by itself
+ * and recovers what was missed (see {@link SubscribeOptions}). The handlers are properties
+ * and may be replaced at any time.
+ */
+export class Subscription {
+  /**
+   * @param {Connection} connection
+   * @param {string} channel
+   * @param {SubscribeOptions} options
+   * @param {"page" | "node"} origin who subscribed: the page, or the node for the session
+   */
+  constructor(connection, channel, options, origin) {
+    /** @type {Connection} */
+    this.connection = connection;
+    /** @type {string} */
+    this.channel = channel;
+    /** @type {"page" | "node"} */
+    this.origin = origin;
+    /** Whether to recover what was missed after a reconnection. @type {boolean} */
+    this.recover = options.recover ?? true;
+    /** The position of the last publication seen (a new object at every change: keep it to
+     * recover from on a later visit with `since`). @type {Position} */
+    this.position = readPosition(options.since);
+    /** @type {SubscriptionState} */
+    this.state = "subscribing";
+    /** @type {((data: any, info: PublicationInfo) => void) | undefined} */
+    this.onMessage = options.onMessage;
+    /** @type {((info: SubscribedInfo) => void) | undefined} */
+    this.onSubscribed = options.onSubscribed;
+    /** @type {((member: Member) => void) | undefined} */
+    this.onJoin = options.onJoin;
+    /** @type {((member: Member) => void) | undefined} */
+    this.onLeave = options.onLeave;
+    /** @type {((info: UnsubscribedInfo) => void) | undefined} */
+    this.onUnsubscribed = options.onUnsubscribed;
+    /** @type {((error: WiremeshError) => void) | undefined} */
+    this.onError = options.onError;
+    /** @private @type {(info: SubscribedInfo) => void} */ this._resolve = () => {};
+    /** @private @type {(error: Error) => void} */ this._reject = () => {};
+    /**
+     * Resolves on the first `subscribed` answer; rejects with a {@link WiremeshError} when
+     * the gateway refuses (its `kind` names the reply code), on no answer in time
+     * ("timeout"), or when the subscription ends before it held ("closed").
+     * @type {Promise<SubscribedInfo>}
+     */
+    this.ready = new Promise((resolve, reject) => {
+      this._resolve = resolve;
+      this._reject = reject;
+    });
+    this.ready.catch(() => {}); // a page that never awaits it must not see an unhandled rejection
+    /** @private */ this._settled = false;
+    /** Whether it held at least once: later subscribes are resubscriptions. @private */
+    this._held = false;
+    /** The id of the subscribe in flight, if any. @private @type {number | undefined} */
+    this._requestId = undefined;
+    /** The connection's session its last subscribe went out on. @private */
+    this._session = 0;
+    /** Publications that came while the subscribe waited for its answer.
+     * @private @type {object[]} */
+    this._waiting = [];
+    /** @private */ this._retries = 0;
+    /** @private @type {any} */ this._retryTimer = undefined;
+  }
+
+  /**
+   * Leave the channel (see {@link Connection#unsubscribe}).
+   * @param {{timeout?: number}} [options]
+   * @returns {Promise<void>}
+   */
+  unsubscribe(options) {
+    if (this.connection.subscriptions.get(this.channel) !== this) return Promise.resolve();
+    return this.connection.unsubscribe(this.channel, options);
+  }
+
+  /**
+   * Publish to the channel (see {@link Connection#publish}).
+   * @param {any} data any JSON value
+   * @param {{timeout?: number}} [options]
+   * @returns {Promise<Position>}
+   */
+  publish(data, options) {
+    return this.connection.publish(this.channel, data, options);
+  }
+
+  /**
+   * Who is subscribed to the channel now (see {@link Connection#presence}).
+   * @param {{timeout?: number}} [options]
+   * @returns {Promise<Member[]>}
+   */
+  presence(options) {
+    return this.connection.presence(this.channel, options);
+  }
+
+  // -------------------------------------------------------------------- internals
+  // Called by the connection, which routes the gateway's messages here.
+
+  /**
+   * A subscribe went out with `id` on the connection's `session`.
+   * @internal
+   * @param {number} id
+   * @param {number} session
+   */
+  _sent(id, session) {
+    this._requestId = id;
+    this._session = session;
+    this._waiting = [];
+  }
+
+  /**
+   * The subscription holds: deliver what was recovered, then what arrived meanwhile.
+   * @internal
+   * @param {object} message the `subscribed` message
+   */
+  _subscribed(message) {
+    const plan = planSubscribed(this.position, message);
+    const start = readPosition(message);
+    /** @type {SubscribedInfo} */
+    const info = {
+      channel: this.channel,
+      offset: start.offset,
+      epoch: start.epoch,
+      recovered: plan.recovered,
+      reason: plan.reason,
+      resubscribed: this._held,
+      publications: plan.publications.length,
+    };
+    this._held = true;
+    this._retries = 0;
+    this._requestId = undefined;
+    this.state = "subscribed";
+    this.position = plan.position;
+    const waiting = this._waiting;
+    this._waiting = [];
+    if (!this._settled) {
+      this._settled = true;
+      this._resolve(info);
+    }
+    notify(this.onSubscribed, info);
+    for (const publication of plan.publications) {
+      if (this.state !== "subscribed") return; // a handler unsubscribed
+      const { offset, epoch } = publication;
+      this._deliver(publication.data, { channel: this.channel, offset, epoch, recovered: true });
+    }
+    for (const pub of waiting) {
+      if (this.state !== "subscribed") return;
+      this._publication(pub);
+    }
+  }
+
+  /**
+   * A `pub` message: delivered unless it is a duplicate; kept while the subscribe waits for
+   * its answer, so that recovered publications come first.
+   * @internal
+   * @param {{offset?: unknown, epoch?: unknown, data?: any}} message
+   */
+  _publication(message) {
+    if (this.state === "subscribing") {
+      if (this._waiting.length < MAX_HELD_PUBLICATIONS) this._waiting.push(message);
+      return;
+    }
+    if (this.state !== "subscribed") return;
+    const step = acceptPublication(this.position, message);
+    this.position = step.position;
+    if (!step.deliver) return;
+    const { offset, epoch } = readPosition(message);
+    this._deliver(message.data, { channel: this.channel, offset, epoch, recovered: false });
+  }
+
+  /**
+   * @private
+   * @param {any} data
+   * @param {PublicationInfo} info
+   */
+  _deliver(data, info) {
+    if (this.onMessage) notify(this.onMessage, data, info);
+    else notify(this.connection.onPublication, this.channel, data, info);
+  }
+
+  /**
+   * The connection was lost: the next session subscribes again (what arrived unanswered is
+   * recovered then).
+   * @internal
+   */
+  _lost() {
+    if (this.state === "unsubscribed") return;
+    this.state = "subscribing";
+    this._requestId = undefined;
+    this._waiting = [];
+    clearTimeout(this._retryTimer);
+  }
+
+  /**
+   * Try the subscribe again after `delay` ms, if still wanted then.
+   * @internal
+   * @param {number} delay
+   * @param {() => void} again
+   */
+  _retryLater(delay, again) {
+    this._requestId = undefined;
+    this._retries += 1;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = setTimeout(again, delay);
+  }
+
+  /**
+   * The subscription ended (called once; the connection has forgotten it).
+   * @internal
+   * @param {UnsubscribedInfo} info
+   * @param {WiremeshError} [error] rejects `ready` if it had not settled
+   * @param {boolean} [refused=false] whether `error` is a refusal, for `onError` too
+   */
+  _end(info, error, refused = false) {
+    if (this.state === "unsubscribed") return;
+    this.state = "unsubscribed";
+    this._requestId = undefined;
+    this._waiting = [];
+    clearTimeout(this._retryTimer);
+    if (!this._settled) {
+      this._settled = true;
+      this._reject(
+        error ??
+          new WiremeshError(
+            "closed",
+            `the subscription to ${this.channel} ended before it held (${info.reason})`,
+            { code: info.code, channel: this.channel },
+          ),
+      );
+    }
+    if (error && refused) notify(this.onError, error);
+    notify(this.onUnsubscribed, info);
+  }
+}
+
 // ------------------------------------------------------------------------ the connection
 
 /**
@@ -300,6 +827,12 @@ export class Connection {
     this.onStateChange = options.onStateChange;
     /** @type {((message: object) => void) | undefined} */
     this.onControl = options.onControl;
+    /** @type {((channel: string, data: any, info: PublicationInfo) => void) | undefined} */
+    this.onPublication = options.onPublication;
+    /** The live channel subscriptions, by channel. Read it; change it through
+     * {@link Connection#subscribe} and {@link Connection#unsubscribe}.
+     * @type {Map<string, Subscription>} */
+    this.subscriptions = new Map();
     /** @type {State} */
     this.state = "connecting";
     /** The close info that ended the connection for good, once `state` is "closed".
@@ -315,6 +848,11 @@ export class Connection {
     /** @private */ this._nextId = 1;
     /** @private @type {Map<number, {resolve: (v: Uint8Array) => void, reject: (e: Error) => void, timer: any}>} */
     this._pending = new Map();
+    /** Channel requests sent and not yet answered, by id (the same ids as `_pending`'s).
+     * @private @type {Map<number, {expects: string, answer: (message: any) => void, fail: (error: WiremeshError) => void, timer: any}>} */
+    this._channelRequests = new Map();
+    /** How many sessions opened so far (a subscribe belongs to one). @private */
+    this._session = 0;
     /** @private @type {any} */ this._retryTimer = undefined;
     /** @private @type {any} */ this._stableTimer = undefined;
     /** @private @type {any} */ this._refreshTimer = undefined;
@@ -339,9 +877,9 @@ export class Connection {
     return this._socket?.bufferedAmount ?? 0;
   }
 
-  /** Requests sent and not yet answered. */
+  /** Requests sent and not yet answered (request/reply and channel requests). */
   get pendingRequests() {
-    return this._pending.size;
+    return this._pending.size + this._channelRequests.size;
   }
 
   /**
@@ -405,6 +943,114 @@ export class Connection {
   }
 
   /**
+   * Subscribe to a channel. The subscription starts at once when the session is open, or
+   * at the next open; after every reconnection the client subscribes again by itself and,
+   * with `recover`, asks for what was missed since the last position: those publications
+   * come through `onMessage` first, in order, without duplicates, and `onSubscribed` says
+   * `{recovered: false, reason}` when what was missed cannot be told (reload the state).
+   * Throws a {@link WiremeshError} of kind "already_subscribed" when this connection has a
+   * subscription to `channel` already, "bad_argument" for a bad name or `since`, "closed"
+   * when the connection is closed.
+   * @param {string} channel
+   * @param {SubscribeOptions} [options]
+   * @returns {Subscription}
+   */
+  subscribe(channel, options = {}) {
+    if (typeof channel !== "string" || channel === "") {
+      throw new WiremeshError("bad_argument", "subscribe() needs a channel name");
+    }
+    const since = options.since;
+    if (since !== undefined) {
+      const position = readPosition(since);
+      if (position.offset !== since?.offset || position.epoch !== (since.epoch ?? "")) {
+        throw new WiremeshError("bad_argument", "since is {offset: a whole number >= 0, epoch: a string}");
+      }
+    }
+    if (this.state === "closed") throw this._closedError();
+    const existing = this.subscriptions.get(channel);
+    if (existing) {
+      const hint =
+        existing.origin === "node"
+          ? "the node subscribed this session to it: set handlers on connection.subscriptions.get(channel)"
+          : "unsubscribe first, or keep using the Subscription that subscribe() returned";
+      throw new WiremeshError(
+        "already_subscribed",
+        `already subscribed to ${channel} on this connection (${hint})`,
+        { code: ChannelCode.ALREADY_SUBSCRIBED, channel },
+      );
+    }
+    const subscription = new Subscription(this, channel, options, "page");
+    this.subscriptions.set(channel, subscription);
+    if (this.state === "open") this._sendSubscribe(subscription);
+    return subscription;
+  }
+
+  /**
+   * Leave a channel. The subscription ends at once (`onUnsubscribed` with code 1000, no more
+   * publications); the promise resolves when the gateway confirms, at once when the session
+   * is not open (a new session starts without it), and when the connection drops first.
+   * Rejects with kind "timeout" or the kind of the gateway's refusal.
+   * @param {string} channel
+   * @param {{timeout?: number}} [options]
+   * @returns {Promise<void>}
+   */
+  unsubscribe(channel, { timeout } = {}) {
+    const subscription = this.subscriptions.get(channel);
+    if (!subscription) return Promise.resolve();
+    // a subscribe in flight on this session may still succeed: unsubscribe follows it
+    const onGateway =
+      this.state === "open" &&
+      (subscription.state === "subscribed" || subscription._requestId !== undefined);
+    this._forget(subscription, { code: CloseCode.NORMAL, reason: "unsubscribed by the page" });
+    if (!onGateway) return Promise.resolve();
+    return this._channelRequest({ wm: "unsubscribe", channel }, "unsubscribed", timeout).then(
+      () => undefined,
+      (error) => {
+        if (error.kind !== "closed") throw error; // closed: the session and its subscriptions are gone
+      },
+    );
+  }
+
+  /**
+   * Publish `data` (any JSON value) to a channel whose rules allow browsers to publish,
+   * while subscribed to it. Resolves with the publication's position once the gateway
+   * accepted it (the publication also comes back through `onMessage`); rejects with a
+   * {@link WiremeshError} of kind "forbidden", "too_big", "rate_limited", ... (the gateway's
+   * refusal), "timeout", "closed" or "not_open": publications are never queued.
+   * @param {string} channel
+   * @param {any} data
+   * @param {{timeout?: number}} [options]
+   * @returns {Promise<Position>}
+   */
+  publish(channel, data, { timeout } = {}) {
+    let text;
+    try {
+      text = JSON.stringify(data);
+    } catch {
+      text = undefined;
+    }
+    if (text === undefined) {
+      return Promise.reject(new WiremeshError("bad_argument", "publish a JSON value", { channel }));
+    }
+    return this._channelRequest({ wm: "publish", channel, data }, "published", timeout).then(
+      readPosition,
+    );
+  }
+
+  /**
+   * Who is subscribed to a channel now (while subscribed, on channels that keep presence).
+   * Rejects like {@link Connection#publish}.
+   * @param {string} channel
+   * @param {{timeout?: number}} [options]
+   * @returns {Promise<Member[]>}
+   */
+  presence(channel, { timeout } = {}) {
+    return this._channelRequest({ wm: "presence", channel }, "presence", timeout).then(
+      (message) => (Array.isArray(message.members) ? message.members : []),
+    );
+  }
+
+  /**
    * Get a new token from the provider and hand it to the gateway for this session
    * (`{"wm": "refresh"}`). Done by the client itself on the gateway's `expiring` notice;
    * call it after a login change. Resolves once the token was sent.
@@ -446,7 +1092,7 @@ export class Connection {
     for (;;) {
       const id = this._nextId;
       this._nextId = this._nextId >= 0xffffffff ? 1 : this._nextId + 1;
-      if (!this._pending.has(id)) return id;
+      if (!this._pending.has(id) && !this._channelRequests.has(id)) return id;
     }
   }
 
@@ -468,14 +1114,7 @@ export class Connection {
    * @param {...any} args
    */
   _call(callback, ...args) {
-    if (!callback) return;
-    try {
-      callback(...args);
-    } catch (error) {
-      setTimeout(() => {
-        throw error;
-      });
-    }
+    notify(callback, ...args);
   }
 
   /**
@@ -527,6 +1166,7 @@ export class Connection {
     socket.onopen = () => {
       opened = true;
       this._retriedUnauthorized = false;
+      this._session += 1;
       this._setState("open");
       this._readExpiry(token);
       this._stableTimer = setTimeout(() => {
@@ -534,6 +1174,7 @@ export class Connection {
       }, this._options.stableAfter ?? 5000);
       const waiters = this._openWaiters.splice(0);
       for (const waiter of waiters) waiter.resolve();
+      this._resubscribe();
       this._call(this.onOpen, {
         url: this.url,
         protocol: socket.protocol,
@@ -558,6 +1199,7 @@ export class Connection {
     clearTimeout(this._stableTimer);
     clearTimeout(this._refreshTimer);
     this._failPending("closed", "the connection closed before the reply");
+    this._loseChannels();
   }
 
   /**
@@ -599,6 +1241,7 @@ export class Connection {
       return;
     }
     if (!message || typeof message !== "object") return;
+    if (this._channelMessage(message)) return;
     if (message.wm === "expiring") {
       if (typeof message.exp === "number") this.expires = message.exp;
       if (this._options.getToken) this.refreshToken().catch(() => {});
@@ -644,6 +1287,245 @@ export class Connection {
     this.token = token;
     if (this.state !== "open" || !this._socket) return; // the next connection uses it
     this._socket.send(JSON.stringify({ wm: "refresh", token }));
+  }
+
+  // -------------------------------------------------------------------- channels
+
+  /**
+   * Send one control message (a text frame).
+   * @private
+   * @param {object} message
+   */
+  _sendText(message) {
+    if (this.state !== "open" || !this._socket) {
+      throw new WiremeshError("not_open", `cannot send: the connection is ${this.state}`);
+    }
+    this._socket.send(JSON.stringify(message));
+  }
+
+  /**
+   * Send a channel request with `id`; exactly one of `answer` (the gateway's answer of type
+   * `expects`) and `fail` (its refusal, a timeout, the connection closing) is called.
+   * @private
+   * @param {number} id
+   * @param {{wm: string, channel: string} & Record<string, any>} message with `id` set
+   * @param {string} expects the `wm` of the answer
+   * @param {(message: any) => void} answer
+   * @param {(error: WiremeshError) => void} fail
+   * @param {number} [timeout]
+   */
+  _sendChannelRequest(id, message, expects, answer, fail, timeout) {
+    const ms = timeout ?? this._options.requestTimeout ?? 10000;
+    const timer = setTimeout(() => {
+      this._channelRequests.delete(id);
+      const what = `${message.wm} ${message.channel}`;
+      fail(new WiremeshError("timeout", `no answer to ${what} within ${ms} ms`, { channel: message.channel }));
+    }, ms);
+    this._channelRequests.set(id, { expects, answer, fail, timer });
+    try {
+      this._sendText(message);
+    } catch (error) {
+      clearTimeout(timer);
+      this._channelRequests.delete(id);
+      fail(/** @type {WiremeshError} */ (error));
+    }
+  }
+
+  /**
+   * A channel request as a promise of its answer.
+   * @private
+   * @param {{wm: string, channel: string} & Record<string, any>} fields
+   * @param {string} expects
+   * @param {number} [timeout]
+   * @returns {Promise<any>}
+   */
+  _channelRequest(fields, expects, timeout) {
+    if (typeof fields.channel !== "string" || fields.channel === "") {
+      return Promise.reject(new WiremeshError("bad_argument", `${fields.wm} needs a channel name`));
+    }
+    if (this.state !== "open") {
+      return Promise.reject(
+        new WiremeshError("not_open", `cannot ${fields.wm}: the connection is ${this.state}`, {
+          channel: fields.channel,
+        }),
+      );
+    }
+    return new Promise((resolve, reject) => {
+      const id = this._allocateId();
+      this._sendChannelRequest(id, { ...fields, id }, expects, resolve, reject, timeout);
+    });
+  }
+
+  /**
+   * Subscribe on this session: from the position when it is worth it (always on a first
+   * subscribe given `since`, after a reconnection only with `recover`).
+   * @private
+   * @param {Subscription} subscription
+   */
+  _sendSubscribe(subscription) {
+    const id = this._allocateId();
+    const recover = subscription._held ? subscription.recover : true;
+    const message = subscribeMessage(subscription.channel, id, subscription.position, recover);
+    subscription._sent(id, this._session);
+    this._sendChannelRequest(
+      id,
+      message,
+      "subscribed",
+      (answer) => {
+        if (this.subscriptions.get(subscription.channel) !== subscription) return; // ended meanwhile
+        if (subscription._requestId === id) subscription._subscribed(answer);
+      },
+      (error) => this._subscribeFailed(subscription, id, error),
+    );
+  }
+
+  /**
+   * A new session is open: subscribe every live subscription again (those not yet sent on
+   * it: a handler of `onStateChange` may have subscribed already).
+   * @private
+   */
+  _resubscribe() {
+    for (const subscription of [...this.subscriptions.values()]) {
+      if (subscription.state === "subscribing" && subscription._session !== this._session) {
+        this._sendSubscribe(subscription);
+      }
+    }
+  }
+
+  /**
+   * A subscribe failed. A first subscribe ends with the error (the page is waiting on
+   * `ready`); a resubscription tries again later when the failure is temporary (4503, no
+   * answer in time), since no page is there to decide.
+   * @private
+   * @param {Subscription} subscription
+   * @param {number} id
+   * @param {WiremeshError} error
+   */
+  _subscribeFailed(subscription, id, error) {
+    if (this.subscriptions.get(subscription.channel) !== subscription) return;
+    if (subscription._requestId !== id) return; // an older attempt
+    // closed: the next session subscribes again, or the connection ends it
+    if (error.kind === "closed" || error.kind === "not_open") return;
+    // already subscribed: the node subscribed the session meanwhile; its `subscribed` tells
+    if (subscription.state === "subscribed" || error.kind === "already_subscribed") return;
+    if (error.kind === "timeout" && this.state === "open") {
+      // a late success must not leave the session subscribed: its answer (to an id nobody
+      // waits for) is dropped, and a later subscribe starts from a clean slate
+      try {
+        this._sendText({ wm: "unsubscribe", channel: subscription.channel, id: this._allocateId() });
+      } catch {
+        // not open: nothing lingers
+      }
+    }
+    const temporary = error.kind === "timeout" || error.kind === "unavailable";
+    if (subscription._held && temporary) {
+      notify(subscription.onError, error);
+      const delay = backoffDelay(subscription._retries, this._options.backoff);
+      subscription._retryLater(delay, () => {
+        const wanted = this.subscriptions.get(subscription.channel) === subscription;
+        if (wanted && this.state === "open" && subscription.state === "subscribing") {
+          this._sendSubscribe(subscription);
+        }
+      });
+      return;
+    }
+    const code = error.code ?? ChannelCode.UNAVAILABLE;
+    this._forget(subscription, { code, reason: error.message }, error, true);
+  }
+
+  /**
+   * Handle a channel message; false when `message` is not one (it goes to `onControl`).
+   * @private
+   * @param {Record<string, any>} message
+   * @returns {boolean}
+   */
+  _channelMessage(message) {
+    const wm = message.wm;
+    const id = typeof message.id === "number" ? message.id : undefined;
+    const channel = typeof message.channel === "string" ? message.channel : undefined;
+    if (wm === "error") {
+      if (channel === undefined && (id === undefined || !this._channelRequests.has(id))) return false;
+    } else if (!CHANNEL_MESSAGES.has(wm)) {
+      return false;
+    }
+    if (id !== undefined && wm !== "pub" && wm !== "join" && wm !== "leave") {
+      // the answer to a request of this page; one that comes too late is dropped
+      const request = this._channelRequests.get(id);
+      if (request && (wm === "error" || wm === request.expects)) {
+        this._channelRequests.delete(id);
+        clearTimeout(request.timer);
+        if (wm === "error") request.fail(channelError(message));
+        else request.answer(message);
+      }
+      return true;
+    }
+    const subscription = channel === undefined ? undefined : this.subscriptions.get(channel);
+    if (wm === "subscribed" && channel !== undefined) {
+      this._subscribedByNode(channel, message);
+    } else if (!subscription) {
+      // a publication after the page unsubscribed, or a notice about no subscription: dropped
+    } else if (wm === "pub") {
+      subscription._publication(message);
+    } else if (wm === "join") {
+      notify(subscription.onJoin, message.member);
+    } else if (wm === "leave") {
+      notify(subscription.onLeave, message.member);
+    } else if (wm === "unsubscribed") {
+      const code = typeof message.code === "number" ? message.code : CloseCode.NORMAL;
+      const reason = typeof message.reason === "string" ? message.reason : "";
+      this._forget(subscription, { code, reason });
+    } else if (wm === "error") {
+      notify(subscription.onError, channelError(message));
+    }
+    return true;
+  }
+
+  /**
+   * A `subscribed` without id: the node subscribed the session. For a channel the page did
+   * not subscribe to, a subscription whose publications go to `onPublication`.
+   * @private
+   * @param {string} channel
+   * @param {Record<string, any>} message
+   */
+  _subscribedByNode(channel, message) {
+    let subscription = this.subscriptions.get(channel);
+    if (!subscription) {
+      subscription = new Subscription(this, channel, {}, "node");
+      subscription._session = this._session;
+      this.subscriptions.set(channel, subscription);
+    } else if (subscription.state === "subscribed") {
+      return; // it holds already: nothing new
+    }
+    subscription._subscribed(message);
+  }
+
+  /**
+   * End a subscription and forget it.
+   * @private
+   * @param {Subscription} subscription
+   * @param {UnsubscribedInfo} info
+   * @param {WiremeshError} [error] rejects `ready` if it had not settled
+   * @param {boolean} [refused=false] whether `error` is a refusal to report to `onError`
+   */
+  _forget(subscription, info, error, refused = false) {
+    if (this.subscriptions.get(subscription.channel) === subscription) {
+      this.subscriptions.delete(subscription.channel);
+    }
+    subscription._end(info, error, refused);
+  }
+
+  /**
+   * The session ended: channel requests fail (subscriptions wait for the next session).
+   * @private
+   */
+  _loseChannels() {
+    for (const subscription of this.subscriptions.values()) subscription._lost();
+    const requests = [...this._channelRequests.values()];
+    this._channelRequests.clear();
+    for (const { fail, timer } of requests) {
+      clearTimeout(timer);
+      fail(new WiremeshError("closed", "the connection closed before the answer"));
+    }
   }
 
   /**
@@ -764,7 +1646,12 @@ export class Connection {
     clearTimeout(this._refreshTimer);
     globalThis.removeEventListener?.("online", this._onOnline);
     this._failPending("closed", "the connection is closed");
+    this._loseChannels();
     this.closeInfo = info;
+    const closed = this._closedError();
+    for (const subscription of [...this.subscriptions.values()]) {
+      this._forget(subscription, { code: info.code, reason: "the connection is closed" }, closed);
+    }
     this._setState("closed");
     const waiters = this._openWaiters.splice(0);
     for (const waiter of waiters) waiter.reject(this._closedError());
