@@ -282,3 +282,21 @@ async def test_a_gateway_that_dies_leaves_presence(mesh: TestMesh) -> None:
         left = await expect(ada, "leave", timeout=10)
         assert left["member"]["principal"] == "gone"
         assert await mesh.call("rooms.present", "room:dies") == ["ada"]
+
+
+async def test_publications_a_gateway_missed_are_filled_from_history(mesh: TestMesh) -> None:
+    async with connect(mesh, "rooms", gateway=0) as ws:
+        await subscribe(ws, "room:gap")
+        await say(mesh, "room:gap", "before")
+        first = (await expect(ws, "pub"))["offset"]
+        # as if the gateway's connection to the engine broke for a while
+        engine = mesh.gateways[0].channels.engine
+        await engine.unwatch("room:gap")
+        for i in range(3):
+            await say(mesh, "room:gap", f"lost{i}")
+        await engine.watch("room:gap")
+        await say(mesh, "room:gap", "after")
+        expected = [(first + 1 + i, f"lost{i}") for i in range(3)] + [(first + 4, "after")]
+        assert await texts(ws, 4) == expected
+        await say(mesh, "room:gap", "live")
+        assert await texts(ws, 1) == [(first + 5, "live")]

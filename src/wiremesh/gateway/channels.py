@@ -76,11 +76,16 @@ class _Refused(Exception):
 class _Channel:
     """One channel as this gateway holds it."""
 
-    __slots__ = ("live", "name", "pending", "rules", "watched")
+    __slots__ = ("filling", "live", "name", "pending", "rules", "top", "watched")
 
     def __init__(self, name: str, rules: ChannelRules) -> None:
         self.name = name
         self.rules = rules
+        #: the last publication handed out here (or the position a first subscription
+        #: began at): a publication past the next offset shows a gap
+        self.top: Position | None = None
+        #: while a gap is filled from history: the publications that arrived meanwhile
+        self.filling: list[Publication] | None = None
         #: the sessions that get its publications as they come (insertion-ordered)
         self.live: dict[Connection, None] = {}
         #: sessions whose subscription is being decided: the publications held for each
@@ -288,6 +293,8 @@ class ChannelHub:
             if publication.epoch != top.epoch or publication.offset > last:
                 connection.deliver(_publication_text(publication))
         channel.live[connection] = None
+        if channel.top is None:
+            channel.top = top
         if rules.presence:
             await self._join(connection, channel)
 
@@ -444,23 +451,27 @@ class ChannelHub:
         if channel is None:
             return
         if publication.kind == "pub":
-            text = _publication_text(publication)
-            for connection in channel.live:
-                connection.deliver(text)
-            if channel.pending:
-                limit = self.limits.max_pending
-                for connection, held in list(channel.pending.items()):
-                    held.append(publication)
-                    if len(held) > limit:
-                        del channel.pending[connection]
-                        self._abandon(connection, channel.name, channel)
-                        self._error(
-                            connection,
-                            None,
-                            channel.name,
-                            ErrorCode.UNAVAILABLE,
-                            "too many publications while the subscription was decided",
-                        )
+            filling = channel.filling
+            if filling is not None:
+                filling.append(publication)
+                if len(filling) > self.limits.max_pending:  # the fill takes too long
+                    channel.filling = None
+                    for waiting in filling:
+                        self._fan_out(channel, waiting)
+                return
+            top = channel.top
+            if (
+                top is not None
+                and channel.rules.history
+                and publication.epoch == top.epoch
+                and publication.offset > top.offset + 1
+            ):
+                # some never reached this gateway (its engine connection broke): the
+                # channel's history has them, handed out before this one
+                channel.filling = [publication]
+                self._spawn(self._fill(channel, top))
+                return
+            self._fan_out(channel, publication)
         elif channel.rules.join_leave:
             member = publication.data.decode(errors="replace")
             text = (
@@ -474,6 +485,55 @@ class ChannelHub:
             for connection in channel.live:
                 if connection.session_id != itself:  # a session is not told of itself
                     connection.deliver(text)
+
+    def _fan_out(self, channel: _Channel, publication: Publication) -> None:
+        """Hand ``publication`` to the channel's subscribers here, and hold it for those
+        being decided."""
+        top = channel.top
+        if top is not None and publication.epoch == top.epoch and publication.offset <= top.offset:
+            return  # handed out already (a gap's fill and the live stream overlap)
+        channel.top = Position(publication.offset, publication.epoch)
+        text = _publication_text(publication)
+        for connection in channel.live:
+            connection.deliver(text)
+        if channel.pending:
+            limit = self.limits.max_pending
+            for connection, held in list(channel.pending.items()):
+                held.append(publication)
+                if len(held) > limit:
+                    del channel.pending[connection]
+                    self._abandon(connection, channel.name, channel)
+                    self._error(
+                        connection,
+                        None,
+                        channel.name,
+                        ErrorCode.UNAVAILABLE,
+                        "too many publications while the subscription was decided",
+                    )
+
+    async def _fill(self, channel: _Channel, since: Position) -> None:
+        """Hand out what the channel's history holds after ``since``, then what arrived
+        meanwhile, in order."""
+        missing: tuple[Publication, ...] = ()
+        try:
+            async with asyncio.timeout(self.limits.subscribe_timeout):
+                found = await self.engine.history(channel.name, since, channel.rules)
+            if found.recovered:
+                missing = found.publications
+            else:
+                log.warning(
+                    "channel %s: a gap after %d could not be filled", channel.name, since.offset
+                )
+        except (TimeoutError, WiremeshError) as exc:
+            log.warning(
+                "channel %s: a gap after %d could not be filled: %s",
+                channel.name,
+                since.offset,
+                exc,
+            )
+        waiting, channel.filling = channel.filling or [], None
+        for publication in (*missing, *waiting):
+            self._fan_out(channel, publication)
 
     # ------------------------------------------------------------------ publish, presence
 
