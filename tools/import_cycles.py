@@ -68,7 +68,7 @@ RULES: dict[str, frozenset[str]] = {
             "wiremesh.transport.grpc_core",
             "wiremesh.transport.tls",
             # the embedded registry's process also serves the embedded channel engine
-            "wiremesh.channels.embedded",
+            "wiremesh.channels.channel_server",
         }
     ),
     "wiremesh.transport": frozenset(

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from tests.fixtures.meshes import eventually
-from wiremesh.channels import embedded
+from wiremesh.channels import channel_server, embedded
 from wiremesh.channels.embedded import EmbeddedChannelEngine, member_json
 from wiremesh.core.channels import ChannelRules, Member, Position, Publication
 from wiremesh.errors import InvalidPayload, PayloadTooLarge, Unauthenticated, Unavailable
@@ -38,7 +38,7 @@ class Mesh:
         self.got: dict[EmbeddedChannelEngine, list[Publication]] = {}
 
     @property
-    def channels(self) -> embedded.ChannelServer:
+    def channels(self) -> channel_server.ChannelServer:
         return self.server.channels
 
     def open(self, owner: str = "", secret: str | None = SECRET) -> EmbeddedChannelEngine:

@@ -45,7 +45,7 @@ from typing import Any
 
 import grpc
 
-from wiremesh.channels.embedded import ChannelServer
+from wiremesh.channels.channel_server import ChannelServer
 from wiremesh.core.membership import Membership
 from wiremesh.core.model import MeshSnapshot, MethodInfo, NodeInfo, NodeState
 from wiremesh.errors import Unauthenticated, Unavailable
