@@ -5,7 +5,8 @@
 
 ``connect()`` finds the running mesh through ``.wiremesh/mesh.json`` (written by
 ``wiremesh run``), or takes a registry address. ``emit`` and ``send`` put durable
-messages on the mesh's broker. The client watches the registry, so it
+messages on the mesh's broker; ``mesh.channels.publish(channel, data)`` reaches a
+channel's subscribers (``docs/channels.md``). The client watches the registry, so it
 balances over live nodes and sees nodes come and go without a lookup per call.
 """
 
@@ -18,7 +19,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from wiremesh.channels import open_engine
+from wiremesh.channels.node import Channels
 from wiremesh.core.balancing import BalancerName
+from wiremesh.core.channels import MeshRules
 from wiremesh.core.codec import CodecName
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.defaults import (
@@ -31,6 +35,7 @@ from wiremesh.core.defaults import (
 from wiremesh.core.gather import Mode, MulticastResult
 from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.errors import BrokerUnavailable, Unavailable
+from wiremesh.gateway.socket_hub import CHANNELS_KEY
 from wiremesh.messaging.backends import open_broker
 from wiremesh.messaging.base import Broker
 from wiremesh.messaging.outbound import Outbound
@@ -66,6 +71,7 @@ class MeshClient:
         mesh: str = MESH_NAME,
         data_dir: Path | None = None,
         quorum_queues: bool = False,
+        join_secret: str | None = None,
     ) -> None:
         credentials = tls.channel_credentials() if tls else None
         if isinstance(broker, str):
@@ -95,6 +101,17 @@ class MeshClient:
         )
         self.registry = open_registry(registry_address, mesh=mesh, tls=tls)
         self.view = MeshView(self.registry)
+        rules = MeshRules(CHANNELS_KEY)
+        owner = identity or f"client-{secrets.token_hex(4)}"
+        #: the mesh's channels: publish, history, presence (``join_secret``: what the
+        #: embedded registry admits with, ``mesh.json``'s; not needed with TLS or Redis)
+        self.channels = Channels(
+            lambda: open_engine(
+                registry_address, mesh=mesh, tls=tls, join_secret=join_secret, owner=owner
+            ),
+            lambda: rules(self.view.snapshot),
+            dict,
+        )
         self.caller = Caller(
             self.view,
             identity=identity,
@@ -215,6 +232,7 @@ class MeshClient:
         return [n for n in nodes if service is None or n.service == service]
 
     async def close(self) -> None:
+        await self.channels.close()
         await self.view.close()
         if self.links is not None:
             await self.links.close()
@@ -272,6 +290,7 @@ async def connect(
             broker=mesh.broker,
             mesh=mesh.name,
             quorum_queues=mesh.quorum_queues,
+            join_secret=mesh.join_secret,
         )
     try:
         return await client.start(timeout)

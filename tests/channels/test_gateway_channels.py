@@ -17,6 +17,8 @@ from websockets.asyncio.client import ClientConnection
 
 from tests.fixtures.svc_channels import Rooms
 from tests.gateway.ws_mesh import ROOMY, closed_with, connect
+from wiremesh.core.channels import Position
+from wiremesh.errors import NotFound, PayloadTooLarge
 from wiremesh.testing import TestMesh, gateway_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -250,18 +252,31 @@ async def test_a_subscriber_that_does_not_read_is_closed_and_the_others_are_not(
         await subscribe(slow, "room:flood")
         await subscribe(fast, "room:flood")
         slow.transport.pause_reading()  # type: ignore[attr-defined]
+        gateway = mesh.gateways[0]
 
-        async def read_all() -> int:
-            count = 0
-            while count < 2000:
-                await expect(fast, "pub")
-                count += 1
-            return count
+        def slow_is_held() -> bool:
+            return any(c.principal == "slow" and not c.closed for c in gateway.table)
 
-        reader = asyncio.create_task(read_all())
-        for i in range(0, 2000, 50):
-            await asyncio.gather(*(say(mesh, "room:flood", f"{big}{i + j}") for j in range(50)))
-        assert await reader == 2000
+        offsets: list[int] = []
+        wanted = [4000 + 50]  # how many to read: known once the publishing ends
+
+        async def read() -> None:
+            while len(offsets) < wanted[0]:
+                offsets.append((await expect(fast, "pub", timeout=30))["offset"])
+
+        reader = asyncio.create_task(read())
+        # publish until the gateway gave up on the one that does not read (bounded)
+        sent = 0
+        while slow_is_held() and sent < 4000:
+            await asyncio.gather(*(say(mesh, "room:flood", f"{big}{sent + j}") for j in range(50)))
+            sent += 50
+        assert not slow_is_held(), f"still held after {sent} publications"
+        # the one that reads gets every one of them, in order
+        wanted[0] = sent
+        if len(offsets) < sent:
+            await asyncio.wait_for(reader, 30)
+        reader.cancel()
+        assert offsets == sorted(offsets) and len(set(offsets)) == sent
         slow.transport.resume_reading()  # type: ignore[attr-defined]
         code, _ = await closed_with(slow)
         assert code == 4008
@@ -300,3 +315,21 @@ async def test_publications_a_gateway_missed_are_filled_from_history(mesh: TestM
         assert await texts(ws, 4) == expected
         await say(mesh, "room:gap", "live")
         assert await texts(ws, 1) == [(first + 5, "live")]
+
+
+async def test_a_client_outside_the_mesh_publishes_and_reads_history_and_presence(
+    mesh: TestMesh,
+) -> None:
+    async with connect(mesh, "rooms", subject="ada") as ws:
+        await subscribe(ws, "room:client")
+        position = await mesh.client.channels.publish("room:client", {"text": "from outside"})
+        pub = await expect(ws, "pub")
+        assert (pub["offset"], pub["epoch"]) == (position.offset, position.epoch)
+        found = await mesh.client.channels.history("room:client", Position(0, position.epoch))
+        assert [p.data for p in found.publications][-1] == b'{"text":"from outside"}'
+        members = await mesh.client.channels.presence("room:client")
+        assert [m.principal for m in members] == ["ada"]
+        with pytest.raises(NotFound, match="no service declares"):
+            await mesh.client.channels.publish("nobody:1", 1)
+        with pytest.raises(PayloadTooLarge):
+            await mesh.client.channels.publish("room:client", "x" * 70_000)
