@@ -333,3 +333,21 @@ async def test_a_client_outside_the_mesh_publishes_and_reads_history_and_presenc
             await mesh.client.channels.publish("nobody:1", 1)
         with pytest.raises(PayloadTooLarge):
             await mesh.client.channels.publish("room:client", "x" * 70_000)
+
+
+async def test_the_gateway_counts_channels_subscriptions_publications_and_refusals(
+    mesh: TestMesh,
+) -> None:
+    gateway = mesh.gateways[0]
+    before = gateway.meter.publications
+    async with connect(mesh, "rooms") as ws:
+        await subscribe(ws, "room:counted")
+        assert gateway.channels.counts()[1] >= 1
+        await say(mesh, "room:counted", "one")
+        await expect(ws, "pub")
+        await send(ws, wm="subscribe", channel="nobody:1", id=2)
+        await expect(ws, "error")
+        text = gateway.meter.text().decode()
+    assert gateway.meter.publications > before
+    assert 'wiremesh_channel_refused_total{code="4404"}' in text
+    assert "wiremesh_channel_subscriptions " in text and "wiremesh_channels " in text

@@ -44,6 +44,7 @@ from wiremesh.errors import InvalidPayload, Unauthenticated, Unavailable, Wireme
 from wiremesh.gateway.auth import scopes_of
 from wiremesh.gateway.connection import Connection
 from wiremesh.gateway.frame_stream import SUBSCRIBE, Frame, FrameStream
+from wiremesh.gateway.meter import GatewayMeter
 from wiremesh.gateway.settings import ChannelLimits
 
 __all__ = ["BAD_REQUEST", "ChannelHub", "ErrorCode"]
@@ -115,7 +116,9 @@ class ChannelHub:
         connection_of: Callable[[str], Connection | None],
         limits: ChannelLimits,
         spawn: Callable[[Any], None],
+        meter: GatewayMeter | None = None,
     ) -> None:
+        self.meter = meter or GatewayMeter(lambda: ())
         self.gateway_id = gateway_id
         self._open = engine
         self._engine: ChannelEngine | None = None
@@ -447,6 +450,7 @@ class ChannelHub:
     # ------------------------------------------------------------------ from the engine
 
     def _publication(self, publication: Publication) -> None:
+        self.meter.publications += 1
         channel = self.channels.get(publication.channel)
         if channel is None:
             return
@@ -601,6 +605,10 @@ class ChannelHub:
             answer["id"] = request
         connection.deliver(json.dumps(answer, separators=(",", ":")))
 
+    def counts(self) -> tuple[int, int]:
+        """The channels received here, and the subscriptions of this gateway's sessions."""
+        return len(self.channels), sum(len(c.live) for c in self.channels.values())
+
     def _member(self, connection: Connection) -> Member:
         return Member(connection.session_id, connection.principal, self.gateway_id)
 
@@ -656,6 +664,7 @@ class ChannelHub:
     def _error(
         self, connection: Connection, request: int | None, channel: object, code: int, reason: str
     ) -> None:
+        self.meter.channel_refused[code] += 1
         answer: dict[str, Any] = {
             "wm": "error",
             "channel": channel if isinstance(channel, str) else "",

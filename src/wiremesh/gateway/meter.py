@@ -11,6 +11,10 @@ metrics only when Prometheus scrapes, on the event loop that owns them. Names (a
 - ``ws_closes_total{code}``: sessions ended, by WebSocket close code
 - ``ws_refused_total{status}``: upgrades refused before the WebSocket opened
 - ``http_responses_total{status}``, ``http_request_seconds`` (histogram)
+- ``channels`` (gauge): channels this gateway receives (one of its sessions subscribes);
+  ``channel_subscriptions`` (gauge): its sessions' subscriptions
+- ``channel_publications_total``: publications the channel engine handed this gateway;
+  ``channel_refused_total{code}``: channel requests refused, by reply code
 - ``registry_reachable``: 1 when the registry answered the last time it was asked, 0 while
   it does not (the gateway keeps routing on its last view meanwhile)
 """
@@ -37,7 +41,12 @@ class GatewayMeter(Collector):
         sessions: Callable[[], Iterable[str]],
         *,
         reachable: Callable[[], bool] | None = None,
+        channels: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
+        #: the channels received and the subscriptions held (read at scrape time)
+        self._channels = channels
+        self.publications = 0
+        self.channel_refused: Tally[int] = Tally()
         #: yields the service of every open session (read at scrape time)
         self._sessions = sessions
         self.messages_in = 0
@@ -86,6 +95,27 @@ class GatewayMeter(Collector):
         yield _by("wiremesh_ws_closes", "Sessions ended, by close code", "code", self.closes)
         yield _by("wiremesh_ws_refused", "Upgrades refused, by HTTP status", "status", self.refused)
         yield _by("wiremesh_http_responses", "HTTP answers, by status", "status", self.http)
+        if self._channels is not None:
+            watched, subscriptions = self._channels()
+            yield GaugeMetricFamily(
+                "wiremesh_channels", "Channels this gateway receives", value=watched
+            )
+            yield GaugeMetricFamily(
+                "wiremesh_channel_subscriptions",
+                "Channel subscriptions of this gateway's sessions",
+                value=subscriptions,
+            )
+        yield CounterMetricFamily(
+            "wiremesh_channel_publications",
+            "Publications the channel engine handed this gateway",
+            value=self.publications,
+        )
+        yield _by(
+            "wiremesh_channel_refused",
+            "Channel requests refused, by reply code",
+            "code",
+            self.channel_refused,
+        )
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # dynamic: nothing to check at registration

@@ -175,6 +175,12 @@ class Gateway:
             join_secret=join_secret,
         )
         self.view = MeshView(self.registry, grace=ttl + 1.0)
+        #: what this gateway counts (``/metrics``)
+        self.meter = GatewayMeter(
+            lambda: (c.service for c in self.table),
+            reachable=lambda: self.view.reachable,
+            channels=lambda: self.channels.counts(),
+        )
         channel_rules = MeshRules(CHANNELS_KEY)
         #: the channels its sessions subscribe to (the engine opens on first use)
         self.channels = ChannelHub(
@@ -191,6 +197,7 @@ class Gateway:
             connection_of=self._connection_of,
             limits=limits.channels,
             spawn=self.spawn,
+            meter=self.meter,
         )
         #: the host other hosts reach this gateway at: in its registry record and its URL
         self.advertise = advertised_host(settings.host, registry_address, advertise)
@@ -219,10 +226,7 @@ class Gateway:
             options=channel_options(max_message_bytes),
             max_message_bytes=max_message_bytes,
         )
-        #: what this gateway counts (``/metrics``)
-        self.meter = GatewayMeter(
-            lambda: (c.service for c in self.table), reachable=lambda: self.view.reachable
-        )
+
         extras: dict[str, Callable[[], Awaitable[Any]]] = {"sessions": self._session_count}
         if dead_letters is not None:
             extras["dead_letters"] = dead_letters
