@@ -31,6 +31,22 @@ from wiremesh.service import ServiceSpec
 VALIDATOR = Path(__file__).resolve().parent / "asyncapi_validator"
 CHROMIUM = Path("/usr/bin/chromium")
 
+#: the channels' control messages every socket channel lists (docs/protocol.md, 13.5)
+CHANNEL_MESSAGES = {
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "presence",
+    "subscribed",
+    "pub",
+    "join",
+    "leave",
+    "unsubscribed",
+    "published",
+    "members",
+    "channel_error",
+}
+
 
 class Cat(BaseModel):
     kind: Literal["cat"]
@@ -219,8 +235,21 @@ def test_the_document_of_every_kind_is_valid_asyncapi_and_names_the_amqp_topolog
     assert stock["address"] == "stock.eu.*" and stock["servers"] == [{"$ref": "#/servers/mesh"}]
     socket = document["channels"]["socket.storefront"]
     assert socket["address"] == "/ws/storefront"
-    assert set(socket["messages"]) == {"binary", "text", "refresh", "refreshed", "expiring"}
+    assert set(socket["messages"]) == {
+        "binary",
+        "text",
+        "refresh",
+        "refreshed",
+        "expiring",
+        *CHANNEL_MESSAGES,
+    }
     assert parsed["operations"]["storefront.socket.receive"]["messages"] == ["binary", "text"]
+    assert parsed["operations"]["storefront.socket.channels"]["messages"] == [
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "presence",
+    ]
     servers = document["servers"]
     assert servers["gateway"]["host"] == "app.example" and servers["gateway"]["protocol"] == "wss"
     # the broker's address without its credentials
@@ -245,6 +274,7 @@ def test_a_service_known_only_from_the_registry_is_listed_untyped() -> None:
         "refresh",
         "refreshed",
         "expiring",
+        *CHANNEL_MESSAGES,
     }
     # not known here: the exchanges are described, not named
     assert document["servers"]["broker"]["host"] == "{broker}"

@@ -226,6 +226,93 @@ def _control(name: str, wm: str, summary: str, **fields: Any) -> dict[str, Any]:
 
 
 _EXP = {"type": "integer", "description": "the token's expiry, unix seconds"}
+_CHANNEL = {"type": "string", "description": "a channel's name (docs/channels.md)"}
+_ID = {"type": "integer", "minimum": 0, "description": "the request's id, echoed"}
+_OFFSET = {"type": "integer", "minimum": 0}
+_DATA = {"description": "the publication: any JSON value"}
+_MEMBER = {
+    "type": "object",
+    "properties": {
+        "session": {"type": "string"},
+        "principal": {"type": "string"},
+        "gateway": {"type": "string"},
+    },
+}
+#: the channels' control messages (docs/protocol.md, 13.5), by key
+_CHANNEL_MESSAGES: dict[str, dict[str, Any]] = {
+    "subscribe": _control(
+        "Subscribe",
+        "subscribe",
+        "browser to gateway: subscribe; `since` asks for what came after a position",
+        channel=_CHANNEL,
+    ),
+    "unsubscribe": _control(
+        "Unsubscribe", "unsubscribe", "browser to gateway: leave a channel", channel=_CHANNEL
+    ),
+    "publish": _control(
+        "Publish",
+        "publish",
+        "browser to gateway: publish (channels that allow it)",
+        channel=_CHANNEL,
+        data=_DATA,
+    ),
+    "presence": _control(
+        "PresenceRequest", "presence", "browser to gateway: who is subscribed", channel=_CHANNEL
+    ),
+    "subscribed": _control(
+        "Subscribed",
+        "subscribed",
+        "gateway to browser: the subscription holds, with what was recovered",
+        channel=_CHANNEL,
+        offset=_OFFSET,
+        epoch={"type": "string"},
+        recovered={"type": "boolean"},
+        publications={"type": "array"},
+    ),
+    "pub": _control(
+        "Publication",
+        "pub",
+        "gateway to browser: a publication of a subscribed channel",
+        channel=_CHANNEL,
+        offset=_OFFSET,
+        epoch={"type": "string"},
+        data=_DATA,
+    ),
+    "join": _control(
+        "Join", "join", "gateway to browser: a session subscribed", channel=_CHANNEL, member=_MEMBER
+    ),
+    "leave": _control(
+        "Leave", "leave", "gateway to browser: a session left", channel=_CHANNEL, member=_MEMBER
+    ),
+    "unsubscribed": _control(
+        "Unsubscribed",
+        "unsubscribed",
+        "gateway to browser: the subscription ended",
+        channel=_CHANNEL,
+        code={"type": "integer"},
+    ),
+    "published": _control(
+        "Published",
+        "published",
+        "gateway to browser: the browser's publication was accepted",
+        id=_ID,
+        offset=_OFFSET,
+    ),
+    "members": _control(
+        "PresenceAnswer",
+        "presence",
+        "gateway to browser: who is subscribed",
+        channel=_CHANNEL,
+        members={"type": "array", "items": _MEMBER},
+    ),
+    "channel_error": _control(
+        "ChannelError",
+        "error",
+        "gateway to browser: a channel request was refused (the session stays)",
+        code={"type": "integer", "description": "4400, 4403, 4404, 4409, 4413, 4429, 4503"},
+        reason={"type": "string"},
+    ),
+}
 _MESSAGES: dict[str, dict[str, Any]] = {
     "binary": {
         "name": "BinaryFrame",
@@ -251,6 +338,7 @@ _MESSAGES: dict[str, dict[str, Any]] = {
     "expiring": _control(
         "Expiring", "expiring", "gateway to browser: the token expires soon", exp=_EXP
     ),
+    **{key: message for key, message in _CHANNEL_MESSAGES.items()},
 }
 
 
@@ -268,4 +356,25 @@ SOCKET_OPERATIONS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("send", "send", ("frames",), "The frames the node sends back (`session.send`)"),
     ("control", "receive", ("refresh",), "A browser's new token, for the gateway"),
     ("notice", "send", ("refreshed", "expiring"), "The gateway's notices"),
+    (
+        "channels",
+        "receive",
+        ("subscribe", "unsubscribe", "publish", "presence"),
+        "A browser's channel requests (docs/channels.md)",
+    ),
+    (
+        "channel_notices",
+        "send",
+        (
+            "subscribed",
+            "pub",
+            "join",
+            "leave",
+            "unsubscribed",
+            "published",
+            "members",
+            "channel_error",
+        ),
+        "The channels' publications and answers",
+    ),
 )
