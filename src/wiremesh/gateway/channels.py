@@ -131,6 +131,10 @@ class ChannelHub:
         self._questions: dict[int, asyncio.Future[tuple[int, str]]] = {}
         self._asked = 0
         self._refreshed = 0.0
+        #: connections with publications framed and not written yet, and whether their
+        #: write is scheduled
+        self._dirty: list[Connection] = []
+        self._flushing = False
 
     @property
     def engine(self) -> ChannelEngine:
@@ -498,8 +502,17 @@ class ChannelHub:
             return  # handed out already (a gap's fill and the live stream overlap)
         channel.top = Position(publication.offset, publication.epoch)
         text = _publication_text(publication)
+        dirty = self._dirty
         for connection in channel.live:
-            connection.deliver(text)
+            # framed now, written once per connection at the end of the loop turn:
+            # what the engine hands over together leaves in one write per subscriber
+            connection.deliver(text, now=False)
+            if not connection.dirty:
+                connection.dirty = True
+                dirty.append(connection)
+        if dirty and not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
         if channel.pending:
             limit = self.limits.max_pending
             for connection, held in list(channel.pending.items()):
@@ -514,6 +527,13 @@ class ChannelHub:
                         ErrorCode.UNAVAILABLE,
                         "too many publications while the subscription was decided",
                     )
+
+    def _flush(self) -> None:
+        """Write what :meth:`_fan_out` framed this loop turn."""
+        dirty, self._dirty = self._dirty, []
+        self._flushing = False
+        for connection in dirty:
+            connection.flush()
 
     async def _fill(self, channel: _Channel, since: Position) -> None:
         """Hand out what the channel's history holds after ``since``, then what arrived
