@@ -1,5 +1,6 @@
 """The ipaas demo's web page in a real Chromium: served by the demo's own gateway over
-``wss``, it starts a flow run on a ``flows`` node and shows each step as it completes."""
+``wss``, it starts a flow run through the gateway's HTTP door and shows each step as the
+run publishes it to its channel, also when the ``flows`` node dies mid-run."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def test_the_page_shows_a_flow_run_step_by_step(page: Page, demo: Gateway, artif
     page.wait_for_selector("#run:enabled")
     flows_node = page.get_attribute("body", "data-node")
     assert flows_node is not None and flows_node.startswith("flows-")
-    assert page.locator("#flow option").all_inner_texts() == ["invoice", "welcome"]
+    assert page.locator("#flow option").all_inner_texts() == ["invoice", "onboarding", "welcome"]
 
     page.select_option("#flow", "welcome")
     page.fill("#input", '{"name": "Ada"}')
@@ -126,3 +127,49 @@ def test_the_page_follows_its_flows_node_through_a_restart(page: Page, demo: Gat
     run = page.locator("#runs .run").first
     run.locator(".status", has_text="done").wait_for()
     assert json.loads(run.locator(".output").inner_text()) == {"amount": 24}
+
+
+def test_a_run_outlives_its_flows_node_and_the_page_shows_every_step_once(
+    page: Page, demo: Gateway
+) -> None:
+    page.goto(f"{demo.url}/#token={demo.token}")
+    page.wait_for_selector("#run:enabled")
+    before = page.get_attribute("body", "data-node")
+    assert before is not None
+    page.select_option("#flow", "onboarding")
+    page.fill("#input", '{"name": "Ada", "amount": 10}')
+    page.fill("#pace", "300")
+    page.click("#run")
+    run = page.locator("#runs .run").first
+    run.locator('.step[data-state="done"]').first.wait_for()
+    os.kill(demo.running.node_pids()[before], signal.SIGKILL)  # mid-run
+    # the page waits for the connection, the run stays running: nothing is marked lost
+    run.locator(".status", has_text="reconnecting").wait_for()
+    assert run.get_attribute("data-state") == "running"
+    run.locator(".status", has_text="done").wait_for(timeout=30_000)
+
+    run_id = run.get_attribute("data-run")
+    assert run.locator(".step .connector").all_inner_texts() == [
+        "greeting",
+        "shout",
+        "double",
+        "add-tax",
+    ]
+    assert run.locator('.step[data-state="done"]').count() == 4
+    assert json.loads(run.locator(".output").inner_text()) == {
+        "name": "Ada",
+        "text": "HELLO, ADA!",
+        "amount": 24.0,
+    }
+    # what the page was given: every step once, in order, then the end; and one
+    # resubscription after the reconnection, which recovered what the channel had meanwhile
+    events = page.evaluate("(run) => demo.events.filter((e) => e[0] === run)", run_id)
+    published = [(kind, index) for _, kind, index, *_ in events if kind != "subscribed"]
+    assert published == [("step", 0), ("step", 1), ("step", 2), ("step", 3), ("done", None)]
+    subscribed = [event[2:4] for event in events if event[1] == "subscribed"]
+    assert subscribed == [[False, True], [True, True]], events
+    # the run went on on the node started in the dead one's place
+    after = page.get_attribute("body", "data-node")
+    assert after is not None and after != before
+    demo.running.wait_for_line(rf"^{after} \| INFO ipaas.flows: run {run_id} resumes after step")
+    assert page.errors == []  # type: ignore[attr-defined]

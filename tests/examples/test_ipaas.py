@@ -1,8 +1,10 @@
-"""The ipaas demo, run as its README says: ``wiremesh run`` in a copy of its folder."""
+"""The ipaas demo, run as its README says: ``wiremesh run`` in a copy of its folder; its
+runs through the gateway's HTTP door and their channels, with ``websockets`` clients."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -10,9 +12,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
 
 from tests.fixtures.meshes import REPO, RunningMesh, eventually, mesh_client, serving, serving_nodes
 from wiremesh import ServiceError
@@ -148,3 +153,128 @@ async def test_the_gateway_serves_the_demo_page_and_the_client(demo: Demo) -> No
         probe = await http.get("/ws/flows", headers={"Authorization": f"Bearer {token}"})
         assert probe.status_code == 426
         assert (await http.get("/ws/flows")).status_code == 401
+
+
+# ---------------------------------------------------------------- runs and their channels
+
+
+@dataclass
+class Door:
+    """The demo's gateway: its HTTP door and WebSockets, with tokens it accepts."""
+
+    base: str
+    folder: Path
+
+    def token(self, subject: str = "dev") -> str:
+        from wiremesh.gateway.auth import dev_secret, mint_token
+
+        secret = dev_secret(self.folder / ".wiremesh")
+        assert secret is not None
+        return mint_token(secret, subject=subject, ttl=600)
+
+    async def call(self, method: str, payload: object, subject: str = "dev") -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.base, timeout=10) as http:
+            headers = {"Authorization": f"Bearer {self.token(subject)}"}
+            return await http.post(f"/rpc/flows/{method}", json=payload, headers=headers)
+
+    def session(self, subject: str = "dev") -> websockets.asyncio.client.connect:
+        return websockets.connect(
+            "ws" + self.base[4:] + "/ws/flows",
+            subprotocols=["wiremesh.v1", f"bearer.{self.token(subject)}"],  # type: ignore[list-item]
+        )
+
+
+@pytest.fixture
+async def door(demo: Demo, client: MeshClient) -> Door:
+    found = await demo.running.line(r"^gateway: (http://127\.0\.0\.1:\d+)/#token=")
+    return Door(found.group(1), demo.folder)
+
+
+async def control(ws: ClientConnection, *kinds: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The next control message of one of ``kinds``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await ws.recv()
+            if isinstance(message, str) and (found := json.loads(message))["wm"] in kinds:
+                return found  # type: ignore[no-any-return]
+
+
+async def follow(
+    ws: ClientConnection, channel: str, since: dict[str, Any], until: str
+) -> list[dict[str, Any]]:
+    """Subscribe from ``since`` and read the publications (recovered, then live) until
+    one of event ``until``; each as ``{"offset", "data"}``."""
+    await ws.send(json.dumps({"wm": "subscribe", "channel": channel, "id": 1, "since": since}))
+    answer = await control(ws, "subscribed", "error")
+    assert answer["wm"] == "subscribed" and answer["recovered"] is True, answer
+    seen = list(answer["publications"])
+    while not seen or seen[-1]["data"]["event"] not in (until, "failed"):
+        seen.append(await control(ws, "pub"))
+    return [{"offset": p["offset"], "data": p["data"]} for p in seen]
+
+
+ONBOARDING = {"flow": "onboarding", "input": {"name": "Ada", "amount": 10}}
+
+
+async def test_a_started_run_publishes_its_steps_and_its_end_to_its_channel(door: Door) -> None:
+    answer = await door.call("start", ONBOARDING | {"pace": 0})
+    assert answer.status_code == 200, answer.text
+    started = answer.json()
+    assert started["steps"] == ["greeting", "shout", "double", "add-tax"]
+    since = {"offset": started["offset"], "epoch": started["epoch"]}
+    async with door.session() as ws:
+        seen = await follow(ws, f"flow-run:{started['run']}", since, "done")
+    events = [p["data"] for p in seen]
+    assert [(e["event"], e.get("index")) for e in events] == [
+        *(("step", i) for i in range(4)),
+        ("done", None),
+    ]
+    assert events[-1]["output"] == {"name": "Ada", "text": "HELLO, ADA!", "amount": 24.0}
+    state = (await door.call("run_state", started["run"])).json()
+    assert (state["state"], state["output"]) == ("done", events[-1]["output"])
+    assert [step["connector"] for step in state["done"]] == started["steps"]
+
+
+async def test_a_runs_channel_and_state_are_its_starters_alone(door: Door) -> None:
+    started = (await door.call("start", ONBOARDING, subject="ada")).json()
+    async with door.session(subject="eve") as ws:
+        await ws.send(json.dumps({"wm": "subscribe", "channel": f"flow-run:{started['run']}"}))
+        assert (await control(ws, "subscribed", "error"))["code"] == 4403
+    assert (await door.call("run_state", started["run"], subject="eve")).status_code == 404
+    assert (await door.call("run_state", started["run"], subject="ada")).status_code == 200
+    refused = await door.call("start", {"flow": "nope"})
+    assert refused.status_code == 409 and "no flow named 'nope'" in refused.json()["detail"]
+
+
+async def test_a_run_goes_on_after_its_flows_node_is_killed_and_no_step_is_lost_or_doubled(
+    demo: Demo, client: MeshClient, door: Door
+) -> None:
+    victim = serving(client, "flows")[0]
+    started = (await door.call("start", ONBOARDING | {"pace": 0.3})).json()
+    channel = f"flow-run:{started['run']}"
+    since = {"offset": started["offset"], "epoch": started["epoch"]}
+    async with door.session() as ws:
+        before = await follow(ws, channel, since, "step")
+        os.kill(victim.pid, signal.SIGKILL)  # mid-run: the node waits before its next step
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await ws.recv()
+    # the broker hands the run's command to the node started in the dead one's place
+    resumed = await demo.running.line(
+        rf"^(flows-\S+) \| INFO ipaas.flows: run {started['run']} resumes after step", 20
+    )
+    assert resumed.group(1) != victim.node_id
+    # back from the last publication seen: what was missed, then live, to the end
+    last = {"offset": before[-1]["offset"], "epoch": started["epoch"]}
+    async with door.session() as ws:
+        after = await follow(ws, channel, last, "done")
+    # and the whole channel, from the start: each step once, in order, then the end
+    async with door.session() as ws:
+        whole = await follow(ws, channel, since, "done")
+    assert before + after == whole
+    events = [p["data"] for p in whole]
+    assert [(e["event"], e.get("index")) for e in events] == [
+        *(("step", i) for i in range(4)),
+        ("done", None),
+    ]
+    assert events[-1]["output"] == {"name": "Ada", "text": "HELLO, ADA!", "amount": 24.0}

@@ -1,11 +1,19 @@
-// The ipaas demo page: one WebSocket to a node of the `flows` service, through the gateway.
+// The ipaas demo page: a WebSocket to a node of the `flows` service, through the gateway,
+// and the gateway's HTTP door.
 //
-// Frames are JSON in binary frames. Requests travel in the client's request/reply envelope:
-//   {"op": "hello"}                                  -> {"node": ..., "flows": [{name, steps}]}
-//   {"op": "run", "flow", "input", "pace"}           -> {"run": id, "flow", "steps", "node"}
-// then the node pushes the run's progress as ordinary frames:
-//   {"event": "step", "run", "index", "connector", "node", "ms", "output"}
-//   {"event": "done", "run", "output"}  or  {"event": "failed", "run", "error"}
+// - `{"op": "hello"}` over the socket, in the client's request/reply envelope, answers
+//   `{"node", "flows": [{name, steps}]}`;
+// - `POST /rpc/flows/start` `{flow, input, pace}` starts a run and answers at once
+//   `{run, flow, steps, node, offset, epoch}`;
+// - the run publishes its progress to the channel `flow-run:<run>`, which the page
+//   subscribes to from the run's `started` publication (`offset`, `epoch`) on:
+//   `{"event": "step", "run", "index", "connector", "node", "ms", "output"}` per step,
+//   then `{"event": "done", "run", "output"}` or `{"event": "failed", "run", "error"}`.
+//
+// When the connection drops (the `flows` node died, the gateway restarted), the client
+// reconnects and subscribes again with recovery: the steps published meanwhile arrive
+// first, in order, none twice, and the run goes on on the page. When what was missed
+// cannot be told, the page reloads the run with `POST /rpc/flows/run_state`.
 import { connect } from "/_wiremesh/wiremesh.js";
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -22,6 +30,10 @@ if (token) $("#dashboard-link").href = `/_mesh/#token=${encodeURIComponent(token
 const flows = new Map();
 /** @type {Map<string, HTMLElement>} */
 const runs = new Map();
+/** what the runs' subscriptions got, for a reader of the console (and the tests):
+ * `[run, event, index, recovered]` per publication, `[run, "subscribed", resubscribed,
+ * recovered, publications]` per subscription */
+const events = [];
 
 const conn = connect({
   service: "flows",
@@ -29,15 +41,16 @@ const conn = connect({
   backoff: { initial: 250, max: 5000 },
   onStateChange: showState,
   onOpen: hello,
-  onFrame: (frame) => progress(fromJson(frame)),
   onClose: (info) => {
+    // the runs go on without the page: their subscriptions recover what they miss
+    const status = info.reconnect ? "reconnecting\u2026" : "the connection is closed";
     for (const run of runs.values()) {
-      if (run.dataset.state === "running") finishRun(run, "failed", "the connection was lost");
+      if (run.dataset.state === "running") $(".status", run).textContent = status;
     }
     if (!info.reconnect) showClosed(info);
   },
 });
-globalThis.demo = { conn, flows, runs };
+globalThis.demo = { conn, flows, runs, events };
 
 function showState(state) {
   const badge = $("#state");
@@ -76,6 +89,18 @@ async function hello() {
   }
 }
 
+/** Call `flows.<method>` through the gateway's HTTP door; rejects with the problem's detail. */
+async function call(method, payload) {
+  const response = await fetch(`/rpc/flows/${method}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+    body: JSON.stringify(payload),
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.detail ?? `HTTP ${response.status}`);
+  return body;
+}
+
 function showSteps() {
   const flow = flows.get($("#flow").value);
   $("#flow-steps").textContent = flow ? `steps: ${flow.steps.join(" \u2192 ")}` : "";
@@ -94,17 +119,65 @@ $("#run-form").addEventListener("submit", async (event) => {
     error.textContent = `the input is not JSON: ${problem.message}`;
     return;
   }
-  const request = { op: "run", flow: $("#flow").value, input, pace: Number($("#pace").value) / 1000 };
+  const request = { flow: $("#flow").value, input, pace: Number($("#pace").value) / 1000 };
   try {
-    const started = fromJson(await conn.request(toJson(request), { timeout: 5000 }));
+    const started = await call("start", request);
     const run = runElement(started.run);
     $(".title", run).textContent = `${started.flow} on ${started.node}`;
     $(".meta", run).textContent = `run ${started.run} · started ${new Date().toLocaleTimeString()}`;
     fillSteps(run, started.steps);
+    follow(started);
   } catch (problem) {
     error.textContent = problem.message;
   }
 });
+
+/** Subscribe to a run's channel from its `started` publication on, until it ends. */
+function follow(started) {
+  const run = runs.get(started.run);
+  const subscription = conn.subscribe(`flow-run:${started.run}`, {
+    recover: true,
+    since: { offset: started.offset, epoch: started.epoch },
+    onMessage(message, { recovered }) {
+      events.push([started.run, message.event, message.index ?? null, recovered]);
+      progress(run, message);
+      if (run.dataset.state !== "running") subscription.unsubscribe().catch(() => {});
+    },
+    onSubscribed(info) {
+      events.push([started.run, "subscribed", info.resubscribed, info.recovered, info.publications]);
+      if (!info.recovered) {
+        reload(run, started.run, info.reason).then(() => {
+          if (run.dataset.state !== "running") subscription.unsubscribe().catch(() => {});
+        });
+      } else if (run.dataset.state === "running") {
+        $(".status", run).textContent = "running";
+      }
+    },
+    onError(error) {
+      // a resubscription the gateway could not serve yet: the client tries again
+      if (run.dataset.state === "running") $(".status", run).textContent = `retrying: ${error.message}`;
+    },
+  });
+  subscription.ready.catch((error) => finishRun(run, "unknown", `cannot follow this run: ${error.message}`));
+}
+
+/**
+ * What the run's channel missed cannot be told (its history was started again or is gone):
+ * show the run as the flows service recorded it; live publications follow.
+ */
+async function reload(run, id, reason) {
+  $(".status", run).textContent = `reloading (${reason || "no history"})\u2026`;
+  try {
+    const state = await call("run_state", id);
+    fillSteps(run, state.steps);
+    for (const step of state.done) progress(run, { event: "step", ...step });
+    if (state.state === "done") progress(run, { event: "done", output: state.output });
+    else if (state.state === "failed") progress(run, { event: "failed", error: state.error });
+    else $(".status", run).textContent = "running";
+  } catch (problem) {
+    finishRun(run, "unknown", `its progress was lost and could not be reloaded: ${problem.message}`);
+  }
+}
 
 function runElement(id) {
   let run = runs.get(id);
@@ -135,8 +208,9 @@ function fillSteps(run, steps) {
   });
 }
 
-function progress(message) {
-  const run = runElement(message.run);
+/** Show one event of a run: a step is drawn at its index, so a step shown again stays one. */
+function progress(run, message) {
+  if (run.dataset.state !== "running") return;
   if (message.event === "step") {
     const list = $(".steps", run);
     const names = Array.from(list.children, (step) => $(".connector", step).textContent);
@@ -148,7 +222,7 @@ function progress(message) {
     $(".node", step).textContent = message.node;
     $(".ms", step).textContent = `${message.ms.toFixed(1)} ms`;
     const next = list.children[message.index + 1];
-    if (next) next.dataset.state = "running";
+    if (next && next.dataset.state === "pending") next.dataset.state = "running";
     showOutput(run, message.output);
   } else if (message.event === "done") {
     showOutput(run, message.output);

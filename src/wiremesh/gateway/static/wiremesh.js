@@ -7,7 +7,7 @@
 // request/reply helper over the `R`/`A`/`E` envelope, and subscribes to channels over the
 // text control channel: it subscribes again after every reconnection and recovers what it
 // missed. The gateway's side of this contract is documented in docs/protocol.md ("Browser
-// gateway") and, for channels, in notes/channels-browser-protocol.md.
+// gateway") and, for channels, in its section 13.5 ("Channels").
 
 /** The subprotocol every session speaks. */
 export const SUBPROTOCOL = "wiremesh.v1";
