@@ -3,11 +3,13 @@
 - statistics: :func:`median`, :func:`percentile`, :func:`ratio`;
 - output: :func:`print_table` (rich when it is installed and stdout is a terminal, plain
   text otherwise) and :func:`print_result`, the machine-readable last line
-  ``RESULT {json}``;
+  ``RESULT {json}`` (:func:`run_context`: its figures about the run itself);
 - server processes: :class:`ServerProcess` spawns ``sys.executable`` with arguments, waits
   for its ``READY {json}`` line and always stops it (``stop()``, context manager, and an
   ``atexit`` hook); :func:`announce_ready` and :func:`serve_until_stopped` are the server
   side of that handshake;
+- a process's resources: :func:`raise_nofile` (its descriptor limit), :func:`cpu_ticks`
+  (the CPU another process has used, from ``/proc``);
 - grpc's settings: importing this module calls
   ``wiremesh.transport.grpc_core.prefer_loop_io(restart=True)``, so that every process of
   a benchmark, wiremesh's and the raw peers' alike, runs grpc with its socket I/O on the
@@ -30,11 +32,15 @@ import contextlib
 import json
 import math
 import os
+import platform
+import resource
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -46,12 +52,15 @@ prefer_loop_io(restart=True)
 __all__ = [
     "ServerProcess",
     "announce_ready",
+    "cpu_ticks",
     "install_signal_exit",
     "median",
     "percentile",
     "print_result",
     "print_table",
+    "raise_nofile",
     "ratio",
+    "run_context",
     "run_on",
     "serve_until_stopped",
     "wiremesh_loop",
@@ -161,6 +170,20 @@ def print_result(result: dict[str, Any]) -> None:
     print(RESULT_PREFIX + json.dumps(clean, sort_keys=True), flush=True)
 
 
+def run_context(loadavg_start: float, began: float) -> dict[str, Any]:
+    """The RESULT's figures about the run itself: ``cpus``, ``python``, the load average
+    at its start (``loadavg_start``, read as it began) and now, ``wiremesh_loop``, and the
+    ``seconds`` since ``began`` (``time.monotonic()``)."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "loadavg_start": round(loadavg_start, 2),
+        "loadavg_end": round(os.getloadavg()[0], 2),
+        "wiremesh_loop": wiremesh_loop(),
+        "seconds": round(time.monotonic() - began, 1),
+    }
+
+
 # ---------------------------------------------------------------------------- processes
 
 _live: set[ServerProcess] = set()
@@ -265,6 +288,35 @@ class ServerProcess:
         self.stop()
 
 
+# ---------------------------------------------------------------------------- resources
+
+#: ms of CPU per tick of ``/proc/<pid>/stat``
+TICK = 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's descriptor limit to ``wanted`` (the hard one too, if allowed);
+    the soft limit it has then."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(wanted, hard)))
+    except (ValueError, OSError):  # not root: up to the hard limit only
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cpu_ticks(pid: int) -> int:
+    """The CPU time (user + system, every thread) process ``pid`` has used, in ticks
+    (:data:`TICK` ms each)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+# ---------------------------------------------------------------------------- event loops
+
+
 def run_on(loop: str, main: Coroutine[Any, Any, Any]) -> Any:
     """Run ``main`` (a coroutine) to completion on ``loop``, one of :data:`LOOPS`."""
     from wiremesh.runtime import loop as event_loop
@@ -298,6 +350,9 @@ def settle_heap() -> None:
     from wiremesh.runtime.heap import settle
 
     settle()
+
+
+# ---------------------------------------------------------------------------- the server side
 
 
 def announce_ready(info: dict[str, Any]) -> None:

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import math
 import os
@@ -77,6 +76,7 @@ from _common import (  # noqa: E402
     install_signal_exit,
     print_result,
     print_table,
+    raise_nofile,
     run_on,
     serve_nodes,
     serve_until_stopped,
@@ -84,6 +84,7 @@ from _common import (  # noqa: E402
 from _common import (  # noqa: E402
     serve_gateway as serve_gateway_process,
 )
+from _websocket import upgrade_request  # noqa: E402
 
 from wiremesh import Service, Session, on_socket  # noqa: E402
 from wiremesh.runtime import loop as event_loop  # noqa: E402
@@ -109,19 +110,6 @@ class Echo(Service):
     @on_socket
     async def socket(self, session: Session, frame: bytes) -> None:
         await session.send(frame)
-
-
-def raise_nofile(wanted: int) -> int:
-    """Raise this process's descriptor limit to ``wanted`` (the hard one too, if allowed);
-    the soft limit it has then."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= wanted:
-        return soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(wanted, hard)))
-    except (ValueError, OSError):  # not root: up to the hard limit only
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def gateway_nofile(count: int) -> int:
@@ -284,16 +272,6 @@ class IdleClient(asyncio.Protocol):
             return False
         finally:
             self.echoed = None
-
-
-def upgrade_request(port: int, path: str, token: str) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    protocols = f"wiremesh.v1, bearer.{token}" if token else "wiremesh.v1"
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Protocol: {protocols}\r\n\r\n"
-    ).encode()
 
 
 async def client(port: int, path: str, first: int, most: int) -> None:

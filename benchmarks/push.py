@@ -10,7 +10,7 @@ for the peer, one hosts a raw ``websockets`` server (the asyncio implementation)
 keeps its connections in a set, on uvloop, its fast configuration. The clients run on
 uvloop too. Two client processes, one per server (each holds up to 10,000 connections,
 so neither runs out of file descriptors), open the N sessions: a minimal WebSocket
-client on an asyncio ``Protocol`` (``connections.py``'s handshake), spread over source
+client on an asyncio ``Protocol`` (``_websocket.py``), spread over source
 addresses in 127.0.0.0/8 (500 each: the gateway allows 1,000 per address by default).
 Every wiremesh session carries a token of the same principal (``audience``; the
 gateway's ``connections_per_principal`` is raised to allow them all, and
@@ -56,7 +56,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import queue
 import struct
 import subprocess
@@ -73,23 +72,29 @@ HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != HERE] + [HERE]
 
 from _common import (  # noqa: E402
+    TICK,
     ServerProcess,
+    cpu_ticks,
     install_signal_exit,
     median,
     percentile,
     print_result,
     print_table,
+    raise_nofile,
     ratio,
+    run_context,
     run_on,
     serve_nodes,
-    serve_until_stopped,
     settle_heap,
-    wiremesh_loop,
 )
-from _common import (  # noqa: E402
-    serve_gateway as serve_gateway_process,
+from _websocket import (  # noqa: E402
+    WebSocketClient,
+    grow,
+    open_client,
+    serve_broadcast,
+    serve_token_gateway,
+    upgrade_request,
 )
-from connections import raise_nofile, upgrade_request  # noqa: E402
 
 from wiremesh import Service, Session, on_socket  # noqa: E402
 
@@ -145,60 +150,12 @@ async def serve_node() -> None:
 
 
 async def serve_gateway(registry: str) -> None:
-    from wiremesh.gateway.auth import mint_token
-
-    async def ready(gateway: Any) -> dict[str, Any]:
-        await gateway.wait_for_streams()
-        assert gateway.dev_secret is not None
-        return {
-            "port": gateway.port,
-            "token": mint_token(gateway.dev_secret, subject=AUDIENCE, ttl=3600),
-            "control_token": mint_token(gateway.dev_secret, subject="control", ttl=3600),
-        }
-
-    raise_nofile(NOFILE)
     limits = {"connections_per_principal": 100_000, "idle_timeout": 0}
-    await serve_gateway_process(registry, {"limits": limits}, ready)
+    await serve_token_gateway(registry, AUDIENCE, limits, nofile=NOFILE)
 
 
 async def serve_raw() -> None:
-    from websockets.asyncio.server import ServerConnection, broadcast, serve
-    from websockets.exceptions import ConnectionClosed
-
-    raise_nofile(NOFILE)
-    audience: set[ServerConnection] = set()
-    state: dict[str, Any] = {}
-
-    async def handler(ws: ServerConnection) -> None:
-        if ws.request is not None and ws.request.path == "/control":
-            try:
-                async for frame in ws:
-                    assert isinstance(frame, bytes)
-                    command, number = frame[:1], int.from_bytes(frame[1:5], "big")
-                    if command == b"p":
-                        broadcast(audience, message(number))
-                    elif command == b"n":
-                        await ws.send(b"count:%d" % len(audience))
-            except ConnectionClosed:
-                pass
-            return
-        audience.add(ws)
-        try:
-            await ws.wait_closed()
-        finally:
-            audience.discard(ws)
-
-    async def start() -> dict[str, Any]:
-        server = await serve(handler, "127.0.0.1", 0, compression=None, backlog=4096)
-        state["server"] = server
-        port = next(iter(server.sockets)).getsockname()[1]
-        return {"port": port, "token": "", "control_token": "", "pid": os.getpid()}
-
-    async def stop() -> None:
-        state["server"].close()
-        await state["server"].wait_closed()
-
-    await serve_until_stopped(start, stop)
+    await serve_broadcast(b"p", message, nofile=NOFILE, info={"token": "", "control_token": ""})
 
 
 # ---------------------------------------------------------------------------- the client
@@ -219,8 +176,9 @@ class Tally:
         self.done = asyncio.get_running_loop().create_future()
         return self.done
 
-    def arrived(self, payload: bytes, now: int) -> None:
-        if len(payload) < HEAD.size:
+    def arrived(self, opcode: int, payload: bytes, now: int) -> None:
+        """A :class:`WebSocketClient`'s ``on_message``: a binary message stamped ``now``."""
+        if opcode != 0x2 or len(payload) < HEAD.size:
             return
         number, stamp = HEAD.unpack_from(payload)
         if number != self.number:
@@ -230,66 +188,6 @@ class Tally:
         done = self.done
         if len(self.arrivals) >= self.expected and done is not None and not done.done():
             done.set_result(None)
-
-
-class PushClient(asyncio.Protocol):
-    """A minimal WebSocket client: the opening handshake, pongs, and each binary message
-    stamped on arrival into the :class:`Tally` (the control session's into ``replies``)."""
-
-    __slots__ = ("buffer", "opened", "replies", "request", "tally", "transport")
-
-    def __init__(self, request: bytes, tally: Tally, replies: asyncio.Queue[bytes] | None):
-        self.request = request
-        self.tally = tally
-        self.replies = replies
-        self.buffer = b""
-        self.opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.request)  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        now = time.monotonic_ns()
-        buffer = self.buffer + data if self.buffer else data
-        if not self.opened.done():
-            head, sep, rest = buffer.partition(b"\r\n\r\n")
-            if not sep:
-                self.buffer = buffer
-                return
-            self.opened.set_result(head.startswith(b"HTTP/1.1 101"))
-            buffer = rest
-        while len(buffer) >= 2:
-            first, length = buffer[0], buffer[1] & 0x7F
-            offset = 2
-            if length == 126:
-                if len(buffer) < 4:
-                    break
-                length, offset = struct.unpack_from("!H", buffer, 2)[0], 4
-            if len(buffer) < offset + length:
-                break
-            payload = buffer[offset : offset + length]
-            buffer = buffer[offset + length :]
-            opcode = first & 0x0F
-            if opcode == 0x2:
-                if self.replies is None:
-                    self.tally.arrived(payload, now)
-                elif payload.startswith(b"count:"):  # the control session's pushes: none
-                    self.replies.put_nowait(payload)
-            elif opcode == 0x9:  # ping: pong with the same payload
-                self.send(0xA, payload)
-        self.buffer = buffer
-
-    def send(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.opened.done():
-            self.opened.set_result(False)
 
 
 async def client(port: int, path: str, control_path: str, token: str, control_token: str) -> None:
@@ -302,26 +200,25 @@ async def client(port: int, path: str, control_path: str, token: str, control_to
     loop = asyncio.get_running_loop()
     tally = Tally()
     replies: asyncio.Queue[bytes] = asyncio.Queue()
-    sessions: list[PushClient] = []
+    sessions: list[WebSocketClient] = []
     window = asyncio.Semaphore(200)
 
-    async def connect(i: int, *, control: bool = False) -> PushClient | None:
+    def control_message(opcode: int, payload: bytes, now: int) -> None:
+        """The control session's messages: the server's counts (and no pushes)."""
+        if opcode == 0x2 and payload.startswith(b"count:"):
+            replies.put_nowait(payload)
+
+    async def connect(i: int, *, control: bool = False) -> WebSocketClient | None:
         request = upgrade_request(
             port, control_path if control else path, control_token if control else token
         )
-        async with window:
-            try:
-                _, proto = await loop.create_connection(
-                    lambda: PushClient(request, tally, replies if control else None),
-                    "127.0.0.1",
-                    port,
-                    local_addr=(f"127.0.0.{2 + i // PER_ADDRESS}", 0),
-                )
-                if await asyncio.wait_for(proto.opened, 30):
-                    return proto
-            except (OSError, TimeoutError):
-                pass
-        return None
+        on_message = control_message if control else tally.arrived
+        return await open_client(
+            lambda: WebSocketClient(request, on_message),
+            port,
+            f"127.0.0.{2 + i // PER_ADDRESS}",
+            window,
+        )
 
     async def counted() -> int:
         control.send(0x2, b"n")
@@ -336,12 +233,8 @@ async def client(port: int, path: str, control_path: str, token: str, control_to
     while line := await loop.run_in_executor(None, read):
         words = line.split()
         if words[0] == "grow":
-            count, failed, started = int(words[1]), 0, time.perf_counter()
-            while len(sessions) < count and failed < 100:
-                have = len(sessions)
-                got = await asyncio.gather(*(connect(i) for i in range(have, count)))
-                sessions += [s for s in got if s is not None]
-                failed += sum(s is None for s in got)
+            count, started = int(words[1]), time.perf_counter()
+            failed = await grow(sessions, count, connect)
             for _ in range(600):  # until the server holds them all, 30 s at most
                 if (held := await counted()) >= len(sessions):
                     break
@@ -445,13 +338,6 @@ class Settings:
 
 FULL = Settings(sizes=(100, 1_000, 10_000), rounds={100: 30, 1_000: 20, 10_000: 12}, warmup=2)
 QUICK = Settings(sizes=(100, 1_000), rounds={100: 5, 1_000: 3}, warmup=1)
-TICK = 1000.0 / os.sysconf("SC_CLK_TCK")  # ms of CPU per tick of /proc/<pid>/stat
-
-
-def cpu_ticks(pid: int) -> int:
-    """The CPU time (user + system, every thread) process ``pid`` has used, in ticks."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])
 
 
 @dataclass
@@ -616,12 +502,7 @@ def report(
         "lost": lost[WIREMESH] + lost[PER_SESSION],
         "raw_lost": lost[RAW],
         "failed": failed,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "loadavg_start": round(loadavg_start, 2),
-        "loadavg_end": round(os.getloadavg()[0], 2),
-        "wiremesh_loop": wiremesh_loop(),
-        "seconds": round(time.monotonic() - began, 1),
+        **run_context(loadavg_start, began),
     }
     for size in sizes:
         result[f"push_p50_ratio_{size}"] = round(median(figures[size][WIREMESH].ratios), 3)

@@ -86,6 +86,16 @@ REQUIRED = {
     ],
     "connections.py": ["kb_per_connection", "opened", "rss_after_kb", "raw_kb_per_connection"],
     "push.py": ["push_p50_ratio_100", "push_p50_ratio_1000", "per_session_p50_ratio_1000"],
+    "channels.py": [
+        "fanout_throughput_ratio",
+        "delivery_p50_ms",
+        "delivery_p99_ms",
+        "loaded_delivery_p99_ms",
+        "wiremesh_deliveries_per_s",
+        "raw_deliveries_per_s",
+        "raw_delivery_p99_ms",
+        "recovery_p50_ms",
+    ],
     "multihost.py": [
         "join_p50_ms",
         "join_p99_ms",
@@ -102,7 +112,11 @@ REQUIRED = {
     ],
 }
 #: per benchmark: keys that must hold a measured figure that may be zero
-COUNTS = {"connections.py": ["lost", "raw_lost"], "push.py": ["lost", "raw_lost", "failed"]}
+COUNTS = {
+    "connections.py": ["lost", "raw_lost"],
+    "push.py": ["lost", "raw_lost", "failed"],
+    "channels.py": ["lost", "raw_lost", "failed"],
+}
 #: per benchmark, when not 2: the rounds a quick run makes at least
 ROUNDS = {"connections.py": 1}
 #: per benchmark, when not "ratio": a word of the human table printed before the result
