@@ -1,9 +1,10 @@
 """The services the multi-host scenarios run, on every host (``svc_mesh:Stock`` ...).
 
 ``Stock`` answers calls and holds browser sessions; ``reserve`` writes a row and emits an
-event through the outbox in one transaction. ``Ledger`` consumes those events into its own
-table (the inbox drops what it already has), and calls ``stock`` from its host, which is how
-a scenario makes a call between two given hosts.
+event through the outbox in one transaction. It also owns the channels ``feed:*`` (history,
+presence, joins and leaves) and publishes to them (``post``). ``Ledger`` consumes those
+events into its own table (the inbox drops what it already has), and calls ``stock`` from
+its host, which is how a scenario makes a call between two given hosts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import sqlalchemy as sa
 
 from wiremesh import Context, Service, Session, on_event, on_socket, rpc
+from wiremesh.channels import Channel, SubscribeRequest
 
 metadata = sa.MetaData()
 reservations = sa.Table(
@@ -28,6 +30,9 @@ entries = sa.Table(
 
 class Stock(Service):
     name = "stock"
+    owns_channels = {
+        "feed:*": Channel(history_size=200, history_ttl=120, presence=True, join_leave=True),
+    }
 
     async def on_start(self) -> None:
         await self.store.create_all(metadata)
@@ -54,6 +59,15 @@ class Stock(Service):
     @on_socket
     async def socket(self, session: Session, frame: bytes) -> None:
         await session.send(tag(self.node_id) + frame)
+
+    async def on_subscribe(self, request: SubscribeRequest) -> bool:
+        return request.channel.startswith("feed:") and request.principal != "eve"
+
+    @rpc
+    async def post(self, ctx: Context, channel: str, text: str) -> dict[str, int | str]:
+        """Publish ``{"text": text}`` to ``channel``; its position."""
+        position = await self.channels.publish(channel, {"text": text})
+        return {"offset": position.offset, "epoch": position.epoch}
 
 
 def tag(node_id: str) -> bytes:

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import msgpack
@@ -47,6 +50,7 @@ TTL = 1.5
 #: a node that died or vanished leaves every view within this (ttl + 1 s)
 LEAVES_WITHIN = TTL + 1.0
 GATEWAY_PORT = 8080
+PRESENCE_TTL = 3.0
 T = TypeVar("T")
 #: the hosts and what runs there
 PLAN = {
@@ -85,6 +89,9 @@ host = "0.0.0.0"
 port = {gateway_port}
 allow_plain = true
 auth.secret_file = "{secret}"
+# a dead gateway's channel members leave presence this long after it (15 s by default);
+# only the channel scenario has members
+limits.channels.presence_ttl = {presence_ttl}
 
 [services.stock]
 target = "svc_mesh:Stock"
@@ -169,6 +176,7 @@ async def mesh(
         ttl=TTL,
         rabbitmq=shared_rabbitmq,
         gateway_port=GATEWAY_PORT,
+        presence_ttl=PRESENCE_TTL,
         secret=secret_file,
         postgres=shared_postgres,
         stock_db=databases["stock"],
@@ -460,3 +468,168 @@ async def test_a_host_cut_off_from_rabbitmq_loses_nothing_acknowledged(mesh: Mes
         await asyncio.sleep(0.25)
     # every order reserved (acknowledged to its caller) arrives, exactly once
     assert {o: counts.get(o) for o in expected} == dict.fromkeys(expected, 1), mesh.logs()
+
+
+# ------------------------------------------------------------------ channels
+
+FEED = "feed:orders"
+
+
+def controls(browser: Browser, since: int = 0) -> list[dict[str, Any]]:
+    """The control messages (JSON text) the browser received from its ``since``-th
+    message on, in order."""
+    return [json.loads(m) for m in browser.received[since:] if m.startswith(b"{")]
+
+
+async def request(browser: Browser, kind: str, number: int, **fields: Any) -> dict[str, Any]:
+    """Send the control request ``kind`` with id ``number``; its answer (or error)."""
+    count = len(browser.received)
+    await browser.ws.send(json.dumps({"wm": kind, "id": number, **fields}))
+
+    def answer() -> dict[str, Any] | None:
+        return next((m for m in controls(browser, count) if m.get("id") == number), None)
+
+    found = await eventually(answer, 5, f"an answer to {kind} {fields}")
+    assert found is not None
+    return found
+
+
+def joins(browser: Browser) -> list[dict[str, Any]]:
+    return [m for m in controls(browser) if m["wm"] == "join"]
+
+
+def pubs(browser: Browser, since: int = 0) -> list[tuple[int, str]]:
+    return [(m["offset"], m["data"]["text"]) for m in controls(browser, since) if m["wm"] == "pub"]
+
+
+def top_offset(browser: Browser) -> int:
+    """The offset of the last publication the browser received (0: none yet)."""
+    found = pubs(browser)
+    return found[-1][0] if found else 0
+
+
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+class Publisher:
+    """Publications to a channel from the test's host: one per :meth:`one`, and one every
+    50 ms while entered (``async with``; leaving waits for the one under way, so that
+    ``sent`` holds every publication made, with its offset and text)."""
+
+    def __init__(self, client: MeshClient, channel: str, prefix: str) -> None:
+        self.client = client
+        self.channel = channel
+        self.prefix = prefix
+        self.sent: list[tuple[int, str]] = []
+        self.epochs: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def one(self) -> tuple[int, str]:
+        text = f"{self.prefix}{len(self.sent)}"
+        position = await self.client.call("stock.post", {"channel": self.channel, "text": text})
+        self.sent.append((position["offset"], text))
+        self.epochs.add(position["epoch"])
+        return self.sent[-1]
+
+    async def __aenter__(self) -> Publisher:
+        async def run() -> None:
+            while not self._stopping:
+                await self.one()
+                await asyncio.sleep(0.05)
+
+        self._task = asyncio.create_task(run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._stopping = True
+        await self._task
+
+
+async def test_a_subscriber_whose_gateway_is_killed_recovers_every_publication_on_another(
+    mesh: Mesh,
+) -> None:
+    assert mesh.client is not None
+    began = time.monotonic()
+    (gateway_a,) = [n for n in mesh.nodes_on("a") if n.service != "stock"]
+    (gateway_b,) = [n for n in mesh.nodes_on("b") if n.service not in ("stock", "ledger")]
+    ada = await open_browser(mesh, "a", "/ws/stock", "ada")
+    bob = await open_browser(mesh, "b", "/ws/stock", "bob")
+    seen_by_bob = len(bob.received)
+    assert (await request(bob, "subscribe", 1, channel=FEED))["wm"] == "subscribed"
+    first = await request(ada, "subscribe", 1, channel=FEED)
+    assert first["wm"] == "subscribed" and first["recovered"] is False, first
+    epoch = first["epoch"]
+    # bob, subscribed on b's gateway, is told of ada's join on a's
+    joined = await eventually(
+        lambda: [m for m in joins(bob) if m["member"]["principal"] == "ada"],
+        5,
+        "ada's join at bob",
+    )
+    assert len(joined) == 1, joined
+    assert joined[0]["member"]["gateway"] == gateway_a.node_id
+    ada_session = joined[0]["member"]["session"]
+    presence = await request(bob, "presence", 2, channel=FEED)
+    members = {m["principal"]: m for m in presence["members"]}
+    assert members.keys() == {"ada", "bob"}, presence
+    assert members["ada"]["gateway"] == gateway_a.node_id
+    assert members["bob"]["gateway"] == gateway_b.node_id
+    assert members["ada"]["session"] == ada_session
+    # a sequence from the mesh reaches both, in order
+    publisher = Publisher(mesh.client, FEED, "m")
+    for _ in range(10):
+        await publisher.one()
+    await eventually(lambda: len(pubs(ada)) >= 10 <= len(pubs(bob)), 5, "the first ten")
+    assert pubs(ada) == pubs(bob) == publisher.sent
+    last = pubs(ada)[-1][0]
+    # gateway a dies without a goodbye, while publications go on
+    assert "wiremesh.runtime.gateway_process" in command_line(gateway_a.pid)
+    async with publisher:
+        await asyncio.sleep(0.3)
+        killed_at = time.monotonic()
+        os.kill(gateway_a.pid, signal.SIGKILL)
+        await eventually(lambda: ada.closed is not None, 5, "ada's session to end")
+        await asyncio.sleep(0.5)
+        # ada comes back on b's gateway and asks for what came after what she saw
+        again = await open_browser(mesh, "b", "/ws/stock", "ada")
+        back = await request(
+            again, "subscribe", 1, channel=FEED, since={"offset": last, "epoch": epoch}
+        )
+        assert back["wm"] == "subscribed" and back["recovered"] is True, back
+        recovered = [(p["offset"], p["data"]["text"]) for p in back["publications"]]
+        assert recovered, "publications went on while ada was away"
+        count = len(publisher.sent)
+        await eventually(lambda: len(publisher.sent) >= count + 10, 5, "ten more publications")
+    top = publisher.sent[-1][0]
+    await eventually(lambda: top_offset(again) >= top <= top_offset(bob), 5, "the last one")
+    live = pubs(again)
+    delivered = recovered + live
+    # every publication after `last`, in order, none twice, and live ones after recovery
+    assert delivered == [p for p in publisher.sent if p[0] > last], (recovered, live)
+    assert live and live[0][0] == recovered[-1][0] + 1
+    assert publisher.epochs == {epoch}
+    assert pubs(bob) == publisher.sent
+    # the dead gateway's member leaves presence within the presence ttl, with a leave
+    left = await eventually(
+        lambda: [m for m in controls(bob, seen_by_bob) if m["wm"] == "leave"],
+        PRESENCE_TTL + 2,
+        "a leave for ada's first session at bob",
+        mesh,
+    )
+    gone_after = time.monotonic() - killed_at
+    assert [m["member"]["session"] for m in left] == [ada_session]
+    assert left[0]["member"]["gateway"] == gateway_a.node_id
+    presence = await request(bob, "presence", 3, channel=FEED)
+    assert sorted((m["principal"], m["gateway"]) for m in presence["members"]) == [
+        ("ada", gateway_b.node_id),
+        ("bob", gateway_b.node_id),
+    ]
+    assert ada_session not in {m["session"] for m in presence["members"]}
+    for browser in (bob, again):
+        await browser.close()
+    print(
+        f"{len(recovered)} publications recovered on b; a's member left presence "
+        f"{gone_after:.2f}s after its gateway was killed; scenario {time.monotonic() - began:.1f}s"
+    )
