@@ -195,6 +195,12 @@ def test_an_unknown_control_message_closes_1003_even_where_text_is_taken(text: b
     assert rules_of(text=text).received_text(message, 40, now=0.0) is UNKNOWN_CONTROL
 
 
+@pytest.mark.parametrize("wm", [{"a": 1}, ["subscribe"], 3, None])
+def test_a_control_message_whose_wm_is_not_text_closes_1003(wm: object) -> None:
+    message = json.dumps({"wm": wm})
+    assert rules_of().received_text(message, len(message), now=0.0) is UNKNOWN_CONTROL
+
+
 @pytest.mark.parametrize("kind", sorted(CHANNEL_COMMANDS))
 def test_a_channel_command_goes_to_the_gateways_channels(kind: str) -> None:
     message = json.dumps({"wm": kind, "channel": "room:1"})

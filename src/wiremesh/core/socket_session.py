@@ -273,7 +273,7 @@ class SessionRules:
         command = control.parse(text)
         if command is not None:
             kind = command.get("wm")
-            if kind in CHANNEL_COMMANDS:
+            if isinstance(kind, str) and kind in CHANNEL_COMMANDS:
                 return ChannelCommand(command)
             if kind != "refresh":
                 return UNKNOWN_CONTROL
