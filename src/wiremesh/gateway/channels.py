@@ -92,7 +92,7 @@ class _Channel:
         #: sessions whose subscription is being decided: the publications held for each
         self.pending: dict[Connection, list[Publication]] = {}
         #: done once the engine delivers the channel here
-        self.watched: asyncio.Future[None] | None = None
+        self.watched: asyncio.Future[bool] | None = None
 
     @property
     def empty(self) -> bool:
@@ -351,20 +351,24 @@ class ChannelHub:
 
     async def _watch(self, channel: _Channel) -> None:
         """Have the engine deliver ``channel`` here (once; later subscribers wait for
-        the first one's watch)."""
-        watched = channel.watched
-        if watched is None:
-            watched = channel.watched = asyncio.get_running_loop().create_future()
-            try:
-                await self.engine.watch(channel.name)
-            except BaseException as exc:
-                channel.watched = None
-                watched.set_exception(exc)
-                watched.exception()  # retrieved: only this caller reports it
-                raise
-            watched.set_result(None)
-            return
-        await asyncio.shield(watched)
+        the first one's watch, and try themselves if it failed)."""
+        while True:
+            watched = channel.watched
+            if watched is None:
+                watched = channel.watched = asyncio.get_running_loop().create_future()
+                try:
+                    await self.engine.watch(channel.name)
+                except BaseException:
+                    channel.watched = None
+                    watched.set_result(False)
+                    raise
+                watched.set_result(True)
+                if self.channels.get(channel.name) is not channel:
+                    # everyone left while it was being watched
+                    self._spawn(self._unwatch(channel.name))
+                return
+            if await asyncio.shield(watched):
+                return
 
     def unsubscribe(
         self,
