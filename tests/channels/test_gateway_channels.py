@@ -351,3 +351,21 @@ async def test_the_gateway_counts_channels_subscriptions_publications_and_refusa
     assert gateway.meter.publications > before
     assert 'wiremesh_channel_refused_total{code="4404"}' in text
     assert "wiremesh_channel_subscriptions " in text and "wiremesh_channels " in text
+
+
+async def test_a_browser_publishing_faster_than_its_sessions_rate_is_closed_4029(
+    mesh: TestMesh,
+) -> None:
+    strict = await mesh.add_gateway(
+        gateway_settings(limits={"messages_per_second": 5.0, "burst": 5})
+    )
+    index = mesh.gateways.index(strict)
+    try:
+        async with connect(mesh, "rooms", gateway=index) as ws:
+            await subscribe(ws, "room:fast")
+            for i in range(20):
+                await send(ws, wm="publish", channel="room:fast", data=i, id=i + 2)
+            code, _ = await closed_with(ws)
+            assert code == 4029
+    finally:
+        await mesh.stop_gateway(strict)
