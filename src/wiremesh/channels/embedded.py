@@ -65,7 +65,7 @@ from wiremesh.errors import (
     WiremeshError,
 )
 from wiremesh.proto import channels_pb2 as pb
-from wiremesh.transport.grpc_core import OWN_SUBCHANNELS
+from wiremesh.transport.grpc_core import QUICK_RECONNECT
 from wiremesh.transport.tls import open_channel
 
 __all__ = [
@@ -189,15 +189,7 @@ class EmbeddedChannelEngine:
         self._metadata: tuple[tuple[str, str], ...] | None = (
             ((JOIN_KEY, join_secret),) if join_secret else None
         )
-        options = [
-            ("grpc.enable_retries", 0),
-            # an engine that restarts must be found again within about a second
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-            ("grpc.max_receive_message_length", 2 * HISTORY_REPLY_BYTES),
-            OWN_SUBCHANNELS,
-        ]
+        options = [*QUICK_RECONNECT, ("grpc.max_receive_message_length", 2 * HISTORY_REPLY_BYTES)]
         self.channel = open_channel(address, credentials, options)
 
         def unary(name: str, request: Any, reply: Any) -> Any:

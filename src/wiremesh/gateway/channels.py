@@ -397,9 +397,7 @@ class ChannelHub:
             "code": 1000,
             "reason": reason,
         }
-        if request is not None:
-            answer["id"] = request
-        connection.deliver(json.dumps(answer, separators=(",", ":")))
+        _reply(connection, request, answer)
         return True
 
     def ended(self, connection: Connection) -> None:
@@ -565,12 +563,21 @@ class ChannelHub:
 
     # ------------------------------------------------------------------ publish, presence
 
-    async def _publish(
-        self, connection: Connection, name: str, command: dict[str, Any], request: int | None
-    ) -> None:
+    def _subscribed(
+        self, connection: Connection, name: str, request: int | None
+    ) -> _Channel | None:
+        """The channel ``connection`` is subscribed to (an error answer when it is not)."""
         channel = self.channels.get(name)
         if channel is None or connection not in channel.live:
             self._error(connection, request, name, ErrorCode.FORBIDDEN, "not subscribed")
+            return None
+        return channel
+
+    async def _publish(
+        self, connection: Connection, name: str, command: dict[str, Any], request: int | None
+    ) -> None:
+        channel = self._subscribed(connection, name, request)
+        if channel is None:
             return
         if not channel.rules.client_publish:
             self._error(
@@ -601,14 +608,11 @@ class ChannelHub:
             "offset": position.offset,
             "epoch": position.epoch,
         }
-        if request is not None:
-            answer["id"] = request
-        connection.deliver(json.dumps(answer, separators=(",", ":")))
+        _reply(connection, request, answer)
 
     async def _presence(self, connection: Connection, name: str, request: int | None) -> None:
-        channel = self.channels.get(name)
-        if channel is None or connection not in channel.live:
-            self._error(connection, request, name, ErrorCode.FORBIDDEN, "not subscribed")
+        channel = self._subscribed(connection, name, request)
+        if channel is None:
             return
         if not channel.rules.presence:
             self._error(
@@ -625,9 +629,7 @@ class ChannelHub:
             "channel": name,
             "members": [m.as_json() for m in members],
         }
-        if request is not None:
-            answer["id"] = request
-        connection.deliver(json.dumps(answer, separators=(",", ":")))
+        _reply(connection, request, answer)
 
     def counts(self) -> tuple[int, int]:
         """The channels received here, and the subscriptions of this gateway's sessions."""
@@ -695,9 +697,14 @@ class ChannelHub:
             "code": code,
             "reason": reason,
         }
-        if request is not None:
-            answer["id"] = request
-        connection.deliver(json.dumps(answer, separators=(",", ":")))
+        _reply(connection, request, answer)
+
+
+def _reply(connection: Connection, request: int | None, answer: dict[str, Any]) -> None:
+    """Send ``answer`` to the browser, with the ``id`` of the request it answers."""
+    if request is not None:
+        answer["id"] = request
+    connection.deliver(json.dumps(answer, separators=(",", ":")))
 
 
 def _publication_text(publication: Publication) -> str:

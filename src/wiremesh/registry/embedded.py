@@ -50,7 +50,7 @@ from wiremesh.core.membership import Membership
 from wiremesh.core.model import MeshSnapshot, MethodInfo, NodeInfo, NodeState
 from wiremesh.errors import Unauthenticated, Unavailable
 from wiremesh.proto import registry_pb2 as pb
-from wiremesh.transport.grpc_core import OWN_SUBCHANNELS
+from wiremesh.transport.grpc_core import QUICK_RECONNECT
 from wiremesh.transport.tls import open_channel
 
 __all__ = [
@@ -458,15 +458,7 @@ class EmbeddedRegistry:
         self.lease_metadata: tuple[tuple[str, str], ...] | None = (
             ((JOIN_KEY, join_secret),) if join_secret else None
         )
-        options = [
-            ("grpc.enable_retries", 0),
-            # a registry that restarts must be found again within about a second, not
-            # after grpc's default reconnect backoff (which grows to two minutes)
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-            OWN_SUBCHANNELS,
-        ]
+        options = list(QUICK_RECONNECT)
         self.channel = open_channel(address, credentials, options)
         self._lease_call = self.channel.stream_unary(
             _LEASE,

@@ -40,7 +40,14 @@ import logging
 import os
 import sys
 
-__all__ = ["ENV", "EXPERIMENTS", "KEEPALIVE", "OWN_SUBCHANNELS", "prefer_loop_io"]
+__all__ = [
+    "ENV",
+    "EXPERIMENTS",
+    "KEEPALIVE",
+    "OWN_SUBCHANNELS",
+    "QUICK_RECONNECT",
+    "prefer_loop_io",
+]
 
 log = logging.getLogger("wiremesh.transport")
 
@@ -54,6 +61,18 @@ EXPERIMENTS = "-event_engine_client,-event_engine_listener"
 #: old connection's reconnect backoff, failing at once with UNAVAILABLE instead of
 #: connecting (seen with socket I/O on the polling thread).
 OWN_SUBCHANNELS = ("grpc.use_local_subchannel_pool", 1)
+
+#: The channel options of a client of a server the mesh restarts (the embedded registry,
+#: its channel engine): no grpc retries of its own, and a server that restarts is found
+#: again within about a second, not after grpc's default reconnect backoff (which grows
+#: to two minutes).
+QUICK_RECONNECT: tuple[tuple[str, int], ...] = (
+    ("grpc.enable_retries", 0),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    OWN_SUBCHANNELS,
+)
 
 #: HTTP/2 keepalive, the same on every channel and server of wiremesh's: a ping every
 #: 20 s, and a connection whose ping is not acknowledged within 10 s is closed (its calls
