@@ -154,12 +154,14 @@ async def test_a_hung_node_leaves_the_view_within_its_bound_and_returns_when_it_
     async with await connect(registry.address) as client:
         await serving_nodes(client, "echo", 1)
         hung.send(signal.SIGSTOP)
+        stopped_at = time.monotonic()
         try:
             await eventually(
                 lambda: hung.node_id not in client.snapshot.by_id,
                 registry.leaves_within,
                 "the hung node to leave the client's view",
             )
+            print(f"left the view {time.monotonic() - stopped_at:.2f}s after it hung")
             assert process_exists(hung.pid)  # hung, not dead
         finally:
             hung.send(signal.SIGCONT)

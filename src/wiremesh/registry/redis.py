@@ -32,7 +32,10 @@ deadline has passed (keyspace notifications are no liveness signal: Redis fires 
 when it gets round to deleting a key, not when it expires). When no member at all
 reached Redis for longer than half the ttl (Redis was away, or paused), the rest of
 that pause is not charged to the leases: the lease clock stops while Redis is away, so
-an outage of Redis is never taken for the death of the nodes.
+an outage of Redis is never taken for the death of the nodes. A watcher's version check
+also learns when the next lease ends and, when that comes before its next check, checks
+then: a dead node leaves the views about one ttl after its last heartbeat, however few
+members the mesh has.
 
 Watchers subscribe to the channel, then read the whole mesh; a change applies when its
 version follows the last one, anything else (a gap, another epoch) reads the mesh again,
@@ -77,6 +80,8 @@ RETRY_DELAY = 0.1
 COMMAND_TIMEOUT = 1.0
 #: most changes a watcher applies before it shows a snapshot
 _BATCH = 1000
+#: seconds after a lease's end that a watcher checks, so that Redis's clock has passed it
+_LATE = 0.005
 
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _KEYS = ("nodes", "deadlines", "stats", "services", "state")
@@ -159,10 +164,14 @@ return {epoch, version, swept}
 """
 )
 
+# also answers the ms until the next lease ends (-1: none), for the watcher to be there
 _CHECK = (
     _PROLOGUE
     + """
-return {epoch, version, swept}
+local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local ends_in = -1
+if first[2] then ends_in = tonumber(first[2]) - now end
+return {epoch, version, swept, ends_in}
 """
 )
 
@@ -340,6 +349,7 @@ class RedisRegistry:
             mesh = _Mesh.read(await self.run("read"))  # after subscribing: nothing missed
             yield mesh.snapshot()
             next_check = loop.time() + self.check_interval
+            lease_ends = False
             while True:
                 timeout = max(0.0, next_check - loop.time())
                 message = await pubsub.get_message(timeout=timeout)
@@ -364,8 +374,14 @@ class RedisRegistry:
                     continue  # redis-py read its own health check's answer
                 next_check = now + self.check_interval
                 epoch, version, at = self.last_seen
-                if now - at > self.check_interval:  # no lease's heartbeat said it lately
-                    epoch, version = await self._check()
+                if lease_ends or now - at > self.check_interval / 2:
+                    # (a lease's heartbeat just said it: no need to ask)
+                    epoch, version, ends_in = await self._check()
+                    # a lease ends before the next check: be there when it does, so that
+                    # a dead node leaves within the ttl of its last heartbeat
+                    lease_ends = 0 <= ends_in < self.check_interval
+                    if lease_ends:
+                        next_check = now + ends_in + _LATE
                 if (epoch, version) == (mesh.epoch, mesh.version):
                     continue
                 # behind, or a change in flight: take what has arrived, then compare again
@@ -381,9 +397,12 @@ class RedisRegistry:
             with contextlib.suppress(*REDIS_ERRORS):
                 await pubsub.aclose()
 
-    async def _check(self) -> tuple[str, int]:
+    async def _check(self) -> tuple[str, int, float]:
+        """The registry's epoch and version, and seconds until the next lease ends
+        (-1: no lease)."""
         reply = await self.run("check")
-        return reply[0].decode(), int(reply[1])
+        ends_in = int(reply[3])
+        return reply[0].decode(), int(reply[1]), ends_in / 1000 if ends_in >= 0 else -1.0
 
     async def close(self) -> None:
         self._closed = True
