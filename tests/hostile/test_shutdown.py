@@ -330,6 +330,7 @@ async def test_an_open_health_watch_sees_not_serving_and_ends_without_holding_th
     )
     assert seen == [serving, not_serving]
     assert await node.exit_code(10) == 0
+    print(f"ended {time.monotonic() - stopped_at:.2f}s after SIGTERM")
     assert time.monotonic() - stopped_at < 5  # not the grace of 8 s
 
 
