@@ -12,7 +12,8 @@ The tree::
     ├── DeadlineExceeded           the call's deadline passed
     ├── Cancelled                  the caller went away
     ├── Unavailable                no live node could take the call
-    │   └── BrokerUnavailable      the broker did not accept a message within its deadline
+    │   ├── BrokerUnavailable      the broker did not accept a message within its deadline
+    │   └── Overloaded             a node refused the call unrun: its method was at its limit
     ├── PayloadTooLarge            a message went over the size limit
     ├── RateLimited                a rate limit refused the request
     ├── Unauthenticated            no or bad credentials
@@ -43,6 +44,7 @@ __all__ = [
     "MethodNotFound",
     "NodeNotFound",
     "NotFound",
+    "Overloaded",
     "PayloadTooLarge",
     "PermissionDenied",
     "RateLimited",
@@ -187,6 +189,13 @@ class BrokerUnavailable(Unavailable):
     (the inbox of ``messaging/store.py``) absorb."""
 
 
+class Overloaded(Unavailable):
+    """A node refused the call before running it: the method's bulkhead was full (its
+    ``max_concurrency`` calls running and ``max_queue`` waiting). Callers send such a call
+    to another node of the service, idempotent or not, and raise this only when every
+    node they tried was full: it is always safe to try again later."""
+
+
 class PayloadTooLarge(WiremeshError):
     status = Status.PAYLOAD_TOO_LARGE
 
@@ -258,6 +267,7 @@ _BUILTIN: dict[str, type[WiremeshError]] = {
         Cancelled,
         Unavailable,
         BrokerUnavailable,
+        Overloaded,
         PayloadTooLarge,
         RateLimited,
         Unauthenticated,

@@ -73,28 +73,55 @@ _SOCKET_MARK = "__wiremesh_socket__"
 class _RpcOptions:
     name: str | None
     idempotent: bool
+    max_concurrency: int | None = None
+    max_queue: int = 0
 
 
 @overload
 def rpc(func: F, /) -> F: ...
 @overload
-def rpc(*, idempotent: bool = False, name: str | None = None) -> Callable[[F], F]: ...
+def rpc(
+    *,
+    idempotent: bool = False,
+    name: str | None = None,
+    max_concurrency: int | None = None,
+    max_queue: int = 0,
+) -> Callable[[F], F]: ...
 
 
 def rpc(
-    func: F | None = None, /, *, idempotent: bool = False, name: str | None = None
+    func: F | None = None,
+    /,
+    *,
+    idempotent: bool = False,
+    name: str | None = None,
+    max_concurrency: int | None = None,
+    max_queue: int = 0,
 ) -> F | Callable[[F], F]:
     """Mark an ``async def`` method of a :class:`Service` as callable over the mesh.
 
     ``idempotent=True`` lets a caller retry it on another node when one is unavailable;
-    ``name`` overrides the method name on the wire.
+    ``name`` overrides the method name on the wire. ``max_concurrency`` is the method's
+    bulkhead: a node runs at most that many of its calls at once, and lets ``max_queue``
+    more wait (each until its deadline); past both it refuses a call at once, unrun, with
+    :class:`~wiremesh.errors.Overloaded`, and the caller tries another node
+    (:mod:`wiremesh.core.bulkhead`). Without it, a method's calls are not limited.
     """
+    if max_concurrency is None:
+        if max_queue:
+            raise TypeError("@rpc: max_queue needs max_concurrency")
+    elif isinstance(max_concurrency, bool) or max_concurrency < 1:
+        raise TypeError(
+            f"@rpc: max_concurrency must be a whole number from 1, not {max_concurrency!r}"
+        )
+    if isinstance(max_queue, bool) or max_queue < 0:
+        raise TypeError(f"@rpc: max_queue must be a whole number from 0, not {max_queue!r}")
 
     def mark(f: F) -> F:
         is_async = inspect.iscoroutinefunction(f)
         if not is_async:
             raise TypeError(f"@rpc method {f.__qualname__} must be 'async def'")
-        setattr(f, _RPC_MARK, _RpcOptions(name, idempotent))
+        setattr(f, _RPC_MARK, _RpcOptions(name, idempotent, max_concurrency, max_queue))
         return f
 
     if func is not None:
@@ -259,6 +286,9 @@ class MethodSpec:
     attribute: str
     idempotent: bool
     shapes: SignatureShapes
+    #: the bulkhead (``@rpc(max_concurrency=…, max_queue=…)``); None: no limit
+    max_concurrency: int | None = None
+    max_queue: int = 0
 
     @property
     def info(self) -> MethodInfo:
@@ -340,7 +370,14 @@ class ServiceSpec:
                     f"{service_cls.__qualname__}: methods {taken.attribute!r} and "
                     f"{attribute!r} are both served as {wire_name!r}"
                 )
-            methods[wire_name] = MethodSpec(wire_name, attribute, options.idempotent, shapes)
+            methods[wire_name] = MethodSpec(
+                wire_name,
+                attribute,
+                options.idempotent,
+                shapes,
+                options.max_concurrency,
+                options.max_queue,
+            )
         handlers = _handlers_of(service_cls, name)
         _check_owned_channels(service_cls)
         return cls(

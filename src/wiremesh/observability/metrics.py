@@ -17,6 +17,8 @@ Names (all prefixed ``wiremesh_``; ``docs/observability.md`` lists them with the
 - ``multicasts_total{service,method,mode}``, ``multicast_replies_total{service,method,outcome}``
 - ``node_<stat>`` for each of the node's counters (``node_publish_dropped_total``, ...)
 - ``link_queued_frames{peer}``: frames waiting on each mesh link
+- ``bulkhead_running{service,method}``, ``bulkhead_waiting{…}``, ``bulkhead_refused_total{…}``:
+  the methods with a bulkhead (``@rpc(max_concurrency=…)``)
 - ``registry_reachable``: 1 when the registry answered the last time it was asked, 0 while
   it does not (the node keeps its last view of the mesh meanwhile)
 """
@@ -35,6 +37,7 @@ from prometheus_client.registry import Collector
 __all__ = [
     "LATENCY_BUCKETS",
     "METRICS_KEY",
+    "BulkheadCollector",
     "MeshMetrics",
     "MethodMetrics",
     "RegistryReachable",
@@ -219,6 +222,43 @@ class StatsCollector(Collector):
         for peer, depth in queues:
             queued.add_metric([peer], depth)
         yield queued
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # dynamic: nothing to check at registration
+
+
+class BulkheadCollector(Collector):
+    """The bulkheads of a node's methods (``@rpc(max_concurrency=…)``), read when
+    Prometheus scrapes: ``wiremesh_bulkhead_running`` and ``wiremesh_bulkhead_waiting``
+    (gauges) and ``wiremesh_bulkhead_refused_total``, by service and method.
+    ``bulkheads`` gives each method's (service, method, running, waiting, refused): plain
+    integers, safe to read from the endpoint's thread."""
+
+    def __init__(self, bulkheads: Callable[[], Iterable[tuple[str, str, int, int, int]]]) -> None:
+        self._bulkheads = bulkheads
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["service", "method"]
+        running = GaugeMetricFamily(
+            "wiremesh_bulkhead_running", "Calls running under a method's bulkhead", labels=labels
+        )
+        waiting = GaugeMetricFamily(
+            "wiremesh_bulkhead_waiting",
+            "Calls waiting for a slot of a method's bulkhead",
+            labels=labels,
+        )
+        refused = CounterMetricFamily(
+            "wiremesh_bulkhead_refused",
+            "Calls a method's full bulkhead refused, unrun (Overloaded)",
+            labels=labels,
+        )
+        for service, method, now_running, now_waiting, total_refused in self._bulkheads():
+            running.add_metric([service, method], now_running)
+            waiting.add_metric([service, method], now_waiting)
+            refused.add_metric([service, method], total_refused)
+        yield running
+        yield waiting
+        yield refused
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # dynamic: nothing to check at registration

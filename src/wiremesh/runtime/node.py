@@ -58,6 +58,7 @@ from wiremesh.messaging.store import Store
 from wiremesh.observability.endpoint import MetricsEndpoint
 from wiremesh.observability.metrics import (
     METRICS_KEY,
+    BulkheadCollector,
     MeshMetrics,
     RegistryReachable,
     StatsCollector,
@@ -420,6 +421,12 @@ class Node:
                 )
             )
             self.metrics.add_collector(RegistryReachable(lambda: self.view.reachable))
+            methods = list(self.server.methods.values())
+            self.metrics.add_collector(
+                BulkheadCollector(
+                    lambda: [s for m in methods if (s := m.bulkhead_state()) is not None]
+                )
+            )
             self.metrics_endpoint.start()
             bound = self.metrics_endpoint.host
             shown = self.advertise if bound in WILDCARDS or bound == self.host else bound

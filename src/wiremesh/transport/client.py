@@ -44,6 +44,7 @@ from wiremesh.errors import (
     DeadlineExceeded,
     MethodNotFound,
     NodeNotFound,
+    Overloaded,
     ServiceNotFound,
     Unavailable,
     WiremeshError,
@@ -387,6 +388,8 @@ class Caller:
                 return response
             except grpc.aio.AioRpcError as exc:
                 error = error_from_rpc_error(exc, node=node.node_id)
+                if isinstance(error, Overloaded):  # refused unrun: may go elsewhere
+                    raise _Failed(error, refused=True) from None
                 raise _Failed(error, answered=raised_by_handler(exc)) from None
 
         return send

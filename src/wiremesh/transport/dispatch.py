@@ -21,10 +21,17 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from wiremesh.context import Context, MeshCaller
+from wiremesh.core.bulkhead import Bulkhead
 from wiremesh.core.codec import CODECS, CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.drain import Drain, began_at, enter_work, leave_work
-from wiremesh.errors import DeadlineExceeded, InternalError, InvalidPayload, WiremeshError
+from wiremesh.errors import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidPayload,
+    Overloaded,
+    WiremeshError,
+)
 from wiremesh.observability.metrics import MeshMetrics
 from wiremesh.service import MethodSpec, Service, ServiceSpec
 from wiremesh.transport.entrypoint import Pipeline
@@ -39,6 +46,7 @@ class Method:
     """One method of one service instance, ready to run requests."""
 
     __slots__ = (
+        "_bulkhead",
         "_drain",
         "_func",
         "_pipeline",
@@ -73,6 +81,9 @@ class Method:
             metrics=metrics.handled(service_name, spec.name) if metrics is not None else None,
         )
         self._drain = drain
+        self._bulkhead: Bulkhead[asyncio.Future[None]] | None = (
+            None if spec.max_concurrency is None else Bulkhead(spec.max_concurrency, spec.max_queue)
+        )
 
     def run(
         self,
@@ -102,6 +113,13 @@ class Method:
         answer = self._answer(ctx, request, codec, work_age, enforce_deadline)
         return pipeline.run(ctx, answer, len(request), trace, tracestate)
 
+    def bulkhead_state(self) -> tuple[str, str, int, int, int] | None:
+        """(service, method, running, waiting, refused) of the method's bulkhead, if any."""
+        gate = self._bulkhead
+        if gate is None:
+            return None
+        return self.service, self.name, gate.running, gate.waiting, gate.refused
+
     async def _answer(
         self, ctx: Context, request: bytes, codec: str, work_age: str | None, enforce: bool
     ) -> bytes:
@@ -116,7 +134,13 @@ class Method:
                 drain.called_by(caller, deadline.at, now)
         # a call that carries no age begins its work (began_at's answer, without the call)
         work = enter_work(now if work_age is None else began_at(work_age, now))
+        bulkhead = self._bulkhead
+        held = False
         try:
+            if bulkhead is not None:
+                if not bulkhead.enter():
+                    await self._wait_turn(bulkhead, deadline)
+                held = True
             if codec not in CODECS:
                 raise InvalidPayload(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
             payload = request if self._takes_protobuf else decode(request, codec)
@@ -143,9 +167,47 @@ class Method:
             log.exception("%s.%s raised %s", self.service, self.name, type(exc).__name__)
             raise InternalError(str(exc), remote_type=exception_type_name(exc)) from None
         finally:
+            if held and bulkhead is not None:
+                _pass_on(bulkhead)
             leave_work(work)
             if drain is not None:
                 drain.running -= 1
+
+    async def _wait_turn(
+        self, bulkhead: Bulkhead[asyncio.Future[None]], deadline: Deadline
+    ) -> None:
+        """Wait in the bulkhead's queue for a slot, until ``deadline`` at most; refused
+        (:class:`Overloaded`, unrun) when the queue is full."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not bulkhead.wait(turn):
+            raise Overloaded(
+                f"{self.service}.{self.name} is at its limit on node {self._pipeline.node_id}: "
+                f"{bulkhead.running} calls running, {bulkhead.waiting} waiting "
+                "(@rpc max_concurrency, max_queue)",
+                node=self._pipeline.node_id,
+            )
+        try:
+            async with asyncio.timeout(deadline.remaining(now=time.monotonic())):
+                await turn
+        except BaseException as error:
+            if not bulkhead.withdraw(turn) and turn.done() and not turn.cancelled():
+                _pass_on(bulkhead)  # handed a slot it will not use
+            if isinstance(error, TimeoutError):
+                raise DeadlineExceeded(
+                    f"the deadline passed while {self.service}.{self.name} waited for a "
+                    "free slot (@rpc max_concurrency)"
+                ) from None
+            raise
+
+
+def _pass_on(bulkhead: Bulkhead[asyncio.Future[None]]) -> None:
+    """A slot of ``bulkhead`` is free: hand it to the first waiter still waiting."""
+    while (turn := bulkhead.leave()) is not None:
+        if not turn.done():
+            turn.set_result(None)
+            return
+        # that waiter gave up (its deadline, a cancel) and finds itself gone from the
+        # queue: the slot goes on to the next
 
 
 def methods_of(

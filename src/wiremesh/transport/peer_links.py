@@ -37,7 +37,7 @@ from wiremesh.core.deadline import Deadline
 from wiremesh.core.defaults import MAX_MESSAGE_BYTES
 from wiremesh.core.ejection import Ejections, Liveness
 from wiremesh.core.model import NodeInfo
-from wiremesh.errors import MethodNotFound, Unavailable, WiremeshError
+from wiremesh.errors import MethodNotFound, Overloaded, Unavailable, WiremeshError
 from wiremesh.proto import link_pb2 as pb
 from wiremesh.transport.dispatch import Method
 from wiremesh.transport.link import LINK_OPEN, Link, LinkHandler
@@ -386,7 +386,8 @@ class NodeLinks:
             )
             link.reply(call_id, answer, self.node_id)
         except WiremeshError as exc:
-            link.fail(call_id, error_body(exc, self.node_id))
+            # a bulkhead's refusal ran nothing: the caller may send the call elsewhere
+            link.fail(call_id, error_body(exc, self.node_id), not_run=isinstance(exc, Overloaded))
         finally:
             link.serving.pop(call_id, None)
             self._in_flight -= 1
