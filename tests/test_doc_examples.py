@@ -46,7 +46,7 @@ from tests.fixtures.meshes import (
     eventually_async,
     mesh_client,
 )
-from wiremesh import Context, Service, WiremeshError, rpc
+from wiremesh import Context, Invocation, Service, WiremeshError, rpc
 from wiremesh.messaging.base import Received
 from wiremesh.testing import TestMesh
 
@@ -731,3 +731,29 @@ def test_the_asyncapi_document_is_fetched_and_the_parser_finds_no_fault(
     verdict = json.loads(shell(validate, cwd=REPO).stdout)
     faults = [d for d in verdict["diagnostics"] if d["severity"] in ("error", "warning")]
     assert verdict["valid"] and not faults, faults
+
+
+async def test_the_guide_s_middleware_logs_every_call_and_limits_each_principal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notes = load("notes", ("docs/guide.md", block_after("guide.md", "## Middleware")))
+    async with TestMesh(notes.Notes, gateway=True) as mesh:
+        headers = {"Authorization": f"Bearer {mesh.token('ada')}"}
+        async with httpx.AsyncClient(base_url=mesh.gateway.url) as http:
+            with caplog.at_level("INFO", logger="audit"):
+                statuses = [
+                    (await http.post("/rpc/notes/add", json="hello", headers=headers)).status_code
+                    for _ in range(7)
+                ]
+    # five a second: a burst gets five through, then refusals (a slow machine may have
+    # earned one more token meanwhile)
+    assert statuses[:5] == [200] * 5 and 429 in statuses[5:], statuses
+    lines = [r.getMessage() for r in caplog.records if r.name == "audit"]
+    assert sum("call notes.add by ada: ok in" in line for line in lines) == statuses.count(200)
+    assert sum(line.endswith("by ada: RateLimited") for line in lines) == statuses.count(429)
+    # it keeps the principals it was told to, forgetting the least recently seen
+    small = notes.PerPrincipalRate(per_second=5, max_principals=2)
+    for who in ("a", "b", "a", "c"):
+        session = types.SimpleNamespace(principal=who)
+        await small.before(Invocation("socket", "notes", "socket", None, session=session))
+    assert list(small.allowance) == ["a", "c"]

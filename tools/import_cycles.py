@@ -80,6 +80,7 @@ RULES: dict[str, frozenset[str]] = {
             "wiremesh.proto",
             "wiremesh.registry",
             "wiremesh.service",
+            "wiremesh.middleware",
         }
     ),
 }

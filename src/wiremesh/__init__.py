@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # the names as type checkers see them; imported on first use 
         Unavailable,
         WiremeshError,
     )
+    from wiremesh.middleware import Invocation, Middleware
     from wiremesh.service import (
         Service,
         ServiceProxy,
@@ -88,6 +89,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "Unavailable",
         "WiremeshError",
     ),
+    "wiremesh.middleware": ("Invocation", "Middleware"),
     "wiremesh.service": (
         "Service",
         "ServiceProxy",
@@ -110,7 +112,9 @@ __all__ = [
     "DeadlineExceeded",
     "InternalError",
     "InvalidPayload",
+    "Invocation",
     "MeshClient",
+    "Middleware",
     "MethodNotFound",
     "Mode",
     "MulticastResult",

@@ -22,7 +22,7 @@ service's own lifecycle hooks, for the resources it owns.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, overload
@@ -34,6 +34,7 @@ from wiremesh.core.names import SERVICE_NAME, is_method_name
 from wiremesh.core.shape import SignatureShapes, signature_shapes
 from wiremesh.core.topics import check_pattern
 from wiremesh.errors import ConfigError, InvalidPayload
+from wiremesh.middleware import Middleware, check_middleware
 
 if TYPE_CHECKING:
     from wiremesh.channels import SubscribeRequest
@@ -338,6 +339,8 @@ class ServiceSpec:
     handlers: tuple[HandlerSpec, ...] = ()
     #: the ``@on_socket`` method, if the service has one
     socket: SocketSpec | None = None
+    #: the service's middleware, outermost first (:mod:`wiremesh.middleware`)
+    middleware: tuple[Middleware, ...] = ()
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -387,6 +390,7 @@ class ServiceSpec:
             _subscriptions_of(service_cls),
             handlers,
             _socket_of(service_cls),
+            check_middleware(service_cls.__qualname__, service_cls.middleware),
         )
 
 
@@ -497,10 +501,14 @@ class Service:
     stands for any run of characters), with their rules (history, presence, who may
     subscribe: :class:`~wiremesh.channels.Channel`); its nodes' ``on_subscribe`` decides
     who may subscribe to them.
+
+    ``middleware`` lists hooks that run before, after and on the error of every handler
+    of the service, outermost first (:mod:`wiremesh.middleware`).
     """
 
     name: ClassVar[str]
     owns_channels: ClassVar[Mapping[str, ChannelRules]] = {}
+    middleware: ClassVar[Sequence[Middleware]] = ()
     node_id: str = ""
     data_dir: Path = Path(".")
     mesh: MeshCaller

@@ -54,6 +54,7 @@ from wiremesh.gateway.frame_stream import (
     Frame,
     FrameStream,
 )
+from wiremesh.middleware import around
 from wiremesh.observability import tracing
 from wiremesh.service import Service, ServiceSpec
 from wiremesh.session import Session, Sessions
@@ -133,7 +134,17 @@ class SocketHub:
             raise ValueError(f"a session's inbox holds at least 1 message, not {inbox_limit}")
         #: how many messages of a session may wait while its handler runs
         self.inbox_limit = inbox_limit
-        self._handler = getattr(service, spec.socket.attribute) if spec.socket else None
+        self._handler = (
+            around(
+                spec.middleware,
+                "socket",
+                spec.name,
+                spec.socket.attribute,
+                getattr(service, spec.socket.attribute),
+            )
+            if spec.socket
+            else None
+        )
         #: the entrypoint pipeline a traced frame's handler runs in (a consumer span that
         #: continues the gateway's trace; a socket handler has no Context)
         self._pipeline = Pipeline(

@@ -38,6 +38,7 @@ from wiremesh.core.delivery import DeadLetter, DeliveryPolicy, Retry
 from wiremesh.errors import InvalidPayload, WiremeshError
 from wiremesh.messaging.base import HEADER_SENDER, Binding, Broker, Received, Subscription
 from wiremesh.messaging.store import Duplicate, InboxMark, Store, inbox_mark
+from wiremesh.middleware import around
 from wiremesh.service import HandlerSpec, Service, ServiceSpec
 from wiremesh.transport.entrypoint import Pipeline
 
@@ -127,7 +128,14 @@ class MessageHandler:
         #: the backoff's jitter
         self._rng = random.Random()
         self.timeout = timeout
-        self._func: Callable[..., Awaitable[Any]] = getattr(service, spec.attribute)
+        # (the middleware was checked with the service's spec, as the node started)
+        self._func: Callable[..., Awaitable[Any]] = around(
+            tuple(type(service).middleware),
+            spec.kind,
+            service_name,
+            spec.attribute,
+            getattr(service, spec.attribute),
+        )
         self._pipeline = Pipeline(
             service_name,
             spec.attribute,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from wiremesh.context import Context, MeshCaller
@@ -32,6 +32,7 @@ from wiremesh.errors import (
     Overloaded,
     WiremeshError,
 )
+from wiremesh.middleware import Middleware, around
 from wiremesh.observability.metrics import MeshMetrics
 from wiremesh.service import MethodSpec, Service, ServiceSpec
 from wiremesh.transport.entrypoint import Pipeline
@@ -66,10 +67,17 @@ class Method:
         caller: MeshCaller,
         metrics: MeshMetrics | None = None,
         drain: Drain | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.name = spec.name
         self.service = service_name
-        self._func: Callable[..., Awaitable[Any]] = getattr(service, spec.attribute)
+        self._func: Callable[..., Awaitable[Any]] = around(
+            middleware,
+            "call",
+            service_name,
+            spec.name,
+            getattr(service, spec.attribute),
+        )
         self._shapes = spec.shapes
         self._takes_protobuf = spec.shapes.takes_protobuf
         self._returns_protobuf = spec.shapes.returns_protobuf
@@ -220,7 +228,7 @@ def methods_of(
 ) -> dict[str, Method]:
     """Every method of ``service`` by its wire name (telling ``drain`` of each call)."""
     return {
-        name: Method(m, service, spec.name, node_id, caller, metrics, drain)
+        name: Method(m, service, spec.name, node_id, caller, metrics, drain, spec.middleware)
         for name, m in spec.methods.items()
     }
 

@@ -41,6 +41,7 @@ from wiremesh.core.model import MeshSnapshot, NodeInfo
 from wiremesh.core.shape import SignatureShapes, is_protobuf_type
 from wiremesh.core.topics import check_topic, matches
 from wiremesh.errors import ConfigError, PayloadTooLarge, WiremeshError
+from wiremesh.middleware import around
 from wiremesh.observability import tracing
 from wiremesh.proto import link_pb2 as pb
 from wiremesh.transport.entrypoint import Pipeline
@@ -307,7 +308,13 @@ class Subscriptions:
         handlers: dict[str, _Handler] = {}
         for _, sub in spec.subscriptions:
             if sub.attribute not in handlers:
-                func = getattr(service, sub.attribute)
+                func = around(
+                    spec.middleware,
+                    "publish",
+                    spec.name,
+                    sub.attribute,
+                    getattr(service, sub.attribute),
+                )
                 pipeline = Pipeline(
                     spec.name,
                     sub.attribute,
