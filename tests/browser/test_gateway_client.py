@@ -232,6 +232,22 @@ def test_the_client_refreshes_by_itself_from_the_tokens_exp(tab: Page, gateway: 
     assert record["controls"] == [{"wm": "refreshed", "exp": exp_of(second)}]
 
 
+def test_a_session_that_opens_inside_the_refresh_window_refreshes_at_once(
+    tab: Page, gateway: Gateway
+) -> None:
+    # expiring in 45 s, refreshed 59 s ahead: due already as the session opens, and well
+    # before the gateway's notice (30 s ahead, 15 s from now)
+    first, second = gateway.mint("ada", ttl=45), gateway.mint("ada", ttl=3600)
+    start(tab, gateway, token=None, tokens=[first, second], refreshBefore=59)
+    wait_open(tab)
+    tab.wait_for_function(
+        "window.clients.c.controls.some((m) => m.wm === 'refreshed')", timeout=5_000
+    )
+    record = seen(tab)
+    assert record["asked"] == ["connect", "refresh"]
+    assert record["controls"] == [{"wm": "refreshed", "exp": exp_of(second)}]
+
+
 def test_a_token_that_expires_without_a_provider_ends_the_session(
     tab: Page, gateway: Gateway
 ) -> None:

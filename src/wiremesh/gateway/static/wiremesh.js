@@ -118,7 +118,8 @@ export const Envelope = Object.freeze({ REQUEST: 0x52, REPLY: 0x41, ERROR: 0x45 
  * @property {number} [stableAfter=5000] milliseconds a connection must stay open before
  *   the backoff starts again from `initial`
  * @property {number} [refreshBefore=30] seconds before the token's `exp` at which the
- *   client refreshes it by itself, in case the gateway's notice does not come
+ *   client refreshes it by itself, in case the gateway's notice does not come (a session
+ *   that opens with a token already that close to its `exp` refreshes it at once)
  * @property {number} [requestTimeout=10000] default timeout of {@link Connection#request}, ms
  * @property {boolean} [probe=true] after a connection fails before opening, ask the gateway
  *   why with a plain GET on the same path (a browser cannot see a refused handshake's status)
@@ -1257,21 +1258,28 @@ export class Connection {
    */
   _readExpiry(token) {
     const exp = token ? jwtClaims(token)?.exp : undefined;
-    if (typeof exp === "number") this._scheduleRefresh(exp);
+    if (typeof exp === "number") this._scheduleRefresh(exp, true);
   }
 
   /**
    * Refresh by ourselves `refreshBefore` seconds ahead of `exp`, in case the gateway's
    * notice does not come; a refresh that is already running absorbs the second trigger.
+   * A session that opens with a token already that close to `exp` (`opening`) refreshes
+   * at once; a refreshed token that is itself that short-lived waits for the gateway's
+   * notice (no refresh after refresh).
    * @private
    * @param {number} exp
+   * @param {boolean} [opening]
    */
-  _scheduleRefresh(exp) {
+  _scheduleRefresh(exp, opening = false) {
     this.expires = exp;
     clearTimeout(this._refreshTimer);
     if (!this._options.getToken) return;
     const due = (exp - (this._options.refreshBefore ?? 30)) * 1000 - Date.now();
-    if (due <= 0) return; // the gateway's notice (or the 4001 close) will come
+    if (due <= 0) {
+      if (opening && exp * 1000 > Date.now()) this.refreshToken().catch(() => {});
+      return; // else the gateway's notice (or the 4001 close) will come
+    }
     this._refreshTimer = setTimeout(
       () => this.refreshToken().catch(() => {}),
       Math.min(due, 0x7fffffff),
