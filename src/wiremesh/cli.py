@@ -1287,7 +1287,9 @@ def top(
 ) -> None:
     """A live view of the mesh: per node, calls per second, errors per second, latency
     percentiles of the calls it served (p50, p99 over the last interval), publishes it
-    dropped and frames waiting on its links. Ctrl-C quits.
+    dropped, frames waiting on its links, and its open circuits (the nodes its calls
+    leave out because their calls kept failing; "node?" while a probe is out). Ctrl-C
+    quits.
 
     Figures come from each node's /metrics endpoint ([observability] metrics, on by
     default); a node that does not answer shows "-". The title says whether the

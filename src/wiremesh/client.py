@@ -22,6 +22,7 @@ from typing import Any
 from wiremesh.channels import open_engine
 from wiremesh.channels.node import Channels
 from wiremesh.core.balancing import BalancerName
+from wiremesh.core.breaker import BreakerSettings
 from wiremesh.core.channels import MeshRules
 from wiremesh.core.codec import CodecName
 from wiremesh.core.deadline import Deadline
@@ -72,6 +73,7 @@ class MeshClient:
         data_dir: Path | None = None,
         quorum_queues: bool = False,
         join_secret: str | None = None,
+        breaker: BreakerSettings | None = None,
     ) -> None:
         credentials = tls.channel_credentials() if tls else None
         if isinstance(broker, str):
@@ -120,6 +122,7 @@ class MeshClient:
             max_message_bytes=max_message_bytes,
             credentials=credentials,
             links=self.links,
+            breaker=breaker,
         )
 
     async def start(self, timeout: float = START_TIMEOUT) -> MeshClient:

@@ -36,6 +36,8 @@ class Reading:
     link_queued: float = 0.0
     #: the node's mesh links: peer node id -> frames waiting on that link
     peers: dict[str, float] = field(default_factory=dict)
+    #: the node's circuits to the nodes it calls that are not closed: node id -> state
+    circuits: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Figures:
     p99: float | None
     publish_dropped: float
     link_queued: float
+    #: the node's circuits that are not closed (node id -> ``open`` or ``half_open``)
+    circuits: dict[str, str] = field(default_factory=dict)
 
 
 class Sample(Protocol):
@@ -74,6 +78,8 @@ def reading(samples: Iterable[Sample], at: float) -> Reading:
             found.buckets[bound] = found.buckets.get(bound, 0.0) + value
         elif name.removesuffix("_total") in _DROPS:
             found.publish_dropped += value
+        elif name == "wiremesh_circuit_state" and value:
+            found.circuits[labels.get("node", "")] = labels.get("state", "")
         elif name == "wiremesh_link_queued_frames":
             found.link_queued += value
             found.peers[labels.get("peer", "")] = value
@@ -120,4 +126,5 @@ def figures(before: Reading, after: Reading) -> Figures:
         p99=quantile(0.99, delta),
         publish_dropped=after.publish_dropped,
         link_queued=after.link_queued,
+        circuits=dict(after.circuits),
     )

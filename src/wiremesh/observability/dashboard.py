@@ -117,6 +117,8 @@ class MeshState:
                     "p99_ms": None if f is None or f.p99 is None else _round(f.p99 * 1000),
                     "publish_dropped": None if f is None else f.publish_dropped,
                     "link_queue": None if f is None else f.link_queued,
+                    # the node's circuits to the nodes it calls that are not closed
+                    "open_circuits": None if f is None else f.circuits,
                 }
             )
             for peer, queued in self._sampler.peers(node.node_id).items():

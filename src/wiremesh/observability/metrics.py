@@ -19,6 +19,8 @@ Names (all prefixed ``wiremesh_``; ``docs/observability.md`` lists them with the
 - ``link_queued_frames{peer}``: frames waiting on each mesh link
 - ``bulkhead_running{service,method}``, ``bulkhead_waiting{…}``, ``bulkhead_refused_total{…}``:
   the methods with a bulkhead (``@rpc(max_concurrency=…)``)
+- ``circuit_state{service,node,state}``, ``circuits_opened_total{service}``: this caller's
+  circuits that are not closed, and how often they opened (``core/breaker.py``)
 - ``registry_reachable``: 1 when the registry answered the last time it was asked, 0 while
   it does not (the node keeps its last view of the mesh meanwhile)
 """
@@ -37,6 +39,7 @@ from prometheus_client.registry import Collector
 __all__ = [
     "LATENCY_BUCKETS",
     "METRICS_KEY",
+    "BreakerCollector",
     "BulkheadCollector",
     "MeshMetrics",
     "MethodMetrics",
@@ -259,6 +262,41 @@ class BulkheadCollector(Collector):
         yield running
         yield waiting
         yield refused
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # dynamic: nothing to check at registration
+
+
+class BreakerCollector(Collector):
+    """A caller's circuits (:mod:`wiremesh.core.breaker`), read when Prometheus scrapes:
+    ``wiremesh_circuit_state{service,node,state}`` (1 for each circuit that is ``open`` or
+    ``half_open``; a closed circuit is not listed) and
+    ``wiremesh_circuits_opened_total{service}``. ``read`` gives both: the circuits that
+    are not closed as (service, node, state), and the openings by service."""
+
+    def __init__(
+        self, read: Callable[[], tuple[Iterable[tuple[str, str, str]], Mapping[str, int]]]
+    ) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        circuits, opened = self._read()
+        state = GaugeMetricFamily(
+            "wiremesh_circuit_state",
+            "This caller's circuits to the nodes it calls that are not closed",
+            labels=["service", "node", "state"],
+        )
+        for service, node, name in circuits:
+            state.add_metric([service, node, name], 1)
+        total = CounterMetricFamily(
+            "wiremesh_circuits_opened",
+            "Times a circuit of this caller to a node of the service opened",
+            labels=["service"],
+        )
+        for service, count in sorted(opened.items()):
+            total.add_metric([service], count)
+        yield state
+        yield total
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # dynamic: nothing to check at registration

@@ -17,6 +17,14 @@ file is a valid (if service-less) mesh. A complete example, with every default s
     python_path = ["."]         # added to sys.path before importing targets; relative to
                                 # this file's folder
 
+    [mesh.breaker]              # each caller's circuits to the nodes it calls
+    enabled = true
+    failures = 5                # failures in a row that open a circuit (>= 1)
+    failure_rate = 0.5          # or this share of the last `window` calls (0 < r <= 1)
+    window = 20                 # calls the failure rate is measured over (>= 1)
+    open_for = 5.0              # seconds before the first probe (> 0), doubled with each
+    max_open_for = 60.0         # failed probe up to this (>= open_for)
+
     [registry]
     backend = "embedded"        # "embedded" (hosted by `wiremesh run`, one machine) or
                                 # "redis" (many machines, every host joins through it)
@@ -71,6 +79,9 @@ file is a valid (if service-less) mesh. A complete example, with every default s
                                 # (>= 1), default 5; SQLite ignores it
     max_overflow = 10           # connections a node may open beyond pool_size under
                                 # load (>= 0), default 10; SQLite ignores it
+
+    [services.connectors.breaker]   # optional: for the calls to this service, these
+    failures = 3                    # settings, the others from [mesh.breaker]
 
     [hosts.app-1]               # optional, one table per host (the key is its name):
     services = ["connectors"]   # what `wiremesh run` runs there (services of [services])

@@ -58,6 +58,7 @@ from wiremesh.messaging.store import Store
 from wiremesh.observability.endpoint import MetricsEndpoint
 from wiremesh.observability.metrics import (
     METRICS_KEY,
+    BreakerCollector,
     BulkheadCollector,
     MeshMetrics,
     RegistryReachable,
@@ -226,6 +227,8 @@ class Node:
             default_timeout=default_timeout,
             balancer=transport.balancer,
             balancers=transport.balancers,
+            breaker=transport.breaker,
+            breakers=transport.breakers,
             max_message_bytes=max_message_bytes,
             credentials=credentials,
             links=self.links if transport.links else None,
@@ -421,6 +424,15 @@ class Node:
                 )
             )
             self.metrics.add_collector(RegistryReachable(lambda: self.view.reachable))
+            breakers = self.caller.breakers
+            self.metrics.add_collector(
+                BreakerCollector(
+                    lambda: (
+                        [(s, n, state.value) for s, n, state in breakers.not_closed()],
+                        dict(breakers.opened),
+                    )
+                )
+            )
             methods = list(self.server.methods.values())
             self.metrics.add_collector(
                 BulkheadCollector(

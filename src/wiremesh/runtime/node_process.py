@@ -31,6 +31,7 @@ from typing import Any
 
 from wiremesh.core import defaults
 from wiremesh.core.balancing import BalancerName
+from wiremesh.core.breaker import BreakerSettings
 from wiremesh.core.delivery import DeliveryPolicy
 from wiremesh.core.drain import drains_with
 from wiremesh.errors import ConfigError, WiremeshError
@@ -83,6 +84,10 @@ class NodeLaunch:
     ttl: float = defaults.TTL
     balancer: BalancerName = defaults.BALANCER
     balancers: dict[str, BalancerName] = field(default_factory=dict)
+    #: the ``[mesh.breaker]`` settings, and a service's own (fields of
+    #: :class:`~wiremesh.core.breaker.BreakerSettings`)
+    breaker: dict[str, Any] = field(default_factory=dict)
+    breakers: dict[str, dict[str, Any]] = field(default_factory=dict)
     python_path: list[str] = field(default_factory=list)
     tls: list[str] | None = None  # ca, cert, key
     groups: list[str] = field(default_factory=list)
@@ -174,6 +179,8 @@ async def run(launch: NodeLaunch) -> int:
             max_message_bytes=launch.max_message_bytes,
             balancer=launch.balancer,
             balancers=launch.balancers,
+            breaker=BreakerSettings(**launch.breaker),
+            breakers={name: BreakerSettings(**s) for name, s in launch.breakers.items()},
         ),
         messaging=NodeMessaging(
             store_url=launch.store,

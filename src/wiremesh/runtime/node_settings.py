@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from wiremesh.core import defaults
 from wiremesh.core.balancing import BalancerName
+from wiremesh.core.breaker import BreakerSettings
 from wiremesh.core.delivery import DeliveryPolicy
 from wiremesh.transport.publish import DEFAULT_QUEUE
 from wiremesh.transport.tls import TlsFiles
@@ -75,6 +76,10 @@ class NodeTransport:
     balancer: BalancerName = defaults.BALANCER
     #: the balancer of a service, for the services that use another one
     balancers: Mapping[str, BalancerName] = field(default_factory=dict)
+    #: when the node's circuit to a node it calls opens (``[mesh.breaker]``), and a
+    #: service's own settings (``[services.<name>.breaker]``)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    breakers: Mapping[str, BreakerSettings] = field(default_factory=dict)
     #: calls travel over mesh links (one long-lived stream per pair of nodes); False:
     #: one unary gRPC call each (and no publish)
     links: bool = True

@@ -27,6 +27,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -34,6 +35,13 @@ from pydantic_core import PydanticCustomError
 
 from wiremesh.core import defaults
 from wiremesh.core.balancing import BalancerName
+from wiremesh.core.breaker import (
+    BREAKER_FAILURE_RATE,
+    BREAKER_FAILURES,
+    BREAKER_MAX_OPEN_FOR,
+    BREAKER_OPEN_FOR,
+    BREAKER_WINDOW,
+)
 from wiremesh.core.names import SERVICE_NAME, check_group, redact_url
 from wiremesh.errors import InvalidPayload
 from wiremesh.gateway.settings import GatewaySettings, is_loopback
@@ -118,6 +126,42 @@ def _check_group_name(name: str) -> str:
 GroupName = Annotated[str, AfterValidator(_check_group_name)]
 
 
+class BreakerTable(BaseModel):
+    """``[mesh.breaker]``: when a caller's circuit to a node it calls opens, and for how
+    long (:mod:`wiremesh.core.breaker`); ``[services.<name>.breaker]`` changes some of
+    them for the calls to one service, the others coming from ``[mesh.breaker]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    #: failures in a row that open the circuit
+    failures: int = Field(default=BREAKER_FAILURES, ge=1)
+    #: or this share of failures over the last ``window`` calls
+    failure_rate: float = Field(default=BREAKER_FAILURE_RATE, gt=0, le=1)
+    window: int = Field(default=BREAKER_WINDOW, ge=1)
+    #: seconds before the first probe; doubled with each failed probe, to ``max_open_for``
+    open_for: _Seconds = BREAKER_OPEN_FOR
+    max_open_for: _Seconds = BREAKER_MAX_OPEN_FOR
+
+    @model_validator(mode="after")
+    def _max_not_below_first(self) -> Self:
+        if self.open_for > self.max_open_for:
+            raise PydanticCustomError(
+                "breaker_order",
+                "open_for ({first}) must not be longer than max_open_for ({most})",
+                {"first": self.open_for, "most": self.max_open_for},
+            )
+        return self
+
+    def merged(self, override: BreakerTable | None) -> BreakerTable:
+        """These settings with those ``override`` sets (a service's own table)."""
+        if override is None:
+            return self
+        return BreakerTable.model_validate(
+            {**self.model_dump(), **override.model_dump(exclude_unset=True)}
+        )
+
+
 class MeshSettings(BaseModel):
     """The ``[mesh]`` table: settings of the mesh as a whole."""
 
@@ -135,6 +179,7 @@ class MeshSettings(BaseModel):
     max_message_bytes: int = Field(default=defaults.MAX_MESSAGE_BYTES, gt=0, le=2**31 - 1)
     balancer: Balancer = defaults.BALANCER
     python_path: list[_Path] = Field(default_factory=lambda: [Path(".")])
+    breaker: BreakerTable = Field(default_factory=BreakerTable)
 
 
 def _check_registry_url(url: str) -> str:
@@ -317,6 +362,8 @@ class ServiceSettings(BaseModel):
     replicas: int = Field(default=1, ge=1)
     #: Overrides ``mesh.balancer`` for this service when set.
     balancer: Balancer | None = None
+    #: Overrides some of ``[mesh.breaker]`` for the calls to this service.
+    breaker: BreakerTable | None = None
     env: dict[str, str] = Field(default_factory=dict)
     #: Named groups every node of this service joins when it starts (see multicast).
     groups: list[GroupName] = Field(default_factory=list)
@@ -395,6 +442,28 @@ class MeshConfig(BaseModel):
                 {"host": gateway.host, "setting": "gateway"},
             )
         return self
+
+    @model_validator(mode="after")
+    def _service_breakers_hold_with_the_mesh_s(self) -> Self:
+        for name, service in self.services.items():
+            if service.breaker is not None:
+                try:
+                    self.mesh.breaker.merged(service.breaker)
+                except ValidationError as exc:
+                    raise PydanticCustomError(
+                        "breaker_order",
+                        "services.{service}.breaker with mesh.breaker: {problem}",
+                        {"service": name, "problem": exc.errors()[0]["msg"]},
+                    ) from None
+        return self
+
+    def breakers(self) -> dict[str, BreakerTable]:
+        """The breaker settings of each service that has its own."""
+        return {
+            name: self.mesh.breaker.merged(service.breaker)
+            for name, service in self.services.items()
+            if service.breaker is not None
+        }
 
     @field_validator("root")
     @classmethod

@@ -631,6 +631,8 @@ class Supervisor:
             ttl=self.config.registry.ttl,
             balancer=mesh.balancer,
             balancers={name: s.balancer for name, s in self.config.services.items() if s.balancer},
+            breaker=mesh.breaker.model_dump(),
+            breakers={name: b.model_dump() for name, b in self.config.breakers().items()},
             python_path=[str(p) for p in self.config.python_paths()],
             tls=[str(p) for p in self.config.tls_paths()] if self._tls else None,
             supervisor_pid=os.getpid(),

@@ -22,17 +22,27 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.2f}"
 
 
+def _circuits(circuits: dict[str, str]) -> str:
+    """The node's circuits that are not closed: ``node`` (open) or ``node?`` (half-open)."""
+    if not circuits:
+        return "-"
+    shown = (
+        f"{node}?" if state == "half_open" else node for node, state in sorted(circuits.items())
+    )
+    return f"[red]{', '.join(shown)}[/red]"
+
+
 def top_table(rows: Sequence[Row], *, title: str = "") -> Table:
     table = Table(title=title or None)
     columns = ("service", "node", "state", "uptime", "calls/s", "errors/s", "p50 ms", "p99 ms")
-    for column in (*columns, "pub dropped", "link queue"):
-        justify = "right" if column not in ("service", "node", "state") else "left"
+    for column in (*columns, "pub dropped", "link queue", "open circuits"):
+        justify = "right" if column not in ("service", "node", "state", "open circuits") else "left"
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in sorted(rows, key=lambda r: (r.node.service, r.node.node_id)):
         node, f = row.node, row.figures
         uptime = format_uptime(time.time() - node.started_at) if node.started_at else "-"
         if f is None:
-            cells = ["-"] * 6
+            cells = ["-"] * 7
         else:
             cells = [
                 f"{f.calls_per_s:,.1f}",
@@ -41,6 +51,7 @@ def top_table(rows: Sequence[Row], *, title: str = "") -> Table:
                 _ms(f.p99),
                 f"{f.publish_dropped:,.0f}",
                 f"{f.link_queued:,.0f}",
+                _circuits(f.circuits),
             ]
         table.add_row(node.service, node.node_id, node.state.value, uptime, *cells)
     return table

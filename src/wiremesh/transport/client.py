@@ -24,6 +24,7 @@ drained; any other call gets :class:`Unavailable` at once, as when no node runs.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import grpc
 
 from wiremesh.core.balancing import Balancer, BalancerName, make_balancer
+from wiremesh.core.breaker import Breakers, BreakerSettings, counts_as_failure
 from wiremesh.core.codec import CodecName, decode, encode
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.defaults import BALANCER, CALL_TIMEOUT, MAX_MESSAGE_BYTES
@@ -69,7 +71,11 @@ from wiremesh.transport.wire import (
 
 __all__ = ["Caller", "channel_options"]
 
+log = logging.getLogger("wiremesh.calls")
+
 _Stub = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
+#: no node left out (no circuit is open)
+_NONE: frozenset[str] = frozenset()
 _CACHE_LIMIT = 4096
 
 
@@ -144,8 +150,13 @@ class Caller:
         credentials: grpc.ChannelCredentials | None = None,
         links: Links | None = None,
         metrics: MeshMetrics | None = None,
+        breaker: BreakerSettings | None = None,
+        breakers: Mapping[str, BreakerSettings] | None = None,
     ) -> None:
         self.view = view
+        #: this caller's circuits to the nodes it calls (``breaker``: the settings for
+        #: every service, ``breakers``: a service's own); see :mod:`..core.breaker`
+        self.breakers = Breakers(breaker, dict(breakers or {}))
         #: where the calls made from here are counted (None: not counted)
         self.metrics = metrics
         #: mesh links to call over; None: one unary gRPC call per call
@@ -341,14 +352,35 @@ class Caller:
                     raise Unavailable(f"node {where.node} is draining", node=where.node)
                 raise Unavailable(f"no live node of service {where.service!r}")
             balancer = route.balancer
+            breakers = self.breakers
+            now = monotonic()
+            left_out = breakers.left_out(where.service, now) if breakers.circuits else _NONE
+            if where.node is not None and where.node in left_out:
+                raise Unavailable(
+                    f"the circuit to node {where.node} is open: its calls kept failing "
+                    "(circuit breaker)",
+                    node=where.node,
+                )
+            skip = tried.union(left_out) if left_out else tried
             if ejected and where.node is None:
                 # leave out the nodes found silent, unless that leaves nobody
-                node = balancer.pick(route.nodes, tried.union(ejected))
+                node = balancer.pick(route.nodes, skip.union(ejected))
                 if node is None:
-                    node = balancer.pick(route.nodes, tried)
+                    node = balancer.pick(route.nodes, skip)
             else:
-                node = balancer.pick(route.nodes, tried)
+                node = balancer.pick(route.nodes, skip)
+            if (
+                node is not None
+                and left_out is not _NONE
+                and not breakers.allows(where.service, node.node_id, now)
+            ):
+                node = None  # a half-open circuit whose probe another call took
             if node is None:
+                if left_out and not tried:
+                    raise Unavailable(
+                        f"the circuit to every node of service {where.service!r} is open: "
+                        "their calls kept failing (circuit breaker)"
+                    )
                 raise Unavailable(f"every node of service {where.service!r} failed")
             # the same rule as should_retry's, for an Unavailable on this attempt
             abandonable = (
@@ -358,12 +390,30 @@ class Caller:
                 and len(route.nodes) - len(tried) > 1
             )
             balancer.started(node.node_id)
+            recorded = False
             try:
-                return await send(node, route, remaining, abandonable), route
+                answer = await send(node, route, remaining, abandonable)
+                if breakers.circuits:
+                    recorded = True
+                    breakers.record(where.service, node.node_id, False, monotonic())
+                return answer, route
             except _Failed as failed:
                 tried.add(node.node_id)
+                status = failed.error.status
+                recorded = True
+                if breakers.record(
+                    where.service,
+                    node.node_id,
+                    counts_as_failure(status, refused=failed.refused),
+                    monotonic(),
+                ):
+                    log.warning(
+                        "the circuit to node %s of %s opened: its calls kept failing",
+                        node.node_id,
+                        where.service,
+                    )
                 if not should_retry(
-                    failed.error.status,
+                    status,
                     # a handler's own error is final; a call refused unrun may go elsewhere
                     idempotent=((route.idempotent and not failed.answered) or failed.refused)
                     and where.node is None,
@@ -374,6 +424,8 @@ class Caller:
                     raise failed.error from None
             finally:
                 balancer.finished(node.node_id)
+                if not recorded and breakers.circuits:  # cancelled: a probe never ended
+                    breakers.release(where.service, node.node_id)
 
     def _unary_send(
         self, where: Target, body: bytes, at: float, metadata: tuple[tuple[str, str], ...] | None
@@ -556,6 +608,8 @@ class Caller:
         return self.view.snapshot.by_id.get(node_id)
 
     def _forget_gone_nodes(self, old: MeshSnapshot, new: MeshSnapshot) -> None:
+        if self.breakers.circuits:
+            self.breakers.forget({n.node_id for n in new.nodes})
         live = {n.address for n in new.nodes}
         for address in [a for a in self._channels if a not in live]:
             channel = self._channels.pop(address)

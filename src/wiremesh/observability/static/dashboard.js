@@ -116,6 +116,14 @@ function drawGraph(state) {
   }
 }
 
+/** The node's circuits that are not closed: "a, b?" (? for half-open), "-" for none. */
+function circuitsCell(circuits) {
+  if (circuits == null) return ["-"];
+  const names = Object.keys(circuits).sort();
+  if (!names.length) return ["-"];
+  return [names.map((n) => (circuits[n] === "half_open" ? `${n}?` : n)).join(", "), "bad"];
+}
+
 /** The table's column names, shown beside each value when the table turns into cards. */
 const LABELS = Array.from(document.querySelectorAll("#nodes thead th"), (th) => th.textContent);
 
@@ -130,6 +138,7 @@ function drawTable(state) {
       [fmt(node.errors_per_s), (node.errors_per_s ?? 0) > 0 ? "n bad" : "n"],
       [fmt(node.p50_ms, 2), "n"], [fmt(node.p99_ms, 2), "n"],
       [fmt(node.publish_dropped, 0), "n"], [fmt(node.link_queue, 0), "n"],
+      circuitsCell(node.open_circuits),
     ];
     cells.forEach(([value, cls], i) => {
       const cell = document.createElement("td");
