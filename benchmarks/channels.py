@@ -416,9 +416,9 @@ FULL = Settings(
     recoveries=20,
 )
 QUICK = Settings(
-    counts=(100, 1_000),
-    messages={100: 200, 1_000: 30},
-    paced={100: 30, 1_000: 10},
+    counts=(100, 300),
+    messages={100: 100, 300: 30},
+    paced={100: 20, 300: 10},
     rounds=2,
     recoveries=5,
     quick=True,

@@ -1,7 +1,7 @@
 """Idle authenticated connections held on one gateway: memory per connection, none lost.
 
     .venv/bin/python benchmarks/connections.py            # 1,000 -> 100,000 (about 3 minutes)
-    .venv/bin/python benchmarks/connections.py --quick    # 200 -> 500 (smoke test, ~12 s)
+    .venv/bin/python benchmarks/connections.py --quick    # 100 -> 250 (smoke test, ~8 s)
     .venv/bin/python benchmarks/connections.py --counts 1000,10000 --raw-up-to 10000
 
 Besides this one, these processes: a node of ``Echo`` (with the embedded registry), the
@@ -98,7 +98,7 @@ PER_CLIENT = 50_000
 #: handshakes in flight per client process
 WINDOW = 200
 CURVE = (1_000, 10_000, 30_000, 100_000)
-QUICK_CURVE = (200, 500)
+QUICK_CURVE = (100, 250)
 RAW_UP_TO = 30_000
 #: the count whose figure is ``kb_per_connection`` (the largest one measured, if below)
 HEADLINE = 10_000
@@ -560,7 +560,7 @@ def measure(counts: list[int], raw_up_to: int, seconds: float) -> dict[str, Any]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="200 then 500 connections, 1 s")
+    parser.add_argument("--quick", action="store_true", help="100 then 250 connections, 0.5 s")
     parser.add_argument("--counts", help="the steps, e.g. 1000,10000,30000,100000")
     parser.add_argument("--raw-up-to", type=int, help="the raw server's largest step")
     parser.add_argument("--seconds", type=float, help="the hold after the last step")
@@ -593,7 +593,7 @@ def main() -> int:
     else:
         counts = list(QUICK_CURVE if args.quick else CURVE)
     raw_up_to = args.raw_up_to if args.raw_up_to is not None else RAW_UP_TO
-    seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 25.0)
+    seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 25.0)
     result = measure(counts, raw_up_to, seconds)
     result["quick"] = bool(args.quick)
     print_result(result)

@@ -228,7 +228,7 @@ FULL = Settings(
     rounds=6, requests=1000, warmup_requests=50, duration=2.0, warmup_seconds=0.2, budget=100.0
 )
 QUICK = Settings(
-    rounds=2, requests=200, warmup_requests=20, duration=0.4, warmup_seconds=0.1, budget=15.0
+    rounds=2, requests=100, warmup_requests=20, duration=0.2, warmup_seconds=0.05, budget=6.0
 )
 
 

@@ -310,17 +310,17 @@ FULL = Settings(
 )
 QUICK = Settings(
     rounds=2,
-    calls=160,
+    calls=100,
     warmup_calls=20,
-    duration=0.3,
-    warmup_seconds=0.08,
-    messages=3_000,
+    duration=0.2,
+    warmup_seconds=0.05,
+    messages=1_000,
     publish_scale=6,
-    fan_calls=80,
-    budget=10.0,
+    fan_calls=40,
+    budget=5.0,
     curve=QUICK_CURVE_NODES,
     curve_rounds=2,
-    curve_calls=30,
+    curve_calls=20,
 )
 
 LINKS, RAW = "links", "raw"

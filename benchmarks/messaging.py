@@ -244,7 +244,7 @@ class Settings:
 
 
 FULL = Settings(rounds=5, messages=8_000, warmup=500, sequential=200)
-QUICK = Settings(rounds=2, messages=1_500, warmup=200, sequential=40)
+QUICK = Settings(rounds=2, messages=600, warmup=100, sequential=30)
 
 
 @dataclass

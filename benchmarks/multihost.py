@@ -1,7 +1,7 @@
 """wiremesh across hosts: registry propagation, calls between hosts, what Redis costs.
 
     .venv/bin/python benchmarks/multihost.py            # the full run, as root (2 to 4 minutes)
-    .venv/bin/python benchmarks/multihost.py --quick    # a short run (smoke test, about a minute)
+    .venv/bin/python benchmarks/multihost.py --quick    # a short run (smoke test, ~30 s)
 
 The hosts are Linux network namespaces on a bridge (``tests/multihost/hosts.py``), so it
 needs root, ``ip``, ``nft`` and ``redis-server`` (a private Redis of this run); without them
@@ -203,20 +203,20 @@ FULL = Settings(
     first_view_reps=10,
 )
 QUICK = Settings(
-    repetitions=6,
+    repetitions=3,
     warmup=1,
-    crashes=2,
+    crashes=1,
     cut_nodes=1,
     rounds=2,
-    calls=120,
+    calls=60,
     warmup_calls=10,
-    duration=0.3,
+    duration=0.2,
     warmup_seconds=0.05,
-    call_budget=10.0,
-    fleets=(20, 50),
-    window=1.0,
-    first_view_nodes=500,
-    first_view_reps=2,
+    call_budget=4.0,
+    fleets=(10, 50),
+    window=0.5,
+    first_view_nodes=100,
+    first_view_reps=1,
 )
 
 
@@ -1323,7 +1323,7 @@ def cannot_run() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short run (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="a short run (about half a minute)")
     # internal: the processes this benchmark starts
     parser.add_argument("--serve", choices=("registry",), help=argparse.SUPPRESS)
     parser.add_argument("--bind", help=argparse.SUPPRESS)

@@ -152,7 +152,7 @@ class Settings:
 
 FULL = Settings(rounds=8, calls=600, warmup_calls=30, duration=0.8, warmup_seconds=0.1, budget=75.0)
 QUICK = Settings(
-    rounds=3, calls=160, warmup_calls=20, duration=0.3, warmup_seconds=0.08, budget=12.0
+    rounds=2, calls=100, warmup_calls=20, duration=0.2, warmup_seconds=0.05, budget=5.0
 )
 
 #: the systems compared, and the reference of every ratio

@@ -416,7 +416,7 @@ async def test_two_hosts_cut_off_from_each_other_send_their_calls_elsewhere(
 # ------------------------------------------------------------------ Redis away
 
 
-async def test_redis_down_for_30s_then_back_empty_costs_no_call_and_no_session(
+async def test_redis_down_for_15s_then_back_empty_costs_no_call_and_no_session(
     mesh: Mesh,
 ) -> None:
     assert mesh.client is not None
@@ -428,7 +428,7 @@ async def test_redis_down_for_30s_then_back_empty_costs_no_call_and_no_session(
     ]
     async with CallLoop(mesh.client) as calls:
         mesh.redis.kill()
-        await asyncio.sleep(30)
+        await asyncio.sleep(15)  # ten ttls: far past any lease it could have kept
         assert set(mesh.client.snapshot.by_id) == everyone  # the last view, kept
         mesh.redis.restart()  # empty
         back_at = time.monotonic()
@@ -437,7 +437,7 @@ async def test_redis_down_for_30s_then_back_empty_costs_no_call_and_no_session(
         await asyncio.sleep(2 * TTL)
         assert set(mesh.client.snapshot.by_id) == everyone
     assert calls.failed == [], calls.failed[:5]
-    assert calls.ok > 500
+    assert calls.ok > 300
     for browser in browsers:
         assert browser.closed is None
         assert (await browser.ask(b"still")).endswith(b"still")
