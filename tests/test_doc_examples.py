@@ -27,6 +27,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -617,6 +618,26 @@ async def test_emit_and_send_from_a_handler_reach_billings_handlers() -> None:
         (node,) = mesh.nodes_of("billing")
         # the event, the command its handler sends, and the command sent here
         await eventually(lambda: node.stats()["messages_handled"] == 3, 15, "three messages")
+        assert node.stats()["messages_dead"] == 0
+
+
+async def test_delayed_messages_from_a_handler_reach_billing_when_due() -> None:
+    billing = load(
+        "docs_billing", ("docs/messaging.md", example("messaging.md", "billing-handlers"))
+    )
+    source = (
+        example("messaging.md", "delayed")
+        .replace("delay=3600", "delay=1.0")
+        .replace("timedelta(days=1)", "timedelta(seconds=1.5)")
+    )
+    assert source != example("messaging.md", "delayed")
+    async with TestMesh(billing.Billing, Snippets) as mesh:
+        (node,) = mesh.nodes_of("billing")
+        sent = time.monotonic()
+        await in_a_handler(mesh, "docs/messaging.md", source)
+        assert node.stats()["messages_handled"] == 0  # not before they are due
+        await eventually(lambda: node.stats()["messages_handled"] == 2, 10, "both messages")
+        assert time.monotonic() - sent >= 1.5
         assert node.stats()["messages_dead"] == 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -196,11 +197,13 @@ class MeshClient:
         codec: CodecName = "msgpack",
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        delay: float | None = None,
+        at: float | datetime | None = None,
     ) -> str:
         """Emit a durable event; returns its id once the broker durably accepted it (see
-        ``Context.emit``)."""
+        ``Context.emit``, for ``delay`` and ``at`` too)."""
         return await self._outbound().emit(
-            topic, payload, codec=codec, headers=headers, timeout=timeout
+            topic, payload, codec=codec, headers=headers, timeout=timeout, delay=delay, at=at
         )
 
     async def send(
@@ -211,10 +214,12 @@ class MeshClient:
         codec: CodecName = "msgpack",
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        delay: float | None = None,
+        at: float | datetime | None = None,
     ) -> str:
         """Send a durable command to ``service.command``; see ``Context.send``."""
         return await self._outbound().send(
-            target, payload, codec=codec, headers=headers, timeout=timeout
+            target, payload, codec=codec, headers=headers, timeout=timeout, delay=delay, at=at
         )
 
     def _outbound(self) -> Outbound:

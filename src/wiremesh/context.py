@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from wiremesh.core.codec import CodecName
@@ -186,15 +187,28 @@ class Context:
         codec: CodecName = "msgpack",
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        delay: float | None = None,
+        at: float | datetime | None = None,
     ) -> str:
         """Emit a durable event to every service with a handler for ``topic``; returns its
         message id once the broker has durably accepted it (never waiting for a
         consumer). Waits for the broker at most what remains of this call's deadline
         (capped by ``timeout``), then raises :class:`~wiremesh.errors.BrokerUnavailable`.
-        To emit only if a database transaction commits, use ``tx.emit`` (the outbox)."""
+        To emit only if a database transaction commits, use ``tx.emit`` (the outbox).
+
+        ``delay`` (seconds) or ``at`` (an aware datetime, or a unix time) makes it a
+        delayed message: the broker keeps it, through restarts, and hands it to no handler
+        before then (a year at most)."""
         outbound = self._outbound()
         return await outbound.emit(
-            topic, payload, codec=codec, headers=headers, timeout=timeout, deadline=self.deadline
+            topic,
+            payload,
+            codec=codec,
+            headers=headers,
+            timeout=timeout,
+            deadline=self.deadline,
+            delay=delay,
+            at=at,
         )
 
     async def send(
@@ -205,12 +219,22 @@ class Context:
         codec: CodecName = "msgpack",
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        delay: float | None = None,
+        at: float | datetime | None = None,
     ) -> str:
         """Send a durable command to one node of a service (``"billing.charge"``); returns
-        its message id once the broker has durably accepted it; see :meth:`emit`."""
+        its message id once the broker has durably accepted it; see :meth:`emit` (for
+        ``delay`` and ``at`` too)."""
         outbound = self._outbound()
         return await outbound.send(
-            target, payload, codec=codec, headers=headers, timeout=timeout, deadline=self.deadline
+            target,
+            payload,
+            codec=codec,
+            headers=headers,
+            timeout=timeout,
+            deadline=self.deadline,
+            delay=delay,
+            at=at,
         )
 
     def _outbound(self) -> Outbound:

@@ -12,16 +12,20 @@ an address names.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal, Protocol
 
 from wiremesh.core.delivery import Delivery
+from wiremesh.errors import InvalidPayload
 
 __all__ = [
     "DEAD_LETTERS_LIMIT",
+    "HEADER_DUE",
     "HEADER_SENDER",
     "HEADER_SENT_AT",
     "HEADER_TRACEPARENT",
@@ -34,6 +38,8 @@ __all__ = [
     "OnReceived",
     "Received",
     "Subscription",
+    "due_from_header",
+    "due_time",
     "new_message_id",
 ]
 
@@ -46,6 +52,51 @@ HEADER_TRACEPARENT = "traceparent"
 HEADER_SENDER = "wm-sender"
 #: unix time of the emit, a float written as a string
 HEADER_SENT_AT = "wm-sent-at"
+#: unix time a delayed message is due, a float written as a string: the broker hands it to
+#: no consumer before (``emit(..., delay=…)``, ``send(..., at=…)``)
+HEADER_DUE = "wm-due"
+#: the longest delay a message may have: a year
+MAX_DELAY = 366 * 86400.0
+
+
+def due_time(delay: float | None, at: float | datetime | None, *, now: float) -> float | None:
+    """When a message sent at ``now`` (unix time) is due: ``delay`` seconds later, or
+    ``at`` (unix time, or an aware datetime); None for neither. Raises
+    :class:`~wiremesh.errors.InvalidPayload` for both, a negative or too long delay, or
+    a naive datetime. A time that has passed is due at once."""
+    if delay is None and at is None:
+        return None
+    if delay is not None and at is not None:
+        raise InvalidPayload("give a message delay= or at=, not both")
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
+            raise InvalidPayload(f"delay= is seconds, 0 or more, not {delay!r}")
+        due = now + float(delay)
+    elif isinstance(at, datetime):
+        if at.tzinfo is None:
+            raise InvalidPayload(
+                "at= needs an aware datetime (datetime.now(UTC) + ..., not a naive one)"
+            )
+        due = at.timestamp()
+    elif isinstance(at, int | float) and not isinstance(at, bool):
+        due = float(at)
+    else:
+        raise InvalidPayload(f"at= is a unix time or an aware datetime, not {at!r}")
+    if not math.isfinite(due) or due - now > MAX_DELAY:
+        raise InvalidPayload(f"a message may be delayed a year at most, not until {due!r}")
+    return due if due > now else None
+
+
+def due_from_header(text: str | None) -> float | None:
+    """The unix time a message whose ``wm-due`` header is ``text`` is due (None: no
+    header, or one that is no number: at once)."""
+    if not text:
+        return None
+    try:
+        due = float(text)
+    except ValueError:
+        return None
+    return due if math.isfinite(due) else None
 
 
 #: random bits of a message id, from a generator seeded by the OS (again in a forked child,

@@ -35,7 +35,7 @@ import grpc
 from wiremesh.core.defaults import HOST, MAX_MESSAGE_BYTES
 from wiremesh.core.topics import matching
 from wiremesh.errors import Unavailable
-from wiremesh.messaging.base import DeadLetter, Kind
+from wiremesh.messaging.base import HEADER_DUE, DeadLetter, Kind, due_from_header
 from wiremesh.messaging.journal import (
     Journal,
     QueueRecord,
@@ -257,14 +257,17 @@ class BrokerServer:
     async def publish(self, request: pb.PublishRequest, context: Any) -> pb.PublishReply:
         copies: list[Stored] = []
         new_seq = self.journal.new_seq
+        now = time.time()
         for message in request.envelopes:
             message.attempt = 1
             kind = "command" if message.kind == "command" else "event"
             routes = self._route(kind, message.topic)
             if not routes and kind == "command":
                 routes = [await self._command_waits(message.topic)]
+            # a delayed message (its wm-due header) waits, on disk, until it is due
+            due = due_from_header(message.headers.get(HEADER_DUE)) or 0.0
             for queue in routes:  # stored and sent to consumers as it came
-                copies.append(Stored(new_seq(), queue.record.name, None, wire=message))
+                copies.append(Stored(new_seq(), queue.record.name, None, due, wire=message))
         if copies:
             try:
                 await self.journal.submit(Journal.insert(copies))
@@ -273,7 +276,11 @@ class BrokerServer:
             touched: dict[str, _Queue] = {}
             for copy in copies:
                 target = self.queues.get(copy.queue)
-                if target is not None:  # (a broadcast queue may have gone meanwhile)
+                if target is None:  # (a broadcast queue may have gone meanwhile)
+                    continue
+                if copy.not_before > now:
+                    self._delay(copy)
+                else:
                     target.ready.append(copy)
                     touched[copy.queue] = target
             for target in touched.values():
@@ -409,6 +416,7 @@ class BrokerServer:
     # ------------------------------------------------------------------ delays
 
     def _delay(self, copy: Stored) -> None:
+        """Keep ``copy`` until its ``not_before`` (a retry's backoff, a delayed message)."""
         heapq.heappush(self._delayed, (copy.not_before, copy.seq, copy))
         self._arm()
 

@@ -12,6 +12,7 @@ import re
 import time
 import weakref
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from wiremesh.core.codec import CodecName, encode
@@ -20,11 +21,13 @@ from wiremesh.core.defaults import PUBLISH_TIMEOUT
 from wiremesh.core.topics import check_topic
 from wiremesh.errors import InvalidPayload
 from wiremesh.messaging.base import (
+    HEADER_DUE,
     HEADER_SENDER,
     HEADER_SENT_AT,
     Broker,
     Envelope,
     Kind,
+    due_time,
     new_message_id,
 )
 from wiremesh.observability import tracing
@@ -51,9 +54,10 @@ def make_envelope(
     headers: Mapping[str, str] | None,
     *,
     sender: str,
+    due: float | None = None,
 ) -> Envelope:
-    """A new envelope for ``payload``; raises :class:`InvalidPayload` for a bad topic,
-    target, codec or payload."""
+    """A new envelope for ``payload`` (due at the unix time ``due``, when given); raises
+    :class:`InvalidPayload` for a bad topic, target, codec or payload."""
     if not isinstance(topic, str) or (kind, topic) not in _checked:
         if kind == "command":
             check_command(topic)
@@ -64,6 +68,8 @@ def make_envelope(
         _checked.add((kind, topic))
     body = encode(payload, codec)
     head = {**(headers or {}), HEADER_SENDER: sender, HEADER_SENT_AT: repr(time.time())}
+    if due is not None:
+        head[HEADER_DUE] = repr(due)
     if tracing.enabled():
         # the trace goes on with the message, through the outbox and the broker if need be
         span = tracing.client_span(
@@ -94,8 +100,13 @@ class Outbound:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         deadline: Deadline | None = None,
+        delay: float | None = None,
+        at: float | datetime | None = None,
     ) -> str:
-        envelope = make_envelope("event", topic, payload, codec, headers, sender=self.sender)
+        due = due_time(delay, at, now=time.time())
+        envelope = make_envelope(
+            "event", topic, payload, codec, headers, sender=self.sender, due=due
+        )
         await self.broker.publish([envelope], timeout=self._timeout(timeout, deadline))
         return envelope.id
 
@@ -108,8 +119,13 @@ class Outbound:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         deadline: Deadline | None = None,
+        delay: float | None = None,
+        at: float | datetime | None = None,
     ) -> str:
-        envelope = make_envelope("command", target, payload, codec, headers, sender=self.sender)
+        due = due_time(delay, at, now=time.time())
+        envelope = make_envelope(
+            "command", target, payload, codec, headers, sender=self.sender, due=due
+        )
         await self.broker.publish([envelope], timeout=self._timeout(timeout, deadline))
         return envelope.id
 

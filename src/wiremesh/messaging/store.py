@@ -40,6 +40,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from wiremesh.core.codec import CodecName
 from wiremesh.errors import ConfigError
-from wiremesh.messaging.base import Envelope, Kind
+from wiremesh.messaging.base import Envelope, Kind, due_time
 from wiremesh.messaging.outbound import make_envelope
 from wiremesh.runtime.private import private_folder, private_sqlite
 
@@ -145,9 +146,15 @@ class Transaction:
         *,
         codec: CodecName = "msgpack",
         headers: Mapping[str, str] | None = None,
+        delay: float | None = None,
+        at: float | datetime | None = None,
     ) -> str:
-        """Emit an event when (and only if) this transaction commits. Returns its id."""
-        return self._add("event", topic, payload, codec, headers)
+        """Emit an event when (and only if) this transaction commits. Returns its id.
+        ``delay`` (seconds from now, not from the commit) or ``at`` makes it a delayed
+        message (see ``Context.emit``)."""
+        return self._add(
+            "event", topic, payload, codec, headers, due_time(delay, at, now=time.time())
+        )
 
     def send(
         self,
@@ -156,9 +163,13 @@ class Transaction:
         *,
         codec: CodecName = "msgpack",
         headers: Mapping[str, str] | None = None,
+        delay: float | None = None,
+        at: float | datetime | None = None,
     ) -> str:
-        """Send the command ``service.command`` when this transaction commits."""
-        return self._add("command", target, payload, codec, headers)
+        """Send the command ``service.command`` when this transaction commits (``delay``
+        and ``at`` as for :meth:`emit`)."""
+        due = due_time(delay, at, now=time.time())
+        return self._add("command", target, payload, codec, headers, due)
 
     def _add(
         self,
@@ -167,8 +178,9 @@ class Transaction:
         payload: Any,
         codec: CodecName,
         headers: Mapping[str, str] | None,
+        due: float | None,
     ) -> str:
-        envelope = make_envelope(kind, topic, payload, codec, headers, sender=self._sender)
+        envelope = make_envelope(kind, topic, payload, codec, headers, sender=self._sender, due=due)
         self.envelopes.append(envelope)
         return envelope.id
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from wiremesh.errors import BrokerUnavailable, ConfigError
 from wiremesh.messaging.amqp import topology as topo
 from wiremesh.messaging.amqp.consumer import AmqpSubscription
 from wiremesh.messaging.amqp.dead import DeadLetters
+from wiremesh.messaging.amqp.delayed import Delayer
 from wiremesh.messaging.amqp.failures import (
     CLOSE_TIMEOUT,
     DISCONNECTED,
@@ -25,11 +27,13 @@ from wiremesh.messaging.amqp.failures import (
 from wiremesh.messaging.amqp.publisher import AmqpPublisher, Outgoing, properties
 from wiremesh.messaging.base import (
     DEAD_LETTERS_LIMIT,
+    HEADER_DUE,
     Binding,
     DeadLetter,
     Envelope,
     OnReceived,
     Subscription,
+    due_from_header,
 )
 
 __all__ = ["AmqpBroker"]
@@ -71,6 +75,8 @@ class AmqpBroker:
         self._queues: set[str] = set()
         self._declaring: dict[str, asyncio.Future[None]] = {}
         self._subscriptions: set[AmqpSubscription] = set()
+        #: moves delayed messages on, once this broker consumes anything
+        self._delayer: Delayer | None = None
         self._dead = DeadLetters(self)
         self._starting: asyncio.Lock | None = None
 
@@ -127,6 +133,9 @@ class AmqpBroker:
         self.publisher.attach(await channel.get_underlay_channel())
 
     async def close(self) -> None:
+        delayer, self._delayer = self._delayer, None
+        if delayer is not None:
+            await delayer.close()
         for sub in list(self._subscriptions):
             with contextlib.suppress(Exception):
                 await sub.cancel()
@@ -205,7 +214,21 @@ class AmqpBroker:
             ),
         )
 
-    async def _ensure_command_queue(self, target: str) -> None:
+    async def ensure_delayed_queues(self, bucket_ms: int) -> None:
+        """Declare what a delayed message's hop through ``bucket_ms`` needs: the delay
+        queue, and ``wm.M.delayed`` it expires into (its own unreadable messages go to
+        the dead letters)."""
+        await self.ensure_delay_queue(bucket_ms)
+        t = self.topology
+        assert self._channel is not None
+        await self._declare_once(
+            t.delayed,
+            lambda: self._declare_queue(
+                self._channel, t.delayed, topo.queue_arguments(t, None, quorum=self.quorum)
+            ),
+        )
+
+    async def ensure_command_queue(self, target: str) -> None:
         """A command waits in its queue even before any node of its service started: the
         sender declares the queue too."""
         t = self.topology
@@ -237,12 +260,16 @@ class AmqpBroker:
             raise ConfigError(
                 f"unknown codec {envelope.codec!r}: use one of {', '.join(topo.CONTENT_TYPES)}"
             )
+        due = due_from_header(envelope.headers.get(HEADER_DUE))
+        hop = None if due is None else topo.delayed_hop(t, envelope, exchange, due, time.time())
         props = properties(
             message_id=envelope.id,
             content_type=content_type,
             message_type=envelope.kind,
-            headers=topo.headers_for(envelope),
+            headers=topo.headers_for(envelope) if hop is None else hop.headers,
         )
+        if hop is not None:  # a delayed message: its first hop (see topology.next_hop)
+            return Outgoing(hop.exchange, hop.routing_key, envelope.body, props)
         return Outgoing(exchange, envelope.topic, envelope.body, props)
 
     async def publish(self, envelopes: Sequence[Envelope], *, timeout: float) -> None:
@@ -270,7 +297,9 @@ class AmqpBroker:
                     if channel.is_closed:
                         await channel.ready()
                     for target in targets:
-                        await self._ensure_command_queue(target)
+                        await self.ensure_command_queue(target)
+                    for bucket in {b for i in items if (b := _bucket_of(i)) is not None}:
+                        await self.ensure_delayed_queues(bucket)
                     await self.publisher.send(items)
                 return
             except TimeoutError as exc:
@@ -320,6 +349,13 @@ class AmqpBroker:
                 await channel.close()
             raise
         self._subscriptions.add(subscription)
+        if self._delayer is None:  # a consuming node also moves delayed messages on
+            self._delayer = Delayer(self)
+            try:
+                await self._delayer.start()
+            except BaseException:
+                self._delayer = None
+                raise
         return subscription
 
     # ------------------------------------------------------------------ dead letters
@@ -365,3 +401,11 @@ def _safe(url: str) -> str:
         user = credentials.split(":", 1)[0]
         return f"{scheme}{sep}{user}@{host}"
     return url
+
+
+def _bucket_of(item: Outgoing) -> int | None:
+    """The delay bucket a delayed message's hop waits in (None: not a delayed hop)."""
+    headers = item.properties.headers or {}
+    if topo.DUE_EXCHANGE_HEADER not in headers:
+        return None
+    return int(str(headers[topo.DELAY_HEADER]))

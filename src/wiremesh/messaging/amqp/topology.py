@@ -12,12 +12,21 @@ name                           type      what
 ``wm.M.events``                topic     events; routing key = the topic
 ``wm.M.commands``              direct    commands; routing key = ``service.command``
 ``wm.M.dead``                  fanout    dead letters, to the queue ``wm.M.dead``
-``wm.M.delay``                 headers   retries waiting, to ``wm.M.delay.<ms>`` queues
+``wm.M.delay``                 headers   retries and delayed messages waiting, to
+                                         ``wm.M.delay.<ms>`` queues
 =============================  ========  ==============================================
 
 Queues: ``wm.M.event.<service>.<handler>`` (pool and singleton, durable),
 ``wm.M.event.<service>.<handler>@<node>`` (broadcast, exclusive, auto-delete),
-``wm.M.command.<service>.<command>`` (durable), ``wm.M.dead`` and ``wm.M.delay.<ms>``.
+``wm.M.command.<service>.<command>`` (durable), ``wm.M.dead``, ``wm.M.delay.<ms>`` and
+``wm.M.delayed``.
+
+A delayed message (``emit(..., delay=…)``, its ``wm-due`` header) hops through the delay
+queues: each hop waits in the largest bucket no longer than the time left, then expires
+into ``wm.M.delayed``, where a node takes it (:func:`next_hop`) and sends it on to the next
+bucket, or, once less than the smallest bucket is left, to the exchange and routing key
+its ``wm-due-exchange`` and ``wm-due-key`` headers name. So it is due within a bucket's
+rounding of the smallest bucket, 50 ms, plus a node's turn, whatever its delay.
 """
 
 from __future__ import annotations
@@ -39,12 +48,18 @@ __all__ = [
     "DEAD_REASON_HEADER",
     "DELAY_HEADER",
     "DIED_AT_HEADER",
+    "DUE_EXCHANGE_HEADER",
+    "DUE_KEY_HEADER",
     "TOPIC_HEADER",
+    "Hop",
     "Topology",
+    "bucket_within",
     "codec_for",
     "delay_bucket",
+    "delayed_hop",
     "envelope_from",
     "headers_for",
+    "next_hop",
     "queue_arguments",
 ]
 
@@ -64,6 +79,9 @@ DEAD_AMQP_QUEUE_HEADER = "wm-dead-amqp-queue"
 DIED_AT_HEADER = "wm-died-at"
 #: the reason a retry was asked for (informational)
 RETRY_REASON_HEADER = "wm-retry-reason"
+#: where a delayed message goes once due: the exchange and the routing key
+DUE_EXCHANGE_HEADER = "wm-due-exchange"
+DUE_KEY_HEADER = "wm-due-key"
 
 #: headers wiremesh owns: they never travel inside ``Envelope.headers``
 OWN_HEADERS = frozenset(
@@ -76,6 +94,8 @@ OWN_HEADERS = frozenset(
         DEAD_AMQP_QUEUE_HEADER,
         DIED_AT_HEADER,
         RETRY_REASON_HEADER,
+        DUE_EXCHANGE_HEADER,
+        DUE_KEY_HEADER,
         "x-death",
         "x-first-death-exchange",
         "x-first-death-queue",
@@ -86,6 +106,9 @@ OWN_HEADERS = frozenset(
         "x-delivery-count",
     }
 )
+
+#: the headers a delayed message carries only between hops
+_HOP_HEADERS = frozenset({DELAY_HEADER, DUE_EXCHANGE_HEADER, DUE_KEY_HEADER})
 
 #: codec -> AMQP ``content_type``
 CONTENT_TYPES: dict[str, str] = {
@@ -113,6 +136,61 @@ def codec_for(content_type: str | None) -> str:
         return "msgpack"
     base = content_type.split(";", 1)[0].strip().lower()
     return _CODECS.get(base, content_type)
+
+
+def bucket_within(seconds: float) -> int | None:
+    """The longest delay bucket (ms) no longer than ``seconds``; None when even the
+    smallest is longer (the message is due)."""
+    ms = seconds * 1000.0
+    if ms < MIN_BUCKET_MS:
+        return None
+    k = min(math.floor(BUCKETS_PER_DOUBLING * math.log2(ms / 1000.0)), _MAX_K)
+    bucket = round(1000.0 * 2 ** (k / BUCKETS_PER_DOUBLING))
+    while bucket > ms and k > -_MAX_K:  # rounding may have gone past it
+        k -= 1
+        bucket = round(1000.0 * 2 ** (k / BUCKETS_PER_DOUBLING))
+    return max(MIN_BUCKET_MS, bucket)
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """Where a delayed message goes next: an exchange, a routing key and its headers."""
+
+    exchange: str
+    routing_key: str
+    headers: dict[str, Any]
+    #: the delay bucket it waits in (None: it is due, and goes where it was sent)
+    bucket: int | None
+
+
+def next_hop(topology: Topology, headers: Mapping[str, Any], due: float, now: float) -> Hop | None:
+    """Where a delayed message with ``headers``, due at ``due``, goes at ``now``: the
+    next delay bucket, or the exchange and key it was sent to; None when its
+    ``wm-due-exchange`` is not one of the mesh's (dead-letter it)."""
+    exchange = _text(headers.get(DUE_EXCHANGE_HEADER, ""))
+    key = _text(headers.get(DUE_KEY_HEADER, ""))
+    if exchange not in (topology.events, topology.commands) or not key:
+        return None
+    # RabbitMQ's own headers (x-death of each hop's expiry) stay behind
+    own = {k: v for k, v in headers.items() if not k.startswith("x-")}
+    bucket = bucket_within(due - now)
+    if bucket is None:
+        rest = {k: v for k, v in own.items() if k not in _HOP_HEADERS}
+        return Hop(exchange, key, rest, None)
+    onward = {**own, DELAY_HEADER: str(bucket)}
+    return Hop(topology.delay, topology.delayed, onward, bucket)
+
+
+def delayed_hop(
+    topology: Topology, envelope: Envelope, exchange: str, due: float, now: float
+) -> Hop | None:
+    """The first hop of ``envelope``, sent to ``exchange`` and due at ``due``; None when it
+    is due already (send it as it is)."""
+    headers = headers_for(envelope)
+    headers[DUE_EXCHANGE_HEADER] = exchange
+    headers[DUE_KEY_HEADER] = envelope.topic
+    hop = next_hop(topology, headers, due, now)
+    return hop if hop is not None and hop.bucket is not None else None
 
 
 def delay_bucket(delay: float) -> int:
@@ -149,6 +227,11 @@ class Topology:
 
     def delay_queue(self, bucket_ms: int) -> str:
         return f"wm.{self.mesh}.delay.{bucket_ms}"
+
+    @property
+    def delayed(self) -> str:
+        """The queue delayed messages come back to between hops (see :func:`next_hop`)."""
+        return f"wm.{self.mesh}.delayed"
 
     def command_queue(self, target: str) -> str:
         """The queue of the command ``service.command``."""
