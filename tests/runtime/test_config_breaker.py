@@ -88,3 +88,20 @@ def test_bad_breaker_settings_are_reported_with_their_key(
         config_from_text(text, root=tmp_path)
     message = str(caught.value)
     assert where in message and words in message, message
+
+
+async def test_the_gateways_http_door_breaks_its_circuits_by_the_same_settings(
+    tmp_path: Path,
+) -> None:
+    from wiremesh.runtime.gateway_process import gateway_of
+
+    config = config_from_text(TEXT, root=tmp_path)
+    gateway = gateway_of(config, "127.0.0.1:1", "gw-test")
+    assert gateway.http is not None
+    try:
+        breakers = gateway.http.caller.breakers
+        assert breakers.default == BreakerSettings(failures=4, open_for=2.0)
+        assert breakers.settings("partners") == BreakerSettings(failures=2, open_for=2.0)
+        assert breakers.settings("orders") == breakers.default
+    finally:
+        await gateway.http.close()

@@ -51,6 +51,7 @@ from urllib.parse import parse_qsl
 import grpc
 import pydantic_core
 
+from wiremesh.core.breaker import BreakerSettings
 from wiremesh.core.defaults import HTTP_BODY_TIMEOUT, MAX_MESSAGE_BYTES
 from wiremesh.core.drain import enter_work, leave_work
 from wiremesh.core.model import MeshSnapshot
@@ -479,12 +480,15 @@ def gateway_door(
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     mesh: str = "",
     broker: str = "",
+    breaker: BreakerSettings | None = None,
+    breakers: Mapping[str, BreakerSettings] | None = None,
 ) -> HttpDoor:
     """The door of a gateway: its ``[gateway.http]`` limits, its token verifier and access
     rules, and a mesh caller of its own over ``view`` (calls travel on mesh links, as
     ``wiremesh call``'s do); :meth:`HttpDoor.close` closes them. ``mesh`` (``[mesh]
     name``) and ``broker`` (``[broker] url``) are what the AsyncAPI document names the
-    broker's exchanges and server by (empty: not known here)."""
+    broker's exchanges and server by (empty: not known here). ``breaker`` and ``breakers``
+    are the circuit breaker's settings (``[mesh.breaker]``, ``[services.<name>.breaker]``)."""
     from wiremesh import __version__
 
     http = settings.http
@@ -501,6 +505,8 @@ def gateway_door(
         max_message_bytes=max_message_bytes,
         credentials=credentials,
         links=links,
+        breaker=breaker,
+        breakers=breakers,
     )
     admission = Admission(
         rate=http.rate,

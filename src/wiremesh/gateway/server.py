@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from wiremesh.channels import open_engine
+from wiremesh.core.breaker import BreakerSettings
 from wiremesh.core.channels import MeshRules
 from wiremesh.core.defaults import HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, TTL
 from wiremesh.core.model import MeshSnapshot, NodeInfo
@@ -106,7 +107,8 @@ class Gateway:
     :mod:`wiremesh.runtime.advertise`); ``join_secret`` the mesh's join secret, which
     admits the gateway to an embedded registry (see :mod:`wiremesh.registry.embedded`);
     ``broker_url`` the ``[broker] url``, which the AsyncAPI document describes (never its
-    user and password).
+    user and password); ``breaker`` and ``breakers`` how the HTTP door's calls break their
+    circuits (``[mesh.breaker]``, ``[services.<name>.breaker]``; None: the defaults).
     """
 
     def __init__(
@@ -131,6 +133,8 @@ class Gateway:
         broker_url: str = "",
         dead_letters: Callable[[], Awaitable[int]] | None = None,
         join_secret: str | None = None,
+        breaker: BreakerSettings | None = None,
+        breakers: Mapping[str, BreakerSettings] | None = None,
     ) -> None:
         self.settings = settings
         #: seconds between two runs of the shared timer (tests make it shorter)
@@ -214,6 +218,8 @@ class Gateway:
                 max_message_bytes=max_message_bytes,
                 mesh=mesh_name,
                 broker=broker_url,
+                breaker=breaker,
+                breakers=breakers,
             )
             if settings.http.enabled
             else None

@@ -117,6 +117,8 @@ def gateway_of(
         mesh_name=mesh or config.mesh.name,
         broker_url=config.broker.url,
         dead_letters=DeadLetterCount(config, tls, mesh=mesh),
+        breaker=config.mesh.breaker.settings(),
+        breakers={name: b.settings() for name, b in config.breakers().items()},
     )
 
 

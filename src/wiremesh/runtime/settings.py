@@ -41,6 +41,7 @@ from wiremesh.core.breaker import (
     BREAKER_MAX_OPEN_FOR,
     BREAKER_OPEN_FOR,
     BREAKER_WINDOW,
+    BreakerSettings,
 )
 from wiremesh.core.names import SERVICE_NAME, check_group, redact_url
 from wiremesh.errors import InvalidPayload
@@ -152,6 +153,10 @@ class BreakerTable(BaseModel):
                 {"first": self.open_for, "most": self.max_open_for},
             )
         return self
+
+    def settings(self) -> BreakerSettings:
+        """These settings as the caller takes them."""
+        return BreakerSettings(**self.model_dump())
 
     def merged(self, override: BreakerTable | None) -> BreakerTable:
         """These settings with those ``override`` sets (a service's own table)."""
