@@ -142,7 +142,18 @@ def test_an_amqp_delayed_message_hops_down_the_buckets_and_ends_within_the_small
         assert topo.DELAY_HEADER not in hop.headers and topo.DUE_KEY_HEADER not in hop.headers
         assert hop.headers == {"wm-sender": "client"}
         assert 0 <= due - now < topo.MIN_BUCKET_MS / 1000
+        assert hop.wait == due - now  # the node waits the rest: never early
         assert hops <= 16, (delay, hops)
+
+
+def test_an_amqp_delay_shorter_than_the_smallest_bucket_waits_in_it() -> None:
+    from wiremesh.messaging.base import Envelope
+
+    t = topo.Topology("m")
+    envelope = Envelope("1" * 32, "command", "alarm.ring", b"", "msgpack")
+    hop = topo.delayed_hop(t, envelope, t.commands, due=10.02, now=10.0)
+    assert hop is not None and hop.bucket == topo.MIN_BUCKET_MS
+    assert topo.delayed_hop(t, envelope, t.commands, due=10.0, now=10.0) is None  # due now
 
 
 def test_a_hop_to_an_exchange_of_another_mesh_is_refused() -> None:

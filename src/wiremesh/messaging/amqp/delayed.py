@@ -100,6 +100,8 @@ class Delayer:
             message_type=message.type or "",
             headers=hop.headers,
         )
+        if hop.wait > 0:  # less than the smallest bucket is left: never early
+            await asyncio.sleep(hop.wait)
         try:
             if hop.bucket is not None:
                 await self.broker.ensure_delayed_queues(hop.bucket)

@@ -25,8 +25,9 @@ A delayed message (``emit(..., delay=…)``, its ``wm-due`` header) hops through
 queues: each hop waits in the largest bucket no longer than the time left, then expires
 into ``wm.M.delayed``, where a node takes it (:func:`next_hop`) and sends it on to the next
 bucket, or, once less than the smallest bucket is left, to the exchange and routing key
-its ``wm-due-exchange`` and ``wm-due-key`` headers name. So it is due within a bucket's
-rounding of the smallest bucket, 50 ms, plus a node's turn, whatever its delay.
+its ``wm-due-exchange`` and ``wm-due-key`` headers name, after waiting what is left. So it
+arrives when due plus a node's turn, never before, whatever its delay (a delay shorter
+than the smallest bucket, 50 ms, waits that long).
 """
 
 from __future__ import annotations
@@ -159,8 +160,11 @@ class Hop:
     exchange: str
     routing_key: str
     headers: dict[str, Any]
-    #: the delay bucket it waits in (None: it is due, and goes where it was sent)
+    #: the delay bucket it waits in (None: it goes where it was sent)
     bucket: int | None
+    #: seconds to wait before sending it where it was sent: what is left of its delay,
+    #: less than the smallest bucket (so it never arrives early)
+    wait: float = 0.0
 
 
 def next_hop(topology: Topology, headers: Mapping[str, Any], due: float, now: float) -> Hop | None:
@@ -176,7 +180,7 @@ def next_hop(topology: Topology, headers: Mapping[str, Any], due: float, now: fl
     bucket = bucket_within(due - now)
     if bucket is None:
         rest = {k: v for k, v in own.items() if k not in _HOP_HEADERS}
-        return Hop(exchange, key, rest, None)
+        return Hop(exchange, key, rest, None, max(0.0, due - now))
     onward = {**own, DELAY_HEADER: str(bucket)}
     return Hop(topology.delay, topology.delayed, onward, bucket)
 
@@ -185,12 +189,18 @@ def delayed_hop(
     topology: Topology, envelope: Envelope, exchange: str, due: float, now: float
 ) -> Hop | None:
     """The first hop of ``envelope``, sent to ``exchange`` and due at ``due``; None when it
-    is due already (send it as it is)."""
+    is due already (send it as it is). A delay shorter than the smallest bucket waits in
+    that bucket: a little late, never early."""
+    if due <= now:
+        return None
     headers = headers_for(envelope)
     headers[DUE_EXCHANGE_HEADER] = exchange
     headers[DUE_KEY_HEADER] = envelope.topic
     hop = next_hop(topology, headers, due, now)
-    return hop if hop is not None and hop.bucket is not None else None
+    if hop is None or hop.bucket is not None:
+        return hop
+    onward = {**headers, DELAY_HEADER: str(MIN_BUCKET_MS)}
+    return Hop(topology.delay, topology.delayed, onward, MIN_BUCKET_MS)
 
 
 def delay_bucket(delay: float) -> int:
