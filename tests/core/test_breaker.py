@@ -21,6 +21,9 @@ def test_failures_in_a_row_open_the_circuit_and_leave_the_node_out() -> None:
     assert breakers.left_out("other", now=0.3) == set()
     assert breakers.opened == {"svc": 1}
     assert breakers.not_closed() == [("svc", "a", State.OPEN)]
+    assert breakers.reopens_in("svc", now=0.7) == pytest.approx(0.5)  # a probe at 1.2
+    assert breakers.reopens_in("svc", now=0.7, node="b") == 0.0
+    assert breakers.reopens_in("svc", now=2.0) == 0.0
 
 
 def test_a_success_breaks_the_run_of_failures() -> None:

@@ -153,3 +153,23 @@ async def test_a_nodes_circuits_show_in_its_metrics_and_in_top(mesh: TestMesh) -
     text = console.export_text()
     assert "open circuits" in text
     assert bad in text.split("open circuits", 1)[1]
+
+
+async def test_the_http_door_answers_an_open_circuit_503_with_when_to_come_back() -> None:
+    import httpx
+
+    from wiremesh.core.breaker import BREAKER_FAILURES, BREAKER_OPEN_FOR
+
+    async with TestMesh(Flaky, gateway=True) as mesh:  # the door breaks by the defaults
+        (node,) = mesh.nodes_of("flaky")
+        BROKEN.add(node.node_id)
+        auth = {"Authorization": f"Bearer {mesh.token('ada')}"}
+        async with httpx.AsyncClient(base_url=mesh.gateway.url) as http:
+            answers = [
+                await http.post("/rpc/flaky/work", headers=auth)
+                for _ in range(BREAKER_FAILURES + 1)
+            ]
+    assert [a.status_code for a in answers] == [500] * BREAKER_FAILURES + [503]
+    assert "circuit to every node of service 'flaky' is open" in answers[-1].json()["detail"]
+    assert 1 <= int(answers[-1].headers["retry-after"]) <= BREAKER_OPEN_FOR
+    assert SEEN[node.node_id] == BREAKER_FAILURES  # the last never reached it

@@ -159,3 +159,19 @@ async def test_a_nodes_metrics_show_its_bulkheads() -> None:
         await asyncio.gather(*held)
         samples = await read(node)
         assert value(samples, "wiremesh_bulkhead_running", **labels) == 0
+
+
+async def test_the_http_door_answers_a_full_method_503_with_retry_after() -> None:
+    import httpx
+
+    async with TestMesh(Slow, gateway=True, drain_grace=0.1) as mesh:
+        (node,) = mesh.nodes_of("slow")
+        held = await fill(mesh, node.node_id)
+        auth = {"Authorization": f"Bearer {mesh.token('ada')}"}
+        async with httpx.AsyncClient(base_url=mesh.gateway.url) as http:
+            answer = await http.post("/rpc/slow/work", headers=auth)
+        RELEASE.set()
+        await asyncio.gather(*held)
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "1"
+    assert answer.json()["error"] == "wiremesh.errors.Overloaded"

@@ -243,6 +243,16 @@ class Breakers:
             if circuit.state is not State.CLOSED
         ]
 
+    def reopens_in(self, service: str, now: float, node: str | None = None) -> float:
+        """Seconds until the first open circuit to a node of ``service`` (to ``node``,
+        when given) lets a probe through (0: none is open)."""
+        waits = [
+            circuit.until - now
+            for (name, node_id), circuit in self.circuits.items()
+            if name == service and circuit.state is State.OPEN and node in (None, node_id)
+        ]
+        return max(0.0, min(waits)) if waits else 0.0
+
     def release(self, service: str, node: str) -> None:
         """A call to ``node`` ended without an outcome (cancelled): a half-open probe it
         was lets the next call probe."""

@@ -360,6 +360,7 @@ class Caller:
                     f"the circuit to node {where.node} is open: its calls kept failing "
                     "(circuit breaker)",
                     node=where.node,
+                    details={"retry_after": breakers.reopens_in(where.service, now, where.node)},
                 )
             skip = tried.union(left_out) if left_out else tried
             if ejected and where.node is None:
@@ -379,7 +380,8 @@ class Caller:
                 if left_out and not tried:
                     raise Unavailable(
                         f"the circuit to every node of service {where.service!r} is open: "
-                        "their calls kept failing (circuit breaker)"
+                        "their calls kept failing (circuit breaker)",
+                        details={"retry_after": breakers.reopens_in(where.service, now)},
                     )
                 raise Unavailable(f"every node of service {where.service!r} failed")
             # the same rule as should_retry's, for an Unavailable on this attempt

@@ -193,6 +193,8 @@ class Method:
                 f"{bulkhead.running} calls running, {bulkhead.waiting} waiting "
                 "(@rpc max_concurrency, max_queue)",
                 node=self._pipeline.node_id,
+                # seconds after which trying again makes sense (the HTTP door's Retry-After)
+                details={"retry_after": 1},
             )
         try:
             async with asyncio.timeout(deadline.remaining(now=time.monotonic())):
