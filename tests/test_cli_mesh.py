@@ -170,13 +170,15 @@ async def test_nodes_says_in_one_line_that_a_paused_registry_is_unreachable(
         private_redis.pause()
         try:
             for mesh in (f"{private_redis.url}#{name}", private_redis.url):
-                code, out, err = await _cli("nodes", "--mesh", mesh, cwd=tmp_path)
+                code, out, err = await _cli("nodes", "--mesh", mesh, "--timeout", "1", cwd=tmp_path)
                 assert code == 3, (mesh, err)
                 assert out == ""
                 lines = err.strip().splitlines()
                 assert len(lines) == 1, err
                 assert lines[0].startswith(f"error: the registry at {private_redis.url} is ")
                 assert "unreachable" in lines[0]
+                if "#" in mesh:  # --timeout is the wait it gave up after
+                    assert "no answer within 1s" in lines[0], lines[0]
         finally:
             private_redis.resume()
         # once Redis answers again, so does the command, with the node still there

@@ -597,13 +597,22 @@ def _uptime(started_at: float) -> str:
 def nodes(
     mesh: _MeshOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            min=0.1,
+            help="Seconds to wait for the registry's answer before saying it is unreachable.",
+        ),
+    ] = 5.0,
 ) -> None:
     """List the live nodes: service, node id, host, address, pid, state, uptime, and the
     published messages each dropped.
 
     The host is the one the node advertises (where it runs, as other hosts reach it).
 
-    When the mesh's registry does not answer, says so in one line and exits 3.
+    When the mesh's registry does not answer within --timeout seconds, says so in one line
+    and exits 3.
 
     "dropped" counts publishes lost at that node since it started: "out" were not sent
     because the link to a subscriber was full (the subscriber or the network is slow),
@@ -618,13 +627,13 @@ def nodes(
 
       wiremesh nodes --mesh 127.0.0.1:7400
 
-      wiremesh nodes --mesh redis://10.0.0.5:6379/0#shop
+      wiremesh nodes --mesh redis://10.0.0.5:6379/0#shop --timeout 2
 
       WIREMESH_MESH=rediss://redis.internal:6380/0#shop wiremesh nodes
     """
 
     async def go() -> list[Any]:
-        client = await _connect(mesh)
+        client = await _connect(mesh, timeout=wait)
         try:
             return list(client.nodes())
         finally:
