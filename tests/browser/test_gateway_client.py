@@ -219,29 +219,24 @@ def test_the_gateway_asks_for_a_fresh_token_before_expiry(tab: Page, gateway: Ga
     assert ask(tab, {"op": "whoami"})["principal"] == "ada"
 
 
-def test_the_client_refreshes_by_itself_from_the_tokens_exp(tab: Page, gateway: Gateway) -> None:
-    # expiring in 60 s, refreshed 59 s ahead: long before the gateway's notice (30 s ahead)
-    first, second = gateway.mint("ada", ttl=60), gateway.mint("ada", ttl=3600)
-    start(tab, gateway, token=None, tokens=[first, second], refreshBefore=59)
-    wait_open(tab)
-    tab.wait_for_function(
-        "window.clients.c.controls.some((m) => m.wm === 'refreshed')", timeout=15_000
-    )
-    record = seen(tab)
-    assert record["asked"] == ["connect", "refresh"]
-    assert record["controls"] == [{"wm": "refreshed", "exp": exp_of(second)}]
-
-
-def test_a_session_that_opens_inside_the_refresh_window_refreshes_at_once(
-    tab: Page, gateway: Gateway
+@pytest.mark.parametrize(
+    ("ttl", "within_ms"),
+    [
+        # expiring in 60 s, refreshed 59 s ahead: long before the gateway's notice (30 s ahead)
+        pytest.param(60, 15_000, id="a-second-after-it-opens"),
+        # expiring in 45 s: inside the window as the session opens, refreshed at once, well
+        # before the gateway's notice (15 s from now)
+        pytest.param(45, 5_000, id="as-it-opens-inside-the-window"),
+    ],
+)
+def test_the_client_refreshes_by_itself_from_the_tokens_exp(
+    tab: Page, gateway: Gateway, ttl: int, within_ms: int
 ) -> None:
-    # expiring in 45 s, refreshed 59 s ahead: due already as the session opens, and well
-    # before the gateway's notice (30 s ahead, 15 s from now)
-    first, second = gateway.mint("ada", ttl=45), gateway.mint("ada", ttl=3600)
+    first, second = gateway.mint("ada", ttl=ttl), gateway.mint("ada", ttl=3600)
     start(tab, gateway, token=None, tokens=[first, second], refreshBefore=59)
     wait_open(tab)
     tab.wait_for_function(
-        "window.clients.c.controls.some((m) => m.wm === 'refreshed')", timeout=5_000
+        "window.clients.c.controls.some((m) => m.wm === 'refreshed')", timeout=within_ms
     )
     record = seen(tab)
     assert record["asked"] == ["connect", "refresh"]

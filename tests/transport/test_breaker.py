@@ -16,6 +16,7 @@ from rich.console import Console
 from wiremesh import Context, InternalError, Service, Unavailable, rpc
 from wiremesh.client import MeshClient
 from wiremesh.core.breaker import BreakerSettings
+from wiremesh.observability.dashboard import MeshState
 from wiremesh.runtime.node_settings import NodeTransport
 from wiremesh.runtime.top import Sampler, top_table
 from wiremesh.testing import TestMesh
@@ -148,6 +149,12 @@ async def test_a_nodes_circuits_show_in_its_metrics_and_in_top(mesh: TestMesh) -
     await sampler.sample([front.info])
     (row,) = await sampler.sample([front.info])
     assert row.figures is not None and row.figures.circuits == {bad: "open"}
+    # the dashboard's node table reads the same figures
+    state = MeshState(lambda: mesh.client.view.snapshot, mesh="m", min_interval=0.0)
+    await state.document()
+    document = await state.document()
+    (shown,) = [n for n in document["nodes"] if n["id"] == front.node_id]
+    assert shown["open_circuits"] == {bad: "open"}
     console = Console(width=300, record=True, file=io.StringIO())
     console.print(top_table([row]))
     text = console.export_text()

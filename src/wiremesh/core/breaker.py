@@ -118,8 +118,6 @@ class Circuit:
     open_for: float = 0.0
     #: whether the half-open probe is out
     probing: bool = False
-    #: how many times it opened (for the metrics)
-    opened: int = 0
 
     def allows(self, now: float) -> bool:
         """Whether a call may go to the node now (and, half-open, takes the probe's turn:
@@ -173,7 +171,6 @@ class Circuit:
         self.state = State.OPEN
         self.until = now + self.open_for
         self.probing = False
-        self.opened += 1
         return True
 
     def _close(self) -> None:

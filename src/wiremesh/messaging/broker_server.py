@@ -416,9 +416,12 @@ class BrokerServer:
     # ------------------------------------------------------------------ delays
 
     def _delay(self, copy: Stored) -> None:
-        """Keep ``copy`` until its ``not_before`` (a retry's backoff, a delayed message)."""
+        """Keep ``copy`` until its ``not_before`` (a retry's backoff, a delayed message);
+        the timer moves only when ``copy`` comes first (a batch of delayed messages does not
+        set it again for each)."""
         heapq.heappush(self._delayed, (copy.not_before, copy.seq, copy))
-        self._arm()
+        if self._timer is None or self._delayed[0][2] is copy:
+            self._arm()
 
     def _arm(self) -> None:
         if self._timer is not None:

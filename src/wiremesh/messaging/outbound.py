@@ -54,10 +54,12 @@ def make_envelope(
     headers: Mapping[str, str] | None,
     *,
     sender: str,
-    due: float | None = None,
+    delay: float | None = None,
+    at: float | datetime | None = None,
 ) -> Envelope:
-    """A new envelope for ``payload`` (due at the unix time ``due``, when given); raises
-    :class:`InvalidPayload` for a bad topic, target, codec or payload."""
+    """A new envelope for ``payload`` (a delayed message with ``delay`` or ``at``: see
+    :func:`~wiremesh.messaging.base.due_time`); raises :class:`InvalidPayload` for a bad
+    topic, target, codec, payload or due time."""
     if not isinstance(topic, str) or (kind, topic) not in _checked:
         if kind == "command":
             check_command(topic)
@@ -67,7 +69,9 @@ def make_envelope(
             _checked.clear()
         _checked.add((kind, topic))
     body = encode(payload, codec)
-    head = {**(headers or {}), HEADER_SENDER: sender, HEADER_SENT_AT: repr(time.time())}
+    now = time.time()
+    due = due_time(delay, at, now=now)
+    head = {**(headers or {}), HEADER_SENDER: sender, HEADER_SENT_AT: repr(now)}
     if due is not None:
         head[HEADER_DUE] = repr(due)
     if tracing.enabled():
@@ -103,9 +107,8 @@ class Outbound:
         delay: float | None = None,
         at: float | datetime | None = None,
     ) -> str:
-        due = due_time(delay, at, now=time.time())
         envelope = make_envelope(
-            "event", topic, payload, codec, headers, sender=self.sender, due=due
+            "event", topic, payload, codec, headers, sender=self.sender, delay=delay, at=at
         )
         await self.broker.publish([envelope], timeout=self._timeout(timeout, deadline))
         return envelope.id
@@ -122,9 +125,8 @@ class Outbound:
         delay: float | None = None,
         at: float | datetime | None = None,
     ) -> str:
-        due = due_time(delay, at, now=time.time())
         envelope = make_envelope(
-            "command", target, payload, codec, headers, sender=self.sender, due=due
+            "command", target, payload, codec, headers, sender=self.sender, delay=delay, at=at
         )
         await self.broker.publish([envelope], timeout=self._timeout(timeout, deadline))
         return envelope.id

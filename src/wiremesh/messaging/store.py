@@ -51,7 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from wiremesh.core.codec import CodecName
 from wiremesh.errors import ConfigError
-from wiremesh.messaging.base import Envelope, Kind, due_time
+from wiremesh.messaging.base import Envelope, Kind
 from wiremesh.messaging.outbound import make_envelope
 from wiremesh.runtime.private import private_folder, private_sqlite
 
@@ -152,9 +152,7 @@ class Transaction:
         """Emit an event when (and only if) this transaction commits. Returns its id.
         ``delay`` (seconds from now, not from the commit) or ``at`` makes it a delayed
         message (see ``Context.emit``)."""
-        return self._add(
-            "event", topic, payload, codec, headers, due_time(delay, at, now=time.time())
-        )
+        return self._add("event", topic, payload, codec, headers, delay, at)
 
     def send(
         self,
@@ -168,8 +166,7 @@ class Transaction:
     ) -> str:
         """Send the command ``service.command`` when this transaction commits (``delay``
         and ``at`` as for :meth:`emit`)."""
-        due = due_time(delay, at, now=time.time())
-        return self._add("command", target, payload, codec, headers, due)
+        return self._add("command", target, payload, codec, headers, delay, at)
 
     def _add(
         self,
@@ -178,9 +175,12 @@ class Transaction:
         payload: Any,
         codec: CodecName,
         headers: Mapping[str, str] | None,
-        due: float | None,
+        delay: float | None,
+        at: float | datetime | None,
     ) -> str:
-        envelope = make_envelope(kind, topic, payload, codec, headers, sender=self._sender, due=due)
+        envelope = make_envelope(
+            kind, topic, payload, codec, headers, sender=self._sender, delay=delay, at=at
+        )
         self.envelopes.append(envelope)
         return envelope.id
 

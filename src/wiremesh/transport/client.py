@@ -353,8 +353,12 @@ class Caller:
                 raise Unavailable(f"no live node of service {where.service!r}")
             balancer = route.balancer
             breakers = self.breakers
-            now = monotonic()
-            left_out = breakers.left_out(where.service, now) if breakers.circuits else _NONE
+            left_out: set[str] | frozenset[str]
+            if breakers.circuits:  # (no clock read on the call path while none is kept)
+                now = monotonic()
+                left_out = breakers.left_out(where.service, now)
+            else:
+                now, left_out = 0.0, _NONE
             if where.node is not None and where.node in left_out:
                 raise Unavailable(
                     f"the circuit to node {where.node} is open: its calls kept failing "
