@@ -641,6 +641,29 @@ async def test_delayed_messages_from_a_handler_reach_billing_when_due() -> None:
         assert node.stats()["messages_dead"] == 0
 
 
+# ------------------------------------------------------------------------- timers.md
+
+
+async def test_the_timers_pages_poller_ticks_once_per_mesh_and_its_tests_pass() -> None:
+    page = "docs/timers.md"
+    source = example("timers.md", "poller")
+    poller = load(
+        "docs_poller",
+        (page, source.replace("every=30", "every=1")),
+        (page, example("timers.md", "poller-test")),
+    )
+    assert source.count("every=30") == 1
+    await poller.test_a_poll_emits_the_ticks_time()
+    await poller.test_the_poller_ticks_in_a_mesh()
+    async with TestMesh(poller.Poller, replicas={"poller": 2}) as mesh:
+        await eventually(
+            lambda: sum(n.stats()["ticks_run"] for n in mesh.nodes) >= 2, 10, "two ticks"
+        )
+        stats = [n.stats() for n in mesh.nodes]
+    assert sum(s["ticks_failed"] for s in stats) == 0
+    assert sum(s["ticks_skipped"] for s in stats) >= 1  # the second node's copy of a tick
+
+
 class Orders(Service):
     """The ``Orders`` of messaging.md's tests, which the page leaves to the reader."""
 

@@ -50,10 +50,12 @@ if TYPE_CHECKING:  # the names as type checkers see them; imported on first use 
         Service,
         ServiceProxy,
         command,
+        cron,
         on_event,
         on_socket,
         rpc,
         subscribe,
+        timer,
     )
     from wiremesh.session import Session, Sessions
 
@@ -94,10 +96,12 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "Service",
         "ServiceProxy",
         "command",
+        "cron",
         "on_event",
         "on_socket",
         "rpc",
         "subscribe",
+        "timer",
     ),
     "wiremesh.session": ("Session", "Sessions"),
 }
@@ -137,12 +141,14 @@ __all__ = [
     "__version__",
     "command",
     "connect",
+    "cron",
     "current_context",
     "on_event",
     "on_socket",
     "quorum",
     "rpc",
     "subscribe",
+    "timer",
 ]
 
 if not TYPE_CHECKING:  # hidden from type checkers, which would take any name for Any

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from wiremesh.core.codec import CodecName
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.gather import Mode, MulticastResult
+from wiremesh.core.schedule import tick_from_text
 from wiremesh.errors import BrokerUnavailable
+from wiremesh.messaging.base import HEADER_TICK
 
 if TYPE_CHECKING:
     from wiremesh.messaging.base import Envelope
@@ -78,7 +80,8 @@ class Context:
     the transport address; ``node_id`` and ``service`` say where the handler runs.
     In an ``@on_event`` or ``@command`` handler, ``message`` is the envelope being
     handled (its ``id``, ``topic``, ``attempt`` and ``headers``), ``metadata`` its headers
-    and ``caller`` the sending node; elsewhere ``message`` is None.
+    and ``caller`` the sending node; elsewhere ``message`` is None. In a ``@timer`` or
+    ``@cron`` method, ``tick`` is the time of the tick it runs.
     """
 
     __slots__ = (
@@ -115,6 +118,16 @@ class Context:
         self.caller = caller
         self.peer = peer
         self._caller = caller_client
+
+    @property
+    def tick(self) -> datetime | None:
+        """In a ``@timer`` or ``@cron`` method, the time of the tick being run (an aware
+        datetime, in the ``@cron``'s time zone; UTC for ``@timer``): the same on every
+        try of a tick, so a handler can make its work idempotent. None elsewhere."""
+        message = self.message
+        if message is None:
+            return None
+        return tick_from_text(message.headers.get(HEADER_TICK))
 
     @property
     def remaining(self) -> float:

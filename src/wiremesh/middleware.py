@@ -12,7 +12,8 @@ A service lists its middleware, outermost first; each one overrides the hooks it
 
 The hooks run around every entrypoint of the service's nodes: calls (``@rpc``, from the
 mesh, a foreign gRPC client or the HTTP door), ``@subscribe`` messages, ``@on_event`` and
-``@command`` messages, and the frames of browser sessions (``@on_socket``). Each sees one
+``@command`` messages, the ticks of ``@timer`` and ``@cron`` methods, and the frames of
+browser sessions (``@on_socket``). Each sees one
 :class:`Invocation`: the kind of entrypoint, the handler, its decoded arguments, the
 :class:`~wiremesh.Context` (None for a socket frame, whose ``session`` it has instead)
 and the principal when one is known.
@@ -48,8 +49,8 @@ __all__ = ["Invocation", "Kind", "Middleware", "around", "check_middleware"]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 #: what brought the work: a call, a published message, a durable event or command, a
-#: browser session's frame
-Kind = Literal["call", "publish", "event", "command", "socket"]
+#: timer's tick, a browser session's frame
+Kind = Literal["call", "publish", "event", "command", "timer", "socket"]
 
 #: the metadata key under which the HTTP door (and any caller that sets it) names the
 #: principal of a call

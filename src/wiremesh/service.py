@@ -12,11 +12,12 @@ type is read from its annotations (see :mod:`wiremesh.core.shape`). Each ``@subs
 method receives the messages published to the topics its patterns match (see
 ``docs/publish.md``). Each ``@on_event`` method consumes the durable events whose topics
 its patterns match, and each ``@command`` method the commands sent to
-``<service>.<command>`` (see ``docs/messaging.md``). The ``@on_socket`` method receives
-the messages of browser sessions that a gateway pinned to the node (see
-``docs/gateway.md``); ``on_session_open`` and ``on_session_close`` see those sessions
-begin and end. ``on_start`` and ``on_stop`` are the
-service's own lifecycle hooks, for the resources it owns.
+``<service>.<command>`` (see ``docs/messaging.md``). Each ``@timer`` and ``@cron`` method
+runs on a schedule, once per mesh or on every node (see ``docs/timers.md``). The
+``@on_socket`` method receives the messages of browser sessions that a gateway pinned to
+the node (see ``docs/gateway.md``); ``on_session_open`` and ``on_session_close`` see
+those sessions begin and end. ``on_start`` and ``on_stop`` are the service's own
+lifecycle hooks, for the resources it owns.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, overload
 
@@ -31,6 +33,7 @@ from wiremesh.core.channels import ChannelRules, check_channel_pattern
 from wiremesh.core.delivery import Delivery
 from wiremesh.core.model import MethodInfo
 from wiremesh.core.names import SERVICE_NAME, is_method_name
+from wiremesh.core.schedule import TICK_PREFIX, Cron, Every, Schedule
 from wiremesh.core.shape import SignatureShapes, signature_shapes
 from wiremesh.core.topics import check_pattern
 from wiremesh.errors import ConfigError, InvalidPayload
@@ -51,11 +54,14 @@ __all__ = [
     "ServiceSpec",
     "SocketSpec",
     "SubscriptionSpec",
+    "TimerSpec",
     "command",
+    "cron",
     "on_event",
     "on_socket",
     "rpc",
     "subscribe",
+    "timer",
 ]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -68,6 +74,11 @@ _DELIVERIES = ("pool", "broadcast", "singleton")
 #: handler runs at once per node when a decorator does not say
 DEFAULT_CONCURRENCY = 8
 _SOCKET_MARK = "__wiremesh_socket__"
+_TIMER_MARK = "__wiremesh_timer__"
+
+#: ``"once"``: one node of the whole mesh runs each tick; ``"every_node"``: each node does
+TimerDelivery = Literal["once", "every_node"]
+_TIMER_DELIVERIES = ("once", "every_node")
 
 
 @dataclass(frozen=True)
@@ -253,19 +264,65 @@ def on_socket(func: F | None = None, /, *, text: bool = False) -> F | Callable[[
     return mark
 
 
+def timer(*, every: float | timedelta, delivery: TimerDelivery = "once") -> Callable[[F], F]:
+    """Run an ``async def`` method of a :class:`Service` every ``every`` seconds (a
+    number, 1 or more, or a :class:`~datetime.timedelta`), at the whole multiples of it
+    since the Unix epoch: ``every=60`` ticks at the start of each UTC minute.
+
+    ``delivery="once"`` (the default): one node of the whole mesh runs each tick, however
+    many replicas run on however many hosts; the tick goes through the broker, so a node
+    killed mid-tick hands it to another (at least once) and a tick that fell due while
+    every node was down runs once when one returns. ``"every_node"``: each node runs
+    each tick by itself. The method takes only the context; ``ctx.tick`` is the tick's
+    time (an aware :class:`~datetime.datetime`), the same on every try of it::
+
+        @timer(every=30)
+        async def poll(self, ctx: Context) -> None: ...
+    """
+    schedule = Every.of(every)
+    return _mark_timer(schedule, delivery, "@timer")
+
+
+def cron(
+    expression: str, /, *, tz: str = "UTC", delivery: TimerDelivery = "once"
+) -> Callable[[F], F]:
+    """Run an ``async def`` method of a :class:`Service` at the times a five-field cron
+    expression matches on the wall clock of ``tz`` (an IANA time zone name)::
+
+        @cron("*/5 * * * *", tz="Europe/Berlin")
+        async def sync(self, ctx: Context) -> None: ...
+
+    ``delivery`` and ``ctx.tick`` as for :func:`timer`.
+    """
+    return _mark_timer(Cron(expression, tz), delivery, "@cron")
+
+
+def _mark_timer(schedule: Schedule, delivery: str, where: str) -> Callable[[F], F]:
+    if delivery not in _TIMER_DELIVERIES:
+        raise ConfigError(f"{where}: delivery must be 'once' or 'every_node', not {delivery!r}")
+    return _mark_once(_TIMER_MARK, (schedule, delivery), where, "@timer or @cron")
+
+
 def _check_concurrency(concurrency: object, where: str) -> None:
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
         raise ConfigError(f"{where}: concurrency must be a positive integer, not {concurrency!r}")
 
 
 def _mark_handler(options: _HandlerOptions, where: str) -> Callable[[F], F]:
+    return _mark_once(_HANDLER_MARK, options, where, "@on_event or @command")
+
+
+def _mark_once(attribute: str, value: object, where: str, which: str) -> Callable[[F], F]:
+    """A decorator (``where``) that sets ``attribute`` of an ``async def`` method to
+    ``value``; a method takes one of ``which``."""
+
     def mark(f: F) -> F:
         is_async = inspect.iscoroutinefunction(f)
         if not is_async:
             raise TypeError(f"{where} method {f.__qualname__} must be 'async def'")
-        if getattr(f, _HANDLER_MARK, None) is not None:
-            raise ConfigError(f"{f.__qualname__}: one @on_event or @command per method")
-        setattr(f, _HANDLER_MARK, options)
+        if getattr(f, attribute, None) is not None:
+            raise ConfigError(f"{f.__qualname__}: one {which} per method")
+        setattr(f, attribute, value)
         return f
 
     return mark
@@ -320,6 +377,21 @@ class HandlerSpec:
 
 
 @dataclass(frozen=True)
+class TimerSpec:
+    """One ``@timer`` or ``@cron`` method: when it ticks and where it runs."""
+
+    #: the method's name, also its handler's name (``service/tick:<attribute>``)
+    attribute: str
+    schedule: Schedule
+    delivery: TimerDelivery
+    shapes: SignatureShapes
+
+    def target(self, service: str) -> str:
+        """The command its ticks travel as (``once``): ``<service>.tick:<attribute>``."""
+        return f"{service}.{TICK_PREFIX}{self.attribute}"
+
+
+@dataclass(frozen=True)
 class SocketSpec:
     """The ``@on_socket`` method: its attribute, and whether it takes text messages."""
 
@@ -341,6 +413,14 @@ class ServiceSpec:
     socket: SocketSpec | None = None
     #: the service's middleware, outermost first (:mod:`wiremesh.middleware`)
     middleware: tuple[Middleware, ...] = ()
+    #: the ``@timer`` and ``@cron`` methods
+    timers: tuple[TimerSpec, ...] = ()
+
+    @property
+    def needs_broker(self) -> bool:
+        """Whether the service's nodes consume from a broker: for its event and command
+        handlers, and its timers that run once per mesh."""
+        return bool(self.handlers) or any(t.delivery == "once" for t in self.timers)
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -391,7 +471,31 @@ class ServiceSpec:
             handlers,
             _socket_of(service_cls),
             check_middleware(service_cls.__qualname__, service_cls.middleware),
+            _timers_of(service_cls),
         )
+
+
+def _timers_of(service_cls: type[Service]) -> tuple[TimerSpec, ...]:
+    found: list[TimerSpec] = []
+    for attribute, member in inspect.getmembers(service_cls, inspect.isfunction):
+        marked = getattr(member, _TIMER_MARK, None)
+        if marked is None:
+            continue
+        where = f"{service_cls.__qualname__}.{attribute}"
+        if getattr(member, _RPC_MARK, None) or getattr(member, _HANDLER_MARK, None):
+            raise ConfigError(f"{where}: a timer is not also an @rpc, @on_event or @command")
+        if not is_method_name(attribute):
+            raise ConfigError(f"{where}: a timer's name is a plain identifier")
+        try:
+            shapes = signature_shapes(member, skip=2)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc
+        if shapes.param_types:
+            names = ", ".join(shapes.param_types)
+            raise ConfigError(f"{where}: a timer takes only (self, ctx), not {names}")
+        schedule, delivery = marked
+        found.append(TimerSpec(attribute, schedule, delivery, shapes))
+    return tuple(found)
 
 
 def _socket_of(service_cls: type[Service]) -> SocketSpec | None:

@@ -15,6 +15,7 @@ Two levels, as in Nameko (``worker_factory``, ``entrypoint_hook``):
 
       await deliver(flows, "order_created", {"id": 7})
       assert [e.topic for e in flows.mesh.sent] == ["flows.started"]
+      await deliver(flows, "nightly", tick=datetime(2026, 12, 7, 3, 0, tzinfo=UTC))  # a timer
 
 * **Real services on loopback.** :class:`TestMesh` starts an embedded registry and real
   gRPC nodes inside the test's event loop, calls them like any client, and can replace a
@@ -44,6 +45,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -55,15 +57,16 @@ from wiremesh.core.deadline import Deadline
 from wiremesh.core.defaults import CALL_TIMEOUT, HANDLER_TIMEOUT, TTL
 from wiremesh.core.gather import MulticastResult
 from wiremesh.core.model import MeshSnapshot
+from wiremesh.core.schedule import tick_text
 from wiremesh.errors import ConfigError, NodeNotFound, Unavailable
 from wiremesh.messaging.backends import open_broker
-from wiremesh.messaging.base import Broker, Envelope
+from wiremesh.messaging.base import HEADER_TICK, Broker, Envelope
 from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.messaging.outbound import make_envelope
 from wiremesh.messaging.store import Store
 from wiremesh.registry.embedded import RegistryServer
 from wiremesh.runtime.node import Node, NodeMembership, NodeMessaging, NodeNetwork, NodeTransport
-from wiremesh.service import Service, ServiceProxy, ServiceSpec
+from wiremesh.service import HandlerSpec, Service, ServiceProxy, ServiceSpec
 from wiremesh.transport import grpc_core
 
 if TYPE_CHECKING:
@@ -199,17 +202,31 @@ async def deliver(
     headers: Mapping[str, str] | None = None,
     attempt: int = 1,
     timeout: float = HANDLER_TIMEOUT,
+    tick: datetime | None = None,
 ) -> Envelope:
     """Run ``instance``'s ``@on_event`` or ``@command`` method ``handler`` for one message,
     as the broker would: the payload is encoded and decoded with ``codec`` and validated
     (a bad payload raises :class:`~wiremesh.InvalidPayload`, which in a running mesh makes
     it a dead letter), the handler gets a real :class:`Context` whose ``message`` is the
     envelope, and whatever it raises is raised here. ``topic`` defaults to the handler's
-    first pattern (a command's ``service.command``). Returns the envelope delivered."""
+    first pattern (a command's ``service.command``). Returns the envelope delivered.
+
+    ``handler`` may also be a ``@timer`` or ``@cron`` method: it runs for one tick,
+    ``tick`` (an aware datetime; by default the schedule's last tick), as ``ctx.tick``."""
     spec = ServiceSpec.of(type(instance))
     found = [h for h in spec.handlers if h.attribute == handler]
+    timers = {t.attribute: t for t in spec.timers}
+    if not found and handler in timers:
+        timer = timers[handler]
+        moment = time.time() if tick is None else tick.timestamp()
+        if tick is None:
+            moment = timer.schedule.before(moment + 1e-6) or timer.schedule.after(moment)
+        headers = {**(headers or {}), HEADER_TICK: tick_text(timer.schedule, moment)}
+        found = [
+            HandlerSpec(handler, "command", (timer.target(spec.name),), "pool", 1, timer.shapes)
+        ]
     if not found:
-        known = ", ".join(sorted(h.attribute for h in spec.handlers)) or "none"
+        known = ", ".join(sorted([*(h.attribute for h in spec.handlers), *timers])) or "none"
         raise AttributeError(f"{spec.name} has no message handler {handler!r} (handlers: {known})")
     handler_spec = found[0]
     topic = topic or handler_spec.patterns[0].replace("#", "any").replace("*", "any")
@@ -347,7 +364,7 @@ class TestMesh:
         self.services = services
         #: "embedded", an amqp url, or None: embedded when a service has message handlers
         self.broker_url = broker
-        if broker is None and any(ServiceSpec.of(cls).handlers for cls in services):
+        if broker is None and any(ServiceSpec.of(cls).needs_broker for cls in services):
             self.broker_url = "embedded"
         self.broker_server: BrokerServer | None = None
         #: names the mesh's queues on a shared broker (RabbitMQ): unique per TestMesh

@@ -12,7 +12,16 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from wiremesh import Context, InvalidPayload, Service, ServiceError, on_event, rpc, subscribe
+from wiremesh import (
+    Context,
+    InvalidPayload,
+    Service,
+    ServiceError,
+    on_event,
+    rpc,
+    subscribe,
+    timer,
+)
 from wiremesh.errors import DeadlineExceeded
 from wiremesh.observability.metrics import METRICS_KEY
 from wiremesh.runtime.node import Node
@@ -193,6 +202,11 @@ class Ledger(Service):
 
     def __init__(self) -> None:
         self.seen: list[int] = []
+        self.days = 0
+
+    @timer(every=1)
+    async def close_day(self, ctx: Context) -> None:
+        self.days += 1
 
     @on_event("ledger.entry")
     async def on_entry(self, ctx: Context, amount: int) -> None:
@@ -209,7 +223,10 @@ async def test_durable_messages_are_counted_on_the_consuming_node() -> None:
         await eventually(lambda: len(ledger.seen) == 3)
         node = mesh.nodes[0]
         await eventually(lambda: node.stats()["messages_dead"] == 1)
+        await eventually(lambda: ledger.days >= 1)
         samples = await read(node)
     assert value(samples, "wiremesh_node_messages_handled_total") == 3
     assert value(samples, "wiremesh_node_messages_dead_total") == 1
+    # a timer's ticks are counted apart from the messages
+    assert value(samples, "wiremesh_node_ticks_run_total") >= 1
     assert ("wiremesh_node_messages_waiting", ()) in samples  # a gauge

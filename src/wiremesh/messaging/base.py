@@ -28,6 +28,7 @@ __all__ = [
     "HEADER_DUE",
     "HEADER_SENDER",
     "HEADER_SENT_AT",
+    "HEADER_TICK",
     "HEADER_TRACEPARENT",
     "Binding",
     "Broker",
@@ -55,6 +56,9 @@ HEADER_SENT_AT = "wm-sent-at"
 #: unix time a delayed message is due, a float written as a string: the broker hands it to
 #: no consumer before (``emit(..., delay=…)``, ``send(..., at=…)``)
 HEADER_DUE = "wm-due"
+#: the tick a timer's tick command is for, ISO 8601 with its UTC offset
+#: (:mod:`wiremesh.messaging.timers`)
+HEADER_TICK = "wm-tick"
 #: the longest delay a message may have: a year
 MAX_DELAY = 366 * 86400.0
 

@@ -38,7 +38,7 @@ from wiremesh.core.delivery import DeadLetter, DeliveryPolicy, Retry
 from wiremesh.errors import InvalidPayload, WiremeshError
 from wiremesh.messaging.base import HEADER_SENDER, Binding, Broker, Received, Subscription
 from wiremesh.messaging.store import Duplicate, InboxMark, Store, inbox_mark
-from wiremesh.middleware import around
+from wiremesh.middleware import Kind, around
 from wiremesh.service import HandlerSpec, Service, ServiceSpec
 from wiremesh.transport.entrypoint import Pipeline
 
@@ -118,6 +118,7 @@ class MessageHandler:
         store: Store | None = None,
         policy: DeliveryPolicy | None = None,
         timeout: float = HANDLER_TIMEOUT,
+        kind: Kind | None = None,
     ) -> None:
         self.spec = spec
         self.service_name = service_name
@@ -131,7 +132,7 @@ class MessageHandler:
         # (the middleware was checked with the service's spec, as the node started)
         self._func: Callable[..., Awaitable[Any]] = around(
             tuple(type(service).middleware),
-            spec.kind,
+            kind or spec.kind,
             service_name,
             spec.attribute,
             getattr(service, spec.attribute),

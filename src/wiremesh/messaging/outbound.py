@@ -34,7 +34,8 @@ from wiremesh.observability import tracing
 
 __all__ = ["Outbound", "attach", "check_command", "detach", "make_envelope", "outbound_of"]
 
-_COMMAND = re.compile(r"^[a-z][a-z0-9_-]{0,62}\.[A-Za-z_][A-Za-z0-9_]*$")
+#: (``tick:`` before the command: a timer's ticks, see :mod:`wiremesh.messaging.timers`)
+_COMMAND = re.compile(r"^[a-z][a-z0-9_-]{0,62}\.(?:tick:)?[A-Za-z_][A-Za-z0-9_]*$")
 #: (kind, topic) pairs found valid already, not checked again
 _checked: set[tuple[str, str]] = set()
 

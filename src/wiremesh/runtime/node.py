@@ -3,7 +3,7 @@
 Every kind of work comes in through an entrypoint
 (:class:`~wiremesh.transport.entrypoint.Entrypoint`: ``start``, ``drain``, ``close``),
 and the node treats them alike, in two ordered lists: :attr:`Node.handed_over` (message
-handlers, browser sessions: their new work can go to other nodes) and
+handlers, timers, browser sessions: their new work can go to other nodes) and
 :attr:`Node.serving` (calls over links, publishes, the gRPC server and its unary calls:
 they serve the work in flight).
 
@@ -34,6 +34,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -55,6 +56,7 @@ from wiremesh.messaging.consumer import Consumers
 from wiremesh.messaging.outbound import Outbound, attach, detach
 from wiremesh.messaging.outbox import Relay
 from wiremesh.messaging.store import Store
+from wiremesh.messaging.timers import Timers
 from wiremesh.observability.endpoint import MetricsEndpoint
 from wiremesh.observability.metrics import (
     METRICS_KEY,
@@ -308,6 +310,14 @@ class Node:
         #: seconds a handled message's id stays in the inbox (0: for ever)
         self.inbox_keep = messaging.inbox_keep
         self._pruner: asyncio.Task[None] | None = None
+        #: how the message handlers and the timers run
+        handling: dict[str, Any] = {
+            "node_id": self.node_id,
+            "caller": self.caller,
+            "store": self.store,
+            "policy": messaging.delivery,
+            "timeout": messaging.handler_timeout,
+        }
         if broker is not None:
             publish_timeout = messaging.publish_timeout or default_timeout
             attach(
@@ -316,26 +326,24 @@ class Node:
             )
             self.relay = Relay(self.store, broker, timeout=publish_timeout)
             self.consumers = Consumers.of(
-                instance,
-                self.spec,
-                broker,
-                node_id=self.node_id,
-                caller=self.caller,
-                store=self.store,
-                policy=messaging.delivery,
-                timeout=messaging.handler_timeout,
-                prefetch=messaging.prefetch,
+                instance, self.spec, broker, prefetch=messaging.prefetch, **handling
             )
         elif self.spec.handlers:
             log.warning(
                 "%s has message handlers but this node runs without a broker: they get nothing",
                 self.spec.name,
             )
+        #: the ``@timer`` and ``@cron`` methods (once per mesh: through the broker)
+        self.timers = Timers.of(instance, self.spec, broker, **handling)
         #: the entrypoints whose new work other nodes take (a message left unsettled goes
         #: back to the broker, a browser reconnects to a live node): drained as soon as
         #: this node takes no new work (:meth:`finish_work`), together; in this order by
         #: :meth:`stop` when nothing drained them before
-        self.handed_over: tuple[Entrypoint, ...] = (self.consumers, _Sessions(self.sockets))
+        self.handed_over: tuple[Entrypoint, ...] = (
+            self.consumers,
+            self.timers,
+            _Sessions(self.sockets),
+        )
         #: the entrypoints that serve the work in flight, drained one after the other by
         #: :meth:`stop`: calls over links (new work refused, the running calls finish, the
         #: links close), then the publishes that arrived before the links closed, then the
@@ -381,12 +389,15 @@ class Node:
         that did not validate) and ``publish_failed`` (handlers that raised). Durable
         messages handled here: ``messages_handled``, ``messages_duplicates`` (dropped by the
         inbox), ``messages_retried``, ``messages_dead`` and ``messages_waiting`` (handed
-        over by the broker, waiting for a free worker).
+        over by the broker, waiting for a free worker). Timers: ``ticks_run``,
+        ``ticks_skipped``, ``ticks_retried``, ``ticks_failed``
+        (:meth:`~wiremesh.messaging.timers.Timers.stats`).
         """
         return {
             **publisher_of(self.caller).stats(),
             **self.subscriptions.stats(),
             **self.consumers.stats(),
+            **self.timers.stats(),
         }
 
     async def join_group(self, group: str) -> None:

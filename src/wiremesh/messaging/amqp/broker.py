@@ -239,7 +239,7 @@ class AmqpBroker:
             lambda: self._declare_queue(
                 self._channel,
                 name,
-                topo.queue_arguments(t, None, quorum=self.quorum),
+                topo.queue_arguments(t, None, quorum=self.quorum, target=target),
                 (t.commands, target),
             ),
         )

@@ -18,8 +18,9 @@ name                           type      what
 
 Queues: ``wm.M.event.<service>.<handler>`` (pool and singleton, durable),
 ``wm.M.event.<service>.<handler>@<node>`` (broadcast, exclusive, auto-delete),
-``wm.M.command.<service>.<command>`` (durable), ``wm.M.dead``, ``wm.M.delay.<ms>`` and
-``wm.M.delayed``.
+``wm.M.command.<service>.<command>`` (durable; a timer's ticks,
+``wm.M.command.<service>.tick:<method>``, single active consumer), ``wm.M.dead``,
+``wm.M.delay.<ms>`` and ``wm.M.delayed``.
 
 A delayed message (``emit(..., delay=…)``, its ``wm-due`` header) hops through the delay
 queues: each hop waits in the largest bucket no longer than the time left, then expires
@@ -39,6 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from wiremesh.core.schedule import TICK_PREFIX
 from wiremesh.messaging.base import Binding, DeadLetter, Envelope, Kind
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "delayed_hop",
     "envelope_from",
     "headers_for",
+    "is_tick_target",
     "next_hop",
     "queue_arguments",
 ]
@@ -264,16 +267,28 @@ class Topology:
         return amqp_queue
 
 
-def queue_arguments(topology: Topology, binding: Binding | None, *, quorum: bool) -> dict[str, Any]:
-    """The ``x-`` arguments of a consumer queue (``binding``; ``None``: a command queue
-    declared by its sender)."""
+def queue_arguments(
+    topology: Topology, binding: Binding | None, *, quorum: bool, target: str | None = None
+) -> dict[str, Any]:
+    """The ``x-`` arguments of a consumer queue (``binding``; ``None``: the queue of the
+    command ``target``, declared by its sender). A singleton event handler's queue, and a
+    timer's ticks (``<service>.tick:<method>``), have one active consumer at a time."""
     arguments: dict[str, Any] = {"x-dead-letter-exchange": topology.dead}
     broadcast = binding is not None and binding.delivery == "broadcast"
     if quorum and not broadcast:  # exclusive queues cannot be quorum queues
         arguments["x-queue-type"] = "quorum"
-    if binding is not None and binding.kind == "event" and binding.delivery == "singleton":
+    if binding is not None and binding.kind == "command":
+        target = binding.patterns[0]
+    if (binding is not None and binding.kind == "event" and binding.delivery == "singleton") or (
+        target is not None and is_tick_target(target)
+    ):
         arguments["x-single-active-consumer"] = True
     return arguments
+
+
+def is_tick_target(target: str) -> bool:
+    """Whether the command ``target`` carries a timer's ticks (``<service>.tick:<method>``)."""
+    return target.partition(".")[2].startswith(TICK_PREFIX)
 
 
 def delay_queue_arguments(bucket_ms: int, *, quorum: bool) -> dict[str, Any]:
