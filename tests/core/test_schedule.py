@@ -94,6 +94,14 @@ def test_the_ledger_runs_the_first_copy_of_a_tick_and_drops_the_others() -> None
     assert ledger.verdict(110.0, 1, now=110.1) == "run"
 
 
+def test_a_late_first_copy_of_a_tick_older_than_one_that_ran_is_dropped() -> None:
+    ledger = TickLedger(Every(10))
+    ledger.ran(120.0)  # (another node ran it: the marker it left says so)
+    assert ledger.verdict(110.0, 1, now=121.0) == "overtaken"
+    assert ledger.verdict(110.0, 2, now=121.0) == "run"  # a retry of an older failed one
+    assert ledger.verdict(130.0, 1, now=130.1) == "run"
+
+
 def test_the_ledger_lets_a_failed_tick_run_again_only_as_its_retry() -> None:
     ledger = TickLedger(Every(10))
     ledger.retrying(100.0)
@@ -119,5 +127,5 @@ def test_the_ledger_remembers_a_bounded_number_of_ticks() -> None:
     ledger = TickLedger(Every(1), keep=3)
     for tick in (1.0, 2.0, 3.0, 4.0):
         ledger.ran(tick)
-    assert ledger.verdict(1.0, 1, now=4.5) == "run"  # forgotten (no tick runs that late)
-    assert ledger.verdict(2.0, 1, now=4.5) == "duplicate"
+    assert ledger.verdict(1.0, 2, now=4.5) == "run"  # forgotten: even a retry of it runs
+    assert ledger.verdict(2.0, 2, now=4.5) == "duplicate"

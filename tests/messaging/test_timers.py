@@ -26,6 +26,7 @@ from wiremesh import (
     timer,
 )
 from wiremesh.core.delivery import DeliveryPolicy
+from wiremesh.messaging.base import HEADER_TICK
 from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.service import ServiceSpec
 from wiremesh.testing import TestMesh
@@ -145,6 +146,20 @@ class Every3(Service):
     async def tick(self, ctx: Context) -> None:
         assert ctx.tick is not None
         RUNS.append(("every3", ctx.tick, self.node_id, 1))
+
+
+async def test_a_late_copy_of_a_tick_that_ran_is_dropped_by_the_next_consumer(
+    broker_url: str,
+) -> None:
+    async with TestMesh(Every3, broker=broker_url, replicas={"every3": 2}) as mesh:
+        await eventually(lambda: len(RUNS) >= 1, 10)
+        tick, first, _ = runs("every3")[0]
+        (other,) = [n for n in mesh.nodes if n.node_id != first]
+        await mesh.stop_node(first)  # the marker of the tick it ran goes back to the queue
+        # a copy of that tick, late (as one a busy node moved on would be)
+        await mesh.send("every3.tick:tick", None, headers={HEADER_TICK: tick.isoformat()})
+        await eventually(lambda: other.stats()["ticks_skipped"] >= 1, 10)
+    assert [t for t, _, _ in runs("every3")].count(tick) == 1
 
 
 class Flaky(Service):

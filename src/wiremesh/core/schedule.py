@@ -160,11 +160,13 @@ class TickLedger:
 
     ``verdict(tick, attempt, now)``: ``"run"`` for the first copy of a tick;
     ``"duplicate"`` for another copy of a tick that ran, or that failed and waits for its
-    retry (the retry itself, ``attempt > 1``, runs); ``"overtaken"`` when a later tick of
-    the schedule is already due and was planned by this node (``planned_from``: the first
-    tick it planned), so its copy is on the way. Then ``ran(tick)`` once it succeeded (or
-    was given up), ``retrying(tick)`` when it failed and comes back. Remembers the last
-    ``keep`` ticks.
+    retry (the retry itself, ``attempt > 1``, runs); ``"overtaken"`` for a first copy of
+    a tick older than one that ran (a late copy: the ticks run in order), or when a later
+    tick of the schedule is already due and was planned by this node (``planned_from``:
+    the first tick it planned), so its copy is on the way. Then ``ran(tick)`` once it
+    succeeded (or was given up; or when another node says it ran, see
+    :mod:`wiremesh.messaging.timers`), ``retrying(tick)`` when it failed and comes back.
+    Remembers the last ``keep`` ticks.
     """
 
     def __init__(self, schedule: Schedule, *, keep: int = 256) -> None:
@@ -174,11 +176,15 @@ class TickLedger:
         self.planned_from: float | None = None
         #: tick -> "ran" or "retrying", oldest first
         self._seen: OrderedDict[float, str] = OrderedDict()
+        #: the newest tick known to have run
+        self.newest_ran: float | None = None
 
     def verdict(self, tick: float, attempt: int, now: float) -> TickVerdict:
         state = self._seen.get(tick)
         if state == "ran" or (state == "retrying" and attempt <= 1):
             return "duplicate"
+        if attempt <= 1 and self.newest_ran is not None and tick < self.newest_ran:
+            return "overtaken"
         planned = self.planned_from
         if planned is not None:
             latest = self.schedule.before(now + 1e-6)
@@ -188,6 +194,8 @@ class TickLedger:
 
     def ran(self, tick: float) -> None:
         self._remember(tick, "ran")
+        if self.newest_ran is None or tick > self.newest_ran:
+            self.newest_ran = tick
 
     def retrying(self, tick: float) -> None:
         self._remember(tick, "retrying")

@@ -29,6 +29,7 @@ __all__ = [
     "HEADER_SENDER",
     "HEADER_SENT_AT",
     "HEADER_TICK",
+    "HEADER_TICK_RAN",
     "HEADER_TRACEPARENT",
     "Binding",
     "Broker",
@@ -59,6 +60,8 @@ HEADER_DUE = "wm-due"
 #: the tick a timer's tick command is for, ISO 8601 with its UTC offset
 #: (:mod:`wiremesh.messaging.timers`)
 HEADER_TICK = "wm-tick"
+#: on a timer's tick command: this tick ran (a marker, see :mod:`wiremesh.messaging.timers`)
+HEADER_TICK_RAN = "wm-tick-ran"
 #: the longest delay a message may have: a year
 MAX_DELAY = 366 * 86400.0
 

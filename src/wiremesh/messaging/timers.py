@@ -6,8 +6,10 @@ next tick as a delayed command (``<service>.tick:<method>``, its time in the ``w
 header) that the broker keeps, on disk, until it is due. The ticks' queue is a singleton:
 one node consumes it at a time (the broker hands it to another when that node goes), and
 runs the first copy of each tick; a :class:`~wiremesh.core.schedule.TickLedger` drops the
-other copies. So a tick runs once however many nodes planned it; a node killed mid-tick
-leaves it unacknowledged and the next consumer runs it (at least once: the same
+other copies, and a marker of the last tick that ran, which the consumer holds and the
+broker hands to the next one (:class:`TickHandler`), keeps a late copy from running on the
+next consumer. So a tick runs once however many nodes planned it; a node killed
+mid-tick leaves it unacknowledged and the next consumer runs it (at least once: the same
 ``ctx.tick`` each time, for handlers that must be idempotent); a tick that fell due while
 every node was down waits in the broker and runs once when a node returns. A failed
 tick is retried and dead-lettered like any command.
@@ -22,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from wiremesh.context import MeshCaller
@@ -33,6 +35,7 @@ from wiremesh.errors import BrokerUnavailable, WiremeshError
 from wiremesh.messaging.base import (
     HEADER_SENDER,
     HEADER_TICK,
+    HEADER_TICK_RAN,
     Binding,
     Broker,
     Envelope,
@@ -54,6 +57,9 @@ PLAN_RETRY = 1.0
 PLAN_TIMEOUT = 5.0
 #: copies of a once-per-mesh timer's ticks a node takes from the broker at a time
 TICK_PREFETCH = 16
+#: seconds a consumer holds a marker of the last tick that ran before it sends it again
+#: (under RabbitMQ's consumer_timeout, 30 minutes by default)
+MARK_RENEW = 600.0
 
 
 def _handler_spec(service: str, timer: TimerSpec) -> HandlerSpec:
@@ -65,10 +71,12 @@ def _handler_spec(service: str, timer: TimerSpec) -> HandlerSpec:
 
 
 class _Settled:
-    """A received tick that remembers how the handler settled it."""
+    """A received tick that remembers how the handler settled it, and runs ``before_ack``
+    before it acknowledges it."""
 
-    def __init__(self, received: Received) -> None:
+    def __init__(self, received: Received, before_ack: Callable[[], Awaitable[None]]) -> None:
         self._received = received
+        self._before_ack = before_ack
         self.outcome: Literal["ack", "retry", "dead"] | None = None
 
     @property
@@ -77,6 +85,7 @@ class _Settled:
 
     async def ack(self) -> None:
         self.outcome = "ack"
+        await self._before_ack()
         await self._received.ack()
 
     async def retry(self, delay: float, reason: str) -> None:
@@ -90,16 +99,34 @@ class _Settled:
 
 class TickHandler(MessageHandler):
     """Runs the ticks of a once-per-mesh timer that reach this node: the first copy of
-    each (its :class:`TickLedger` decides), the others acknowledged unrun."""
+    each (its :class:`TickLedger` decides), the others acknowledged unrun.
 
-    def __init__(self, *args: Any, ledger: TickLedger, **kwargs: Any) -> None:
+    What ran survives the node: before it acknowledges a tick it ran, the node sends a
+    *marker* of it (the tick's command with ``wm-tick-ran``) to the same queue, and the
+    consumer holds the newest marker it has seen unacknowledged. When the consumer goes,
+    the broker hands its marker to the next one together with the queue, so that a late
+    copy of a tick that ran (moved by a busy node) is dropped there too. A marker held
+    for :data:`MARK_RENEW` seconds is sent again and the old one acknowledged (RabbitMQ
+    closes a channel that holds a message too long).
+    """
+
+    def __init__(
+        self, *args: Any, ledger: TickLedger, broker: Broker, target: str, **kwargs: Any
+    ) -> None:
         super().__init__(*args, kind="timer", **kwargs)
         self.ledger = ledger
+        self.broker = broker
+        self.target = target
         self.counts["skipped"] = 0
+        #: the newest marker seen, held unacknowledged, and its tick
+        self._held: tuple[Received, float] | None = None
+        self._renew: asyncio.TimerHandle | None = None
+        self._renewing: asyncio.Task[None] | None = None
 
     async def handle(self, received: Received) -> None:
         envelope = received.envelope
-        tick = tick_from_text(envelope.headers.get(HEADER_TICK))
+        text = envelope.headers.get(HEADER_TICK)
+        tick = tick_from_text(text)
         if tick is None:
             reason = "a tick without its time (no valid wm-tick header)"
             log.error(
@@ -109,16 +136,76 @@ class TickHandler(MessageHandler):
             await received.dead(reason)
             return
         at = tick.timestamp()
+        if envelope.headers.get(HEADER_TICK_RAN):
+            await self._marker(received, at)
+            return
         if self.ledger.verdict(at, envelope.attempt, time.time()) != "run":
             self.counts["skipped"] += 1
             await received.ack()
             return
-        settled = _Settled(received)
+        settled = _Settled(received, lambda: self._mark(text or ""))
         await super().handle(settled)
         if settled.outcome == "retry":
             self.ledger.retrying(at)
         elif settled.outcome is not None:  # handled, or given up as a dead letter
             self.ledger.ran(at)
+
+    async def _mark(self, text: str) -> None:
+        """Send the marker of the tick ``text`` that ran here (before its ack)."""
+        envelope = make_envelope(
+            "command",
+            self.target,
+            None,
+            "msgpack",
+            {HEADER_TICK: text, HEADER_TICK_RAN: "1"},
+            sender=self.node_id,
+        )
+        try:
+            await self.broker.publish([envelope], timeout=PLAN_TIMEOUT)
+        except WiremeshError as exc:  # this node still knows; the next one may not
+            log.warning(
+                "%s/%s: could not note that the tick of %s ran: %s",
+                self.service_name,
+                self.spec.attribute,
+                text,
+                exc,
+            )
+
+    async def _marker(self, received: Received, at: float) -> None:
+        """Another (or this) node ran the tick ``at``: note it, and hold the newest
+        marker."""
+        self.ledger.ran(at)
+        held = self._held
+        if held is not None and held[1] > at:
+            await received.ack()
+            return
+        self._held = (received, at)
+        if self._renew is not None:
+            self._renew.cancel()
+        self._renew = asyncio.get_running_loop().call_later(MARK_RENEW, self._start_renewal)
+        if held is not None:
+            await held[0].ack()
+
+    def _start_renewal(self) -> None:
+        self._renew = None
+        held = self._held
+        if held is not None and self._renewing is None:
+            text = held[0].envelope.headers.get(HEADER_TICK, "")
+            self._renewing = asyncio.get_running_loop().create_task(self._renewal(text))
+
+    async def _renewal(self, text: str) -> None:
+        try:
+            await self._mark(text)  # it comes back, and replaces the one held
+        finally:
+            self._renewing = None
+
+    def close(self) -> None:
+        """Stop renewing the marker (the node stops; the broker takes the marker back)."""
+        if self._renew is not None:
+            self._renew.cancel()
+            self._renew = None
+        if self._renewing is not None:
+            self._renewing.cancel()
 
 
 class TickPlanner:
@@ -319,7 +406,15 @@ class Timers:
                 continue
             ledger = TickLedger(timer.schedule)
             handler = TickHandler(
-                handler_spec, service, spec.name, node_id, caller, ledger=ledger, **options
+                handler_spec,
+                service,
+                spec.name,
+                node_id,
+                caller,
+                ledger=ledger,
+                broker=broker,
+                target=timer.target(spec.name),
+                **options,
             )
             binding = Binding(
                 service=spec.name,
@@ -368,6 +463,9 @@ class Timers:
     async def close(self) -> None:
         for planner in self.planners:
             await planner.close()
+        for runner in self.runners:
+            if isinstance(runner.handler, TickHandler):
+                runner.handler.close()
         await asyncio.gather(
             *(runner.close() for runner in self.runners),
             *(timer.close() for timer in self.local),
