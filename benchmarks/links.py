@@ -8,15 +8,19 @@ process, the raw peers' and this one included, on the loop wiremesh's processes 
 uvloop when it is installed, the fast configuration, else asyncio's default loop; the
 RESULT's ``loop`` says which):
 
-- *wiremesh*: an embedded registry, a node of ``Echo`` and a node of ``Sink`` (which
-  subscribes to the benchmark's topic and counts what arrives);
+- *wiremesh*: an embedded registry, a node of ``Echo``, a node of ``Sink`` (which
+  subscribes to the benchmark's topic and counts what arrives) and a node of
+  ``Streamer`` (a server-streaming ``items`` of 64 B items, a client-streaming ``upload``
+  that counts the bytes of the chunks it reads);
 - *fan*: the eight nodes of ``Fan`` that multicasts go to (one process by default,
   ``--fan-processes`` spreads them);
 - *wide*: the nodes of ``Wide`` (32, in one process) that the multicast curve goes to, 1,
   2, 4, 8, 16 and 32 of them (``nodes=``), against a gather of as many raw unary calls;
 - *raw*: one grpc.aio server, on 32 ports (one per node), with generic handlers and no
   (de)serializers: unary ``/bench.Raw/Echo``, bidi ``/bench.Raw/Pong`` (answers each
-  message) and bidi ``/bench.Raw/Sink`` (counts the messages it reads).
+  message), bidi ``/bench.Raw/Sink`` (counts the messages it reads), unary-stream
+  ``/bench.Raw/Items`` (writes as many 64 B items as asked, one message per ``write``)
+  and stream-unary ``/bench.Raw/Bulk`` (counts the bytes of the chunks it reads).
 
 This process is the client of all of them, and hosts the publishing node. With 64 B
 payloads it measures:
@@ -31,7 +35,12 @@ payloads it measures:
    unary stub per server, eight servers) and against the raw fan-out floor (eight bidi
    pings at once, one per server): p50 of sequential requests. Against one
    ``MeshClient.call`` to one fan node too (``multicast_p50_vs_unicast``);
-4. **how multicast grows**, after the rounds: ``multicast(..., nodes=...)`` to 1, 2, 4, 8,
+4. **streams**: ``MeshClient.stream`` of ``streamer.items`` (64 B items, batched on the
+   wire) against raw ``/bench.Raw/Items`` (one item per message): items received per
+   second, from the call to the last item (``stream_ratio``); and an upload of 100 MB
+   in 64 KiB chunks, ``streamer.upload`` against raw ``/bench.Raw/Bulk`` (one chunk per
+   ``write``): MB per second, from the call to its answer (``bulk_transfer_ratio``);
+5. **how multicast grows**, after the rounds: ``multicast(..., nodes=...)`` to 1, 2, 4, 8,
    16 and 32 ``Wide`` nodes against a gather of as many raw unary calls (1, 2 and 4 in
    the quick run): ``multicast_p50_us_by_nodes``, drawn by ``make bench``.
 
@@ -51,13 +60,14 @@ import asyncio
 import dataclasses
 import functools
 import gc
+import itertools
 import os
 import shutil
 import struct
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +106,15 @@ RAW_SERVICE = "bench.Raw"
 RAW_ECHO = f"/{RAW_SERVICE}/Echo"
 RAW_PONG = f"/{RAW_SERVICE}/Pong"
 RAW_SINK = f"/{RAW_SERVICE}/Sink"
+RAW_ITEMS = f"/{RAW_SERVICE}/Items"
+RAW_BULK = f"/{RAW_SERVICE}/Bulk"
 PAYLOAD_BYTES = 64
+#: streams: each item of the item stream (64 B), and each chunk of the bulk transfer
+STREAM_ITEM = bytes(range(PAYLOAD_BYTES))
+CHUNK = bytes(range(256)) * 256  # 64 KiB
+MB = 1024 * 1024  # bulk figures are in MB of 2**20 bytes (100 MB = 1,600 chunks)
+#: a stream's timeout (a bulk transfer on a busy machine takes seconds)
+STREAM_TIMEOUT = 120.0
 FAN_NODES = 8
 #: how multicast grows: the node counts of the curve (``wide`` nodes, one process), and of
 #: the quick run's
@@ -112,6 +130,8 @@ PUBLISH_BURST = 64
 PUBLISH_HIGH_WATER = 1024
 #: a raw receiver's answer: messages counted, ``time.monotonic()`` of the last one
 _COUNT = struct.Struct("!Qd")
+#: the raw item stream's request (how many items) and the raw bulk upload's answer (bytes)
+_SIZE = struct.Struct("!Q")
 
 Call = Callable[[bytes], Awaitable[Any]]
 
@@ -188,6 +208,25 @@ class Sink(Service):
         return await RECEIVED.settle(expected)
 
 
+class Streamer(Service):
+    """Streams: 64 B items to the caller, and a bulk upload whose bytes it counts."""
+
+    name = "streamer"
+
+    @rpc
+    async def items(self, ctx: Context, count: int) -> AsyncIterator[bytes]:
+        item = STREAM_ITEM
+        for _ in range(count):
+            yield item
+
+    @rpc
+    async def upload(self, ctx: Context, chunks: AsyncIterator[bytes]) -> int:
+        size = 0
+        async for chunk in chunks:
+            size += len(chunk)
+        return size
+
+
 class Pub(Service):
     """The publishing node (it serves nothing the benchmark calls)."""
 
@@ -202,7 +241,7 @@ class Pub(Service):
 
 
 async def serve_wiremesh() -> None:
-    await serve_nodes(Echo, Sink)
+    await serve_nodes(Echo, Sink, Streamer)
 
 
 async def serve_fan(registry: str, count: int, service: type[Service] = Fan) -> None:
@@ -246,6 +285,20 @@ async def serve_raw() -> None:
             else:
                 yield _COUNT.pack(*counter.take())
 
+    async def items(request: bytes, context: Any) -> None:
+        # as many 64 B items as asked, one message per write
+        (count,) = _SIZE.unpack(request)
+        write, item = context.write, STREAM_ITEM
+        for _ in range(count):
+            await write(item)
+
+    async def bulk(requests: Any, context: Any) -> bytes:
+        # the bytes of the chunks it reads, one chunk per message
+        size = 0
+        async for chunk in requests:
+            size += len(chunk)
+        return _SIZE.pack(size)
+
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
@@ -254,6 +307,8 @@ async def serve_raw() -> None:
                     "Echo": grpc.unary_unary_rpc_method_handler(echo),
                     "Pong": grpc.stream_stream_rpc_method_handler(pong),
                     "Sink": grpc.stream_stream_rpc_method_handler(sink),
+                    "Items": grpc.unary_stream_rpc_method_handler(items),
+                    "Bulk": grpc.stream_unary_rpc_method_handler(bulk),
                 },
             ),
         )
@@ -288,6 +343,11 @@ class Settings:
     #: the first frame and the receiver's settling weigh as much as the rate)
     publish_scale: int
     fan_calls: int  # sequential multicasts (and unicasts) per round (in two slices)
+    stream_items: int  # raw stream items per round (in two streams)
+    #: links stream items per raw item: each system streams for about as long, so that
+    #: both rates are steady ones (the call's start weighs little)
+    stream_scale: int
+    bulk_mb: int  # MB per bulk upload (64 KiB chunks); each system uploads twice a round
     budget: float  # seconds of measuring: no round starts that would likely end past it
     curve: tuple[int, ...]  # the node counts of the multicast curve
     curve_rounds: int  # rounds at each of them
@@ -303,6 +363,9 @@ FULL = Settings(
     messages=8_000,
     publish_scale=12,
     fan_calls=300,
+    stream_items=20_000,
+    stream_scale=20,
+    bulk_mb=100,
     budget=90.0,
     curve=CURVE_NODES,
     curve_rounds=4,
@@ -317,6 +380,9 @@ QUICK = Settings(
     messages=1_000,
     publish_scale=6,
     fan_calls=40,
+    stream_items=2_000,
+    stream_scale=20,
+    bulk_mb=8,
     budget=5.0,
     curve=QUICK_CURVE_NODES,
     curve_rounds=2,
@@ -329,6 +395,8 @@ PING = "ping"  # context: raw bidi ping-pong on one stream
 PING8 = "ping8"  # context: the same on eight streams at once
 PING_FAN = "ping_fan"  # the one-stream ping again, measured beside PING8
 GATHER = "gather_unary"  # asyncio.gather over one raw unary stub per server
+STREAM_LINKS, STREAM_RAW = "stream_links", "stream_raw"  # 64 B items, items/s
+BULK_LINKS, BULK_RAW = "bulk_links", "bulk_raw"  # uploads of 64 KiB chunks, MB/s
 
 
 @dataclass
@@ -337,7 +405,7 @@ class Figures:
 
     p50_us: list[float] = field(default_factory=list)
     p99_us: list[float] = field(default_factory=list)
-    rate: list[float] = field(default_factory=list)  # calls/s or messages/s
+    rate: list[float] = field(default_factory=list)  # calls/s, messages/s, items/s, MB/s
 
 
 # ---------------------------------------------------------------------------- systems
@@ -391,6 +459,68 @@ class RawSink:
 
     def close(self) -> None:
         self.call.cancel()
+
+
+class LinksStream:
+    """wiremesh streams: ``MeshClient.stream`` to the ``Streamer`` node."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def items(self, count: int) -> tuple[int, float]:
+        """Stream ``count`` items of 64 B from the node; how many arrived, and the seconds
+        from the call to the arrival of the last one."""
+        n = 0
+        began = time.perf_counter()
+        async for _ in self.client.stream("streamer.items", count, timeout=STREAM_TIMEOUT):
+            n += 1
+        return n, time.perf_counter() - began
+
+    async def bulk(self, chunks: int) -> tuple[int, float]:
+        """Upload ``chunks`` chunks of 64 KiB; the bytes the node counted, and the seconds
+        from the call to its answer."""
+        began = time.perf_counter()
+        stream = self.client.stream(
+            "streamer.upload", itertools.repeat(CHUNK, chunks), timeout=STREAM_TIMEOUT
+        )
+        [size] = [answer async for answer in stream]
+        return size, time.perf_counter() - began
+
+    async def sample(self, count: int) -> list[bytes]:
+        return [item async for item in self.client.stream("streamer.items", count)]
+
+
+class RawStream:
+    """Raw grpc.aio streams: unary-stream ``Items`` (one 64 B item per message) and
+    stream-unary ``Bulk`` (one 64 KiB chunk per ``write``)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.items_stub: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            RAW_ITEMS, None, None
+        )
+        self.bulk_stub: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(
+            RAW_BULK, None, None
+        )
+
+    async def items(self, count: int) -> tuple[int, float]:
+        n = 0
+        began = time.perf_counter()
+        async for _ in self.items_stub(_SIZE.pack(count)):
+            n += 1
+        return n, time.perf_counter() - began
+
+    async def bulk(self, chunks: int) -> tuple[int, float]:
+        began = time.perf_counter()
+        call = self.bulk_stub()
+        write = call.write
+        for _ in range(chunks):
+            await write(CHUNK)
+        await call.done_writing()
+        (size,) = _SIZE.unpack(await call)
+        return size, time.perf_counter() - began
+
+    async def sample(self, count: int) -> list[bytes]:
+        return [item async for item in self.items_stub(_SIZE.pack(count))]
 
 
 class RawPing:
@@ -521,6 +651,7 @@ async def latency_pair(
 async def one_round(
     calls: dict[str, Call],
     publishers: dict[str, Any],
+    streams: dict[str, Any],
     payload: bytes,
     settings: Settings,
     round_no: int,
@@ -549,6 +680,27 @@ async def one_round(
         received[name] = (received[name][0] + n, received[name][1] + seconds)
     for name, (n, seconds) in received.items():
         figures[f"publish_{name}"].rate.append(n / seconds)
+    # streams: 64 B items received per second (until the last one), bulk upload MB/s
+    streamed: dict[str, tuple[int, float]] = {LINKS: (0, 0.0), RAW: (0, 0.0)}
+    for name in symmetric([LINKS, RAW], flip):
+        gc.collect()
+        count = settings.stream_items // 2 * (settings.stream_scale if name == LINKS else 1)
+        n, seconds = await streams[name].items(count)
+        if n != count:
+            raise RuntimeError(f"{name}: {n} of {count} streamed items arrived")
+        streamed[name] = (streamed[name][0] + n, streamed[name][1] + seconds)
+    for name, (n, seconds) in streamed.items():
+        figures[f"stream_{name}"].rate.append(n / seconds)
+    chunks = settings.bulk_mb * MB // len(CHUNK)
+    moved: dict[str, tuple[int, float]] = {LINKS: (0, 0.0), RAW: (0, 0.0)}
+    for name in symmetric([LINKS, RAW], flip):
+        gc.collect()
+        size, seconds = await streams[name].bulk(chunks)
+        if size != chunks * len(CHUNK):
+            raise RuntimeError(f"{name}: {size} of {chunks * len(CHUNK)} bytes uploaded")
+        moved[name] = (moved[name][0] + size, moved[name][1] + seconds)
+    for name, (size, seconds) in moved.items():
+        figures[f"bulk_{name}"].rate.append(size / MB / seconds)
     # multicast to every fan node against one unicast call, a gather of raw unary calls
     # and eight raw pings at once; raw eight streams against one
     await latency_pair(
@@ -587,6 +739,10 @@ async def measure(
             PING8,
             PING_FAN,
             GATHER,
+            STREAM_LINKS,
+            STREAM_RAW,
+            BULK_LINKS,
+            BULK_RAW,
         )
     }
     rounds = 0
@@ -600,6 +756,7 @@ async def measure(
                 and len(snapshot.serving("wide")) == len(wide)
                 and len(snapshot.serving("echo")) == 1
                 and len(snapshot.serving("sink")) == 1
+                and len(snapshot.serving("streamer")) == 1
             )
 
         await asyncio.gather(
@@ -620,6 +777,7 @@ async def measure(
             GATHER: GatherUnary(channels[:FAN_NODES]),
         }
         publishers: dict[str, Any] = {LINKS: Publisher(publisher, sink), RAW: raw_sink}
+        streams: dict[str, Any] = {LINKS: LinksStream(client), RAW: RawStream(channels[0])}
         payload = os.urandom(PAYLOAD_BYTES)
 
         # each answers, and answers right; then warm up
@@ -640,6 +798,13 @@ async def measure(
             n, _ = await pub.send(payload, 500)
             if n != 500:
                 raise RuntimeError(f"{name}: {n} of 500 published messages arrived")
+        for name, streaming in streams.items():
+            if await streaming.sample(3) != [STREAM_ITEM] * 3:
+                raise RuntimeError(f"{name} did not stream the items")
+            n, _ = await streaming.items(2000)
+            size, _ = await streaming.bulk(32)
+            if n != 2000 or size != 32 * len(CHUNK):
+                raise RuntimeError(f"{name}: {n} of 2000 items, {size} of 2 MB arrived")
 
         settle_heap()
         began = time.perf_counter()
@@ -653,7 +818,7 @@ async def measure(
                     flush=True,
                 )
                 break
-            await one_round(calls, publishers, payload, settings, round_no, figures)
+            await one_round(calls, publishers, streams, payload, settings, round_no, figures)
             rounds += 1
             f = figures
             print(
@@ -662,7 +827,9 @@ async def measure(
                 f"{f[LINKS].rate[-1]:,.0f} vs {f[RAW].rate[-1]:,.0f} calls/s; publish "
                 f"{f['publish_links'].rate[-1]:,.0f} vs {f['publish_raw'].rate[-1]:,.0f} "
                 f"msg/s; multicast p50 {f[MULTICAST].p50_us[-1]:.0f} vs unicast "
-                f"{f[UNICAST].p50_us[-1]:.0f} µs ({time.perf_counter() - began:.1f}s)",
+                f"{f[UNICAST].p50_us[-1]:.0f} µs; stream {f[STREAM_LINKS].rate[-1]:,.0f} vs "
+                f"{f[STREAM_RAW].rate[-1]:,.0f} items/s; bulk {f[BULK_LINKS].rate[-1]:,.0f} vs "
+                f"{f[BULK_RAW].rate[-1]:,.0f} MB/s ({time.perf_counter() - began:.1f}s)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -702,6 +869,8 @@ def paired(ours: list[float], theirs: list[float]) -> float:
 def summarize(figures: dict[str, Figures], settings: Settings, rounds: int) -> dict[str, Any]:
     f = figures
     pub, raw_pub = f["publish_links"], f["publish_raw"]
+    stream, raw_stream = f[STREAM_LINKS], f[STREAM_RAW]
+    bulk, raw_bulk = f[BULK_LINKS], f[BULK_RAW]
 
     def mid(values: list[float]) -> float:
         return round(median(values), 1)
@@ -715,6 +884,9 @@ def summarize(figures: dict[str, Figures], settings: Settings, rounds: int) -> d
         "publish_scale": settings.publish_scale,
         "fan_calls": settings.fan_calls,
         "fan_nodes": FAN_NODES,
+        "stream_items": settings.stream_items,
+        "stream_scale": settings.stream_scale,
+        "bulk_mb": settings.bulk_mb,
         # the targets
         "call_p50_ratio": paired(f[LINKS].p50_us, f[RAW].p50_us),
         "call_throughput_ratio": paired(f[LINKS].rate, f[RAW].rate),
@@ -722,6 +894,8 @@ def summarize(figures: dict[str, Figures], settings: Settings, rounds: int) -> d
         "multicast_vs_gather_unary": paired(f[MULTICAST].p50_us, f[GATHER].p50_us),
         "multicast_vs_raw_fanout": paired(f[MULTICAST].p50_us, f[PING8].p50_us),
         "multicast_p50_vs_unicast": paired(f[MULTICAST].p50_us, f[UNICAST].p50_us),
+        "stream_ratio": paired(stream.rate, raw_stream.rate),
+        "bulk_transfer_ratio": paired(bulk.rate, raw_bulk.rate),
         # the figures behind them
         "links_call_p50_us": mid(f[LINKS].p50_us),
         "raw_call_p50_us": mid(f[RAW].p50_us),
@@ -737,6 +911,10 @@ def summarize(figures: dict[str, Figures], settings: Settings, rounds: int) -> d
         "unicast_p99_us": mid(f[UNICAST].p99_us),
         "gather_unary_p50_us": mid(f[GATHER].p50_us),
         "gather_unary_p99_us": mid(f[GATHER].p99_us),
+        "stream_items_per_s": mid(stream.rate),
+        "raw_stream_items_per_s": mid(raw_stream.rate),
+        "bulk_mb_per_s": mid(bulk.rate),
+        "raw_bulk_mb_per_s": mid(raw_bulk.rate),
         # context: what grpc.aio itself costs over one stream, and over eight at once
         "raw_ping_p50_us": mid(f[PING].p50_us),
         "call_p50_vs_raw_ping": paired(f[LINKS].p50_us, f[PING].p50_us),
@@ -776,6 +954,22 @@ def summarize(figures: dict[str, Figures], settings: Settings, rounds: int) -> d
             "raw bidi stream",
             mid(raw_pub.rate),
             result["publish_ratio"],
+        ],
+        [
+            f"stream, {PAYLOAD_BYTES} B items/s received",
+            "server stream",
+            mid(stream.rate),
+            "raw, 1 per message",
+            mid(raw_stream.rate),
+            result["stream_ratio"],
+        ],
+        [
+            f"upload of {settings.bulk_mb} MB, MB/s",
+            "client stream",
+            mid(bulk.rate),
+            "raw, 64 KiB chunks",
+            mid(raw_bulk.rate),
+            result["bulk_transfer_ratio"],
         ],
         [
             f"multicast p50 (µs), {fan}",
@@ -833,7 +1027,9 @@ def summarize(figures: dict[str, Figures], settings: Settings, rounds: int) -> d
         note=(
             f"medians over {rounds} rounds, each pair measured in A-B-B-A slices; per round "
             f"{settings.calls} sequential calls, {settings.duration:g}s of throughput, "
-            f"{settings.messages} publishes, {settings.fan_calls} multicasts; "
+            f"{settings.messages} publishes, {settings.fan_calls} multicasts, "
+            f"{settings.stream_items} streamed items ({settings.stream_scale}x as many over "
+            f"links), two uploads of {settings.bulk_mb} MB in 64 KiB chunks; "
             "ratio = median of the per-round wiremesh/peer ratios"
         ),
     )

@@ -55,6 +55,8 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "call_p50_vs_raw_ping": ("<=", 1.25),
         "multicast_vs_gather_unary": ("<=", 0.5),
         "multicast_vs_raw_fanout": ("<=", 1.5),
+        "stream_ratio": (">=", 10.0),
+        "bulk_transfer_ratio": (">=", 0.8),
     },
     # gateway.py and http.py: the notes of their tables (against the fast peers)
     "gateway": {"p50_ratio": ("<=", 2.5), "throughput_ratio": (">=", 0.6)},

@@ -49,6 +49,12 @@ REQUIRED = {
         "raw_publish_mps",
         "multicast_p50_us",
         "unicast_p50_us",
+        "stream_ratio",
+        "bulk_transfer_ratio",
+        "stream_items_per_s",
+        "raw_stream_items_per_s",
+        "bulk_mb_per_s",
+        "raw_bulk_mb_per_s",
     ],
     "messaging.py": [
         "amqp_vs_aiopika",

@@ -27,9 +27,10 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -639,6 +640,23 @@ async def test_delayed_messages_from_a_handler_reach_billing_when_due() -> None:
         await eventually(lambda: node.stats()["messages_handled"] == 2, 10, "both messages")
         assert time.monotonic() - sent >= 1.5
         assert node.stats()["messages_dead"] == 0
+
+
+# ------------------------------------------------------------------------- streams.md
+
+
+async def test_the_streams_pages_calls_print_what_the_page_says() -> None:
+    page = "docs/streams.md"
+    pricing = load("docs_pricing", (page, example("streams.md", "streams-service")))
+    source = example("streams.md", "streams-calls")
+    body = textwrap.indent(source, "    ")
+    namespace: dict[str, Any] = {"Price": pricing.Price, "AsyncIterator": AsyncIterator}
+    exec(compile(f"async def run(mesh):\n{body}", page, "exec"), namespace)
+    expected = source.strip().splitlines()[-1].split("# ")[-1]
+    async with TestMesh(pricing.Pricing) as mesh:
+        with printed() as out:
+            await namespace["run"](mesh.client)
+    assert out.getvalue().strip() == expected
 
 
 # ------------------------------------------------------------------------- timers.md

@@ -436,11 +436,11 @@ def _read_payload(text: str | None) -> Any:
         raise _fail(message, EXIT_USAGE) from None
 
 
-def _to_json(value: Any) -> str:
+def _to_json(value: Any, indent: int | None = 2) -> str:
     try:
-        return pydantic_core.to_json(value, indent=2).decode()
+        return pydantic_core.to_json(value, indent=indent).decode()
     except pydantic_core.PydanticSerializationError:
-        return pydantic_core.to_json(value, indent=2, bytes_mode="base64").decode()
+        return pydantic_core.to_json(value, indent=indent, bytes_mode="base64").decode()
 
 
 @app.command()
@@ -498,6 +498,10 @@ def call(
     target or payload, 3 when the mesh's registry is unreachable: nothing was
     called in either case).
 
+    A streaming method prints each item it streams back as a JSON line, as
+    it comes (a client-streaming or bidirectional one takes a JSON array of
+    items as its payload); an error after some items exits 1 after them.
+
     With --all (or --group NAME) the call is a multicast: it goes to every
     serving node of the service (or those in the group) under one deadline,
     and prints one JSON object, node id -> its result, or
@@ -511,6 +515,8 @@ def call(
       wiremesh call flows.run '{"flow": "welcome", "input": {"name": "Ada"}}'
 
       wiremesh call inventory@inventory-3f9a.stock '"A-1"' --timeout 2
+
+      wiremesh call prices.watch '"A-1"' --timeout 60
 
       wiremesh call cache.invalidate '"A-1"' --all --timeout 1
 
@@ -543,18 +549,28 @@ def call(
         raise _fail(exc.message, EXIT_USAGE) from None
     value = _read_payload(payload)
 
+    streamed = False
+
     async def go() -> Any:
+        nonlocal streamed
         client = await _connect(mesh)
         try:
             if multicast:
                 return await client.multicast(
                     target, value, mode=mode, timeout=timeout, group=group
                 )
+            if _stream_kind(client.snapshot, target, node):
+                streamed = True  # each item printed as it comes, one JSON line each
+                async for item in client.stream(target, value, node=node, timeout=timeout):
+                    print(_to_json(item, indent=None), flush=True)
+                return None
             return await client.call(target, value, node=node, timeout=timeout)
         finally:
             await client.close()
 
     result = _run_on_mesh(go)
+    if streamed:
+        return
     if not multicast:
         print(_to_json(result))
         return
@@ -565,6 +581,19 @@ def call(
     if not result.satisfied:
         got = len(result.values)
         raise _fail(f"mode {result.mode} not met: {got} of {len(result)} node(s) answered a value")
+
+
+def _stream_kind(snapshot: Any, target: str, node: str | None) -> str:
+    """The stream kind of ``target``'s method as the mesh lists it; empty when unary or
+    unknown (the call then says what is wrong)."""
+    from wiremesh.core.names import parse_target
+
+    where = parse_target(target, node=node)
+    for info in snapshot.by_service.get(where.service, ()):
+        method = info.methods.get(where.method)
+        if method is not None:
+            return str(method.streaming)
+    return ""
 
 
 def _slot(outcome: Any) -> Any:

@@ -48,6 +48,7 @@ from wiremesh.runtime.meshfile import MeshFile
 from wiremesh.transport import grpc_core
 from wiremesh.transport.client import Caller, channel_options
 from wiremesh.transport.peer_links import Links
+from wiremesh.transport.streams import Stream
 from wiremesh.transport.tls import TlsFiles
 
 __all__ = ["MESH_VARIABLE", "MeshClient", "connect"]
@@ -144,6 +145,30 @@ class MeshClient:
     ) -> Any:
         """Call ``service.method`` (or ``service@node-id.method``); see ``Context.call``."""
         return await self.caller.call(
+            target,
+            payload,
+            timeout=timeout,
+            node=node,
+            returns=returns,
+            codec=codec,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    def stream(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        node: str | None = None,
+        returns: Any = None,
+        codec: CodecName = "msgpack",
+        deadline: Deadline | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Stream:
+        """A streaming call of ``service.method``, to iterate; see ``Context.stream``."""
+        return self.caller.stream(
             target,
             payload,
             timeout=timeout,

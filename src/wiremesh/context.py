@@ -19,7 +19,23 @@ if TYPE_CHECKING:
     from wiremesh.messaging.base import Envelope
     from wiremesh.messaging.outbound import Outbound
 
-__all__ = ["Context", "MeshCaller", "current_context"]
+__all__ = ["Context", "MeshCaller", "StreamCall", "current_context"]
+
+
+class StreamCall(Protocol):
+    """A streaming call, as its caller iterates it (``async for item in stream``); closed
+    by leaving the loop, ``aclose()`` or ``async with``
+    (:class:`wiremesh.transport.streams.Stream`)."""
+
+    def __aiter__(self) -> StreamCall: ...
+
+    async def __anext__(self) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> StreamCall: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
 
 
 class MeshCaller(Protocol):
@@ -37,6 +53,19 @@ class MeshCaller(Protocol):
         deadline: Deadline | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> Any: ...
+
+    def stream(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        node: str | None = None,
+        returns: Any = None,
+        codec: CodecName = "msgpack",
+        deadline: Deadline | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> StreamCall: ...
 
     async def multicast(
         self,
@@ -149,6 +178,36 @@ class Context:
         call's deadline, capped by ``timeout`` when given. ``returns`` validates the result
         into a type; without it the result is the plain decoded value."""
         return await self._caller.call(
+            target,
+            payload,
+            node=node,
+            returns=returns,
+            codec=codec,
+            deadline=self.deadline.capped(timeout, now=time.monotonic()),
+            metadata=metadata,
+        )
+
+    def stream(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        node: str | None = None,
+        returns: Any = None,
+        codec: CodecName = "msgpack",
+        metadata: Mapping[str, str] | None = None,
+    ) -> StreamCall:
+        """A streaming call of ``service.method``, within what remains of this call's
+        deadline (capped by ``timeout``): iterate it for the items that come back.
+        ``payload`` is the request of a server-streaming method, or the items (an
+        iterable or async iterable) of a client-streaming or bidirectional one::
+
+            async for price in ctx.stream("pricing.prices", "sku-1", returns=Price):
+                ...
+
+        Leaving the loop early cancels the call at both ends; see ``docs/streams.md``."""
+        return self._caller.stream(
             target,
             payload,
             node=node,

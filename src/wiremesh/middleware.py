@@ -11,10 +11,11 @@ A service lists its middleware, outermost first; each one overrides the hooks it
         middleware = (AuditLog(), PerPrincipalRate(per_second=5))
 
 The hooks run around every entrypoint of the service's nodes: calls (``@rpc``, from the
-mesh, a foreign gRPC client or the HTTP door), ``@subscribe`` messages, ``@on_event`` and
-``@command`` messages, the ticks of ``@timer`` and ``@cron`` methods, and the frames of
-browser sessions (``@on_socket``). Each sees one
-:class:`Invocation`: the kind of entrypoint, the handler, its decoded arguments, the
+mesh, a foreign gRPC client or the HTTP door), streaming calls (around the whole
+stream), ``@subscribe`` messages, ``@on_event`` and ``@command`` messages, the ticks of
+``@timer`` and ``@cron`` methods, and the frames of browser sessions (``@on_socket``).
+Each sees one :class:`Invocation`: the kind of entrypoint, the handler, its decoded
+arguments, the
 :class:`~wiremesh.Context` (None for a socket frame, whose ``session`` it has instead)
 and the principal when one is known.
 
@@ -44,13 +45,13 @@ if TYPE_CHECKING:
     from wiremesh.context import Context
     from wiremesh.session import Session
 
-__all__ = ["Invocation", "Kind", "Middleware", "around", "check_middleware"]
+__all__ = ["Invocation", "Kind", "Middleware", "around", "chain_of", "check_middleware"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
-#: what brought the work: a call, a published message, a durable event or command, a
-#: timer's tick, a browser session's frame
-Kind = Literal["call", "publish", "event", "command", "timer", "socket"]
+#: what brought the work: a call, a streaming call, a published message, a durable event
+#: or command, a timer's tick, a browser session's frame
+Kind = Literal["call", "stream", "publish", "event", "command", "timer", "socket"]
 
 #: the metadata key under which the HTTP door (and any caller that sets it) names the
 #: principal of a call
@@ -158,6 +159,13 @@ class _Chain:
             if failure is error:
                 raise
             raise failure from error
+
+
+def chain_of(middleware: Sequence[Middleware]) -> _Chain | None:
+    """What runs ``middleware`` around a handler: ``await chain.run(invocation, work)``,
+    ``work`` an awaitable's factory (a whole stream, where :func:`around` takes a
+    function to call); None when there is no middleware."""
+    return _Chain(middleware) if middleware else None
 
 
 def around(

@@ -35,6 +35,7 @@ from wiremesh.core.model import MethodInfo
 from wiremesh.core.names import SERVICE_NAME, is_method_name
 from wiremesh.core.schedule import TICK_PREFIX, Cron, Every, Schedule
 from wiremesh.core.shape import SignatureShapes, signature_shapes
+from wiremesh.core.streams import StreamShapes, stream_shapes
 from wiremesh.core.topics import check_pattern
 from wiremesh.errors import ConfigError, InvalidPayload
 from wiremesh.middleware import Middleware, check_middleware
@@ -118,6 +119,11 @@ def rpc(
     more wait (each until its deadline); past both it refuses a call at once, unrun, with
     :class:`~wiremesh.errors.Overloaded`, and the caller tries another node
     (:mod:`wiremesh.core.bulkhead`). Without it, a method's calls are not limited.
+
+    A method that returns an async iterator (``-> AsyncIterator[Item]``, or an ``async
+    def`` with ``yield``) streams its answer; one whose only parameter is an
+    ``AsyncIterator[Item]`` takes a stream; both is a bidirectional stream (see
+    ``docs/streams.md``; callers use ``ctx.stream``).
     """
     if max_concurrency is None:
         if max_queue:
@@ -130,7 +136,7 @@ def rpc(
         raise TypeError(f"@rpc: max_queue must be a whole number from 0, not {max_queue!r}")
 
     def mark(f: F) -> F:
-        is_async = inspect.iscoroutinefunction(f)
+        is_async = inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
         if not is_async:
             raise TypeError(f"@rpc method {f.__qualname__} must be 'async def'")
         setattr(f, _RPC_MARK, _RpcOptions(name, idempotent, max_concurrency, max_queue))
@@ -347,10 +353,13 @@ class MethodSpec:
     #: the bulkhead (``@rpc(max_concurrency=…, max_queue=…)``); None: no limit
     max_concurrency: int | None = None
     max_queue: int = 0
+    #: a streaming method's kind and item types (:func:`wiremesh.core.streams.stream_kind`)
+    stream: StreamShapes | None = None
 
     @property
     def info(self) -> MethodInfo:
-        return MethodInfo(self.name, self.idempotent, self.shapes.returns_protobuf)
+        streaming = "" if self.stream is None else self.stream.kind
+        return MethodInfo(self.name, self.idempotent, self.shapes.returns_protobuf, streaming)
 
 
 @dataclass(frozen=True)
@@ -444,9 +453,15 @@ class ServiceSpec:
             if not is_method_name(wire_name):
                 raise ConfigError(f"{service_cls.__qualname__}: bad method name {wire_name!r}")
             try:
-                shapes = signature_shapes(member, skip=2)
+                stream = stream_shapes(member, skip=2)
+                shapes = signature_shapes(member, skip=2, stream=stream)
             except TypeError as exc:
                 raise ConfigError(str(exc)) from exc
+            if stream is not None and options.max_concurrency is not None:
+                raise ConfigError(
+                    f"{service_cls.__qualname__}.{attribute}: a streaming method has no "
+                    "bulkhead (max_concurrency): its streams last as long as their callers"
+                )
             taken = methods.get(wire_name)
             if taken is not None:  # one of them would silently never be served
                 raise ConfigError(
@@ -460,6 +475,7 @@ class ServiceSpec:
                 shapes,
                 options.max_concurrency,
                 options.max_queue,
+                stream,
             )
         handlers = _handlers_of(service_cls, name)
         _check_owned_channels(service_cls)

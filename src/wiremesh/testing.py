@@ -112,6 +112,30 @@ class Recorder:
         return envelope.id
 
 
+class _NoStream:
+    """A stream of a service run without a mesh: its first iteration raises as a call
+    would."""
+
+    def __init__(self, mesh: _NoMesh, target: str) -> None:
+        self.mesh = mesh
+        self.target = target
+
+    def __aiter__(self) -> _NoStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        await self.mesh.call(self.target)
+
+    async def aclose(self) -> None:
+        pass
+
+    async def __aenter__(self) -> _NoStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+
 class _NoMesh:
     """What a service calls when a test gave it no mesh: a clear error, not a hang."""
 
@@ -142,6 +166,9 @@ class _NoMesh:
 
     async def multicast(self, target: str, payload: Any = None, **options: Any) -> Any:
         return await self.call(target, payload)
+
+    def stream(self, target: str, payload: Any = None, **options: Any) -> Any:
+        return _NoStream(self, target)
 
     async def publish(self, topic: str, payload: Any = None, **options: Any) -> int:
         """With no mesh, nobody is subscribed: nothing is delivered."""

@@ -59,23 +59,24 @@ def encode(value: Any, codec: CodecName = "msgpack") -> bytes:
     raise InvalidPayload(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
 
 
-def decode(data: bytes, codec: CodecName = "msgpack") -> Any:
+def decode(data: bytes | memoryview, codec: CodecName = "msgpack") -> Any:
     """The plain value in ``data``. Raises :class:`InvalidPayload` when it does not decode.
 
     An empty body is ``None`` (a call with no payload) in ``msgpack`` and ``json``; the
-    ``raw`` and ``proto`` codecs hand the bytes over as they are, empty or not.
+    ``raw`` and ``proto`` codecs hand the bytes over as they are, empty or not (as bytes:
+    ``data`` may be a view into a larger message, which msgpack reads without a copy).
     """
     if codec not in CODECS:
         raise InvalidPayload(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
     if codec == "raw" or codec == "proto":
-        return data
+        return data if type(data) is bytes else bytes(data)
     if not data:
         return None
     try:
         if codec == "msgpack":
             return msgpack.unpackb(data, raw=False, strict_map_key=False)
         if codec == "json":
-            return pydantic_core.from_json(data)
+            return pydantic_core.from_json(data if isinstance(data, bytes) else bytes(data))
     except msgpack.StackError as exc:  # (its own message is empty)
         raise InvalidPayload(f"payload is not valid {codec}: nested too deeply") from exc
     except (

@@ -20,6 +20,8 @@ class MethodInfo:
     idempotent: bool = False
     #: the method answers with a protobuf message, in protobuf whatever the request codec
     returns_protobuf: bool = False
+    #: a streaming method's kind: ``server``, ``client`` or ``bidi``; empty for a unary one
+    streaming: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,13 +156,20 @@ class SignatureShapes:
         return (), {}
 
 
-def signature_shapes(func: Callable[..., Any], skip: int) -> SignatureShapes:
-    """Read ``func``'s annotations, skipping its first ``skip`` parameters (self, ctx)."""
+def signature_shapes(func: Callable[..., Any], skip: int, stream: Any = None) -> SignatureShapes:
+    """Read ``func``'s annotations, skipping its first ``skip`` parameters (self, ctx).
+    For a streaming method (``stream``: its :class:`~wiremesh.core.streams.StreamShapes`)
+    the streamed parameter is no payload, and the result is the type of each item."""
     try:
         hints = get_type_hints(func)
     except Exception as exc:  # a forward reference that does not resolve
         raise TypeError(f"cannot read the annotations of {func.__qualname__}: {exc}") from exc
     params = list(inspect.signature(func).parameters.values())[skip:]
+    if stream is not None:
+        if stream.takes is not None:
+            params = []
+        if stream.gives is not None:
+            hints = {**hints, "return": stream.gives.tp}
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
             raise TypeError(f"{func.__qualname__}: parameter {p.name!r} must be a plain one")

@@ -13,7 +13,12 @@ is up) is the gateway's. Paths:
   another node when the method is idempotent, to one node with ``?node=``); the node
   validates the payload as for any gRPC call. ``Wiremesh-Timeout: <seconds>`` sets the
   deadline (capped by ``[gateway.http] max_timeout``), and nested calls inherit it. The
-  handler finds the token's subject in ``ctx.metadata["principal"]``.
+  handler finds the token's subject in ``ctx.metadata["principal"]``. A server-streaming
+  method answers with its items as they come (:meth:`HttpDoor._relay`): NDJSON, or
+  server-sent events for ``Accept: text/event-stream``; the deadline covers the whole
+  stream, a client that goes away cancels it, and an error after the first item ends
+  the body with an error line (or event). A client-streaming or bidirectional method is
+  not served (405, with an empty ``Allow``).
 - ``GET /openapi.json``: the OpenAPI 3.1 document (:mod:`.openapi`).
 - ``GET /asyncapi.json``: the AsyncAPI 3 document of the events, commands, publish topics
   and sockets (:mod:`.asyncapi`).
@@ -32,9 +37,10 @@ the request arrived (``wm-work-age``): a draining node still takes them.
 Order of the checks on ``/rpc``: method (405), token and access rules (401, 403), rate of
 the principal (429), the principal's requests in flight (429), media type (415), declared
 body size (413), body read within ``body_timeout`` (408, 413), deadline header (400), JSON
-(400, also for a body nested deeper than the decoder's bound), the gateway's concurrency
-(503: only a request whose body is read takes a place), then the call (404, 422, 409,
-503, 504, 500 come from it).
+(400, also for a body nested deeper than the decoder's bound), a client-streaming or
+bidirectional method (405), the gateway's concurrency (503: only a request whose body is
+read takes a place), then the call (404, 422, 409, 503, 504, 500 come from it; for a
+stream, from what happens before its first item).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
 import grpc
@@ -86,6 +92,7 @@ from wiremesh.registry.view import MeshView
 from wiremesh.service import ServiceSpec
 from wiremesh.transport.client import Caller, channel_options
 from wiremesh.transport.peer_links import Links
+from wiremesh.transport.streams import Stream
 
 __all__ = ["Authorize", "HttpDoor", "gateway_door"]
 
@@ -110,10 +117,46 @@ _URLS_KEPT = 8
 #: a response body over this size is written under ``write_timeout``; a smaller one goes
 #: straight into the socket's buffer, which never makes a write wait
 _BUFFERED = 64 * 1024
+#: the media types of a streamed answer: one JSON value a line, or server-sent events
+_NDJSON: Final = b"application/x-ndjson"
+_EVENT_STREAM: Final = b"text/event-stream"
+#: the headers of a streamed answer besides its type (no length: chunked); the last one
+#: asks a proxy that buffers answers (nginx) to pass each chunk on as it comes
+_STREAMED = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 
 
 class _Disconnected(Exception):
-    """The client went away before its request was read."""
+    """The client went away before its answer was written."""
+
+
+class _Stalled(Exception):
+    """The client read nothing of a streamed answer for ``write_timeout`` seconds."""
+
+
+class _Watch:
+    """Cancels ``task`` when its client goes away (``http.disconnect``), for an answer
+    that takes long: a streamed one. Once the request is read, ``receive`` waits for
+    nothing but that."""
+
+    __slots__ = ("_watcher", "gone")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        #: the client went away (and ``task`` was cancelled for it)
+        self.gone = False
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive, task))
+
+    async def _watch(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # the server's receive failed: nothing more to watch
+            return
+        self.gone = True
+        task.cancel()
+
+    def stop(self) -> None:
+        """Watch no more (before the answer ends: ``receive`` then says disconnected)."""
+        self._watcher.cancel()
 
 
 class HttpDoor:
@@ -301,17 +344,33 @@ class HttpDoor:
                 await send_problem(send, bad_request(f"the body is not JSON: {exc}", path))
                 return
             node = _node_of(scope["query_string"]) if scope["query_string"] else None
+            kind = _stream_kind(self.caller.view.snapshot, service, method, node)
+            if kind and kind != "server":
+                await send_problem(send, _not_served(service, method, kind, path))
+                return
+            metadata = None if principal is None else {"principal": principal}
             # a place among the gateway's calls only now that the body is here: a body
             # that does not come holds its principal's place, never the gateway's
             self.admission.enter()
             try:
+                if kind:
+                    stream = self.caller.stream(
+                        f"{service}.{method}",
+                        payload,
+                        timeout=timeout,
+                        node=node,
+                        codec="json",
+                        metadata=metadata,
+                    )
+                    await self._relay(receive, send, path, stream, _wants_events(headers))
+                    return
                 result = await self.caller.call(
                     f"{service}.{method}",
                     payload,
                     timeout=timeout,
                     node=node,
                     codec="json",
-                    metadata=None if principal is None else {"principal": principal},
+                    metadata=metadata,
                 )
             finally:
                 self.admission.leave()
@@ -341,6 +400,81 @@ class HttpDoor:
             await send_problem(send, problem_for(error, path, internal_detail=GATEWAY_FAILED))
             return
         await self._send_json(send, 200, pydantic_core.to_json(result))
+
+    async def _relay(
+        self, receive: Receive, send: Send, path: str, stream: Stream, events: bool
+    ) -> None:
+        """Answer with the items of ``stream`` as they come: NDJSON, or server-sent events
+        (``events``); each item in a chunk of its own, written at once.
+
+        What ends the stream before its first item raises, as a unary call's error does
+        (the caller answers with its problem). After it the status is sent, and nothing
+        raises but a disconnect: an error ends the body with an error line (or event)
+        holding its problem, and so does the end of the drain's grace. A client that goes
+        away cancels the stream (:class:`_Disconnected`); one that reads nothing for
+        ``write_timeout`` seconds gets its connection closed. Whenever the answer ends
+        before the stream does, the call is cancelled at both ends."""
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _Watch(receive, task)
+        started = False
+        try:
+            data = await _next_frame(stream, events)
+            headers = [(b"content-type", _EVENT_STREAM if events else _NDJSON), *_STREAMED]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            started = True
+            problem = await self._pump(send, path, stream, events, data, watch)
+            watch.stop()  # (once the answer ends, receive says the client went away)
+            if problem is not None:
+                await self._write(send, _error_frame(problem, events))
+            await self._write(send, b"", more=False)
+        except _Stalled:
+            log.info("POST %s: the client read nothing for %gs", path, self.write_timeout)
+        except asyncio.CancelledError:
+            if watch.gone:
+                task.uncancel()
+                raise _Disconnected from None
+            if not (started and self._cut):
+                raise
+            # the drain's grace ended as the answer ended: it stays unfinished
+            task.uncancel()
+        finally:
+            watch.stop()
+            await stream.aclose()
+
+    async def _pump(
+        self, send: Send, path: str, stream: Stream, events: bool, data: bytes | None, watch: _Watch
+    ) -> Problem | None:
+        """Write ``data`` and the next items of ``stream`` until it ends; the problem to
+        end the body with when it fails (or the drain's grace ends under it)."""
+        try:
+            while data is not None:
+                await self._write(send, data)
+                try:
+                    data = await _next_frame(stream, events)
+                except WiremeshError as exc:
+                    return problem_for(exc, path)
+                except Exception as exc:  # a bug of the gateway's, as for a unary call
+                    log.exception("POST %s failed while it streamed", path)
+                    error = InternalError(str(exc))
+                    return problem_for(error, path, internal_detail=GATEWAY_FAILED)
+        except asyncio.CancelledError:
+            if watch.gone or not self._cut:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return _stopping(path, running=True)
+        return None
+
+    async def _write(self, send: Send, data: bytes, *, more: bool = True) -> None:
+        """One chunk of a streamed answer (the last one unless ``more``); :class:`_Stalled`
+        when the client reads nothing for ``write_timeout`` seconds."""
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await send({"type": "http.response.body", "body": data, "more_body": more})
+        except TimeoutError:
+            raise _Stalled from None
 
     async def _body(self, receive: Receive) -> bytes:
         """The request body, read within ``body_timeout``; :class:`PayloadTooLarge` past
@@ -573,6 +707,77 @@ def _stopping(path: str, *, running: bool = False) -> Problem:
     else:
         error = Unavailable("the gateway is stopping: send the request to another gateway")
     return problem_for(error, path, retry_after=1)
+
+
+def _stream_kind(snapshot: MeshSnapshot, service: str, method: str, node: str | None) -> str:
+    """The stream kind of ``service.method`` (of ``node`` when given) as the registry
+    lists it: ``server``, ``client``, ``bidi``, or ``""`` for a unary method and for
+    one the mesh does not have (the call then says what is missing)."""
+    if node is None:
+        info = snapshot.method(service, method)
+    else:
+        found = snapshot.by_id.get(node)
+        info = None if found is None or found.service != service else found.methods.get(method)
+    return "" if info is None else info.streaming
+
+
+def _not_served(service: str, method: str, kind: str, path: str) -> Problem:
+    """The 405 problem of a method that takes a stream: no HTTP method reaches it (an
+    empty ``Allow``)."""
+    what = "client-streaming" if kind == "client" else "bidirectional streaming"
+    detail = (
+        f"{service}.{method} is a {what} method: the HTTP door serves unary and "
+        "server-streaming methods only; call it from a mesh client (stream())"
+    )
+    return replace(method_not_allowed("", path), detail=detail)
+
+
+def _wants_events(headers: Mapping[bytes, bytes]) -> bool:
+    """Whether the request's ``Accept`` prefers ``text/event-stream`` to
+    ``application/x-ndjson`` (by ``q``, then by order); NDJSON is the default, also for
+    an ``Accept`` that names neither."""
+    accept = headers.get(b"accept", b"").lower()
+    if b"event-stream" not in accept:
+        return False
+    best: tuple[float, int] | None = None
+    chosen = b""
+    for index, part in enumerate(accept.split(b",")):
+        media, *params = part.split(b";")
+        media = media.strip()
+        if media not in (_EVENT_STREAM, _NDJSON):
+            continue
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition(b"=")
+            if name.strip() == b"q":
+                try:
+                    weight = float(value.strip())
+                except ValueError:
+                    weight = 0.0
+        rank = (weight, -index)
+        if weight > 0 and (best is None or rank > best):
+            best, chosen = rank, media
+    return chosen == _EVENT_STREAM
+
+
+async def _next_frame(stream: Stream, events: bool) -> bytes | None:
+    """The next item of ``stream`` as a chunk of the answer (None at the end): a line of
+    JSON, or a server-sent event whose data is the JSON."""
+    try:
+        item = await anext(stream)
+    except StopAsyncIteration:
+        return None
+    data = pydantic_core.to_json(item)
+    return b"data: " + data + b"\n\n" if events else data + b"\n"
+
+
+def _error_frame(problem: Problem, events: bool) -> bytes:
+    """The last chunk of a streamed answer that failed: ``{"error": <problem>}`` as a line,
+    or an ``error`` event whose data is the problem."""
+    body = problem.encode()
+    if events:
+        return b"event: error\ndata: " + body + b"\n\n"
+    return b'{"error":' + body + b"}\n"
 
 
 def _node_of(query_string: bytes) -> str | None:

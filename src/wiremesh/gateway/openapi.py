@@ -14,7 +14,9 @@ One operation per method, ``POST /rpc/{service}/{method}``:
 - request body: the method's payload as JSON: the single parameter's type for
   ``m(self, ctx, req: T)``, an object of the named parameters for ``m(self, ctx, a: A,
   b: B)``, none for ``m(self, ctx)``;
-- ``200``: the return type's schema (``null`` for ``-> None``);
+- ``200``: the return type's schema (``null`` for ``-> None``); for a server-streaming
+  method, its items' schema under ``application/x-ndjson`` and ``text/event-stream``
+  (client-streaming and bidirectional methods are not served over HTTP: left out);
 - problem answers (``application/problem+json``, :mod:`.problem`) for every status the
   door gives;
 - ``node`` query parameter and ``Wiremesh-Timeout`` header;
@@ -116,27 +118,46 @@ def openapi_document(
     the methods the registry lists in ``snapshot``."""
     settings = settings or DocumentSettings()
     methods: dict[tuple[str, str], MethodSpec | None] = {}
+    #: the server-streaming methods
+    streamed: set[tuple[str, str]] = set()
     for service, service_spec in sorted(specs.items()):
         for name, method_spec in sorted(service_spec.methods.items()):
             shapes = method_spec.shapes
-            if not (shapes.takes_protobuf or shapes.returns_protobuf):
+            kind = "" if method_spec.stream is None else method_spec.stream.kind
+            if not (shapes.takes_protobuf or shapes.returns_protobuf) and kind in ("", "server"):
                 methods[(service, name)] = method_spec
+                if kind:
+                    streamed.add((service, name))
     if snapshot is not None:
         for node in snapshot.nodes:
             if node.service in specs:
                 continue
             for name, info in node.methods.items():
-                if not info.returns_protobuf:
+                if not info.returns_protobuf and info.streaming in ("", "server"):
                     methods.setdefault((node.service, name), None)
+                    if info.streaming:
+                        streamed.add((node.service, name))
 
     schemas, components = _schemas(methods, specs)
     paths: dict[str, Any] = {}
     for (service, name), method in sorted(methods.items()):
         spec = specs.get(service)
         request, response = schemas.get((service, name), (None, {}))
-        paths[f"/rpc/{service}/{name}"] = {
-            "post": _operation(service, name, method, spec, request, response)
-        }
+        operation = _operation(service, name, method, spec, request, response)
+        if (service, name) in streamed:
+            operation["responses"]["200"] = {
+                "description": (
+                    "The method's items as they come, each as this schema: one JSON value "
+                    "a line (`application/x-ndjson`, the default), or server-sent events "
+                    "for `Accept: text/event-stream` (`data: <item>`). An error after the "
+                    'first item ends the body with `{"error": <problem>}` (an `error` event)'
+                ),
+                "content": {
+                    "application/x-ndjson": {"schema": response},
+                    "text/event-stream": {"schema": response},
+                },
+            }
+        paths[f"/rpc/{service}/{name}"] = {"post": operation}
     problem = "Problem" if "Problem" not in components else "WiremeshProblem"
     components[problem] = _PROBLEM_SCHEMA
     document: dict[str, Any] = {

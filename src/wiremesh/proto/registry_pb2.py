@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#wiremesh/registry/v1/registry.proto\x12\x14wiremesh.registry.v1\"D\n\x06Method\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nidempotent\x18\x02 \x01(\x08\x12\x18\n\x10returns_protobuf\x18\x03 \x01(\x08\"\x9e\x03\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x12\n\nstarted_at\x18\x05 \x01(\x01\x12\r\n\x05state\x18\x06 \x01(\t\x12-\n\x07methods\x18\x07 \x03(\x0b\x32\x1c.wiremesh.registry.v1.Method\x12:\n\x08metadata\x18\x08 \x03(\x0b\x32(.wiremesh.registry.v1.Node.MetadataEntry\x12\x0e\n\x06groups\x18\t \x03(\t\x12\x15\n\rsubscriptions\x18\n \x03(\t\x12\x34\n\x05stats\x18\x0b \x03(\x0b\x32%.wiremesh.registry.v1.Node.StatsEntry\x12\x0c\n\x04host\x18\x0c \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x83\x01\n\tHeartbeat\x12\r\n\x05state\x18\x01 \x01(\t\x12\x39\n\x05stats\x18\x02 \x03(\x0b\x32*.wiremesh.registry.v1.Heartbeat.StatsEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xaa\x01\n\x0cLeaseRequest\x12.\n\x08register\x18\x01 \x01(\x0b\x32\x1a.wiremesh.registry.v1.NodeH\x00\x12\x34\n\theartbeat\x18\x02 \x01(\x0b\x32\x1f.wiremesh.registry.v1.HeartbeatH\x00\x12,\n\x06update\x18\x03 \x01(\x0b\x32\x1a.wiremesh.registry.v1.NodeH\x00\x42\x06\n\x04kind\"\x0c\n\nLeaseReply\"\x0e\n\x0cWatchRequest\"u\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12)\n\x05nodes\x18\x02 \x03(\x0b\x32\x1a.wiremesh.registry.v1.Node\x12\x10\n\x08services\x18\x03 \x03(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\t\x12\x0c\n\x04more\x18\x05 \x01(\x08\x32\xf6\x01\n\x08Registry\x12O\n\x05Lease\x12\".wiremesh.registry.v1.LeaseRequest\x1a .wiremesh.registry.v1.LeaseReply(\x01\x12M\n\x05Watch\x12\".wiremesh.registry.v1.WatchRequest\x1a\x1e.wiremesh.registry.v1.Snapshot0\x01\x12J\n\x04List\x12\".wiremesh.registry.v1.WatchRequest\x1a\x1e.wiremesh.registry.v1.Snapshotb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#wiremesh/registry/v1/registry.proto\x12\x14wiremesh.registry.v1\"W\n\x06Method\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nidempotent\x18\x02 \x01(\x08\x12\x18\n\x10returns_protobuf\x18\x03 \x01(\x08\x12\x11\n\tstreaming\x18\x04 \x01(\t\"\x9e\x03\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x12\n\nstarted_at\x18\x05 \x01(\x01\x12\r\n\x05state\x18\x06 \x01(\t\x12-\n\x07methods\x18\x07 \x03(\x0b\x32\x1c.wiremesh.registry.v1.Method\x12:\n\x08metadata\x18\x08 \x03(\x0b\x32(.wiremesh.registry.v1.Node.MetadataEntry\x12\x0e\n\x06groups\x18\t \x03(\t\x12\x15\n\rsubscriptions\x18\n \x03(\t\x12\x34\n\x05stats\x18\x0b \x03(\x0b\x32%.wiremesh.registry.v1.Node.StatsEntry\x12\x0c\n\x04host\x18\x0c \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x83\x01\n\tHeartbeat\x12\r\n\x05state\x18\x01 \x01(\t\x12\x39\n\x05stats\x18\x02 \x03(\x0b\x32*.wiremesh.registry.v1.Heartbeat.StatsEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xaa\x01\n\x0cLeaseRequest\x12.\n\x08register\x18\x01 \x01(\x0b\x32\x1a.wiremesh.registry.v1.NodeH\x00\x12\x34\n\theartbeat\x18\x02 \x01(\x0b\x32\x1f.wiremesh.registry.v1.HeartbeatH\x00\x12,\n\x06update\x18\x03 \x01(\x0b\x32\x1a.wiremesh.registry.v1.NodeH\x00\x42\x06\n\x04kind\"\x0c\n\nLeaseReply\"\x0e\n\x0cWatchRequest\"u\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12)\n\x05nodes\x18\x02 \x03(\x0b\x32\x1a.wiremesh.registry.v1.Node\x12\x10\n\x08services\x18\x03 \x03(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\t\x12\x0c\n\x04more\x18\x05 \x01(\x08\x32\xf6\x01\n\x08Registry\x12O\n\x05Lease\x12\".wiremesh.registry.v1.LeaseRequest\x1a .wiremesh.registry.v1.LeaseReply(\x01\x12M\n\x05Watch\x12\".wiremesh.registry.v1.WatchRequest\x1a\x1e.wiremesh.registry.v1.Snapshot0\x01\x12J\n\x04List\x12\".wiremesh.registry.v1.WatchRequest\x1a\x1e.wiremesh.registry.v1.Snapshotb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,25 +38,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT_STATSENTRY']._loaded_options = None
   _globals['_HEARTBEAT_STATSENTRY']._serialized_options = b'8\001'
   _globals['_METHOD']._serialized_start=61
-  _globals['_METHOD']._serialized_end=129
-  _globals['_NODE']._serialized_start=132
-  _globals['_NODE']._serialized_end=546
-  _globals['_NODE_METADATAENTRY']._serialized_start=453
-  _globals['_NODE_METADATAENTRY']._serialized_end=500
-  _globals['_NODE_STATSENTRY']._serialized_start=502
-  _globals['_NODE_STATSENTRY']._serialized_end=546
-  _globals['_HEARTBEAT']._serialized_start=549
-  _globals['_HEARTBEAT']._serialized_end=680
-  _globals['_HEARTBEAT_STATSENTRY']._serialized_start=502
-  _globals['_HEARTBEAT_STATSENTRY']._serialized_end=546
-  _globals['_LEASEREQUEST']._serialized_start=683
-  _globals['_LEASEREQUEST']._serialized_end=853
-  _globals['_LEASEREPLY']._serialized_start=855
-  _globals['_LEASEREPLY']._serialized_end=867
-  _globals['_WATCHREQUEST']._serialized_start=869
-  _globals['_WATCHREQUEST']._serialized_end=883
-  _globals['_SNAPSHOT']._serialized_start=885
-  _globals['_SNAPSHOT']._serialized_end=1002
-  _globals['_REGISTRY']._serialized_start=1005
-  _globals['_REGISTRY']._serialized_end=1251
+  _globals['_METHOD']._serialized_end=148
+  _globals['_NODE']._serialized_start=151
+  _globals['_NODE']._serialized_end=565
+  _globals['_NODE_METADATAENTRY']._serialized_start=472
+  _globals['_NODE_METADATAENTRY']._serialized_end=519
+  _globals['_NODE_STATSENTRY']._serialized_start=521
+  _globals['_NODE_STATSENTRY']._serialized_end=565
+  _globals['_HEARTBEAT']._serialized_start=568
+  _globals['_HEARTBEAT']._serialized_end=699
+  _globals['_HEARTBEAT_STATSENTRY']._serialized_start=521
+  _globals['_HEARTBEAT_STATSENTRY']._serialized_end=565
+  _globals['_LEASEREQUEST']._serialized_start=702
+  _globals['_LEASEREQUEST']._serialized_end=872
+  _globals['_LEASEREPLY']._serialized_start=874
+  _globals['_LEASEREPLY']._serialized_end=886
+  _globals['_WATCHREQUEST']._serialized_start=888
+  _globals['_WATCHREQUEST']._serialized_end=902
+  _globals['_SNAPSHOT']._serialized_start=904
+  _globals['_SNAPSHOT']._serialized_end=1021
+  _globals['_REGISTRY']._serialized_start=1024
+  _globals['_REGISTRY']._serialized_end=1270
 # @@protoc_insertion_point(module_scope)

@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Method(_message.Message):
-    __slots__ = ("name", "idempotent", "returns_protobuf")
+    __slots__ = ("name", "idempotent", "returns_protobuf", "streaming")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
     RETURNS_PROTOBUF_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
     name: str
     idempotent: bool
     returns_protobuf: bool
-    def __init__(self, name: _Optional[str] = ..., idempotent: _Optional[bool] = ..., returns_protobuf: _Optional[bool] = ...) -> None: ...
+    streaming: str
+    def __init__(self, name: _Optional[str] = ..., idempotent: _Optional[bool] = ..., returns_protobuf: _Optional[bool] = ..., streaming: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("node_id", "service", "address", "pid", "started_at", "state", "methods", "metadata", "groups", "subscriptions", "stats", "host")

@@ -101,7 +101,12 @@ def node_to_proto(node: NodeInfo) -> pb.Node:
         started_at=node.started_at,
         state=node.state.value,
         methods=[
-            pb.Method(name=m.name, idempotent=m.idempotent, returns_protobuf=m.returns_protobuf)
+            pb.Method(
+                name=m.name,
+                idempotent=m.idempotent,
+                returns_protobuf=m.returns_protobuf,
+                streaming=m.streaming,
+            )
             for m in node.methods.values()
         ],
         metadata=dict(node.metadata),
@@ -124,7 +129,10 @@ def node_from_proto(msg: pb.Node) -> NodeInfo:
         pid=msg.pid,
         started_at=msg.started_at,
         state=state,
-        methods={m.name: MethodInfo(m.name, m.idempotent, m.returns_protobuf) for m in msg.methods},
+        methods={
+            m.name: MethodInfo(m.name, m.idempotent, m.returns_protobuf, m.streaming)
+            for m in msg.methods
+        },
         metadata=dict(msg.metadata),
         groups=tuple(msg.groups),
         subscriptions=tuple(msg.subscriptions),

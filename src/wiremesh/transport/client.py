@@ -59,8 +59,10 @@ from wiremesh.transport.grpc_core import KEEPALIVE, OWN_SUBCHANNELS
 from wiremesh.transport.link import CALL, ERROR, error_of
 from wiremesh.transport.multicast import multicast
 from wiremesh.transport.peer_links import Links
+from wiremesh.transport.streams import Opened, Stream, check_items
 from wiremesh.transport.tls import open_channel
 from wiremesh.transport.wire import (
+    BATCH_KEY,
     CALLER_KEY,
     CODEC_KEY,
     WORK_AGE_KEY,
@@ -97,7 +99,15 @@ class _Route:
     idempotent, the service's balancer and the gRPC path. ``draining``: no candidate
     serves, they all drain (only the calls of work in flight go to them)."""
 
-    __slots__ = ("balancer", "draining", "idempotent", "nodes", "path", "proto_reply")
+    __slots__ = (
+        "balancer",
+        "draining",
+        "idempotent",
+        "nodes",
+        "path",
+        "proto_reply",
+        "streaming",
+    )
 
     def __init__(
         self,
@@ -107,6 +117,7 @@ class _Route:
         path: str,
         proto_reply: bool,
         draining: bool = False,
+        streaming: str = "",
     ) -> None:
         self.nodes = nodes
         self.idempotent = idempotent
@@ -114,6 +125,8 @@ class _Route:
         self.path = path
         self.proto_reply = proto_reply
         self.draining = draining
+        #: the method's stream kind (``server``, ``client``, ``bidi``), empty when unary
+        self.streaming = streaming
 
 
 #: one attempt: ``send(node, route, remaining, abandonable)``, raising :class:`_Failed`
@@ -346,6 +359,11 @@ class Caller:
             if remaining <= 0:
                 raise DeadlineExceeded(f"the deadline passed before {where} was sent")
             route = self._route(self.view.snapshot, where)
+            if route.streaming:
+                raise MethodNotFound(
+                    f"{where.service}.{where.method} is a streaming method "
+                    f"({route.streaming}): use stream(), not call()"
+                )
             if route.draining and work_began() is None:
                 # a draining node takes only the calls of work in flight: this one is new
                 if where.node is not None:
@@ -537,9 +555,10 @@ class Caller:
             path,
             info.returns_protobuf,
             draining,
+            info.streaming,
         )
 
-    def decode_result(self, response: bytes, codec: CodecName, returns: Any) -> Any:
+    def decode_result(self, response: bytes | memoryview, codec: CodecName, returns: Any) -> Any:
         """A reply's payload decoded with ``codec`` and validated into ``returns`` (the plain
         decoded value when ``returns`` is None); raises
         :class:`~wiremesh.errors.InvalidPayload`."""
@@ -549,7 +568,7 @@ class Caller:
         if shape is None:
             shape = self._returns[returns] = Shape(returns, "result")
         if shape.is_protobuf:
-            return shape.validate(response)
+            return shape.validate(bytes(response))
         return shape.validate(decode(response, codec))
 
     def _target(self, target: str, node: str | None) -> Target:
@@ -588,6 +607,106 @@ class Caller:
             name = self._balancer_names.get(service, self._balancer_name)
             balancer = self._balancers[service] = make_balancer(name)
         return balancer
+
+    def stream(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        node: str | None = None,
+        returns: Any = None,
+        codec: CodecName = "msgpack",
+        deadline: Deadline | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Stream:
+        """A streaming call of ``target``, to iterate (see :class:`~.streams.Stream`):
+        ``payload`` is the request of a server-streaming method, the items (an iterable or
+        async iterable) of a client-streaming or bidirectional one; each item that comes
+        back is validated into ``returns`` when given. The deadline (``timeout``, or the
+        caller's ``deadline``) covers the whole stream."""
+        if timeout is not None and timeout <= 0:
+            raise DeadlineExceeded(f"timeout must be positive, got {timeout:g}s for {target}")
+        if deadline is None:
+            at = time.monotonic() + (self.default_timeout if timeout is None else timeout)
+        else:
+            at = deadline.at if timeout is None else min(deadline.at, time.monotonic() + timeout)
+        return Stream(
+            lambda: self._open_stream(target, node, payload, at, codec, metadata),
+            self.decode_result,
+            target,
+            payload,
+            at=at,
+            returns=returns,
+            codec=codec,
+        )
+
+    def _open_stream(
+        self,
+        target: str,
+        node_id: str | None,
+        payload: Any,
+        at: float,
+        codec: CodecName,
+        metadata: Mapping[str, str] | None,
+    ) -> Opened:
+        """Start the streaming call of ``target`` on a node the balancer picks (leaving out
+        the nodes whose circuit is open); a stream is not retried elsewhere once sent."""
+        where = self._target(target, node_id)
+        remaining = at - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"the deadline passed before {where} was sent")
+        route = self._route(self.view.snapshot, where)
+        kind = route.streaming
+        if route.draining and work_began() is None:
+            # a draining node takes only the work in flight: a new stream is not
+            raise Unavailable(f"no live node of service {where.service!r}")
+        if not kind:
+            raise MethodNotFound(
+                f"{where.service}.{where.method} is not a streaming method: call it"
+            )
+        if kind != "server":
+            check_items(target, payload)
+        breakers = self.breakers
+        skip = breakers.left_out(where.service, time.monotonic()) if breakers.circuits else _NONE
+        node = route.balancer.pick(route.nodes, skip)
+        if node is None:
+            raise Unavailable(f"no live node of service {where.service!r} takes streams now")
+        if route.proto_reply:
+            reply_codec: CodecName = "proto"
+        else:
+            reply_codec = "msgpack" if codec == "proto" else codec
+        wire = [*(self.wire_metadata(codec, metadata) or ()), (BATCH_KEY, "1")]
+        began = work_began()
+        if began is not None:
+            wire.append((WORK_AGE_KEY, work_age(began, time.monotonic())))
+        channel = self.channel_to(node.address, at)
+        if kind == "server":
+            call: Any = channel.unary_stream(route.path, None, None)(
+                encode(payload, codec), timeout=remaining, metadata=wire
+            )
+        else:
+            method = channel.stream_unary if kind == "client" else channel.stream_stream
+            # no iterator: the stream's task writes the items itself (call.write)
+            call = method(route.path, None, None)(None, timeout=remaining, metadata=wire)
+        balancer = route.balancer
+        balancer.started(node.node_id)
+        return Opened(
+            call, kind, reply_codec, node.node_id, lambda: balancer.finished(node.node_id)
+        )
+
+    def channel_to(self, address: str, at: float) -> grpc.aio.Channel:
+        """The gRPC channel to the node at ``address``, for a call that may run until
+        ``at`` (on ``time.monotonic()``): when the node leaves the mesh, its channel
+        closes only once the latest such deadline has passed."""
+        if at > self._latest_deadline.get(address, 0.0):
+            self._latest_deadline[address] = at
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = open_channel(
+                address, self._credentials, self._options
+            )
+        return channel
 
     def unary_stub(self, address: str, path: str, at: float) -> _Stub:
         """The stub of the gRPC method ``path`` at ``address``, for a unary call that may

@@ -38,7 +38,7 @@ from wiremesh.service import MethodSpec, Service, ServiceSpec
 from wiremesh.transport.entrypoint import Pipeline
 from wiremesh.transport.wire import WORK_AGE_KEY, exception_type_name
 
-__all__ = ["Method", "methods_of"]
+__all__ = ["Method", "methods_of", "within"]
 
 log = logging.getLogger("wiremesh.node")
 
@@ -154,7 +154,7 @@ class Method:
             payload = request if self._takes_protobuf else decode(request, codec)
             args, kwargs = self._shapes.arguments(payload)
             if enforce:
-                result = await _within(
+                result = await within(
                     deadline.remaining(now=time.monotonic()), self._func(ctx, *args, **kwargs)
                 )
             else:
@@ -228,14 +228,16 @@ def methods_of(
     metrics: MeshMetrics | None = None,
     drain: Drain | None = None,
 ) -> dict[str, Method]:
-    """Every method of ``service`` by its wire name (telling ``drain`` of each call)."""
+    """Every unary method of ``service`` by its wire name (telling ``drain`` of each call);
+    the streaming ones are :class:`~.streams.StreamMethod`."""
     return {
         name: Method(m, service, spec.name, node_id, caller, metrics, drain, spec.middleware)
         for name, m in spec.methods.items()
+        if m.stream is None
     }
 
 
-async def _within(seconds: float, handler: Awaitable[Any]) -> Any:
+async def within(seconds: float, handler: Awaitable[Any]) -> Any:
     """Await ``handler``, cancelling it with :class:`DeadlineExceeded` after ``seconds``."""
     try:
         async with asyncio.timeout(seconds) as scope:

@@ -1,5 +1,6 @@
-"""A node's gRPC server: every ``@rpc`` method as a unary method, plus health, mesh links
-and whatever else the node adds (the gateway stream).
+"""A node's gRPC server: every ``@rpc`` method as a unary method (a streaming one as a
+streaming method, see :mod:`.streams`), plus health, mesh links and whatever else the
+node adds (the gateway stream).
 
 Each method is served at ``/<service>/<method>`` with raw bytes in and out; the codec
 named in ``wm-codec`` (msgpack by default) turns them into values. The handler runs in
@@ -45,7 +46,9 @@ from wiremesh.transport.dispatch import Method, methods_of
 from wiremesh.transport.grpc_core import KEEPALIVE
 from wiremesh.transport.link import LINK_SERVICE
 from wiremesh.transport.peer_links import Links, link_method_handler
+from wiremesh.transport.streams import StreamMethod, stream_handler
 from wiremesh.transport.wire import (
+    BATCH_KEY,
     CALLER_KEY,
     CODEC_KEY,
     RESERVED_KEYS,
@@ -116,9 +119,19 @@ class NodeServer:
         self.server = grpc.aio.server(options=server_options(max_message_bytes))
         self.methods = methods_of(spec, service, node_id, caller, metrics, self.drain_rule)
         handlers = {f"/{spec.name}/{name}": self._handler(m) for name, m in self.methods.items()}
+        #: the streaming methods (:mod:`.streams`)
+        self.streams = {
+            f"/{spec.name}/{name}": StreamMethod(
+                m, service, spec.name, node_id, caller, metrics, self.drain_rule, spec.middleware
+            )
+            for name, m in spec.methods.items()
+            if m.stream is not None
+        }
         health = _GenericOnly()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
         generic: list[grpc.GenericRpcHandler[Any, Any]] = [_Methods(handlers)]
+        if self.streams:
+            generic.append(_Streams(self))
         if links is not None:
             generic.append(
                 grpc.method_handlers_generic_handler(
@@ -168,23 +181,7 @@ class NodeServer:
         async def handle(
             metadata: Metadata, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
         ) -> bytes:
-            codec: str = "msgpack"
-            caller: str | None = None
-            work_age: str | None = None
-            extra: dict[str, str | bytes] | None = None
-            for key, value in metadata:
-                if key in RESERVED_KEYS:  # user-agent on every call, accept-encoding from some
-                    continue
-                if key == CODEC_KEY:
-                    codec = str(value)
-                elif key == CALLER_KEY:
-                    caller = str(value)
-                elif key == WORK_AGE_KEY:
-                    work_age = str(value)
-                elif not key.startswith(RESERVED_PREFIXES):
-                    if extra is None:
-                        extra = {}
-                    extra[key] = value
+            codec, caller, work_age, extra, _ = read_metadata(metadata)
             if drain.since is not None and not drain.admits(began_at(work_age, time.monotonic())):
                 # unrun, and without wm-error: the caller may send it to another node
                 await context.abort(grpc.StatusCode.UNAVAILABLE, refusal)
@@ -219,6 +216,34 @@ class NodeServer:
             error_status_message(exc),
             trailing_metadata=error_metadata(exc, self.node_id),
         )
+
+
+def read_metadata(
+    metadata: Metadata,
+) -> tuple[str, str | None, str | None, dict[str, str | bytes] | None, bool]:
+    """A request's metadata: its codec, calling node, work age, the custom keys for the
+    handler (None when there are none) and whether a stream's messages are batches."""
+    codec: str = "msgpack"
+    caller: str | None = None
+    work_age: str | None = None
+    extra: dict[str, str | bytes] | None = None
+    batch = False
+    for key, value in metadata:
+        if key in RESERVED_KEYS:  # user-agent on every call, accept-encoding from some
+            continue
+        if key == CODEC_KEY:
+            codec = str(value)
+        elif key == CALLER_KEY:
+            caller = str(value)
+        elif key == WORK_AGE_KEY:
+            work_age = str(value)
+        elif key == BATCH_KEY:
+            batch = value == "1"
+        elif not key.startswith(RESERVED_PREFIXES):
+            if extra is None:
+                extra = {}
+            extra[key] = value
+    return codec, caller, work_age, extra, batch
 
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -323,6 +348,38 @@ class _Methods(_GenericRpcHandler):
             return None
         metadata: Metadata = handler_call_details.invocation_metadata or ()
         return _Unary(partial(handle, metadata))
+
+
+class _Streams(_GenericRpcHandler):
+    """A node's streaming methods by path: a handler per call, made with its metadata
+    (codec, caller, work age, batching; refused unrun while the node drains, as a unary
+    call of new work is)."""
+
+    __slots__ = ("_server",)
+
+    def __init__(self, server: NodeServer) -> None:
+        self._server = server
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
+        server = self._server
+        method = server.streams.get(handler_call_details.method)
+        if method is None:
+            return None
+        metadata = handler_call_details.invocation_metadata or ()
+        codec, caller, work_age, extra, batch = read_metadata(metadata)
+        drain = server.drain_rule
+        if drain.since is not None and not drain.admits(began_at(work_age, time.monotonic())):
+            refusal = f"node {server.node_id} is draining: it takes no new work"
+
+            async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, refusal)
+
+            return stream_handler(method.kind, refuse)
+        return method.handler(
+            codec, caller, work_age, extra, batch, server.default_timeout, server._abort
+        )
 
 
 class _Unary(_RpcMethodHandler):

@@ -27,6 +27,7 @@ from wiremesh.errors import (
 )
 
 __all__ = [
+    "BATCH_KEY",
     "CALLER_KEY",
     "CODEC_KEY",
     "ERROR_KEY",
@@ -49,6 +50,9 @@ ERROR_KEY = "wm-error"
 #: request metadata of a nested call: milliseconds since its work began, as the caller
 #: measures it when it sends (see :mod:`wiremesh.core.drain`); absent: the call begins it
 WORK_AGE_KEY = "wm-work-age"
+#: on a streaming call between wiremesh peers: each message, both ways, is a batch of
+#: items (:func:`wiremesh.core.streams.frame`); without it, one item per message
+BATCH_KEY = "wm-batch"
 
 RESERVED_PREFIXES = ("wm-", "grpc-", ":")
 #: HTTP/2 and gRPC transport headers: never part of a call's metadata (``accept-encoding``
