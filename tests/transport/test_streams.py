@@ -41,7 +41,7 @@ from wiremesh import (
     Unavailable,
     rpc,
 )
-from wiremesh.core.streams import frame, stream_shapes, unframe
+from wiremesh.core.streams import frame, split_encode, stream_shapes, unframe
 from wiremesh.service import ServiceSpec
 from wiremesh.testing import TestMesh
 
@@ -426,6 +426,14 @@ def test_a_stream_that_is_not_the_only_parameter_or_has_a_bulkhead_is_refused() 
 def test_a_batch_frames_and_unframes_its_items(sizes: list[int]) -> None:
     items = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
     assert unframe(frame(items)) == items
+
+
+@pytest.mark.parametrize("value", [b"", b"x" * 255, b"x" * 256, b"x" * 65536, "text", {"n": 1}])
+def test_an_item_split_for_its_batch_encodes_as_msgpack_does(value: object) -> None:
+    head, body = split_encode(value, "msgpack")
+    assert head + body == msgpack.packb(value)
+    if isinstance(value, bytes):
+        assert body is value  # not copied before its batch
 
 
 @pytest.mark.parametrize("broken", [b"\x05abc", b"\x80", b"\xff\xff\xff\xff\xff\xff\x01"])

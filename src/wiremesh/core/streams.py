@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from wiremesh.core.codec import CodecName, encode
 from wiremesh.core.shape import Shape
 from wiremesh.errors import InvalidPayload
 
@@ -30,7 +31,9 @@ __all__ = [
     "BATCH_BYTES",
     "StreamKind",
     "StreamShapes",
+    "add_item",
     "frame",
+    "split_encode",
     "stream_shapes",
     "unframe",
 ]
@@ -111,14 +114,40 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def add_item(parts: list[bytes], head: bytes, body: bytes) -> int:
+    """Add one encoded item (``head`` then ``body``: see :func:`split_encode`) to the
+    ``parts`` of a batch, after its length; the bytes added. ``b"".join(parts)`` is then
+    the batch, made with one copy of each item."""
+    size = len(head) + len(body)
+    parts.append(bytes((size,)) if size < 0x80 else _varint(size))
+    if head:
+        parts.append(head)
+    parts.append(body)
+    return size
+
+
 def frame(items: Iterable[bytes]) -> bytes:
     """One batch message of encoded ``items``: each as its length (a varint), then it."""
     parts: list[bytes] = []
     for item in items:
-        size = len(item)
-        parts.append(bytes((size,)) if size < 0x80 else _varint(size))
-        parts.append(item)
+        add_item(parts, b"", item)
     return b"".join(parts)
+
+
+def split_encode(value: Any, codec: CodecName) -> tuple[bytes, bytes]:
+    """``value`` encoded with ``codec`` as (head, body), whose concatenation is the
+    encoding: a ``bytes`` value under msgpack is its ``bin`` header and the value itself,
+    not a copy of it (a large chunk is then copied once, into its batch)."""
+    if codec == "msgpack" and type(value) is bytes:
+        size = len(value)
+        if size < 0x100:
+            head = b"\xc4" + bytes((size,))
+        elif size < 0x10000:
+            head = b"\xc5" + size.to_bytes(2, "big")
+        else:
+            head = b"\xc6" + size.to_bytes(4, "big")
+        return head, value
+    return b"", encode(value, codec)
 
 
 def unframe(message: bytes) -> list[memoryview]:

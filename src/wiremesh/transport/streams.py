@@ -32,11 +32,11 @@ from typing import Any
 import grpc
 
 from wiremesh.context import Context, MeshCaller
-from wiremesh.core.codec import CODECS, CodecName, decode, encode
+from wiremesh.core.codec import CODECS, CodecName, decode
 from wiremesh.core.deadline import Deadline
 from wiremesh.core.drain import Drain, began_at, enter_work, leave_work
 from wiremesh.core.shape import Shape
-from wiremesh.core.streams import BATCH_BYTES, StreamShapes, frame, unframe
+from wiremesh.core.streams import BATCH_BYTES, StreamShapes, add_item, split_encode, unframe
 from wiremesh.errors import (
     DeadlineExceeded,
     InternalError,
@@ -66,26 +66,28 @@ class Batcher:
     a write is on its way. :meth:`put` waits while a full batch waits behind the write in
     flight: at most two batches are held."""
 
-    __slots__ = ("_error", "_flusher", "_items", "_room", "_size", "batch", "limit", "write")
+    __slots__ = ("_error", "_flusher", "_parts", "_room", "_size", "batch", "limit", "write")
 
     def __init__(self, write: Write, *, batch: bool, limit: int = BATCH_BYTES) -> None:
         self.write = write
         self.batch = batch
         self.limit = limit
-        self._items: list[bytes] = []
+        #: the batch being gathered, as the parts :func:`add_item` makes
+        self._parts: list[bytes] = []
         self._size = 0
         self._flusher: asyncio.Task[None] | None = None
         self._room: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
 
-    async def put(self, item: bytes) -> None:
+    async def put(self, head: bytes, body: bytes) -> None:
+        """Send one encoded item: ``head`` then ``body`` (see
+        :func:`~wiremesh.core.streams.split_encode`)."""
         if not self.batch:
-            await self.write(item)
+            await self.write(head + body if head else body)
             return
         if self._error is not None:
             raise self._error
-        self._items.append(item)
-        self._size += len(item)
+        self._size += add_item(self._parts, head, body)
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
         elif self._size >= self.limit:
@@ -95,12 +97,12 @@ class Batcher:
 
     async def _flush(self) -> None:
         try:
-            while self._items:
-                items, self._items, self._size = self._items, [], 0
+            while self._parts:
+                parts, self._parts, self._size = self._parts, [], 0
                 room, self._room = self._room, None
                 if room is not None and not room.done():
                     room.set_result(None)
-                await self.write(frame(items))
+                await self.write(b"".join(parts))
         except BaseException as exc:
             # the writer learns of it from put() or close(), not from this task
             self._error = exc
@@ -119,9 +121,9 @@ class Batcher:
                 await asyncio.shield(flusher)
         if self._error is not None:
             raise self._error
-        if self._items:
-            items, self._items, self._size = self._items, [], 0
-            await self.write(frame(items))
+        if self._parts:
+            parts, self._parts, self._size = self._parts, [], 0
+            await self.write(b"".join(parts))
 
     def cancel(self) -> None:
         if self._flusher is not None:
@@ -262,7 +264,7 @@ class StreamMethod:
             try:
                 try:
                     async for item in items:
-                        await batcher.put(self._encode(item, reply_codec))
+                        await batcher.put(*self._encode(item, reply_codec))
                 except Exception:
                     # the items made before the handler's error reach the caller first
                     with contextlib.suppress(Exception):
@@ -303,7 +305,7 @@ class StreamMethod:
                 items = _items_in(requests, context, name, batch, takes)
 
                 async def body() -> bytes:
-                    return self._encode(await self._func(ctx, items), reply_codec)
+                    return b"".join(self._encode(await self._func(ctx, items), reply_codec))
 
                 answer: bytes = await guarded(context, ctx, (items,), body, 0)
                 return answer
@@ -323,9 +325,9 @@ class StreamMethod:
 
         return stream_handler("bidi", bidi)
 
-    def _encode(self, value: Any, codec: CodecName) -> bytes:
+    def _encode(self, value: Any, codec: CodecName) -> tuple[bytes, bytes]:
         try:
-            return encode(value, codec)
+            return split_encode(value, codec)
         except InvalidPayload as exc:  # the handler made it: not the caller's fault
             raise InternalError(
                 f"{self.service}.{self.name} gave what cannot travel: {exc.message}"
@@ -520,10 +522,10 @@ class Stream:
         try:
             if isinstance(items, AsyncIterable):
                 async for item in items:
-                    await batcher.put(encode(item, codec))
+                    await batcher.put(*split_encode(item, codec))
             else:
                 for item in items:
-                    await batcher.put(encode(item, codec))
+                    await batcher.put(*split_encode(item, codec))
             await batcher.close()
             await call.write(b"")  # the end of the items: a stream cut short has none
             await call.done_writing()
