@@ -1,5 +1,6 @@
 """The benchmarks run: each ``--quick`` run exits 0, prints ``RESULT {json}`` last with the
-figures programs read, and leaves no server process behind.
+figures programs read, and leaves no server process behind. The runs go two at a time
+(:class:`QuickRuns`).
 
 A benchmark that cannot run on this machine (``multihost.py`` needs root, ``ip``, ``nft``
 and ``redis-server``) says why in one line and exits 77: the test skips with that reason.
@@ -17,6 +18,8 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -161,22 +164,64 @@ def processes_marked(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.timeout(150)
+#: the longest quick runs first, so that the two lanes end about together
+LONGEST_FIRST = ("multihost.py", "connections.py", "links.py", "rpc.py", "channels.py")
+#: quick runs at once (the machine of the suite has two cores)
+LANES = 2
+
+
+class QuickRuns:
+    """The ``--quick`` runs the session selected, :data:`LANES` at a time from the start
+    of the first test: each test then waits for its own run (the runs share no port,
+    file or process, and nothing here looks at their figures)."""
+
+    def __init__(self, scripts: list[str]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="bench-smoke")
+        order = sorted(scripts, key=lambda s: LONGEST_FIRST.index(s) if s in LONGEST_FIRST else 99)
+        self._runs = {script: self._pool.submit(self._run, script) for script in order}
+
+    @staticmethod
+    def _run(script: str) -> tuple[subprocess.CompletedProcess[str], str]:
+        marker = f"WIREMESH_BENCH_SMOKE={uuid.uuid4().hex}"
+        name, value = marker.split("=")
+        done = subprocess.run(
+            [sys.executable, str(BENCHMARKS / script), "--quick"],
+            capture_output=True,
+            text=True,
+            timeout=140,
+            check=False,
+            env={**os.environ, name: value, "NO_RICH": "1"},
+        )
+        return done, marker
+
+    def result(self, script: str) -> tuple[subprocess.CompletedProcess[str], str]:
+        return self._runs[script].result()
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def quick_runs(request: pytest.FixtureRequest) -> Iterator[QuickRuns]:
+    selected = [
+        item.callspec.params["script"]
+        for item in request.session.items
+        if isinstance(item, pytest.Function)
+        and item.originalname == "test_a_quick_run_prints_its_result_last"
+        and server_missing(item.callspec.params["script"]) is None
+    ]
+    runs = QuickRuns(selected)
+    yield runs
+    runs.close()
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("script", sorted(REQUIRED))
-def test_a_quick_run_prints_its_result_last(script: str) -> None:
+def test_a_quick_run_prints_its_result_last(script: str, quick_runs: QuickRuns) -> None:
     missing = server_missing(script)
     if missing:
         pytest.skip(missing)
-    marker = f"WIREMESH_BENCH_SMOKE={uuid.uuid4().hex}"
-    name, value = marker.split("=")
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=140,
-        check=False,
-        env={**os.environ, name: value, "NO_RICH": "1"},
-    )
+    done, marker = quick_runs.result(script)
     if done.returncode == CANNOT_RUN:
         pytest.skip(done.stderr.strip().splitlines()[-1])
     assert done.returncode == 0, done.stderr[-3000:]

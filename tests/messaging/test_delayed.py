@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.meshes import eventually
+from tests.fixtures.rabbitmq_node import RabbitNode
 from wiremesh import Context, InvalidPayload, Service, command, on_event
 from wiremesh.messaging.amqp import topology as topo
 from wiremesh.messaging.base import HEADER_DUE, MAX_DELAY, due_time
@@ -92,6 +94,31 @@ async def test_a_delayed_message_outlives_the_nodes_that_were_running(
     finally:
         if broker_url == "embedded":
             await server.stop()
+
+
+async def test_a_delayed_message_on_rabbitmq_outlives_a_restart_of_rabbitmq(
+    tmp_path: Path,
+) -> None:
+    if not RabbitNode.available():
+        message = "NOT TESTED: rabbitmq-server is not installed: no RabbitMQ restart here"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    rabbit = RabbitNode(tmp_path / "rabbitmq")  # a node of this test's own: it is restarted
+    await asyncio.to_thread(rabbit.start)
+    try:
+        name = f"delayed-{time.time_ns()}"
+        async with TestMesh(Alarm, broker=rabbit.url, mesh_name=name, data_dir=tmp_path) as mesh:
+            sent = time.time()
+            await mesh.client.send("alarm.ring", "across", delay=2.0)
+        await asyncio.to_thread(rabbit.stop)
+        await asyncio.to_thread(rabbit.start)  # its data kept: queues and messages
+        async with TestMesh(Alarm, broker=rabbit.url, mesh_name=name, data_dir=tmp_path):
+            await eventually(lambda: handled("across") is not None, 20)
+        at = handled("across")
+        assert at is not None and at - sent >= 2.0
+    finally:
+        await asyncio.to_thread(rabbit.stop)
 
 
 # -- the rules ---------------------------------------------------------------------------

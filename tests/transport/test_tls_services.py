@@ -11,17 +11,13 @@ A missing server binary skips loudly; under ``CI=true`` it fails instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pwd
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +30,7 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from tests.fixtures.rabbitmq_node import RabbitNode, free_port, stop_group, wait_for_port
 from wiremesh.errors import BrokerUnavailable
 from wiremesh.messaging.backends import open_broker
 from wiremesh.messaging.base import Binding, Envelope, Received
@@ -41,7 +38,6 @@ from wiremesh.messaging.store import Store
 
 WIREMESH = str(Path(sys.executable).with_name("wiremesh"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-START_TIMEOUT = 60.0
 
 
 def missing(what: str) -> NoReturn:
@@ -50,34 +46,6 @@ def missing(what: str) -> NoReturn:
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not start: {log.read_text(errors='replace')}")
-        time.sleep(0.05)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop a server started in a session of its own (its whole process group)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
 
 
 @dataclass(frozen=True)
@@ -148,7 +116,7 @@ def redis_tls_port(dev_certs: DevCerts, tmp_path_factory: pytest.TempPathFactory
         wait_for_port(port, process, log)
         yield port
     finally:
-        stop(process)
+        stop_group(process)
 
 
 def rediss_url(port: int, certs: DevCerts, host: str = "127.0.0.1") -> str:
@@ -207,68 +175,32 @@ async def test_redis_by_a_name_the_certificate_lacks_is_refused(
 
 # -- RabbitMQ ---------------------------------------------------------------------------------
 
-RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
-
-
-def _rabbitmq_binary(name: str) -> str | None:
-    # The scripts themselves, not Debian's wrappers in /usr/sbin (which switch to the
-    # rabbitmq user, its home and its Erlang cookie: those of the shared instance).
-    direct = RABBITMQ_BIN / name
-    return str(direct) if direct.exists() else shutil.which(name)
-
 
 @pytest.fixture(scope="module")
 def rabbitmq_tls(dev_certs: DevCerts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A private RabbitMQ node with a TLS listener only (peer verification on, a client
     certificate required); its own node name, ports, Erlang cookie and data folder."""
-    server, ctl = _rabbitmq_binary("rabbitmq-server"), _rabbitmq_binary("rabbitmqctl")
-    if server is None or ctl is None:
+    if not RabbitNode.available():
         missing("rabbitmq-server")
-    folder = tmp_path_factory.mktemp("rabbitmq-tls")
     port = free_port()
-    node = f"wmtls{uuid.uuid4().hex[:8]}@localhost"
-    (folder / "home").mkdir()
-    (folder / "enabled_plugins").write_text("[].\n")
-    (folder / "rabbitmq.conf").write_text(
-        "listeners.tcp = none\n"
-        f"listeners.ssl.default = {port}\n"
-        f"ssl_options.cacertfile = {dev_certs.ca}\n"
-        f"ssl_options.certfile = {dev_certs.server_cert}\n"
-        f"ssl_options.keyfile = {dev_certs.server_key}\n"
-        "ssl_options.verify = verify_peer\n"
-        "ssl_options.fail_if_no_peer_cert = true\n"
+    node = RabbitNode(
+        tmp_path_factory.mktemp("rabbitmq-tls"),
+        port=port,
+        config=(
+            "listeners.tcp = none\n"
+            f"listeners.ssl.default = {port}\n"
+            f"ssl_options.cacertfile = {dev_certs.ca}\n"
+            f"ssl_options.certfile = {dev_certs.server_cert}\n"
+            f"ssl_options.keyfile = {dev_certs.server_key}\n"
+            "ssl_options.verify = verify_peer\n"
+            "ssl_options.fail_if_no_peer_cert = true\n"
+        ),
     )
-    env = {
-        **os.environ,
-        "HOME": str(folder / "home"),  # a cookie of its own
-        "RABBITMQ_NODENAME": node,
-        "RABBITMQ_NODE_PORT": str(free_port()),
-        "RABBITMQ_DIST_PORT": str(free_port()),
-        "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq.conf"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
-        "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(folder / "log"),
-    }
-    log = folder / "server.log"
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            [server],
-            env=env,
-            cwd=folder,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     try:
-        wait_for_port(port, process, log)
+        node.start()
         yield port
     finally:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run(
-                [ctl, "-n", node, "stop"], env=env, capture_output=True, timeout=30, check=False
-            )
-        stop(process)
+        node.stop()
 
 
 def amqps_url(port: int, certs: DevCerts, host: str = "127.0.0.1", client: bool = True) -> str:
