@@ -16,7 +16,6 @@ lives when it is first used. So a program can import
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names as type checkers see them; imported on first use below
@@ -59,10 +58,8 @@ if TYPE_CHECKING:  # the names as type checkers see them; imported on first use 
     )
     from wiremesh.session import Session, Sessions
 
-try:
-    __version__ = version("wiremesh")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0"
+if TYPE_CHECKING:
+    __version__: str
 
 #: the module each public name lives in
 _HOMES: dict[str, tuple[str, ...]] = {
@@ -154,6 +151,15 @@ __all__ = [
 if not TYPE_CHECKING:  # hidden from type checkers, which would take any name for Any
 
     def __getattr__(name: str) -> Any:
+        if name == "__version__":  # (importlib.metadata takes 50 ms to load: when asked)
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                found = version("wiremesh")
+            except PackageNotFoundError:  # running from a source tree that is not installed
+                found = "0.0.0"
+            globals()["__version__"] = found
+            return found
         module = _HOME.get(name)
         if module is None:
             raise AttributeError(f"module 'wiremesh' has no attribute {name!r}")

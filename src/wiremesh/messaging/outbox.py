@@ -40,15 +40,17 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from typing import TYPE_CHECKING
 
 from wiremesh.core.defaults import PUBLISH_TIMEOUT
 from wiremesh.core.delivery import retry_delay
 from wiremesh.errors import WiremeshError
 from wiremesh.messaging.base import Broker, Envelope, Kind
-from wiremesh.messaging.store import Store, outbox_table
+from wiremesh.messaging.store import Store
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = ["CLAIM_TIMEOUT", "PAGE", "SWEEP_AGE", "SWEEP_EVERY", "Relay", "bound_claim", "claim_ids"]
 
@@ -132,7 +134,9 @@ class Relay:
                     batch = self._pending[: self.page]
                     await self._hand_over(batch)
                     del self._pending[: len(batch)]
-            except (WiremeshError, sa.exc.SQLAlchemyError, OSError) as exc:
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
                 failures += 1
                 delay = retry_delay(failures, 0.2, 5.0, 0.5)
                 log.warning(
@@ -151,6 +155,10 @@ class Relay:
         if self.store.is_sqlite and not self.store.path.exists():
             return  # never used: nothing left
         await self.store.prepare()
+        import sqlalchemy as sa
+
+        from wiremesh.messaging.store_tables import outbox_table
+
         query = (
             sa.select(outbox_table)
             .where(outbox_table.c.service == self.store.service)
@@ -178,6 +186,8 @@ class Relay:
     async def _claim_and_send(self, query: sa.Select[tuple[object, ...]]) -> int:
         """Claim a page of the rows ``query`` selects (skipping rows another relay
         holds), hand them over, and commit their deletion; returns how many."""
+        from wiremesh.messaging.store_tables import outbox_table
+
         claimed = query.with_only_columns(outbox_table.c.id).with_for_update(skip_locked=True)
         picked = claimed.cte("claimed")
         claim = (
@@ -210,6 +220,8 @@ class Relay:
     async def _publish_then_delete(self, envelopes: Sequence[Envelope]) -> None:
         await self.broker.publish(envelopes, timeout=self.timeout)
         ids = [e.id for e in envelopes]
+        from wiremesh.messaging.store_tables import outbox_table
+
         async with self.store.engine.begin() as connection:
             await connection.execute(outbox_table.delete().where(outbox_table.c.id.in_(ids)))
 
@@ -230,6 +242,8 @@ async def bound_claim(connection: AsyncConnection, timeout: float) -> None:
     """Have PostgreSQL end this transaction, and free the rows it claimed, when it stays
     idle longer than the broker is given: a relay whose host was cut off can no longer
     roll back, and its claimed rows must not wait for a TCP keepalive."""
+    import sqlalchemy as sa
+
     limit = int((timeout + CLAIM_MARGIN) * 1000)
     await connection.execute(sa.text(f"SET LOCAL idle_in_transaction_session_timeout = {limit}"))
 
@@ -237,6 +251,10 @@ async def bound_claim(connection: AsyncConnection, timeout: float) -> None:
 async def claim_ids(connection: AsyncConnection, ids: Sequence[str]) -> set[str]:
     """Delete, in ``connection``'s transaction, the rows of ``ids`` that exist and no other
     transaction holds (PostgreSQL); returns their ids."""
+    import sqlalchemy as sa
+
+    from wiremesh.messaging.store_tables import outbox_table
+
     picked = (
         sa.select(outbox_table.c.id)
         .where(outbox_table.c.id.in_(ids))
@@ -247,6 +265,16 @@ async def claim_ids(connection: AsyncConnection, ids: Sequence[str]) -> set[str]
         outbox_table.delete().where(outbox_table.c.id == picked.c.id).returning(outbox_table.c.id)
     )
     return {row[0] for row in await connection.execute(claim)}
+
+
+def _transient(error: Exception) -> bool:
+    """Whether the relay tries again after ``error``: the broker's, the database's (a
+    SQLAlchemy error: SQLAlchemy is loaded once a store is used) or the network's."""
+    if isinstance(error, WiremeshError | OSError):
+        return True
+    import sqlalchemy as sa
+
+    return isinstance(error, sa.exc.SQLAlchemyError)
 
 
 def _envelope(row: sa.RowMapping) -> Envelope:

@@ -35,19 +35,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from typing import TYPE_CHECKING, Any
 
 from wiremesh.core.codec import CodecName
 from wiremesh.errors import ConfigError
@@ -55,53 +49,24 @@ from wiremesh.messaging.base import Envelope, Kind
 from wiremesh.messaging.outbound import make_envelope
 from wiremesh.runtime.private import private_folder, private_sqlite
 
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
 __all__ = [
     "MAX_OVERFLOW",
     "POOL_SIZE",
-    "SCHEMA_LOCK",
     "Duplicate",
     "InboxMark",
     "Store",
     "Transaction",
     "inbox_mark",
-    "metadata",
 ]
 
 #: connections a node's engine keeps open to a PostgreSQL store (``pool_size``)
 POOL_SIZE = 5
 #: connections it may open beyond those under load, closed when returned (``max_overflow``)
 MAX_OVERFLOW = 10
-
-#: wiremesh's own tables; a service keeps its tables in a ``MetaData`` of its own
-metadata = sa.MetaData()
-
-outbox_table = sa.Table(
-    "wm_outbox",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("service", sa.String(63), nullable=False, index=True),
-    sa.Column("kind", sa.String(8), nullable=False),
-    sa.Column("topic", sa.String(255), nullable=False),
-    sa.Column("body", sa.LargeBinary, nullable=False),
-    sa.Column("codec", sa.String(16), nullable=False),
-    sa.Column("headers", sa.JSON, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-)
-
-inbox_table = sa.Table(
-    "wm_inbox",
-    metadata,
-    sa.Column("service", sa.String(63), primary_key=True),
-    sa.Column("handler", sa.String(255), primary_key=True),
-    sa.Column("message_id", sa.String(64), primary_key=True),
-    sa.Column("handled_at", sa.Float, nullable=False, index=True),
-)
-
-#: the PostgreSQL advisory lock key held while wiremesh's tables are created: the first
-#: 8 bytes of the SHA-256 of their names, as a signed bigint (the same on every host)
-SCHEMA_LOCK = int.from_bytes(
-    hashlib.sha256(",".join(sorted(metadata.tables)).encode()).digest()[:8], "big", signed=True
-)
 
 
 class Duplicate(Exception):
@@ -245,6 +210,11 @@ class Store:
         return self._engine
 
     def _make_engine(self) -> AsyncEngine:
+        import sqlalchemy as sa
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from wiremesh.messaging.store_tables import serialise_sqlite_writers
+
         try:
             if self.is_sqlite:
                 # the file in the data folder is private, its -wal and -shm files too
@@ -253,7 +223,7 @@ class Store:
                 else:
                     private_folder(self.path.parent)
                 engine = create_async_engine(self.url, connect_args={"timeout": 30})
-                _serialise_sqlite_writers(engine)
+                serialise_sqlite_writers(engine)
                 return engine
             return create_async_engine(
                 self.url,
@@ -268,6 +238,8 @@ class Store:
         """Create wiremesh's own tables when missing (done before the first transaction)."""
         if self._ready:
             return
+        from wiremesh.messaging.store_tables import metadata
+
         async with self._preparing:
             if not self._ready:
                 await self.create_all(metadata)
@@ -283,6 +255,10 @@ class Store:
         not, while under the lock the second finds the tables the first created. On SQLite
         the transaction takes the write lock when it begins, which serialises the same.
         """
+        import sqlalchemy as sa
+
+        from wiremesh.messaging.store_tables import SCHEMA_LOCK
+
         async with self._writer, self.engine.begin() as connection:
             if self.is_postgresql:
                 await connection.execute(
@@ -299,6 +275,8 @@ class Store:
         handler ends: the message is acknowledged without doing its work twice.
         """
         await self.prepare()
+        from wiremesh.messaging.store_tables import outbox_table
+
         async with self._writer, self.engine.begin() as connection:
             mark = inbox_mark.get()
             if mark is not None and not mark.recorded:
@@ -326,6 +304,10 @@ class Store:
             self.committed(tx.envelopes)
 
     async def _record(self, connection: AsyncConnection, mark: InboxMark) -> None:
+        from sqlalchemy.exc import IntegrityError
+
+        from wiremesh.messaging.store_tables import inbox_table
+
         row = {
             "service": mark.service,
             "handler": mark.handler,
@@ -341,6 +323,10 @@ class Store:
     async def seen(self, handler: str, message_id: str) -> bool:
         """Whether ``handler`` has handled ``message_id`` (its transaction committed)."""
         await self.prepare()
+        import sqlalchemy as sa
+
+        from wiremesh.messaging.store_tables import inbox_table
+
         query = sa.select(inbox_table.c.message_id).where(
             inbox_table.c.service == self.service,
             inbox_table.c.handler == handler,
@@ -352,6 +338,8 @@ class Store:
     async def forget_handled(self, older_than: float) -> int:
         """Drop inbox rows older than ``older_than`` seconds; returns how many."""
         await self.prepare()
+        from wiremesh.messaging.store_tables import inbox_table
+
         cutoff = time.time() - older_than
         async with self.engine.begin() as connection:
             result = await connection.execute(
@@ -368,20 +356,11 @@ class Store:
             self._ready = False
 
 
-def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
-    """WAL, full fsync, and ``BEGIN IMMEDIATE``: a transaction takes the write lock when
-    it starts, so that two writers (two nodes of a service) wait for each other instead
-    of failing to upgrade a read lock."""
+def __getattr__(name: str) -> Any:
+    # wiremesh's own tables, with SQLAlchemy, are loaded when first asked for (a node whose
+    # service never opens its store never imports SQLAlchemy): see .store_tables
+    if name in ("metadata", "outbox_table", "inbox_table", "SCHEMA_LOCK"):
+        from wiremesh.messaging import store_tables
 
-    @event.listens_for(engine.sync_engine, "connect")
-    def connect(dbapi_connection: Any, record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        return getattr(store_tables, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

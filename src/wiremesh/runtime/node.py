@@ -34,9 +34,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING, Any
 
 from wiremesh.channels import open_engine
 from wiremesh.channels.node import Channels
@@ -80,6 +78,9 @@ from wiremesh.transport.peer_links import MAX_MESSAGE_KEY, Links, NodeLinks
 from wiremesh.transport.publish import Subscriptions, publisher_of
 from wiremesh.transport.server import NodeServer
 from wiremesh.transport.wire import WORK_AGE_KEY
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
     "Node",
