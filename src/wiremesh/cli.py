@@ -141,7 +141,7 @@ class _Unreachable(Exception):
 
 def _is_registry(where: str) -> bool:
     """Whether ``--mesh`` names a registry (``host:port`` or a Redis URL), not a folder."""
-    from wiremesh.registry.redis import is_redis_url
+    from wiremesh.core.names import is_redis_url
 
     host, sep, port = where.rpartition(":")
     return is_redis_url(where) or bool(sep and host and port.isdigit())
@@ -181,8 +181,7 @@ async def _connect(where: str | None, timeout: float = 5.0) -> MeshClient:
     :class:`Unavailable` when no mesh runs in the folder named, or a Redis database holds
     no mesh; :class:`_Unreachable` when the mesh's registry does not answer."""
     from wiremesh.client import connect
-    from wiremesh.core.names import redact_url
-    from wiremesh.registry.redis import find_mesh, is_redis_url, split_mesh
+    from wiremesh.core.names import is_redis_url, redact_url, split_mesh
     from wiremesh.runtime.meshfile import MeshFile
 
     # the command itself says when the registry is away, in one line
@@ -196,6 +195,8 @@ async def _connect(where: str | None, timeout: float = 5.0) -> MeshClient:
             url, name = split_mesh(text)
             address = redact_url(url)
             if name is None:
+                from wiremesh.registry.redis import find_mesh
+
                 try:
                     name = await find_mesh(url, tls=tls, timeout=timeout)
                 except Unavailable as exc:
@@ -798,8 +799,7 @@ async def _broker_of_registry(where: str, given: str | None) -> tuple[str, Path,
     folder's ``wiremesh.toml`` (a registry does not say where the broker is). The mesh's
     name is the URL's ``#name``, else the configuration's, else the one mesh of the
     Redis database."""
-    from wiremesh.core.names import redact_url
-    from wiremesh.registry.redis import find_mesh, is_redis_url, split_mesh
+    from wiremesh.core.names import is_redis_url, redact_url, split_mesh
     from wiremesh.runtime.config import load_config
 
     here = Path.cwd()
@@ -820,6 +820,8 @@ async def _broker_of_registry(where: str, given: str | None) -> tuple[str, Path,
     if name is None and config is not None:
         name = config.mesh.name
     if name is None and is_redis_url(where):
+        from wiremesh.registry.redis import find_mesh
+
         name = await find_mesh(registry, tls=tls)
     data_dir = config.data_path if config is not None else here / ".wiremesh"
     quorum = config.broker.quorum_queues if config is not None else False
@@ -1134,7 +1136,7 @@ def _gateway_registry(where: str | None, config: MeshConfig) -> tuple[str, str |
     """The registry a gateway joins, the mesh's name (None: ask Redis) and its join
     secret (from its ``mesh.json``): ``--mesh`` when given, else the Redis registry of
     ``config``, else the mesh running in its folder."""
-    from wiremesh.registry.redis import is_redis_url, split_mesh
+    from wiremesh.core.names import is_redis_url, split_mesh
     from wiremesh.runtime.meshfile import MeshFile, join_secret_of
 
     if where is not None and is_redis_url(where):

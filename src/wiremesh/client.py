@@ -36,13 +36,13 @@ from wiremesh.core.defaults import (
 )
 from wiremesh.core.gather import Mode, MulticastResult
 from wiremesh.core.model import MeshSnapshot, NodeInfo
+from wiremesh.core.names import is_redis_url, split_mesh
 from wiremesh.errors import BrokerUnavailable, Unavailable
 from wiremesh.gateway.socket_hub import CHANNELS_KEY
 from wiremesh.messaging.backends import open_broker
 from wiremesh.messaging.base import Broker
 from wiremesh.messaging.outbound import Outbound
 from wiremesh.registry.backends import open_registry
-from wiremesh.registry.redis import find_mesh, is_redis_url, split_mesh
 from wiremesh.registry.view import MeshView
 from wiremesh.runtime.meshfile import MeshFile
 from wiremesh.transport import grpc_core
@@ -306,6 +306,8 @@ async def connect(
     grpc_core.prefer_loop_io()
     text = os.fspath(where) if where is not None else os.environ.get(MESH_VARIABLE) or "."
     if is_redis_url(text):
+        from wiremesh.registry.redis import find_mesh
+
         url, name = split_mesh(text)
         name = name or await find_mesh(url, tls=tls, timeout=timeout)
         client = MeshClient(

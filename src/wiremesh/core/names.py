@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 from wiremesh.errors import InvalidPayload
 
-__all__ = ["SERVICE_NAME", "Target", "method_path", "parse_target", "redact_url"]
+__all__ = [
+    "SERVICE_NAME",
+    "Target",
+    "is_redis_url",
+    "method_path",
+    "parse_target",
+    "redact_url",
+    "split_mesh",
+]
 
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _METHOD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -76,3 +84,14 @@ def redact_url(url: str) -> str:
     user, colon, _ = credentials.partition(":")
     hidden = f"{user}:***" if colon or not user else "***"
     return f"{scheme}://{hidden}@{host}{slash}{path}"
+
+
+def is_redis_url(address: str) -> bool:
+    return address.startswith(("redis://", "rediss://"))
+
+
+def split_mesh(url: str) -> tuple[str, str | None]:
+    """``redis://host/0#shop`` → (``redis://host/0``, ``"shop"``): the fragment names the
+    mesh when the URL alone must find it (``wiremesh nodes --mesh``)."""
+    base, _, fragment = url.partition("#")
+    return base, fragment or None

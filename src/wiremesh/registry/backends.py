@@ -5,6 +5,7 @@ machines (:mod:`wiremesh.registry.redis`)."""
 from __future__ import annotations
 
 from wiremesh.core.defaults import HEARTBEAT_INTERVAL, TTL
+from wiremesh.core.names import is_redis_url
 from wiremesh.registry.base import Registry
 from wiremesh.transport.tls import TlsFiles
 
@@ -24,7 +25,7 @@ def open_registry(
     may name it in its fragment instead: ``redis://host/0#shop``). ``join_secret``: what
     admits a node to an embedded registry (Redis admits whoever may write to it: its
     AUTH, ACLs and TLS are a Redis mesh's admission)."""
-    if address.startswith(("redis://", "rediss://")):
+    if is_redis_url(address):
         from wiremesh.registry.redis import RedisRegistry
 
         return RedisRegistry(

@@ -62,7 +62,7 @@ from redis.exceptions import RedisError
 
 from wiremesh.core.defaults import HEARTBEAT_INTERVAL, START_TIMEOUT, TTL
 from wiremesh.core.model import MeshSnapshot, NodeInfo, NodeState
-from wiremesh.core.names import redact_url
+from wiremesh.core.names import is_redis_url, redact_url, split_mesh
 from wiremesh.errors import ConfigError, Unavailable
 from wiremesh.proto import registry_pb2 as pb
 from wiremesh.registry.embedded import node_from_proto, node_to_proto
@@ -184,20 +184,9 @@ return {epoch, version, swept, redis.call('HGETALL', KEYS[1]), redis.call('SMEMB
 )
 
 
-def is_redis_url(address: str) -> bool:
-    return address.startswith(("redis://", "rediss://"))
-
-
 def mesh_prefix(mesh: str) -> str:
     """The prefix of every key of ``mesh`` (one Redis Cluster slot)."""
     return f"wm:{{{mesh}}}:"
-
-
-def split_mesh(url: str) -> tuple[str, str | None]:
-    """``redis://host/0#shop`` → (``redis://host/0``, ``"shop"``): the fragment names the
-    mesh when the URL alone must find it (``wiremesh nodes --mesh``)."""
-    base, _, fragment = url.partition("#")
-    return base, fragment or None
 
 
 async def find_mesh(url: str, *, tls: TlsFiles | None = None, timeout: float = 5.0) -> str:
