@@ -52,15 +52,12 @@ from wiremesh.core.model import MeshSnapshot
 from wiremesh.core.names import redact_url
 from wiremesh.core.retry import Backoff
 from wiremesh.errors import ConfigError, Unavailable
-from wiremesh.gateway.auth import dev_secret, mint_token
 from wiremesh.gateway.frame_stream import GATEWAY_NODES, GATEWAY_URL_KEY
-from wiremesh.gateway.server import new_gateway_id
 from wiremesh.gateway.settings import is_loopback
 from wiremesh.messaging.broker_server import BrokerServer
 from wiremesh.registry.backends import open_registry
 from wiremesh.registry.embedded import RegistryServer, new_join_secret
 from wiremesh.registry.view import MeshView
-from wiremesh.runtime.gateway_process import GatewayLaunch
 from wiremesh.runtime.meshfile import MESH_FILE, MeshFile
 from wiremesh.runtime.node import new_node_id
 from wiremesh.runtime.node_process import DRAIN_ALONE, EXIT_CONFIG, NodeLaunch
@@ -287,6 +284,8 @@ class Supervisor:
                 self.slots.append(NodeProcess(name, slot, backoff))
         if self.gateway_enabled:
             if not self.config.gateway.auth.configured:
+                from wiremesh.gateway.auth import dev_secret
+
                 dev_secret(data)  # made now, before the gateway and `wiremesh token` read it
             backoff = Backoff(restart.initial_backoff, restart.max_backoff, restart.reset_after)
             self.slots.append(NodeProcess(GATEWAY_NODES, 0, backoff, gateway=True))
@@ -599,6 +598,9 @@ class Supervisor:
         standard input, see the module docstring) of the process that fills ``slot``.
         The environment is the supervisor's, plus a service's own ``env`` table."""
         if slot.gateway:
+            # (the gateway's modules load only in a mesh that runs one)
+            from wiremesh.runtime.gateway_process import GatewayLaunch
+
             launch = GatewayLaunch(
                 config=self.config.model_dump_json(),
                 registry=self.registry_address,
@@ -673,7 +675,7 @@ class Supervisor:
 
     async def _run_slot(self, slot: NodeProcess) -> None:
         while not self.stopping.is_set() and not slot.retired.is_set():
-            slot.node_id = new_gateway_id() if slot.gateway else new_node_id(slot.service)
+            slot.node_id = _gateway_id() if slot.gateway else new_node_id(slot.service)
             slot.address = ""
             slot.state = ProcessState.STARTING
             slot.was_registered = False
@@ -799,6 +801,8 @@ class Supervisor:
             return
         shown = url + "/"
         if not self.config.gateway.auth.configured:
+            from wiremesh.gateway.auth import dev_secret, mint_token
+
             secret = dev_secret(self.config.data_path)
             if secret:
                 shown += "#token=" + mint_token(secret, subject="dev", ttl=DEV_TOKEN_TTL)
@@ -850,3 +854,9 @@ def _describe_exit(code: int) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"code {code}"
+
+
+def _gateway_id() -> str:
+    from wiremesh.gateway.server import new_gateway_id
+
+    return new_gateway_id()
