@@ -121,45 +121,45 @@ async def test_a_tick_that_fell_due_while_no_node_ran_runs_once_when_one_returns
         url = server.url
     try:
         async with TestMesh(
-            Every3, broker=url, mesh_name=name, data_dir=tmp_path, replicas={"every3": 2}
+            Pacer, broker=url, mesh_name=name, data_dir=tmp_path, replicas={"pacer": 2}
         ):
             await eventually(lambda: len(RUNS) >= 1, 10)
-        # both nodes planned the next tick, 3 s after the one that ran; none runs meanwhile
-        missed = runs("every3")[-1][0].timestamp() + 3
+        # both nodes planned the next tick, 2 s after the one that ran; none runs meanwhile
+        missed = runs("pacer")[-1][0].timestamp() + 2
         await asyncio.sleep(max(0.0, missed - time.time()) + 0.5)
-        assert max(t.timestamp() for t, _, _ in runs("every3")) < missed
-        async with TestMesh(Every3, broker=url, mesh_name=name, data_dir=tmp_path):
+        assert max(t.timestamp() for t, _, _ in runs("pacer")) < missed
+        async with TestMesh(Pacer, broker=url, mesh_name=name, data_dir=tmp_path):
             back = time.time()
-            await eventually(lambda: any(t.timestamp() == missed for t, _, _ in runs("every3")), 10)
+            await eventually(lambda: any(t.timestamp() == missed for t, _, _ in runs("pacer")), 10)
             await asyncio.sleep(0.5)  # (room for a second copy to run, if it would)
         assert back > missed  # it ran late, once, with its own time
-        assert [t.timestamp() for t, _, _ in runs("every3")].count(missed) == 1
+        assert [t.timestamp() for t, _, _ in runs("pacer")].count(missed) == 1
     finally:
         if server is not None:
             await server.stop()
 
 
-class Every3(Service):
-    name = "every3"
+class Pacer(Service):
+    name = "pacer"
 
-    @timer(every=3)
+    @timer(every=2)
     async def tick(self, ctx: Context) -> None:
         assert ctx.tick is not None
-        RUNS.append(("every3", ctx.tick, self.node_id, 1))
+        RUNS.append(("pacer", ctx.tick, self.node_id, 1))
 
 
 async def test_a_late_copy_of_a_tick_that_ran_is_dropped_by_the_next_consumer(
     broker_url: str,
 ) -> None:
-    async with TestMesh(Every3, broker=broker_url, replicas={"every3": 2}) as mesh:
+    async with TestMesh(Pacer, broker=broker_url, replicas={"pacer": 2}) as mesh:
         await eventually(lambda: len(RUNS) >= 1, 10)
-        tick, first, _ = runs("every3")[0]
+        tick, first, _ = runs("pacer")[0]
         (other,) = [n for n in mesh.nodes if n.node_id != first]
         await mesh.stop_node(first)  # the marker of the tick it ran goes back to the queue
         # a copy of that tick, late (as one a busy node moved on would be)
-        await mesh.send("every3.tick:tick", None, headers={HEADER_TICK: tick.isoformat()})
+        await mesh.send("pacer.tick:tick", None, headers={HEADER_TICK: tick.isoformat()})
         await eventually(lambda: other.stats()["ticks_skipped"] >= 1, 10)
-    assert [t for t, _, _ in runs("every3")].count(tick) == 1
+    assert [t for t, _, _ in runs("pacer")].count(tick) == 1
 
 
 class Flaky(Service):

@@ -197,12 +197,12 @@ async def test_a_reader_that_stops_stops_the_writer() -> None:
         # the caller reads no more: the handler runs until the flow-control windows and
         # the batches are full, then waits
         held = -1
-        for _ in range(40):
-            await asyncio.sleep(0.5)
+        for _ in range(80):
+            await asyncio.sleep(0.25)
             if streams(mesh).produced == held:
                 break
             held = streams(mesh).produced
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.75)
         assert streams(mesh).produced == held  # it waits; nothing piles up
         print(f"a writer whose reader stopped made {held} items (about {held * 9 / 2**20:.1f} MB)")
         assert held * 9 < 32 * 2**20

@@ -38,6 +38,7 @@ from wiremesh.errors import ConfigError, WiremeshError
 from wiremesh.messaging.backends import open_broker
 from wiremesh.observability import tracing
 from wiremesh.observability.logs import configure_logging
+from wiremesh.observability.settings import ObservabilitySettings
 from wiremesh.observability.tracing import configure as configure_tracing
 from wiremesh.runtime import heap
 from wiremesh.runtime import loop as event_loop
@@ -49,7 +50,6 @@ from wiremesh.runtime.node import (
     NodeNetwork,
     NodeTransport,
 )
-from wiremesh.runtime.settings import ObservabilitySettings
 from wiremesh.runtime.targets import load_service_class
 from wiremesh.transport import grpc_core
 from wiremesh.transport.tls import TlsFiles

@@ -46,6 +46,7 @@ from wiremesh.core.breaker import (
 from wiremesh.core.names import SERVICE_NAME, check_group, redact_url
 from wiremesh.errors import InvalidPayload
 from wiremesh.gateway.settings import GatewaySettings, is_loopback
+from wiremesh.observability.settings import ObservabilitySettings
 
 __all__ = [
     "RESERVED",
@@ -337,25 +338,6 @@ class RestartSettings(BaseModel):
     def _max_not_below_initial(self) -> Self:
         _check_backoff_order(self.initial_backoff, self.max_backoff)
         return self
-
-
-class ObservabilitySettings(BaseModel):
-    """The ``[observability]`` table: metrics, tracing and logs (``docs/observability.md``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    #: Each node serves Prometheus text at ``/metrics`` (on a free port, advertised in the
-    #: registry; ``wiremesh top`` and ``wiremesh nodes --json`` show it).
-    metrics: bool = True
-    #: The host the ``/metrics`` endpoints listen on (``mesh.host`` when empty).
-    metrics_host: str = ""
-    #: ``none``, ``console`` (spans printed) or ``otlp`` (needs ``wiremesh[otel]``).
-    tracing: Literal["none", "console", "otlp"] = "none"
-    #: Where the OTLP exporter sends spans (gRPC); the exporter's default when empty.
-    otlp_endpoint: str = ""
-    #: ``plain`` lines or ``json`` (one object per line, with trace ids).
-    log_format: Literal["plain", "json"] = "plain"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class ServiceSettings(BaseModel):
