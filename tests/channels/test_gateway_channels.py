@@ -317,6 +317,33 @@ async def test_publications_a_gateway_missed_are_filled_from_history(mesh: TestM
         assert await texts(ws, 1) == [(first + 5, "live")]
 
 
+async def test_a_session_whose_recovery_ran_ahead_of_its_gateway_gets_nothing_twice(
+    mesh: TestMesh,
+) -> None:
+    # the answer reads the history, which may hold publications this gateway has not had
+    # live yet (a many-hosts scenario saw one delivered twice): they come live later,
+    # and must not reach the session again
+    async with connect(mesh, "rooms", gateway=1) as bob:
+        epoch = (await subscribe(bob, "room:ahead"))["epoch"]
+        await say(mesh, "room:ahead", "seen")
+        seen = (await expect(bob, "pub"))["offset"]
+        engine = mesh.gateways[1].channels.engine
+        await engine.unwatch("room:ahead")  # the gateway's live feed lags behind
+        ahead = [await say(mesh, "room:ahead", f"ahead{i}") for i in range(2)]
+        async with connect(mesh, "rooms", gateway=1) as ada:
+            since = {"offset": seen, "epoch": epoch}
+            answer = await subscribe(ada, "room:ahead", since=since)
+            assert [p["offset"] for p in answer["publications"]] == ahead
+            await engine.watch("room:ahead")
+            after = await say(mesh, "room:ahead", "after")
+            assert await texts(bob, 3) == [
+                (ahead[0], "ahead0"),
+                (ahead[1], "ahead1"),
+                (after, "after"),
+            ]
+            assert await texts(ada, 1) == [(after, "after")]
+
+
 async def test_a_client_outside_the_mesh_publishes_and_reads_history_and_presence(
     mesh: TestMesh,
 ) -> None:

@@ -77,7 +77,7 @@ class _Refused(Exception):
 class _Channel:
     """One channel as this gateway holds it."""
 
-    __slots__ = ("filling", "live", "name", "pending", "rules", "top", "watched")
+    __slots__ = ("filling", "floors", "live", "name", "pending", "rules", "top", "watched")
 
     def __init__(self, name: str, rules: ChannelRules) -> None:
         self.name = name
@@ -91,6 +91,10 @@ class _Channel:
         self.live: dict[Connection, None] = {}
         #: sessions whose subscription is being decided: the publications held for each
         self.pending: dict[Connection, list[Publication]] = {}
+        #: live sessions whose answer held publications past :attr:`top` (read from the
+        #: history before their live message came here): the last one each got, so that
+        #: it does not get them twice; dropped at the first publication past it
+        self.floors: dict[Connection, Position] = {}
         #: done once the engine delivers the channel here
         self.watched: asyncio.Future[bool] | None = None
 
@@ -299,7 +303,13 @@ class ChannelHub:
         for publication in held:
             if publication.epoch != top.epoch or publication.offset > last:
                 connection.deliver(_publication_text(publication))
+                if publication.epoch == top.epoch:
+                    last = max(last, publication.offset)
         channel.live[connection] = None
+        here = channel.top
+        if here is None or (here.epoch == top.epoch and last > here.offset):
+            # the answer went past what came live here yet: those come again, not to it
+            channel.floors[connection] = Position(last, top.epoch)
         if channel.top is None:
             channel.top = top
         if rules.presence:
@@ -387,6 +397,7 @@ class ChannelHub:
         channel = self.channels.get(name)
         if channel is not None:
             was_live = channel.live.pop(connection, "gone") is None
+            channel.floors.pop(connection, None)
             channel.pending.pop(connection, None)
             if was_live and channel.rules.presence:
                 self._spawn(self._leave(connection, channel))
@@ -407,6 +418,7 @@ class ChannelHub:
             if channel is None:
                 continue
             was_live = channel.live.pop(connection, "gone") is None
+            channel.floors.pop(connection, None)
             channel.pending.pop(connection, None)
             if was_live and channel.rules.presence:
                 self._spawn(self._leave(connection, channel))
@@ -505,7 +517,14 @@ class ChannelHub:
         channel.top = Position(publication.offset, publication.epoch)
         text = _publication_text(publication)
         dirty = self._dirty
+        floors = channel.floors
         for connection in channel.live:
+            if floors:
+                floor = floors.get(connection)
+                if floor is not None:
+                    if publication.epoch == floor.epoch and publication.offset <= floor.offset:
+                        continue  # its answer held it
+                    del floors[connection]
             # framed now, written once per connection at the end of the loop turn:
             # what the engine hands over together leaves in one write per subscriber
             connection.deliver(text, now=False)
