@@ -210,6 +210,12 @@ class Supervisor:
         if self.placement.gateway is not None:
             self.gateway_enabled = self.placement.gateway
         if self.gateway_enabled:
+            # the gateway's modules load now, before this process runs gRPC (the registry):
+            # not while gRPC's threads work and a node process is being forked
+            import wiremesh.gateway.auth
+            import wiremesh.gateway.server
+            import wiremesh.runtime.gateway_process  # noqa: F401
+
             gateway = self.config.gateway
             if gateway.tls:
                 for path in self.config.gateway_tls_paths():
