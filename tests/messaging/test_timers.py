@@ -187,6 +187,24 @@ async def test_a_failed_tick_is_retried_with_its_time_and_its_copies_wait_for_it
     assert len(ticks[1:]) == len(set(ticks[1:]))
 
 
+class Sluggish(Service):
+    name = "sluggish"
+
+    @timer(every=1, delivery="every_node")
+    async def tick(self, ctx: Context) -> None:
+        assert ctx.tick is not None
+        RUNS.append(("sluggish", ctx.tick, self.node_id, 1))
+        await asyncio.sleep(1.5)  # longer than the period
+
+
+async def test_an_every_node_tick_due_while_the_last_still_runs_is_skipped() -> None:
+    async with TestMesh(Sluggish):
+        await eventually(lambda: len(RUNS) >= 3, 10)
+    ticks = [t.timestamp() for t, _, _ in runs("sluggish")]
+    # one at a time, and the ticks that fell due meanwhile never ran late (no backlog)
+    assert all(b - a >= 2.0 for a, b in itertools.pairwise(ticks)), ticks
+
+
 # -- the rules ---------------------------------------------------------------------------
 
 

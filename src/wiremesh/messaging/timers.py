@@ -31,7 +31,7 @@ from wiremesh.context import MeshCaller
 from wiremesh.core.defaults import HANDLER_TIMEOUT
 from wiremesh.core.delivery import DeliveryPolicy
 from wiremesh.core.schedule import TickLedger, tick_from_text, tick_text
-from wiremesh.errors import BrokerUnavailable, WiremeshError
+from wiremesh.errors import WiremeshError
 from wiremesh.messaging.base import (
     HEADER_SENDER,
     HEADER_TICK,
@@ -68,6 +68,15 @@ def _handler_spec(service: str, timer: TimerSpec) -> HandlerSpec:
     return HandlerSpec(
         timer.attribute, "command", (timer.target(service),), delivery, 1, timer.shapes
     )
+
+
+def _tick_envelope(
+    target: str, text: str, sender: str, *, at: float | None = None, ran: bool = False
+) -> Envelope:
+    """The command of the tick ``text`` (a ``wm-tick`` value) of the timer ``target``: due
+    ``at`` (a planned tick), or, with ``ran``, the marker that it ran."""
+    headers = {HEADER_TICK: text, HEADER_TICK_RAN: "1"} if ran else {HEADER_TICK: text}
+    return make_envelope("command", target, None, "msgpack", headers, sender=sender, at=at)
 
 
 class _Settled:
@@ -152,14 +161,7 @@ class TickHandler(MessageHandler):
 
     async def _mark(self, text: str) -> None:
         """Send the marker of the tick ``text`` that ran here (before its ack)."""
-        envelope = make_envelope(
-            "command",
-            self.target,
-            None,
-            "msgpack",
-            {HEADER_TICK: text, HEADER_TICK_RAN: "1"},
-            sender=self.node_id,
-        )
+        envelope = _tick_envelope(self.target, text, self.node_id, ran=True)
         try:
             await self.broker.publish([envelope], timeout=PLAN_TIMEOUT)
         except WiremeshError as exc:  # this node still knows; the next one may not
@@ -250,19 +252,11 @@ class TickPlanner:
         schedule = self.timer.schedule
         target = self.timer.target(self.service)
         while True:
-            envelope = make_envelope(
-                "command",
-                target,
-                None,
-                "msgpack",
-                {HEADER_TICK: tick_text(schedule, tick)},
-                sender=self.sender,
-                at=tick,
-            )
+            envelope = _tick_envelope(target, tick_text(schedule, tick), self.sender, at=tick)
             try:
                 await self.broker.publish([envelope], timeout=PLAN_TIMEOUT)
                 return
-            except (BrokerUnavailable, WiremeshError) as exc:
+            except WiremeshError as exc:
                 log.warning(
                     "%s/%s: could not plan the tick of %s, trying again in %gs: %s",
                     self.service,
