@@ -135,6 +135,33 @@ async def test_the_node_sees_open_and_close(mesh: TestMesh) -> None:
     assert [c for c in closed if c[0] == session_id] == [(session_id, 1000, "")]
 
 
+async def test_an_open_session_holds_no_task_of_the_gateway(mesh: TestMesh) -> None:
+    def serving() -> list[asyncio.Task[object]]:
+        """Tasks running the gateway's ASGI application (one per request while it runs)."""
+        return [
+            task
+            for task in asyncio.all_tasks()
+            if getattr(task.get_coro(), "cr_code", None) is type(mesh.gateway.app).__call__.__code__
+        ]
+
+    before = len(mesh.gateway.table)
+    async with contextlib_stack(mesh, 5) as sockets:
+        for ws in sockets:
+            await ws.send(b"!whoami")
+            await ws.recv()
+        assert len(mesh.gateway.table) == before + 5
+        # each session lives in its protocol's callbacks: no task waits for its end
+        assert serving() == []
+        connections = [c for c in mesh.gateway.table if c.socket is not None]
+        assert connections and all(c.socket.scope is None for c in connections)  # type: ignore[union-attr]
+    # and each end still reaches the gateway's table
+    for _ in range(100):
+        if len(mesh.gateway.table) == before:
+            break
+        await asyncio.sleep(0.02)
+    assert len(mesh.gateway.table) == before
+
+
 class contextlib_stack:
     """Open ``count`` sessions at once."""
 

@@ -76,6 +76,8 @@ class App:
             raise RuntimeError("the application failed")
         socket = scope["extensions"][EXTENSION]
         session.socket = socket
+        if path in ("/detached", "/detach-after-end"):
+            return await self.detached(session, socket, receive, send)
         if path == "/direct":  # the gateway's way: messages to a receiver, direct writes
 
             def echo(data: bytes | str) -> None:
@@ -97,6 +99,26 @@ class App:
             if path == "/asgi":
                 key = "bytes" if isinstance(data, bytes) else "text"
                 await send({"type": "websocket.send", key: data})
+
+    async def detached(
+        self, session: Session, socket: SocketProtocol, receive: Receive, send: Send
+    ) -> None:
+        """The gateway's way since sessions hold no task: accept, hand the connection to
+        callbacks, return."""
+
+        def echo(data: bytes | str) -> None:
+            session.received.append(data)
+            socket.write_message(data)
+
+        def on_end(code: int, reason: str) -> None:
+            session.ended.set_result((code, reason))
+
+        socket.receiver = echo
+        await send({"type": "websocket.accept"})
+        self.opened.set()
+        if session.path == "/detach-after-end":
+            _code(await receive())  # the connection has ended before it detaches
+        socket.detach(on_end)
 
 
 def _code(message: dict[str, Any]) -> tuple[int, str]:
@@ -415,6 +437,62 @@ async def test_websockets_own_lines_never_reach_the_logs(
     await served.app.sessions[-1].ended
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("wiremesh"))
     assert "secret" not in logged
+
+
+async def test_a_detached_connection_lives_on_in_callbacks_without_a_task(
+    served: Running,
+) -> None:
+    async with connect(served, "/detached") as ws:
+        session = await served.session()
+        await ws.send(b"one")
+        assert await ws.recv() == b"one"
+        # the application returned: no task, no scope, and the connection is open
+        assert not served.server.server_state.tasks
+        assert session.socket is not None and session.socket.scope is None
+        assert session.socket.open
+        await ws.send("two")
+        assert await ws.recv() == "two"
+        assert not session.ended.done()
+        await ws.close(4000, "leaving")
+    assert await asyncio.wait_for(session.ended, 5) == (4000, "leaving")
+    assert session.received == [b"one", "two"]
+
+
+async def test_a_detached_connection_reports_each_way_it_ends(served: Running) -> None:
+    # closed by the server
+    async with connect(served, "/detached") as ws:
+        session = await served.session()
+        assert session.socket is not None
+        session.socket.close_now(4008, "slow")
+        assert await closed_with(ws) == (4008, "slow")
+    assert await asyncio.wait_for(session.ended, 5) == (4008, "slow")
+    # dropped
+    sock = await raw_upgrade(served.port, "/detached")
+    session = await served.session()
+    sock.close()
+    assert await asyncio.wait_for(session.ended, 5) == (1006, "")
+    # a message over the limit: websockets fails the connection
+    async with connect(served, "/detached", max_size=None) as ws:
+        session = await served.session()
+        await ws.send(b"x" * 2000)
+        assert (await closed_with(ws))[0] == 1009
+    assert (await asyncio.wait_for(session.ended, 5))[0] == 1009
+    # the server shutting down
+    async with connect(served, "/detached") as ws:
+        session = await served.session()
+        await served.server.shutdown()
+        assert (await closed_with(ws))[0] == 1001
+    assert (await asyncio.wait_for(session.ended, 5))[0] == 1001
+    assert not served.server.server_state.connections
+
+
+async def test_detaching_a_connection_that_has_ended_reports_its_end_at_once(
+    served: Running,
+) -> None:
+    async with connect(served, "/detach-after-end") as ws:
+        session = await served.session()
+        await ws.close(4001, "gone before")
+    assert await asyncio.wait_for(session.ended, 5) == (4001, "gone before")
 
 
 async def test_a_shutting_down_server_closes_open_connections_with_1001(

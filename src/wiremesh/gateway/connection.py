@@ -3,8 +3,10 @@
 What a session may do is decided by its :class:`~wiremesh.core.socket_session.SessionRules`
 (no I/O): a :class:`Connection` feeds them every event and performs the action they return
 (forward, queue, close with their code, answer a refresh, ping). Kept small
-(``__slots__``, no task of its own): the server's task per connection only waits for the
-connection to end; everything else is driven from outside:
+(``__slots__``, no task of its own, and on wiremesh's own WebSocket protocol no task of
+the server's either: the session's end is a callback, see
+:meth:`~wiremesh.gateway.socket_protocol.SocketProtocol.detach`); everything is driven
+from outside:
 
 - **From the browser** (:meth:`Connection.on_message`, called by the protocol in
   ``data_received``): the rules judge the message (rate, size, text messages as the

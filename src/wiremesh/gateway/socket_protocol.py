@@ -18,7 +18,11 @@ without a queue, so the gateway also gets the protocol itself under the
 
 - :attr:`SocketProtocol.receiver`: when set, each message the browser sends is handed to
   it directly, in ``data_received`` (no queue, no task switch); ``receive()`` then only
-  reports the end of the connection. :meth:`~SocketProtocol.hold` and
+  reports the end of the connection.
+- :meth:`SocketProtocol.detach`: the end of the connection goes to a callback instead, and
+  the application returns while the connection stays open. A detached connection holds
+  no task, no coroutine, no future and no scope while it is idle: the gateway's sessions
+  live in callbacks only. :meth:`~SocketProtocol.hold` and
   :meth:`~SocketProtocol.release` pause and resume reading (backpressure).
 - :meth:`SocketProtocol.write_message`: write one message now (no await, no task); it
   says whether the transport still takes more (else the caller queues until
@@ -35,6 +39,8 @@ idle connection):
 
 - slots instead of a ``__dict__``; no list until a message waits for ``receive()``, and
   ``receive()`` hands out a future (no coroutine of its own waits in it);
+- once detached (:meth:`~SocketProtocol.detach`), not even that: the application's task
+  and its coroutines are gone, and so is the scope;
 - the application's task runs the application's coroutine itself (no wrapper coroutine),
   and one done callback ends it;
 - the handshake's request headers go as soon as the scope is made (websockets' parser
@@ -161,6 +167,7 @@ class SocketProtocol(asyncio.Protocol):
         "_close_timer",
         "_config",
         "_drain_waiters",
+        "_end",
         "_fragments",
         "_fragments_text",
         "_inbox",
@@ -228,8 +235,10 @@ class SocketProtocol(asyncio.Protocol):
         self._waiter: asyncio.Future[Message] | None = None
         # reading is paused until the application takes the messages in the inbox
         self._inbox_full = False
-        # the application has been told the connection ended
-        self._told = False
+        # the application has been told the connection ended (with this code and reason)
+        self._told: tuple[int, str] | None = None
+        # a detached connection's end goes here (see detach)
+        self._end: Callable[[int, str], None] | None = None
         self._writable = True
         self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -306,7 +315,7 @@ class SocketProtocol(asyncio.Protocol):
         if timer is not None:
             timer.cancel()
             self._close_timer = None
-        if not self._told:
+        if self._told is None:
             self._tell(*self._end_code())
         # a send() waiting for the transport to drain would wait forever otherwise
         self._writable = True
@@ -591,6 +600,20 @@ class SocketProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ the application
 
+    def detach(self, on_end: Callable[[int, str], None]) -> None:
+        """The application leaves the open connection to its callbacks: ``on_end(code,
+        reason)`` is called once, in a later loop turn, when the connection ends (at once if
+        it has ended already), and the application may then return without the connection
+        closing. Its messages go to :attr:`receiver`, its writes through
+        :meth:`write_message` and the like. The scope goes, as the application's task and
+        coroutines will."""
+        told = self._told
+        if told is not None:
+            asyncio.get_running_loop().call_soon(on_end, *told)
+            return
+        self._end = on_end
+        self.scope = None
+
     def _app_ended(self, task: asyncio.Task[None]) -> None:
         """The application's task on this connection ended (uvicorn counts the task
         while it runs)."""
@@ -600,6 +623,8 @@ class SocketProtocol(asyncio.Protocol):
             return
         exc = task.exception()
         if exc is None:
+            if self._end is not None and self.phase == OPEN:
+                return  # detached: the connection lives on
             self._ended(CloseCode.NORMAL)
         elif isinstance(exc, Exception) and not isinstance(exc, Disconnected):
             log.error("the WebSocket application failed", exc_info=exc)
@@ -738,9 +763,13 @@ class SocketProtocol(asyncio.Protocol):
 
     def _tell(self, code: int, reason: str) -> None:
         """The application hears that the connection ended, once."""
-        if not self._told:
-            self._told = True
-            self._put({"type": "websocket.disconnect", "code": int(code), "reason": reason})
+        if self._told is None:
+            self._told = told = (int(code), reason)
+            end = self._end
+            if end is not None:
+                self._end = None
+                asyncio.get_running_loop().call_soon(end, *told)
+            self._put({"type": "websocket.disconnect", "code": told[0], "reason": reason})
 
     def _end_code(self) -> tuple[int, str]:
         """The code and reason of a connection that ended without a close of the

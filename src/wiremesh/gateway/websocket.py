@@ -7,8 +7,10 @@ allowed (403), no or bad token (401), no such service or node (404), access rule
 on the same path gets the same answer, or 426 when the upgrade would be accepted. Each
 answer is a problem body (:mod:`.problem`): :meth:`Refusal.problem`.
 
-:func:`serve_websocket` is the ASGI handler: it accepts, pins the session to its node and
-then reads the browser's messages until the connection ends. Messages go to the node's
+:func:`serve_websocket` is the ASGI handler: it accepts and pins the session to its node;
+on wiremesh's own WebSocket protocol it then returns, leaving the session to the
+protocol's callbacks (an idle session holds no task), and on another ASGI server it reads
+the browser's messages until the connection ends. Messages go to the node's
 stream as they come (coalesced by the stream), text messages are the control channel
 (token refresh) unless the service takes text.
 
@@ -19,6 +21,7 @@ gateway it serves.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -335,29 +338,48 @@ async def serve_websocket(
             remote=ticket.ip,
         )
     )
+    if socket is not None:
+        # wiremesh's own protocol: the session lives in its callbacks from now on (the
+        # browser's messages go to on_message, the end to _ended), and this task ends
+        socket.receiver = connection.on_message
+        try:
+            await send({"type": "websocket.accept", "subprotocol": ticket.subprotocol})
+        except BaseException:
+            _ended(host, connection, CloseCode.ABNORMAL, "")
+            raise
+        log.debug("session %s opened on %s", connection.session_id, connection.node_id)
+        socket.detach(functools.partial(_ended, host, connection))
+        return
     code: int = CloseCode.ABNORMAL
     reason = ""
     try:
-        if socket is not None:
-            socket.receiver = connection.on_message
         await send({"type": "websocket.accept", "subprotocol": ticket.subprotocol})
         log.debug("session %s opened on %s", connection.session_id, connection.node_id)
         code, reason = await _read(connection, receive)
     finally:
-        if socket is not None:
-            socket.receiver = None
-            socket.on_writable = None
-        table.remove(connection)
-        table.release(connection.principal, connection.ip)
-        if connection.channels:
-            host.channels_ended(connection)
-        if connection.close_code is not None:
-            code, reason = connection.close_code, connection.close_reason
-        host.meter.closes[code] += 1
-        if connection.tell_node and not stream.closed:
-            stream.send(Frame(kind=CLOSE, session=number, code=code, reason=reason))
-        connection.closed = True
-        log.debug("session %s closed (%d)", connection.session_id, code)
+        _ended(host, connection, code, reason)
+
+
+def _ended(host: SocketHost, connection: Connection, code: int, reason: str) -> None:
+    """A session's connection ended with ``code`` and ``reason`` (unless the gateway closed
+    it, with its own): the gateway forgets it and tells its node."""
+    socket = connection.socket
+    if socket is not None:
+        socket.receiver = None
+        socket.on_writable = None
+    table = host.table
+    table.remove(connection)
+    table.release(connection.principal, connection.ip)
+    if connection.channels:
+        host.channels_ended(connection)
+    if connection.close_code is not None:
+        code, reason = connection.close_code, connection.close_reason
+    host.meter.closes[code] += 1
+    stream = connection.stream
+    if connection.tell_node and not stream.closed:
+        stream.send(Frame(kind=CLOSE, session=connection.number, code=code, reason=reason))
+    connection.closed = True
+    log.debug("session %s closed (%d)", connection.session_id, code)
 
 
 async def _read(connection: Connection, receive: Receive) -> tuple[int, str]:
