@@ -21,8 +21,8 @@ then each must echo a message: ``lost`` counts those that failed to open or to e
 
 For context, the same is measured against a raw ``websockets`` server (its asyncio
 implementation, an echo handler, on the gateway's loop) up to ``--raw-up-to``
-connections (30,000: it holds about 1.5 times the gateway's memory per connection, and its
-opening rate is the same, so 100,000 would add a minute).
+connections (30,000: it holds about 2.5 to 3 times the gateway's memory per connection,
+and its opening rate is the same, so 100,000 would add a minute).
 
 What holding 100,000 connections on one machine takes, and what the run does about it:
 

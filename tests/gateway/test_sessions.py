@@ -102,6 +102,19 @@ async def test_a_failing_handler_closes_its_session_with_1011(mesh: TestMesh) ->
         assert await bystander.recv() == b"still here"
 
 
+async def test_a_handlers_own_timeout_and_task_group_are_its_own(mesh: TestMesh) -> None:
+    node = mesh.nodes_of("chat")[0]
+    async with connect(mesh, node=node.node_id) as ws, connect(mesh, node=node.node_id) as other:
+        await ws.send(b"!timeout")
+        await other.send(b"!whoami")  # served meanwhile
+        assert (await asyncio.wait_for(other.recv(), 5)).decode().split()[2] == node.node_id  # type: ignore[union-attr]
+        assert await asyncio.wait_for(ws.recv(), 5) == b"timed out"
+        # the stream from the gateway lives on: both sessions still answer
+        for socket in (ws, other):
+            await socket.send(b"still here")
+            assert await asyncio.wait_for(socket.recv(), 5) == b"still here"
+
+
 async def test_a_handler_that_waits_keeps_the_order(mesh: TestMesh) -> None:
     async with connect(mesh) as ws:
         await ws.send(b"!slow")

@@ -3,10 +3,13 @@
 Each gateway opens one ``Gateway/Connect`` stream to the node (:meth:`SocketHub.accept`
 is its gRPC handler). The frames of a session are handled in order, one at a time:
 
-- **No task per message.** A handler call is started inline, in the stream's reader; when
-  it finishes without waiting (an echo, a push into a stream with room) that is all it
-  costs. Only a handler that waits gets a task, which then also takes the session's next
-  messages in order, and ends when the session's inbox is empty.
+- **A task per handler call**, which also takes the session's next messages in order and
+  ends when the session's inbox is empty. On Python 3.12+ it starts eagerly, in the
+  stream's reader: a handler that finishes without waiting (an echo, a push into a stream
+  with room) is done before its task would have been scheduled. It is a real task even
+  then, so what a handler asks of its task (``asyncio.timeout``, a ``TaskGroup``,
+  ``asyncio.current_task()``) is its own, never the stream reader's (a handler run
+  inline, as this once did, timed out or cancelled the reader instead).
 - **Bounds.** A session whose handler is busy keeps at most ``inbox_limit`` messages;
   one more closes the session with 4008 (its handler cannot keep up). Other sessions on
   the same stream are never held up by it.
@@ -28,6 +31,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Coroutine
 from typing import Any
 
@@ -58,7 +62,6 @@ from wiremesh.middleware import around
 from wiremesh.observability import tracing
 from wiremesh.service import Service, ServiceSpec
 from wiremesh.session import Session, Sessions
-from wiremesh.transport.eager import Resume
 from wiremesh.transport.entrypoint import Pipeline
 
 __all__ = ["AUTHORIZE_TIMEOUT", "CHANNELS_KEY", "SOCKET_KEY", "SocketHub"]
@@ -391,45 +394,34 @@ class SocketHub:
         )
         self._close_session(pinned, SLOW_CONSUMER, "the node cannot keep up")
 
-    def _run(self, pinned: _Pinned, frame: Frame | None) -> None:
-        """Run the session's work for ``frame`` here, then the next that its inbox gives,
-        until one has to wait: that one is finished in a task (:meth:`_finish`)."""
-        inbox = pinned.inbox
-        while frame is not None:
-            # the handler runs in a context of its own, begun here and finished (if it
-            # waits) in a task of that same context: what it sets (the current span, say)
-            # stays its
-            coro = self._work(pinned, frame)
-            context = contextvars.copy_context()
-            try:
-                waits_on = context.run(coro.send, None)
-            except StopIteration:
-                frame = inbox.finished()
-                continue
-            except Exception as exc:
-                self._failed(pinned, frame, exc)
-                frame = inbox.finished()
-                continue
-            task = asyncio.get_running_loop().create_task(
-                self._finish(pinned, frame, Resume(coro, waits_on)), context=context
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return
+    def _run(self, pinned: _Pinned, frame: Frame) -> None:
+        """Run the session's work for ``frame`` in a task of its own (started at once on
+        Python 3.12+), which then handles what the session's inbox gives next."""
+        # the handler runs in a context of its own: what it sets (the current span, say)
+        # stays its
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        work = self._finish(pinned, frame)
+        if sys.version_info >= (3, 12):
+            task = asyncio.Task(work, loop=loop, context=context, eager_start=True)
+            if task.done():
+                return
+        else:
+            task = loop.create_task(work, context=context)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _finish(self, pinned: _Pinned, frame: Frame, started: Resume) -> None:
-        """Finish a handler that had to wait, then handle what queued meanwhile."""
+    async def _finish(self, pinned: _Pinned, frame: Frame) -> None:
+        """Handle ``frame``, then what queued for the session meanwhile, in order."""
         inbox = pinned.inbox
         try:
-            try:
-                await started
-            except Exception as exc:
-                self._failed(pinned, frame, exc)
-            while (waiting := inbox.finished()) is not None:
+            waiting: Frame | None = frame
+            while waiting is not None:
                 try:
                     await self._work(pinned, waiting)
                 except Exception as exc:
                     self._failed(pinned, waiting, exc)
+                waiting = inbox.finished()
         except BaseException:
             # cancelled (the node stops): what waits is dropped, so nothing stays behind it
             while inbox.finished() is not None:
