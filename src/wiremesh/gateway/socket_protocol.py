@@ -18,12 +18,12 @@ without a queue, so the gateway also gets the protocol itself under the
 
 - :attr:`SocketProtocol.receiver`: when set, each message the browser sends is handed to
   it directly, in ``data_received`` (no queue, no task switch); ``receive()`` then only
-  reports the end of the connection.
+  reports the end of the connection. :meth:`~SocketProtocol.hold` and
+  :meth:`~SocketProtocol.release` pause and resume reading (backpressure).
 - :meth:`SocketProtocol.detach`: the end of the connection goes to a callback instead, and
   the application returns while the connection stays open. A detached connection holds
   no task, no coroutine, no future and no scope while it is idle: the gateway's sessions
-  live in callbacks only. :meth:`~SocketProtocol.hold` and
-  :meth:`~SocketProtocol.release` pause and resume reading (backpressure).
+  live in callbacks only.
 - :meth:`SocketProtocol.write_message`: write one message now (no await, no task); it
   says whether the transport still takes more (else the caller queues until
   :attr:`~SocketProtocol.on_writable` is called). :meth:`~SocketProtocol.queue_message`
