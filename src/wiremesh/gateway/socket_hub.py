@@ -106,10 +106,15 @@ class _Pinned:
         return self.stream.wait_for_room()
 
     def send(self, data: bytes | str) -> None:
-        if self.inbox.closed:
+        inbox = self.inbox
+        if inbox.closed:
             return
-        frame = self.hub.data_frame(self.number, data)
-        self.stream.send(frame, len(frame.payload))
+        hub = self.hub
+        frame = hub.data_frame(self.number, data)
+        # alone (written at once on an idle stream) unless more answers follow in this
+        # turn: the session's next messages, or other sessions' handlers about to run
+        alone = not inbox and len(hub._tasks) <= 1
+        self.stream.send(frame, len(frame.payload), alone)
 
     def close(self, code: int, reason: str) -> None:
         self.hub._close_session(self, code, reason)
